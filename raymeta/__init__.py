@@ -1,0 +1,30 @@
+"""raymeta: meta-learning pretraining of NLP transformers on Ray.
+
+Pipeline (arrows point one way)::
+
+    configs/*.yaml -> config.load_config() -> ExperimentConfig (validated; resolved copy saved)
+        tasks.load_task(spec)   -> Arrow rows -> tokenised features -> seeded episodes
+        model.MetaModel         -> shared encoder (AutoModel) + one head per task
+"""
+
+__version__ = "0.1.0"
+
+from .config import ExperimentConfig, TaskConfig, load_config, save_config  # noqa: E402
+from .errors import ConfigError, DataError, ModelError, RaymetaError  # noqa: E402
+from .tasks import Episode, Task, load_task, task_config  # noqa: E402
+
+__all__ = [
+    "__version__",
+    "ConfigError",
+    "DataError",
+    "Episode",
+    "ExperimentConfig",
+    "ModelError",
+    "RaymetaError",
+    "Task",
+    "TaskConfig",
+    "load_config",
+    "load_task",
+    "save_config",
+    "task_config",
+]

@@ -1,0 +1,118 @@
+"""The ``raymeta`` command. Subcommands parse arguments and call one library function.
+
+User errors (:class:`~raymeta.errors.RaymetaError`) print one line and exit 2 — no
+traceback; Ctrl-C exits 130. Nothing here is imported by the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Callable, Sequence
+
+from .errors import RaymetaError
+
+__all__ = ["main"]
+
+log = logging.getLogger("raymeta")
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # datasets/transformers are chatty at INFO; keep their warnings only.
+    for name in ("datasets", "transformers", "filelock", "urllib3", "httpx"):
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
+    logging.getLogger("raymeta").setLevel(level if verbose else logging.INFO)
+
+
+def _cmd_tasks_list(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .tasks.registry import catalog_names, task_config
+
+    table = Table(title="ready-made tasks", show_lines=False)
+    for col in ("name", "type", "source", "description"):
+        table.add_column(col, overflow="fold")
+    for name in catalog_names():
+        t = task_config(name)
+        src = t.source.name if t.source.kind == "builtin" else t.source.format or t.source.dataset
+        table.add_row(name, t.type, f"{t.source.kind}:{src}", t.description)
+    Console(width=max(120, Console().width)).print(table)
+    return 0
+
+
+def _cmd_tasks_show(args: argparse.Namespace) -> int:
+    from .config import ModelConfig, load_config
+    from .show import show_tasks
+    from .tasks.registry import task_config
+
+    overrides = [n for n in args.names if "=" in n]
+    args.names = [n for n in args.names if "=" not in n]
+    if args.config:
+        cfg = load_config(args.config, overrides)
+        specs = list(cfg.tasks) + [_eval_task(e) for e in cfg.eval.tasks]
+        data_dir, cache_dir, model, seed, episode = cfg.data_dir, cfg.cache_dir, cfg.model, cfg.seed, cfg.meta.episode
+    else:
+        if not args.names:
+            raise RaymetaError("tasks show: give task names / task YAML files, or --config FILE")
+        from .config import ExperimentConfig
+
+        base = ExperimentConfig()
+        specs = [task_config(n) for n in args.names]
+        data_dir, cache_dir, model, seed, episode = base.data_dir, base.cache_dir, base.model, 0, base.meta.episode
+        if args.model:
+            model = ModelConfig(name_or_path=args.model)
+    data_dir = args.data_dir or data_dir
+    seed = args.seed if args.seed is not None else seed
+    show_tasks(specs, model=model, data_dir=data_dir, cache_dir=cache_dir, seed=seed, episode=episode)
+    return 0
+
+
+def _eval_task(entry: dict) -> "object":
+    from .tasks.registry import task_config
+
+    entry = dict(entry)
+    name = entry.pop("use", None) or entry.pop("name")
+    return task_config(name, **entry)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="raymeta", description="Meta-learning pretraining of NLP transformers on Ray.")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    tasks = sub.add_parser("tasks", help="inspect tasks").add_subparsers(dest="tasks_command", required=True)
+    ls = tasks.add_parser("list", help="list the ready-made tasks")
+    ls.set_defaults(func=_cmd_tasks_list)
+    show = tasks.add_parser("show", help="type, source, labels, split sizes, token lengths and one decoded episode")
+    show.add_argument("names", nargs="*", metavar="NAME_OR_FILE",
+                      help="ready-made task name or task YAML file (with --config: key=value overrides)")
+    show.add_argument("--config", help="show every task of this experiment config")
+    show.add_argument("--data-dir", help="where ../shared/data-style files live (default: $RAYMETA_DATA_DIR or ../shared/data)")
+    show.add_argument("--model", help="tokenizer to use (default: the offline MiniLM)")
+    show.add_argument("--seed", type=int, default=None)
+    show.set_defaults(func=_cmd_tasks_show)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no fork warnings under Ray
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except RaymetaError as e:
+        print(f"raymeta: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("raymeta: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,388 @@
+"""The one typed experiment schema, and its layered loader.
+
+Layers, later wins: schema defaults -> YAML file -> ``key=value`` dotted overrides.
+Validation is pydantic's (``extra="forbid"``, so an unknown key is an error); every
+failure is re-raised as a one-line :class:`~raymeta.errors.ConfigError` naming the key.
+The fully resolved config is written next to every run's outputs (:func:`save_config`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+__all__ = [
+    "TASK_TYPES",
+    "ALGORITHMS",
+    "SourceConfig",
+    "EpisodeConfig",
+    "TaskConfig",
+    "ModelConfig",
+    "MetaConfig",
+    "OptimConfig",
+    "ResourcesConfig",
+    "CheckpointConfig",
+    "EvalConfig",
+    "ExperimentConfig",
+    "load_config",
+    "parse_overrides",
+    "apply_overrides",
+    "save_config",
+    "redact",
+]
+
+TaskType = Literal["sequence_classification", "token_classification", "extractive_qa", "multiple_choice"]
+Algorithm = Literal["multitask", "fomaml", "reptile", "maml", "anil", "protonet"]
+TASK_TYPES: tuple[str, ...] = TaskType.__args__  # type: ignore[attr-defined]
+ALGORITHMS: tuple[str, ...] = Algorithm.__args__  # type: ignore[attr-defined]
+
+DEFAULT_DATA_DIR = "../shared/data"
+
+
+class _Strict(BaseModel):
+    # forbid: an unknown key is an error; validate_assignment: overrides set later stay checked.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceConfig(_Strict):
+    """Where a task's raw rows come from: a hub dataset, local files, or a built-in corpus."""
+
+    kind: Literal["hub", "files", "builtin"]
+    # hub
+    dataset: str | None = None
+    config_name: str | None = None
+    revision: str | None = None
+    # files: split name -> one path or a list of paths; ``${data_dir}`` is substituted.
+    format: Literal[
+        "csv", "tsv", "json", "jsonl", "parquet", "conll", "squad", "clinc", "trec", "fewrel"
+    ] | None = None
+    files: dict[str, str | list[str]] = Field(default_factory=dict)
+    read_options: dict[str, Any] = Field(default_factory=dict)
+    # builtin
+    name: str | None = None
+    # all kinds: canonical split (train/validation/test) -> source split name
+    splits: dict[str, str] = Field(default_factory=dict)
+    # Carve a test split out of train when the source has none (seeded, deterministic).
+    test_fraction: float | None = Field(default=None, gt=0.0, lt=1.0)
+    split_seed: int = 0
+    max_rows: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> "SourceConfig":
+        need = {"hub": "dataset", "files": "format", "builtin": "name"}[self.kind]
+        if getattr(self, need) in (None, ""):
+            raise ValueError(f"source kind '{self.kind}' needs '{need}'")
+        if self.kind == "files" and not self.files:
+            raise ValueError("source kind 'files' needs 'files' (split -> path)")
+        return self
+
+
+class EpisodeConfig(_Strict):
+    """Support/query sizes of one episode (Vinyals et al. 2016's N-way K-shot protocol)."""
+
+    ways: int | None = Field(default=5, ge=2)  # classification: None = every class
+    shots: int = Field(default=5, ge=1)  # classification: support examples per class
+    queries: int = Field(default=5, ge=1)  # classification: query examples per class
+    support_size: int = Field(default=8, ge=1)  # other task types: examples in the support set
+    query_size: int = Field(default=8, ge=1)
+
+
+class TaskConfig(_Strict):
+    """A task: a name, a type, a source, a column mapping and a label set."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    type: TaskType
+    source: SourceConfig
+    description: str = ""
+    # canonical column -> source column (e.g. {text: sentence}); unmapped ones keep their name
+    columns: dict[str, str | list[str]] = Field(default_factory=dict)
+    labels: list[str] | None = None  # None: every label seen in the train split, sorted
+    include_labels: list[str] | None = None  # keep only these classes (class-disjoint meta-splits)
+    max_length: int = Field(default=128, ge=8, le=8192)
+    stride: int = Field(default=64, ge=0)  # extractive_qa: overlap between context windows
+    weight: float = Field(default=1.0, ge=0.0)  # mixture weight (normalised by the trainer)
+    episode: EpisodeConfig | None = None  # None: the experiment's meta.episode
+
+    @field_validator("weight")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+    @field_validator("labels", "include_labels", mode="before")
+    @classmethod
+    def _labels_as_str(cls, v: Any) -> Any:
+        # YAML gives ints for numeric labels (SST-2's 0/1); labels are compared as strings.
+        if isinstance(v, list):
+            return [str(x) for x in v]
+        return v
+
+
+class ModelConfig(_Strict):
+    """The shared encoder (``AutoModel``) and how heads read it."""
+
+    name_or_path: str = "offline:all-MiniLM-L6-v2"
+    tokenizer: str | None = None  # default: name_or_path
+    revision: str | None = None
+    trust_remote_code: bool = False  # security: never on unless asked for
+    # Build a randomly initialised model from this config dict instead of loading weights
+    # (e.g. {model_type: bert, hidden_size: 32, ...}); used by tests and benchmarks.
+    from_config: dict[str, Any] | None = None
+    pooling: Literal["mean", "cls", "last"] | None = None  # None: mean for encoders, last for GPT-style
+    head_dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+
+
+class MetaConfig(_Strict):
+    """The meta-algorithm and its inner loop (Finn et al. 2017; Nichol et al. 2018)."""
+
+    algorithm: Algorithm = "protonet"
+    steps: int = Field(default=100, ge=1)
+    inner_steps: int = Field(default=1, ge=0)
+    inner_lr: float = Field(default=1e-3, gt=0.0)
+    episode: EpisodeConfig = Field(default_factory=EpisodeConfig)
+    combine: Literal["mean", "pcgrad"] = "mean"
+    reduce: Literal["driver", "collective"] = "driver"
+    nan_policy: Literal["skip_task", "abort"] = "skip_task"
+
+
+class OptimConfig(_Strict):
+    """Outer optimizer: AdamW, linear warm-up then cosine decay, global-norm clipping."""
+
+    lr: float = Field(default=2e-5, gt=0.0)
+    head_lr: float = Field(default=1e-3, gt=0.0)
+    weight_decay: float = Field(default=0.01, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(default=10, ge=0)
+    schedule: Literal["cosine", "constant", "linear"] = "cosine"
+    max_grad_norm: float | None = Field(default=1.0, gt=0.0)
+
+
+class ResourcesConfig(_Strict):
+    """Where actors run. ``None`` means: decide from what the cluster has."""
+
+    address: str | None = None  # None: $RAY_ADDRESS, else a local instance on loopback
+    num_cpus_per_actor: float | None = Field(default=None, gt=0.0)
+    num_gpus_per_actor: float | None = Field(default=None, ge=0.0)
+    replicas: int = Field(default=1, ge=1)
+    custom_resources: dict[str, float] = Field(default_factory=dict)
+    torch_threads: int | None = Field(default=None, ge=1)
+
+
+class CheckpointConfig(_Strict):
+    every_steps: int = Field(default=50, ge=1)
+    keep_last: int = Field(default=2, ge=1)
+
+
+class EvalConfig(_Strict):
+    """Few-shot evaluation on held-out tasks (never used for meta-training)."""
+
+    tasks: list[dict[str, Any]] = Field(default_factory=list)
+    shots: list[int] = Field(default_factory=lambda: [4, 8, 16])
+    splits: int = Field(default=5, ge=1)
+    finetune_steps: int = Field(default=30, ge=1)
+    finetune_lr: float = Field(default=5e-5, gt=0.0)
+    episodes: int = Field(default=500, ge=1)
+    max_test_examples: int | None = Field(default=1000, ge=1)
+
+
+class ExperimentConfig(_Strict):
+    """Everything one run needs. ``tasks`` entries are resolved :class:`TaskConfig` objects."""
+
+    name: str = "raymeta"
+    seed: int = 0
+    output_dir: str = "runs/raymeta"
+    data_dir: str = Field(default_factory=lambda: os.environ.get("RAYMETA_DATA_DIR", DEFAULT_DATA_DIR))
+    cache_dir: str = Field(
+        default_factory=lambda: os.environ.get("RAYMETA_CACHE_DIR", str(Path.home() / ".cache" / "raymeta"))
+    )
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    tasks: list[TaskConfig] = Field(default_factory=list)
+    meta: MetaConfig = Field(default_factory=MetaConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _unique_tasks(self) -> "ExperimentConfig":
+        seen: set[str] = set()
+        for t in self.tasks:
+            if t.name in seen:
+                raise ValueError(f"task name '{t.name}' appears twice")
+            seen.add(t.name)
+        return self
+
+    def task(self, name: str) -> TaskConfig:
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise ConfigError(f"config key 'tasks': no task named '{name}'")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p}: not found")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:  # one line: where it broke
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"config file {p}:{where}: YAML does not parse: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    """``["meta.steps=10", "tasks.bbc_news.weight=2"]`` -> ``[(key, value), ...]``.
+
+    Values are parsed as YAML scalars/lists, so ``10`` is an int and ``[4,8]`` a list.
+    """
+    out = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or not re.fullmatch(r"[A-Za-z0-9_.\-]+", key):
+            raise ConfigError(f"override '{item}': expected key=value with a dotted key")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        out.append((key, value))
+    return out
+
+
+def _step(node: Any, part: str, key: str) -> tuple[Any, Any]:
+    """Resolve one dotted component. Lists accept an index or (for tasks) a task name."""
+    if isinstance(node, list):
+        if part.isdigit():
+            i = int(part)
+            if i >= len(node):
+                raise ConfigError(f"config key '{key}': index {i} out of range ({len(node)} entries)")
+            return node, i
+        for i, entry in enumerate(node):
+            if isinstance(entry, dict) and part in (entry.get("name"), entry.get("use")):
+                return node, i
+        raise ConfigError(f"config key '{key}': no entry named '{part}'")
+    if isinstance(node, dict):
+        return node, part
+    raise ConfigError(f"config key '{key}': cannot descend into a {type(node).__name__}")
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Set dotted keys in a raw config dict (in place). Unknown keys are caught by validation."""
+    for key, value in overrides:
+        parts = key.split(".")
+        node: Any = data
+        for part in parts[:-1]:
+            parent, idx = _step(node, part, key)
+            if isinstance(parent, dict) and not isinstance(parent.get(idx), (dict, list)):
+                parent[idx] = {}
+            node = parent[idx]
+        parent, idx = _step(node, parts[-1], key)
+        parent[idx] = value
+    return data
+
+
+def _format_error(err: ValidationError, data: dict[str, Any]) -> str:
+    e = err.errors()[0]
+    loc = list(e["loc"])
+    # Name a task by its name rather than its index: "tasks.clinc150.weight".
+    if len(loc) >= 2 and loc[0] == "tasks" and isinstance(loc[1], int):
+        try:
+            entry = data["tasks"][loc[1]]
+            loc[1] = entry.get("name") or entry.get("use") or loc[1]
+        except (KeyError, IndexError, AttributeError):
+            pass
+    # pydantic appends the union member / validator name to loc; keep only real keys.
+    loc = [str(x) for x in loc if not (isinstance(x, str) and ("[" in x or x.startswith("function-")))]
+    key = ".".join(loc) or "<root>"
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], (dict, list)):
+        msg += f" (got {e['input']!r})"
+    return f"config key '{key}': {msg}"
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    *,
+    data: dict[str, Any] | None = None,
+) -> ExperimentConfig:
+    """defaults -> YAML (``path`` or ``data``) -> ``key=value`` overrides -> validated config.
+
+    Task entries may be full task dicts, or ``{use: NAME_OR_FILE, ...}`` to start from a
+    ready-made task (or a task YAML) and override some of its keys (weight, include_labels...).
+    """
+    raw: dict[str, Any] = dict(data or {})
+    base = Path(".")
+    if path is not None:
+        raw = _read_yaml(path)
+        base = Path(path).parent
+    apply_overrides(raw, parse_overrides(overrides or []))
+    data_dir = str(raw.get("data_dir") or os.environ.get("RAYMETA_DATA_DIR", DEFAULT_DATA_DIR))
+    from .tasks.registry import resolve_task_entry  # local: tasks imports config
+
+    if "tasks" in raw:
+        if not isinstance(raw["tasks"], list):
+            raise ConfigError("config key 'tasks': must be a list of task entries")
+        raw["tasks"] = [resolve_task_entry(t, data_dir=data_dir, base=base) for t in raw["tasks"]]
+    try:
+        cfg = ExperimentConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, raw)) from None
+    return cfg
+
+
+def validate_task(raw: dict[str, Any], *, origin: str) -> TaskConfig:
+    """Validate one task dict (from a task YAML or a config entry), one-line errors."""
+    try:
+        return TaskConfig.model_validate(raw)
+    except ValidationError as e:
+        msg = _format_error(e, {})
+        raise ConfigError(f"{origin}: {msg}") from None
+
+
+# --------------------------------------------------------------------------- saving
+
+_SECRET_KEY = re.compile(r"(token|secret|password|api[_-]?key|credential)", re.IGNORECASE)
+_SECRET_VALUE = re.compile(r"\b(hf_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16})\b")
+
+
+def redact(obj: Any) -> Any:
+    """Replace secret-looking values (hub tokens, keys) before anything is logged or saved."""
+    if isinstance(obj, dict):
+        return {k: ("***" if _SECRET_KEY.search(str(k)) and v else redact(v)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redact(v) for v in obj]
+    if isinstance(obj, str):
+        return _SECRET_VALUE.sub("***", obj)
+    return obj
+
+
+def save_config(cfg: ExperimentConfig, directory: str | Path, name: str = "config.yaml") -> Path:
+    """Write the fully resolved config (secrets redacted) into ``directory`` atomically."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    target = d / name
+    tmp = d / f".{name}.tmp"
+    tmp.write_text(yaml.safe_dump(redact(cfg.model_dump(mode="json")), sort_keys=False), encoding="utf-8")
+    os.replace(tmp, target)
+    return target

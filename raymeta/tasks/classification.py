@@ -1,0 +1,53 @@
+"""``sequence_classification``: single sentences and sentence pairs (``text`` [+ ``text_pair``])."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import datasets
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+
+from ..config import TaskConfig
+from .base import Batch, bad_row, natural_sort
+
+__all__ = ["SequenceClassification"]
+
+
+class SequenceClassification:
+    required = ("text", "label")
+    class_column = "labels"
+
+    def infer_labels(self, train: datasets.Dataset, task: TaskConfig) -> list[str]:
+        return natural_sort({str(v) for v in train["label"]})
+
+    def validate(self, ds: datasets.Dataset, task: TaskConfig, labels: list[str] | None) -> None:
+        assert labels is not None
+        known = set(labels)
+        for i, (text, lab) in enumerate(zip(ds["text"], ds["label"])):
+            if str(lab) not in known:
+                shown = ", ".join(labels[:8]) + (", ..." if len(labels) > 8 else "")
+                raise bad_row(task, ds, i, f"label '{lab}' is not in the label set ({shown})")
+            if text is None or not str(text).strip():
+                raise bad_row(task, ds, i, "empty text")
+
+    def tokenize(self, ds, tok: PreTrainedTokenizerBase, task: TaskConfig, labels, split):
+        index = {lab: i for i, lab in enumerate(labels)}
+        pair = "text_pair" in ds.column_names
+
+        def fn(b: dict[str, list[Any]]) -> dict[str, Any]:
+            enc = tok(b["text"], b["text_pair"] if pair else None, truncation=True, max_length=task.max_length)
+            enc["labels"] = [index[str(v)] for v in b["label"]]
+            return enc
+
+        keep = {"_row", "_file"}
+        feats = ds.map(fn, batched=True, remove_columns=[c for c in ds.column_names if c not in keep],
+                       desc=f"{task.name}/{split}: tokenize")
+        truncated = sum(1 for ids in feats["input_ids"] if len(ids) >= task.max_length)
+        return feats, {"truncated": truncated, "dropped": 0}
+
+    def collate(self, rows: list[dict[str, Any]], tok: PreTrainedTokenizerBase) -> Batch:
+        return dict(DataCollatorWithPadding(tok, return_tensors="pt")(_strip(rows)))
+
+
+def _strip(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]

@@ -1,0 +1,300 @@
+"""Read a task's raw rows into Arrow (``datasets.Dataset``), one per canonical split.
+
+Every row carries ``_file`` and ``_row`` (1-based) so that a bad row can be named in the
+error. Generic formats go through ``datasets``' own builders (csv, json, parquet); the few
+formats with no builder (CoNLL, SQuAD JSON, CLINC150, TREC, FewRel) are parsed here into
+``Dataset.from_dict``. Built-in corpora live in :mod:`raymeta.tasks.builtin`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import datasets
+import numpy as np
+
+from ..config import SourceConfig, TaskConfig
+from ..errors import DataError
+
+__all__ = ["load_raw", "resolve_path", "SPLITS"]
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "validation", "test")
+Rows = dict[str, list[Any]]
+
+
+def resolve_path(path: str, data_dir: str) -> Path:
+    return Path(path.replace("${data_dir}", data_dir)).expanduser()
+
+
+# --------------------------------------------------------------------------- custom formats
+
+
+def _read_conll(path: Path, task: str, opts: dict[str, Any]) -> Rows:
+    """CoNLL: one ``token<sep>tag`` per line (tag in the last column), blank line between sentences."""
+    sep = opts.get("delimiter", "\t")
+    rows: Rows = {"tokens": [], "tags": [], "_row": []}
+    tokens: list[str] = []
+    tags: list[str] = []
+    start = 1
+    with path.open(encoding=opts.get("encoding", "utf-8")) as fh:
+        for lineno, line in enumerate(fh, start=1):
+            line = line.rstrip("\n").rstrip("\r")
+            if not line.strip() or line.startswith("-DOCSTART-"):
+                if tokens:
+                    rows["tokens"].append(tokens)
+                    rows["tags"].append(tags)
+                    rows["_row"].append(start)
+                tokens, tags, start = [], [], lineno + 1
+                continue
+            parts = line.split(sep) if sep != " " else line.split()
+            if len(parts) < 2:
+                raise DataError(
+                    task, f"expected 'token{sep!r}tag', got {len(parts)} field(s): token/tag length mismatch",
+                    file=str(path), row=lineno,
+                )
+            tokens.append(parts[0])
+            tags.append(parts[-1])
+    if tokens:
+        rows["tokens"].append(tokens)
+        rows["tags"].append(tags)
+        rows["_row"].append(start)
+    return rows
+
+
+def _read_squad(path: Path, task: str, opts: dict[str, Any]) -> Rows:
+    """SQuAD v1.1 JSON -> one row per question; ``_row`` counts questions in file order."""
+    data = _load_json(path, task)
+    rows: Rows = {"id": [], "title": [], "context": [], "question": [], "answers": [], "_row": []}
+    n = 0
+    for article in data.get("data", []):
+        for para in article.get("paragraphs", []):
+            for qa in para.get("qas", []):
+                n += 1
+                answers = qa.get("answers") or []
+                rows["id"].append(str(qa.get("id", n)))
+                rows["title"].append(article.get("title", ""))
+                rows["context"].append(para.get("context", ""))
+                rows["question"].append(qa.get("question", ""))
+                rows["answers"].append(
+                    {"text": [a["text"] for a in answers], "answer_start": [int(a["answer_start"]) for a in answers]}
+                )
+                rows["_row"].append(n)
+    return rows
+
+
+def _read_clinc(path: Path, task: str, opts: dict[str, Any]) -> dict[str, Rows]:
+    """CLINC150 ``data_full.json``: {split: [[utterance, intent], ...]}; out-of-scope kept apart."""
+    data = _load_json(path, task)
+    keep_oos = bool(opts.get("include_oos", False))
+    out: dict[str, Rows] = {}
+    for split, src in (("train", "train"), ("validation", "val"), ("test", "test")):
+        pairs = list(data.get(src, []))
+        if keep_oos:
+            pairs += data.get(f"oos_{src}", [])
+        out[split] = {
+            "text": [p[0] for p in pairs], "label": [p[1] for p in pairs], "_row": list(range(1, len(pairs) + 1))
+        }
+    return out
+
+
+def _read_trec(path: Path, task: str, opts: dict[str, Any]) -> Rows:
+    """TREC ``COARSE:fine question``; the original file is latin-1, not UTF-8."""
+    fine = opts.get("granularity", "coarse") == "fine"
+    rows: Rows = {"text": [], "label": [], "_row": []}
+    with path.open(encoding=opts.get("encoding", "latin-1")) as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            label, _, question = line.strip().partition(" ")
+            if ":" not in label or not question:
+                raise DataError(task, "expected 'COARSE:fine question'", file=str(path), row=lineno)
+            rows["text"].append(question)
+            rows["label"].append(label if fine else label.split(":")[0])
+            rows["_row"].append(lineno)
+    return rows
+
+
+def _read_fewrel(path: Path, task: str, opts: dict[str, Any]) -> Rows:
+    """FewRel JSON with entity markers: ``@ head @`` and ``# tail #`` (Zhou & Chen 2021's
+    punctuation markers, which need no new vocabulary, so the shared encoder's shape is kept)."""
+    data = _load_json(path, task)
+    rows: Rows = {"text": [], "label": [], "_row": []}
+    n = 0
+    for rel in sorted(data):
+        for inst in data[rel]:
+            n += 1
+            try:
+                toks = list(inst["tokens"])
+                h, t = inst["h"][2][0], inst["t"][2][0]
+                marks = {h[0]: ["@"], t[0]: ["#"]}
+                ends = {h[-1]: ["@"], t[-1]: ["#"]}
+            except (KeyError, IndexError, TypeError):
+                raise DataError(task, f"relation {rel}: instance lacks tokens/h/t spans", file=str(path), row=n) from None
+            out: list[str] = []
+            for i, tok in enumerate(toks):
+                out += marks.get(i, []) + [tok] + ends.get(i, [])
+            rows["text"].append(" ".join(out))
+            rows["label"].append(rel)
+            rows["_row"].append(n)
+    return rows
+
+
+def _load_json(path: Path, task: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(task, f"not valid JSON: {e.msg}", file=str(path), row=e.lineno) from None
+
+
+_CUSTOM: dict[str, Callable[..., Any]] = {
+    "conll": _read_conll, "squad": _read_squad, "clinc": _read_clinc, "trec": _read_trec, "fewrel": _read_fewrel,
+}
+_BUILDERS = {"csv": "csv", "tsv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _from_file(
+    fmt: str, path: Path, task: str, opts: dict[str, Any], cache_dir: str | None, split: str
+) -> datasets.Dataset:
+    if not path.is_file():
+        raise DataError(task, "file not found (set data_dir= or RAYMETA_DATA_DIR if it lives elsewhere)", file=str(path))
+    if fmt in _CUSTOM:
+        rows = _CUSTOM[fmt](path, task, opts)
+        ds = datasets.Dataset.from_dict(rows)
+    else:
+        kwargs = dict(opts)
+        if fmt == "tsv":
+            kwargs.setdefault("sep", "\t")
+        try:
+            ds = datasets.load_dataset(
+                _BUILDERS[fmt], data_files=str(path), split="train", cache_dir=cache_dir, **kwargs
+            )
+        except Exception as e:  # datasets wraps parser errors in several types; keep one line
+            if "corresponds to no data" in str(e):
+                raise DataError(task, f"split '{split}' is empty: the file has no rows", file=str(path)) from None
+            reason = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
+            raise DataError(task, f"cannot read as {fmt}: {reason}", file=str(path)) from None
+        ds = ds.add_column("_row", list(range(1, len(ds) + 1)))
+    return ds.add_column("_file", [str(path)] * len(ds))
+
+
+def _load_files(src: SourceConfig, task: str, data_dir: str, cache_dir: str | None) -> dict[str, datasets.Dataset]:
+    assert src.format is not None
+    out: dict[str, datasets.Dataset] = {}
+    if src.format == "clinc":  # one file holds every split
+        path = resolve_path(_single(src.files, task), data_dir)
+        if not path.is_file():
+            raise DataError(task, "file not found (set data_dir= or RAYMETA_DATA_DIR)", file=str(path))
+        for split, rows in _read_clinc(path, task, src.read_options).items():
+            out[split] = datasets.Dataset.from_dict({**rows, "_file": [str(path)] * len(rows["text"])})
+        return out
+    for split, paths in src.files.items():
+        if split not in SPLITS:
+            raise DataError(task, f"source.files: unknown split '{split}' (use {', '.join(SPLITS)})")
+        parts = [
+            _from_file(src.format, resolve_path(p, data_dir), task, src.read_options, cache_dir, split)
+            for p in ([paths] if isinstance(paths, str) else paths)
+        ]
+        out[split] = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    return out
+
+
+def _single(files: dict[str, str | list[str]], task: str) -> str:
+    vals = [v for v in files.values()]
+    if len(vals) != 1 or not isinstance(vals[0], str):
+        raise DataError(task, "this format keeps every split in one file: give exactly one path")
+    return vals[0]
+
+
+def _load_hub(src: SourceConfig, task: str, cache_dir: str | None) -> dict[str, datasets.Dataset]:
+    names = src.splits or {"train": "train", "validation": "validation", "test": "test"}
+    out = {}
+    for split, hub_split in names.items():
+        try:
+            ds = datasets.load_dataset(
+                src.dataset, src.config_name, split=hub_split, revision=src.revision, cache_dir=cache_dir
+            )
+        except ValueError as e:
+            if "split" in str(e).lower() and not src.splits:
+                continue  # default split names: a missing validation/test split is fine
+            raise DataError(task, f"hub dataset '{src.dataset}': {str(e).splitlines()[0][:200]}") from None
+        except Exception as e:
+            raise DataError(task, f"hub dataset '{src.dataset}' cannot be loaded: {str(e).splitlines()[0][:200]}") from None
+        ds = ds.add_column("_row", list(range(1, len(ds) + 1)))
+        out[split] = ds.add_column("_file", [f"hub:{src.dataset}/{hub_split}"] * len(ds))
+    return out
+
+
+def _stratified_split(labels: list[Any] | None, n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Deterministic train/test index split; stratified by label when labels are given."""
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        groups = [np.arange(n)]
+    else:
+        _, inverse = np.unique(np.asarray([str(x) for x in labels]), return_inverse=True)
+        groups = [np.flatnonzero(inverse == k) for k in range(int(inverse.max()) + 1)]
+    train: list[int] = []
+    test: list[int] = []
+    for idx in groups:
+        idx = rng.permutation(idx)
+        k = int(round(len(idx) * fraction))
+        k = min(max(k, 1), len(idx) - 1) if len(idx) > 1 else 0
+        test += idx[:k].tolist()
+        train += idx[k:].tolist()
+    return sorted(train), sorted(test)
+
+
+def load_raw(task: TaskConfig, data_dir: str, cache_dir: str | None = None) -> dict[str, datasets.Dataset]:
+    """Raw rows of every available split, with the task's column mapping applied."""
+    src = task.source
+    if src.kind == "hub":
+        splits = _load_hub(src, task.name, cache_dir)
+    elif src.kind == "files":
+        splits = _load_files(src, task.name, data_dir, cache_dir)
+    else:
+        from .builtin import load_builtin
+
+        splits = load_builtin(src, task.name)
+    splits = {k: _rename(v, task) for k, v in splits.items()}
+    if "train" not in splits:
+        raise DataError(task.name, "the source has no 'train' split")
+    if src.test_fraction is not None and "test" not in splits:
+        label_col = "label" if task.type == "sequence_classification" and "label" in splits["train"].column_names else None
+        labels = splits["train"][label_col] if label_col else None
+        tr, te = _stratified_split(labels, len(splits["train"]), src.test_fraction, src.split_seed)
+        splits["train"], splits["test"] = splits["train"].select(tr), splits["train"].select(te)
+    if src.max_rows is not None:
+        splits = {
+            k: v.shuffle(seed=src.split_seed).select(range(min(src.max_rows, len(v)))).sort("_row") if len(v) > src.max_rows else v
+            for k, v in splits.items()
+        }
+    return splits
+
+
+def _rename(ds: datasets.Dataset, task: TaskConfig) -> datasets.Dataset:
+    """Apply ``columns`` (canonical -> source). List values (e.g. MC choices) are packed into one column."""
+    for canon, col in task.columns.items():
+        cols = [col] if isinstance(col, str) else list(col)
+        missing = [c for c in cols if c not in ds.column_names]
+        if missing:
+            file = ds["_file"][0] if len(ds) else None
+            raise DataError(
+                task.name,
+                f"missing column '{missing[0]}' (columns.{canon}); the file has: "
+                + ", ".join(c for c in ds.column_names if not c.startswith("_")),
+                file=file,
+            )
+        if isinstance(col, str):
+            if col != canon:
+                if canon in ds.column_names:
+                    ds = ds.remove_columns(canon)
+                ds = ds.rename_column(col, canon)
+        else:
+            ds = ds.map(lambda r, cs=cols, name=canon: {name: [str(r[c]) for c in cs]}, desc=f"{task.name}: pack {canon}")
+    return ds

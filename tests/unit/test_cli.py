@@ -1,0 +1,56 @@
+"""The console script: real subprocesses, exit codes, one-line errors with no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def raymeta(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "raymeta.cli", *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def test_tasks_list_names_every_ready_made_task():
+    from raymeta.tasks import catalog_names
+
+    r = raymeta("tasks", "list")
+    assert r.returncode == 0, r.stderr
+    for name in catalog_names():
+        assert name in r.stdout
+
+
+def test_tasks_show_prints_labels_lengths_and_episode():
+    r = raymeta("tasks", "show", "bbc_news")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    for needle in ("sequence_classification", "built-in bbc_news", "labels  5: business, entertainment, politics",
+                   "tokens mean", "episode seed=0 step=0: 5-way, 25 support"):
+        assert needle in out, needle
+
+
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (("tasks", "show", "no_such_task"), "task 'no_such_task': not a ready-made task"),
+        (("tasks", "show", "--config", "missing.yaml"), "config file missing.yaml: not found"),
+    ],
+)
+def test_user_errors_are_one_line_without_traceback(args, expect):
+    r = raymeta(*args)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert lines == [f"raymeta: error: {lines[0].removeprefix('raymeta: error: ')}"] and expect in lines[0]
+
+
+def test_bad_row_from_task_yaml(tmp_path):
+    (tmp_path / "d.csv").write_text("text,label\nfine,a\nalso fine,b\nbad,zzz\n")
+    (tmp_path / "t.yaml").write_text(
+        "name: mine\ntype: sequence_classification\nlabels: [a, b]\n"
+        f"source: {{kind: files, format: csv, files: {{train: {tmp_path}/d.csv}}}}\n"
+    )
+    r = raymeta("tasks", "show", str(tmp_path / "t.yaml"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"task 'mine', file {tmp_path}/d.csv, row 3: label 'zzz' is not in the label set" in r.stderr
