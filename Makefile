@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml requirements/cpu.txt
 	touch $@
 
 demo: install
-	$(VENV)/bin/raymeta tasks show --config configs/starter.yaml
+	$(VENV)/bin/raymeta train --config configs/starter.yaml
 
 test: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q

@@ -72,6 +72,21 @@ def _cmd_tasks_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .trainer import train
+
+    overrides = list(args.overrides)
+    if args.address:
+        overrides.append(f"resources.address={args.address}")
+    cfg = load_config(args.config, overrides)
+    final = train(cfg, resume=args.resume)
+    print(f"\nmeta-pretrained encoder: {final}\nload it with:\n"
+          f"    from transformers import AutoModel, AutoTokenizer\n"
+          f"    model = AutoModel.from_pretrained('{final}'); tokenizer = AutoTokenizer.from_pretrained('{final}')")
+    return 0
+
+
 def _eval_task(entry: dict) -> "object":
     from .tasks.registry import task_config
 
@@ -96,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--model", help="tokenizer to use (default: the offline MiniLM)")
     show.add_argument("--seed", type=int, default=None)
     show.set_defaults(func=_cmd_tasks_show)
+
+    tr = sub.add_parser("train", help="meta-train the shared encoder: one Ray actor per task")
+    tr.add_argument("--config", required=True, help="experiment YAML (see configs/)")
+    tr.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
+    tr.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local instance)")
+    tr.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. meta.steps=20")
+    tr.set_defaults(func=_cmd_train)
     return p
 
 

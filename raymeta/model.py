@@ -337,14 +337,17 @@ class MetaModel(nn.Module):
         except KeyError:
             raise ModelError(f"task '{task_name}': no head (known: {sorted(self.task_types)})") from None
 
-    def encode(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """Last hidden state (N, T, H); multiple-choice (B, C, T) inputs give N = B*C."""
-        inputs = {
+    def encoder_inputs(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The batch entries this encoder accepts, multiple-choice (B, C, T) flattened to (B*C, T)."""
+        return {
             k: batch[k].reshape(-1, batch[k].shape[-1])  # (B, C, T) -> (B*C, T); 2-D unchanged
             for k in self._inputs
             if batch.get(k) is not None
         }
-        return self.encoder(**inputs, return_dict=True).last_hidden_state
+
+    def encode(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """Last hidden state (N, T, H); multiple-choice (B, C, T) inputs give N = B*C."""
+        return self.encoder(**self.encoder_inputs(batch), return_dict=True).last_hidden_state
 
     def embed(self, batch: Mapping[str, Tensor]) -> Tensor:
         """Pooled (N, H) embeddings with the model's pooling (prototypes, Proto-MAML init)."""
@@ -353,8 +356,16 @@ class MetaModel(nn.Module):
             mask = mask.reshape(-1, mask.shape[-1])
         return pool_hidden(self.encode(batch), mask, self.pooling)
 
-    def forward(self, task_name: str, batch: Mapping[str, Tensor]) -> tuple[Tensor | None, Tensor]:
-        """``(loss, logits)``; loss is None when the batch has no labels (inference)."""
+    def forward(
+        self, task_name: str | None, batch: Mapping[str, Tensor], *, embed_only: bool = False
+    ) -> tuple[Tensor | None, Tensor]:
+        """``(loss, logits)``; loss is None when the batch has no labels (inference).
+
+        ``embed_only=True`` returns ``(None, pooled embeddings)`` with no head, so that
+        ``functional_call`` can differentiate prototype computations too."""
+        if embed_only:
+            return None, self.embed(batch)
+        assert task_name is not None
         head = self.head(task_name)
         logits = head(self.encode(batch), batch)
         has_labels = all(batch.get(k) is not None for k in head.label_keys)
@@ -422,6 +433,7 @@ class ParamLayout:
             if t is not None:
                 flat[off : off + t.numel()] = t.reshape(-1)  # casts; autograd tracks it
         return flat
+
     def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
         """Named views into ``flat`` (no copies: writing a view writes the buffer)."""
         if flat.dim() != 1 or flat.numel() != self.numel:

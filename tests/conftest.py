@@ -17,7 +17,7 @@ SHARED_DATA = Path(os.environ.get("RAYMETA_DATA_DIR", REPO.parent / "shared" / "
 # A BERT small enough to train in milliseconds; the MiniLM vocabulary so its tokenizer fits.
 TINY_BERT = {
     "model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-    "intermediate_size": 64, "vocab_size": 30522, "max_position_embeddings": 128,
+    "intermediate_size": 64, "vocab_size": 30522, "max_position_embeddings": 256,
 }
 
 

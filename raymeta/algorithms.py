@@ -1,0 +1,256 @@
+"""Meta-algorithms as pure torch functions: an episode in, one task's gradient out.
+
+Nothing here imports ray: the actor is a thin shell around :func:`task_gradient`, and a
+test can call it in one process to check the distributed meta-gradient. Every function
+maps ``(model, params, episode)`` to gradients keyed by parameter name, computed with
+``torch.func.functional_call`` so that MAML can differentiate through its inner loop
+(learn2learn's ``maml_update`` style, without mutating the module).
+
+Heads:
+- ``sequence_classification`` in the MAML family (fomaml, reptile, maml, anil) uses an
+  *episode head* initialised from the support prototypes (Proto-MAML, Triantafillou et al.
+  2020), so any N-way episode starts well; ``multitask`` uses the task's own head over all
+  classes; ``protonet`` needs no head.
+- Other task types (NER, QA, multiple choice) use the task's persistent head, adapted in
+  the inner loop; its outer gradient is returned too, for the actor's head optimizer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import functional_call
+
+from .model import MetaModel, pool_hidden
+from .tasks.episodes import Episode
+
+__all__ = ["ALGORITHMS", "TaskGradient", "task_gradient", "prototypes", "proto_logits"]
+
+ALGORITHMS = ("multitask", "fomaml", "reptile", "maml", "anil", "protonet")
+Batch = Mapping[str, Tensor]
+Params = dict[str, Tensor]
+_EPISODE_W, _EPISODE_B = "episode_head.weight", "episode_head.bias"
+
+
+@dataclass
+class TaskGradient:
+    """Gradients of the task's outer loss for every parameter it reached (detached)."""
+
+    grads: dict[str, Tensor]
+    loss: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    n_examples: int = 0
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def prototypes(emb: Tensor, labels: Tensor, n_classes: int) -> Tensor:
+    """Class means of the support embeddings (Snell et al. 2017, eq. 1)."""
+    onehot = F.one_hot(labels, n_classes).to(emb.dtype)
+    return (onehot.T @ emb) / onehot.sum(0).unsqueeze(1)
+
+
+def proto_logits(query: Tensor, protos: Tensor) -> Tensor:
+    """Negative squared Euclidean distance to each prototype (Snell et al. 2017, eq. 2)."""
+    return -((query.unsqueeze(1) - protos.unsqueeze(0)) ** 2).sum(-1)
+
+
+def _split(params: Params, prefix: str) -> Params:
+    return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+
+
+class _Functional:
+    """The model evaluated at an explicit parameter dict: encoder features, then a head."""
+
+    def __init__(self, model: MetaModel, task: str, task_type: str, episode_head: bool):
+        self.model, self.task, self.type = model, task, task_type
+        self.episode_head = episode_head
+        self.head_prefix = model.head_prefix(task)
+
+    def features(self, params: Params, batch: Batch) -> Tensor:
+        enc = _split(params, "encoder.")
+        hidden = functional_call(self.model.encoder, enc, args=(), kwargs={
+            **self.model.encoder_inputs(batch), "return_dict": True}).last_hidden_state
+        if self.episode_head:  # pooled embeddings for the prototype-initialised linear head
+            mask = batch.get("attention_mask")
+            return pool_hidden(hidden, None if mask is None else mask.reshape(-1, mask.shape[-1]), self.model.pooling)
+        return hidden
+
+    def logits(self, params: Params, feats: Tensor, batch: Batch) -> Tensor:
+        if self.episode_head:
+            x = F.dropout(feats, self.model.head_dropout, self.model.training)
+            return F.linear(x, params[_EPISODE_W], params[_EPISODE_B])
+        head = self.model.head(self.task)
+        return functional_call(head, _split(params, self.head_prefix), args=(feats, batch))
+
+    def loss(self, params: Params, logits: Tensor, batch: Batch) -> Tensor:
+        if self.episode_head:
+            return F.cross_entropy(logits, batch["labels"])
+        return self.model.head(self.task).loss(logits, batch)
+
+    def __call__(self, params: Params, batch: Batch) -> tuple[Tensor, Tensor]:
+        logits = self.logits(params, self.features(params, batch), batch)
+        return self.loss(params, logits, batch), logits
+
+
+def _accuracy(task_type: str, logits: Tensor, batch: Batch) -> dict[str, float]:
+    if task_type in ("sequence_classification", "multiple_choice") and "labels" in batch:
+        return {"acc": float((logits.argmax(-1) == batch["labels"]).float().mean())}
+    return {}
+
+
+def _n(batch: Batch) -> int:
+    return int(batch["input_ids"].shape[0])
+
+
+def _both(f: Callable[[Batch], Tensor], ep: Episode) -> Tensor:
+    """Example-weighted mean loss over support and query: one batch, two forwards."""
+    ns, nq = _n(ep.support), _n(ep.query)
+    return (f(ep.support) * ns + f(ep.query) * nq) / (ns + nq)
+
+
+def _global_labels(batch: Batch, classes: list[int] | None) -> dict[str, Tensor]:
+    out = dict(batch)
+    if classes is not None:
+        out["labels"] = torch.tensor(classes, device=batch["labels"].device)[batch["labels"]]
+    return out
+
+
+def _grads(loss: Tensor, params: Params, keys: list[str], create_graph: bool = False) -> dict[str, Tensor]:
+    gs = torch.autograd.grad(loss, [params[k] for k in keys], create_graph=create_graph, allow_unused=True)
+    return {k: g for k, g in zip(keys, gs) if g is not None}
+
+
+def _sgd(fast: Params, grads: Mapping[str, Tensor], lr: float, keep_graph: bool) -> Params:
+    """One inner SGD step. First-order: the new tensors are fresh leaves (no graph to θ)."""
+    out = dict(fast)
+    for k, g in grads.items():
+        new = fast[k] - lr * g
+        out[k] = new if keep_graph else new.detach().requires_grad_(True)
+    return out
+
+
+def _outer(trainable: list[str]) -> list[str]:
+    return [k for k in trainable if not k.startswith("episode_head.")]
+
+
+# ----------------------------------------------------------------------------- algorithms
+
+
+def _multitask(fn: _Functional, params: Params, ep: Episode) -> TaskGradient:
+    """The plain gradient of the task loss: ∇θ L_i(θ), over support ∪ query (global labels)."""
+    s, q = _global_labels(ep.support, ep.classes), _global_labels(ep.query, ep.classes)
+    ns, nq = _n(s), _n(q)
+    ls, _ = fn(params, s)
+    lq, logits = fn(params, q)
+    loss = (ls * ns + lq * nq) / (ns + nq)
+    return TaskGradient(_grads(loss, params, list(params)), loss.item(), _accuracy(fn.type, logits, q), ns + nq)
+
+
+def _protonet(fn: _Functional, params: Params, ep: Episode) -> TaskGradient:
+    """Prototypical networks (Snell et al. 2017): query CE over distances to support means."""
+    assert ep.classes is not None
+    emb_s, emb_q = fn.features(params, ep.support), fn.features(params, ep.query)
+    logits = proto_logits(emb_q, prototypes(emb_s, ep.support["labels"], len(ep.classes)))
+    loss = F.cross_entropy(logits, ep.query["labels"])
+    enc = [k for k in params if k.startswith("encoder.")]
+    return TaskGradient(_grads(loss, params, enc), loss.item(), _accuracy(fn.type, logits, ep.query),
+                        _n(ep.support) + _n(ep.query))
+
+
+def _with_episode_head(fn: _Functional, params: Params, ep: Episode, differentiable: bool) -> Params:
+    """Proto-MAML head: W = 2·p_c, b = -‖p_c‖², a linear layer equal to the prototype classifier."""
+    assert ep.classes is not None
+    with torch.set_grad_enabled(differentiable):
+        emb = fn.features(params, ep.support)
+        p = prototypes(emb, ep.support["labels"], len(ep.classes))
+        w, b = 2 * p, -(p**2).sum(-1)
+    if not differentiable:
+        w, b = w.detach().requires_grad_(True), b.detach().requires_grad_(True)
+    return {**params, _EPISODE_W: w, _EPISODE_B: b}
+
+
+def _maml_family(algorithm: str, fn: _Functional, params: Params, ep: Episode, steps: int, lr: float) -> TaskGradient:
+    """FOMAML / MAML (Finn et al. 2017), ANIL (Raghu et al. 2020), Reptile (Nichol et al. 2018).
+
+    - maml: ∇θ L_q(U^k(θ)), second order through the inner loop (and the prototype init).
+    - fomaml: ∇_{θ'} L_q(θ'), θ' = U^k(θ) treated as independent of θ.
+    - anil: the inner loop adapts only the head; second order through it, which is cheap
+      because the encoder features are computed once per batch.
+    - reptile: (θ - U^k(θ)) / (k·α), k SGD steps on support ∪ query; for k = 1 this is
+      exactly the multitask gradient, so the outer learning rate means the same thing.
+    """
+    second_order = algorithm in ("maml", "anil")
+    if fn.episode_head:
+        params = _with_episode_head(fn, params, ep, differentiable=second_order)
+    head_keys = [k for k in params if not k.startswith("encoder.")]
+    trainable = head_keys if algorithm == "anil" else list(params)
+    fast: Params = dict(params) if second_order else {
+        k: v.detach().requires_grad_(True) for k, v in params.items()}
+
+    if algorithm == "anil":  # features once: the encoder does not move in the inner loop
+        feats_s, feats_q = fn.features(params, ep.support), fn.features(params, ep.query)
+
+        def support_loss(p: Params) -> Tensor:
+            return fn.loss(p, fn.logits(p, feats_s, ep.support), ep.support)
+    elif algorithm == "reptile":
+        def support_loss(p: Params) -> Tensor:
+            return _both(lambda b: fn(p, b)[0], ep)
+    else:
+        def support_loss(p: Params) -> Tensor:
+            return fn(p, ep.support)[0]
+
+    first_loss = None
+    for _ in range(steps):
+        loss = support_loss(fast)
+        first_loss = loss.item() if first_loss is None else first_loss
+        fast = _sgd(fast, _grads(loss, fast, trainable, create_graph=second_order), lr, keep_graph=second_order)
+
+    metrics = {} if first_loss is None else {"support_loss": first_loss}
+    n = _n(ep.support) + _n(ep.query)
+    if algorithm == "reptile":
+        if steps == 0:
+            raise ValueError("reptile needs inner_steps >= 1")
+        grads = {k: (params[k].detach() - fast[k].detach()) / (steps * lr) for k in _outer(trainable)}
+        with torch.no_grad():
+            lq, logits = fn(fast, ep.query)
+        return TaskGradient(grads, lq.item(), {**metrics, **_accuracy(fn.type, logits, ep.query)}, n)
+
+    if algorithm == "anil":
+        logits = fn.logits(fast, feats_q, ep.query)
+        lq = fn.loss(fast, logits, ep.query)
+    else:
+        lq, logits = fn(fast, ep.query)
+    if second_order:  # through the inner loop, back to the original θ
+        grads = _grads(lq, params, _outer(list(params)))
+    else:  # first order: the gradient at the adapted parameters
+        grads = _grads(lq, fast, _outer(list(params)))
+    return TaskGradient({k: g.detach() for k, g in grads.items()}, lq.item(),
+                        {**metrics, **_accuracy(fn.type, logits, ep.query)}, n)
+
+
+def task_gradient(
+    algorithm: str, model: MetaModel, task: str, task_type: str, episode: Episode, params: Params,
+    *, inner_steps: int = 1, inner_lr: float = 1e-3,
+) -> TaskGradient:
+    """One task's contribution to the meta-gradient.
+
+    ``params`` maps every name the computation may use — ``encoder.*`` and the task's
+    ``heads.<task>.*`` — to a tensor that requires grad. The result's ``grads`` has the
+    same names (those the loss reached); the encoder part is what the driver reduces.
+    """
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm '{algorithm}' (known: {', '.join(ALGORITHMS)})")
+    classification = task_type == "sequence_classification"
+    if algorithm == "multitask" or (algorithm == "protonet" and not classification):
+        # ProtoNet needs classes; other task types contribute their supervised loss.
+        return _multitask(_Functional(model, task, task_type, episode_head=False), params, episode)
+    if algorithm == "protonet":
+        return _protonet(_Functional(model, task, task_type, episode_head=True), params, episode)
+    fn = _Functional(model, task, task_type, episode_head=classification)
+    return _maml_family(algorithm, fn, params, episode, inner_steps, inner_lr)

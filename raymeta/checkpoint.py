@@ -1,0 +1,160 @@
+"""Atomic, resumable checkpoints: safetensors + JSON only (never pickle).
+
+Layout of ``<output_dir>/checkpoints/step-00000050/``::
+
+    model/                      encoder via save_pretrained (safetensors) + tokenizer
+    trainer_state.safetensors   outer optimizer moments, heads, head optimizers
+    trainer_state.json          step, scheduler, param groups, mixture, RNG note (written last)
+    config.yaml                 the resolved config
+
+Each checkpoint is written into a hidden temporary directory, fsynced, then renamed into
+place; ``LATEST`` is replaced atomically afterwards. A kill at any moment leaves either
+the previous checkpoint or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import ExperimentConfig, save_config
+from .errors import ModelError
+
+__all__ = ["save_checkpoint", "latest_checkpoint", "load_checkpoint", "load_encoder_weights", "export_model", "atomic_dir"]
+
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
+_COMPLETE = "trainer_state.json"  # written last: its presence marks a complete checkpoint
+
+
+def _fsync_tree(root: Path) -> None:
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            with p.open("rb") as fh:
+                os.fsync(fh.fileno())
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class atomic_dir:
+    """``with atomic_dir(target) as tmp:`` write into ``tmp``; on success it becomes ``target``."""
+
+    def __init__(self, target: Path):
+        self.target = Path(target)
+        self.tmp = self.target.with_name(f".tmp-{self.target.name}-{os.getpid()}")
+
+    def __enter__(self) -> Path:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        _fsync_tree(self.tmp)
+        old = self.target.with_name(f".old-{self.target.name}-{os.getpid()}")
+        if self.target.exists():  # rename can't replace a non-empty dir: move the old one aside first
+            os.replace(self.target, old)
+        os.replace(self.tmp, self.target)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _save_encoder(encoder: torch.nn.Module, path: Path) -> None:
+    # The trainer's parameters are views into one flat buffer; save_pretrained would take
+    # views of one storage for tied weights, so it gets independent copies.
+    from transformers.utils import logging as hf_logging
+
+    sd = {k: v.detach().clone().contiguous() for k, v in encoder.state_dict().items()}
+    hf_logging.disable_progress_bar()  # one bar per save is noise in a step log
+    encoder.save_pretrained(path, state_dict=sd, safe_serialization=True)
+
+
+def export_model(target: Path, encoder: torch.nn.Module, tokenizer: Any) -> Path:
+    """A Hugging Face directory loadable by ``AutoModel.from_pretrained`` (atomic)."""
+    with atomic_dir(target) as tmp:
+        _save_encoder(encoder, tmp)
+        tokenizer.save_pretrained(tmp)
+    return target
+
+
+def save_checkpoint(
+    output_dir: str | Path, step: int, *, encoder: torch.nn.Module, tokenizer: Any, cfg: ExperimentConfig,
+    tensors: dict[str, torch.Tensor], state: dict[str, Any], keep_last: int = 2,
+) -> Path:
+    root = Path(output_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / f"step-{step:08d}"
+    with atomic_dir(target) as tmp:
+        _save_encoder(encoder, tmp / "model")
+        tokenizer.save_pretrained(tmp / "model")
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "trainer_state.safetensors"))
+        save_config(cfg, tmp)
+        (tmp / _COMPLETE).write_text(json.dumps({**state, "step": step}, indent=1, sort_keys=True))
+    _atomic_write_text(root / "LATEST", target.name + "\n")
+    for old in sorted(p for p in root.iterdir() if _STEP_DIR.match(p.name))[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint (``LATEST`` if it is complete, else the newest complete one)."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return None
+    latest = root / "LATEST"
+    if latest.is_file():
+        cand = root / latest.read_text().strip()
+        if (cand / _COMPLETE).is_file():
+            return cand
+    done = sorted(p for p in root.iterdir() if _STEP_DIR.match(p.name) and (p / _COMPLETE).is_file())
+    return done[-1] if done else None
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    p = Path(path)
+    try:
+        tensors = load_file(str(p / "trainer_state.safetensors"))
+        state = json.loads((p / _COMPLETE).read_text())
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelError(f"checkpoint {p}: cannot be read ({str(e).splitlines()[0][:160]})") from None
+    return tensors, state
+
+
+def load_encoder_weights(encoder: torch.nn.Module, model_dir: str | Path) -> None:
+    """Load ``model.safetensors`` into an existing encoder; a different architecture is one clear line."""
+    f = Path(model_dir) / "model.safetensors"
+    try:
+        sd = load_file(str(f))
+    except (SafetensorError, OSError) as e:
+        raise ModelError(f"checkpoint {f}: not a readable safetensors file ({str(e).splitlines()[0][:160]})") from None
+    own = encoder.state_dict()
+    missing = [k for k in own if k not in sd]
+    extra = [k for k in sd if k not in own]
+    bad = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or extra or bad:
+        k = (bad or missing or extra)[0]
+        what = (f"shape {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" if bad else "missing" if missing else "unexpected")
+        raise ModelError(f"checkpoint {f}: different architecture from the configured model (tensor '{k}': {what})")
+    with torch.no_grad():
+        for k, v in own.items():
+            v.copy_(sd[k])

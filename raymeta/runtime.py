@@ -1,0 +1,63 @@
+"""Connecting to Ray and sizing task actors. The one place that decides addresses and resources."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any
+
+from .config import ResourcesConfig
+from .errors import RaymetaError
+
+__all__ = ["connect", "actor_options", "LOCAL_NODE_IP"]
+
+log = logging.getLogger(__name__)
+
+# Ray turns 127.0.0.1 into the machine's interface address; any other loopback address is
+# kept as given, so the embedded default really stays on loopback (see SECURITY.md).
+LOCAL_NODE_IP = os.environ.get("RAYMETA_NODE_IP", "127.0.0.2")
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None) -> bool:
+    """Join ``address`` (or ``$RAY_ADDRESS``), else start a local instance on loopback.
+
+    Returns True when this call started Ray (so the caller shuts it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if address:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")  # a joining client needs the cluster's token
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise RaymetaError(f"--address {address}: cannot connect to a Ray cluster ({str(e).splitlines()[0][:160]})") from None
+    else:
+        ray.init(_node_ip_address=LOCAL_NODE_IP, dashboard_host="127.0.0.1", num_cpus=num_cpus,
+                 include_dashboard=False, **kwargs)
+    return True
+
+
+def actor_options(r: ResourcesConfig, n_actors: int) -> tuple[dict[str, Any], int, str]:
+    """Ray options, torch threads and device for each task actor.
+
+    GPUs: one each when there are enough, else an equal fraction. CPUs: an equal share of
+    the cluster's CPUs (fractional on a laptop), unless the config fixes them."""
+    import ray
+
+    total = ray.cluster_resources()
+    gpus, cpus = float(total.get("GPU", 0)), float(total.get("CPU", 1))
+    num_gpus = r.num_gpus_per_actor
+    if num_gpus is None:
+        num_gpus = 0.0 if gpus == 0 else (1.0 if gpus >= n_actors else math.floor(gpus / n_actors * 100) / 100)
+    num_cpus = r.num_cpus_per_actor
+    if num_cpus is None:
+        num_cpus = 1.0 if num_gpus else max(0.01, math.floor(cpus / n_actors * 100) / 100)
+    opts: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_restarts": 0}
+    if r.custom_resources:
+        opts["resources"] = dict(r.custom_resources)
+    threads = r.torch_threads or max(1, int(num_cpus))
+    return opts, threads, "cuda" if num_gpus > 0 else "cpu"

@@ -1,0 +1,86 @@
+"""Where a run's numbers go: ``metrics.jsonl``, TensorBoard event files and one console line per step,
+plus the task-affinity heatmap (pairwise cosine similarity of task gradients) at the end."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Tracker"]
+
+log = logging.getLogger("raymeta.train")
+
+
+class Tracker:
+    def __init__(self, output_dir: Path, tasks: list[str], *, start_step: int = 0):
+        from tensorboardX import SummaryWriter
+
+        self.dir = Path(output_dir)
+        self.tasks = tasks
+        path = self.dir / "metrics.jsonl"
+        # On resume, drop records past the checkpoint: those steps run again, and must not count twice.
+        kept = [ln for ln in path.read_text().splitlines() if json.loads(ln)["step"] < start_step] \
+            if start_step and path.is_file() else []
+        self.jsonl = path.open("w", encoding="utf-8")
+        self.jsonl.writelines(ln + "\n" for ln in kept)
+        self.tb = SummaryWriter(str(self.dir / "tensorboard"))
+        self.cos_sum = np.zeros((len(tasks), len(tasks)))
+        self.cos_n = np.zeros((len(tasks), len(tasks)))
+
+    def step(self, record: dict[str, Any], cosine: np.ndarray | None, used: list[str]) -> None:
+        step = record["step"]
+        if cosine is not None:
+            idx = [self.tasks.index(t) for t in used]
+            self.cos_sum[np.ix_(idx, idx)] += cosine
+            self.cos_n[np.ix_(idx, idx)] += 1
+            record["affinity"] = {f"{a}|{b}": round(float(cosine[i, j]), 5)
+                                  for i, a in enumerate(used) for j, b in enumerate(used) if i < j}
+        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.flush()
+        for task, loss in record["loss"].items():
+            self.tb.add_scalar(f"loss/{task}", loss, step)
+        for task, w in record["weights"].items():
+            self.tb.add_scalar(f"mixture/{task}", w, step)
+        for key in ("grad_norm", "lr", "step_s", "compute_max_s"):
+            self.tb.add_scalar(f"train/{key}", record[key], step)
+        for pair, c in record.get("affinity", {}).items():
+            self.tb.add_scalar(f"affinity/{pair}", c, step)
+        losses = " ".join(f"{t}={v:.3f}" for t, v in record["loss"].items())
+        skipped = f" skipped={','.join(record['skipped'])}" if record["skipped"] else ""
+        log.info("step %d/%d | loss %s | |g| %.3f | lr %.2e | %.2fs (slowest actor %.2fs)%s",
+                 step + 1, record["steps"], losses, record["grad_norm"], record["lr"], record["step_s"],
+                 record["compute_max_s"], skipped)
+
+    def affinity_png(self) -> Path | None:
+        if len(self.tasks) < 2 or not self.cos_n.any():
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        mean = np.divide(self.cos_sum, self.cos_n, out=np.full_like(self.cos_sum, np.nan), where=self.cos_n > 0)
+        fig, ax = plt.subplots(figsize=(1.2 * len(self.tasks) + 3, 1.0 * len(self.tasks) + 2))
+        im = ax.imshow(mean, vmin=-1, vmax=1, cmap="RdBu")
+        ax.set_xticks(range(len(self.tasks)), self.tasks, rotation=45, ha="right")
+        ax.set_yticks(range(len(self.tasks)), self.tasks)
+        for i in range(len(self.tasks)):
+            for j in range(len(self.tasks)):
+                if not np.isnan(mean[i, j]):
+                    ax.text(j, i, f"{mean[i, j]:.2f}", ha="center", va="center", fontsize=8)
+        ax.set_title("task affinity: mean cosine of task gradients")
+        fig.colorbar(im, ax=ax)
+        fig.tight_layout()
+        path = self.dir / "task_affinity.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        np.save(self.dir / "task_affinity.npy", mean)
+        return path
+
+    def close(self) -> None:
+        self.jsonl.close()
+        self.tb.close()

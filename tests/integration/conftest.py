@@ -1,0 +1,71 @@
+"""One local Ray instance (on a loopback address) shared by the integration tests."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    from raymeta.runtime import connect
+
+    started = connect(num_cpus=2)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def mixed_data(tmp_path_factory):
+    """Three small raw files, one per task type the exactness test covers: csv, CoNLL, SQuAD."""
+    d = tmp_path_factory.mktemp("mixed")
+    topics = ["sport", "music", "travel", "food"]
+    rows = ["text,label"] + [f"a sentence about {t} number {i},{t}" for i in range(12) for t in topics]
+    (d / "cls.csv").write_text("\n".join(rows) + "\n")
+    words = [("Alice", "B-person"), ("met", "O"), ("Bob", "B-person"), ("in", "O"), ("New", "B-location"),
+             ("York", "I-location"), ("today", "O")]
+    (d / "ner.conll").write_text("".join("".join(f"{w}\t{t}\n" for w, t in words[: 3 + i % 5]) + "\n" for i in range(20)))
+    paras = []
+    for i in range(6):
+        ctx = f"The river number {i} flows through the town of Ville{i}, which has {i + 3} bridges."
+        town, bridges = f"Ville{i}", str(i + 3)
+        qas = [{"id": f"{i}a", "question": "Which town?",
+                "answers": [{"text": town, "answer_start": ctx.index(town)}]},
+               {"id": f"{i}b", "question": "How many bridges?",
+                "answers": [{"text": bridges, "answer_start": ctx.index(f"{bridges} bridges")}]}]
+        paras.append({"context": ctx, "qas": qas})
+    (d / "qa.json").write_text(json.dumps({"data": [{"title": "rivers", "paragraphs": paras}]}))
+    return d
+
+
+def tiny_config(tmp_path, data_dir, **meta) -> dict:
+    from ..conftest import TINY_BERT
+
+    return {
+        "name": "it", "seed": 3, "output_dir": str(tmp_path / "run"), "data_dir": str(data_dir),
+        "cache_dir": str(tmp_path / "cache"),
+        "model": {"from_config": TINY_BERT},
+        "tasks": [
+            {"name": "cls", "type": "sequence_classification", "weight": 2.0, "max_length": 24,
+             "source": {"kind": "files", "format": "csv", "files": {"train": "${data_dir}/cls.csv"}}},
+            {"name": "ner", "type": "token_classification", "weight": 1.0, "max_length": 24,
+             "source": {"kind": "files", "format": "conll", "files": {"train": "${data_dir}/ner.conll"}}},
+            {"name": "qa", "type": "extractive_qa", "weight": 0.5, "max_length": 48, "stride": 16,
+             "source": {"kind": "files", "format": "squad", "files": {"train": "${data_dir}/qa.json"}}},
+        ],
+        "meta": {"steps": 3, "inner_steps": 2, "inner_lr": 0.05,
+                 "episode": {"ways": 3, "shots": 2, "queries": 2, "support_size": 3, "query_size": 3}, **meta},
+        "optim": {"lr": 1e-3, "warmup_steps": 1},
+        "checkpoint": {"every_steps": 1, "keep_last": 5},
+    }
+
+
+def write_config(tmp_path, cfg: dict) -> str:
+    p = tmp_path / "exp.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return str(p)
