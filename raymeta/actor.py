@@ -63,6 +63,9 @@ class TaskActor:
 
     def __init__(self, cfg_json: str, task_name: str, num_threads: int | None = None, device: str = "cpu"):
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a "Loading weights" bar per actor is noise in the job log
         torch.set_num_threads(num_threads or max(1, len(os.sched_getaffinity(0))))
         self.cfg = ExperimentConfig.model_validate_json(cfg_json)
         self.device = torch.device(device)
@@ -71,6 +74,7 @@ class TaskActor:
         self.task = load_task(spec, tok, self.cfg.data_dir, self.cfg.cache_dir)
         self.model = build_task_model(self.cfg, spec.name, spec.type, self.task.num_labels, len(tok)).to(self.device)
         self.layout, self.flat = bind_flat(self.model.shared_named_parameters())
+        self.grad_buf = torch.empty_like(self.flat)
         self.head = self.model.head_named_parameters(spec.name)
         o = self.cfg.optim
         self.head_opt = torch.optim.AdamW(list(self.head.values()), lr=o.head_lr, weight_decay=o.weight_decay, betas=o.betas)
@@ -90,7 +94,10 @@ class TaskActor:
     # -- the step ---------------------------------------------------------------------------
 
     def compute(self, shared: np.ndarray, step: int) -> dict[str, Any]:
-        """Gradient of this task's (outer) loss w.r.t. the published shared parameters."""
+        """Gradient of this task's (outer) loss w.r.t. the published shared parameters.
+
+        The returned ``grad`` is a view of a buffer reused by the next call: Ray copies it into
+        the object store on return; a caller outside Ray must copy it before calling again."""
         t0 = time.perf_counter()
         if self.flat.device.type == "cpu":  # numpy copy: no torch view of the read-only object-store buffer
             np.copyto(self.flat.numpy(), shared)
@@ -106,7 +113,8 @@ class TaskActor:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             result = task_gradient(meta.algorithm, self.model, self.task.name, self.task.config.type, episode, params,
                                    inner_steps=meta.inner_steps, inner_lr=meta.inner_lr)
-        grad = self.layout.flatten({n: result.grads.get(n) for n in self.layout.names})
+        # Reused buffer: Ray copies the returned array into the object store before the next call.
+        grad = self.layout.flatten({n: result.grads.get(n) for n in self.layout.names}, out=self.grad_buf)
         finite = bool(np.isfinite(result.loss)) and bool(torch.isfinite(grad).all())
         head_grads = {k: result.grads[k] for k in self.head if k in result.grads}
         if finite and head_grads and all(bool(torch.isfinite(g).all()) for g in head_grads.values()):

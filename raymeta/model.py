@@ -118,11 +118,12 @@ def load_encoder(
             raise _not_a_model(path, e) from None
         if vocab_size is not None and vocab_size > encoder.get_input_embeddings().num_embeddings:
             encoder.resize_token_embeddings(vocab_size)  # the tokenizer added tokens
-    # Drop the unused pooler (BERT-style models allow it: add_pooling_layer): its parameters
-    # would never get a gradient, yet cost space in every gradient buffer and AdamW state.
-    init_params = inspect.signature(type(encoder).__init__).parameters
-    if getattr(encoder, "pooler", None) is not None and "add_pooling_layer" in init_params:
-        encoder.pooler = None
+    # BERT's pooler is never used (heads pool the hidden states themselves), so it would get no
+    # gradient, yet cost space in every gradient buffer and AdamW state. It is frozen and kept
+    # out of the shared parameters, but stays in the model, so that a saved checkpoint is a
+    # complete model whose pooler is the pretrained one (not a random re-initialisation).
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler.requires_grad_(False)
     encoder.config.use_cache = False  # no KV cache: we never generate
     return encoder.to(torch.float32)
 
@@ -375,7 +376,8 @@ class MetaModel(nn.Module):
         return f"heads.{_head_key(task_name)}."
 
     def shared_named_parameters(self) -> dict[str, nn.Parameter]:
-        return {f"encoder.{n}": p for n, p in self.encoder.named_parameters()}
+        """The meta-learned parameters (frozen ones, such as BERT's unused pooler, excluded)."""
+        return {f"encoder.{n}": p for n, p in self.encoder.named_parameters() if p.requires_grad}
 
     def head_named_parameters(self, task_name: str) -> dict[str, nn.Parameter]:
         prefix = self.head_prefix(task_name)
@@ -421,17 +423,21 @@ class ParamLayout:
                     f"parameter '{name}': shape {tuple(t.shape)} does not match layout {shape}"
                 )
 
-    def flatten(self, tensors: Mapping[str, Tensor | None]) -> Tensor:
+    def flatten(self, tensors: Mapping[str, Tensor | None], out: Tensor | None = None) -> Tensor:
         """One 1-D float32 buffer in layout order. ``None`` (a parameter the loss never
-        reached, so no gradient) is written as zeros. Differentiable: detach if needed."""
+        reached, so no gradient) is written as zeros. Differentiable: detach if needed.
+        ``out``: a buffer to reuse instead of allocating one (the actors' hot path)."""
         self.check(tensors)
         ref = next((t for t in tensors.values() if t is not None), None)
         device = ref.device if ref is not None else torch.device("cpu")
-        flat = torch.zeros(self.numel, dtype=torch.float32, device=device)  # one allocation
-        for name, off in zip(self.names, self.offsets):
+        flat = out if out is not None else torch.empty(self.numel, dtype=torch.float32, device=device)
+        for name, shape, off in zip(self.names, self.shapes, self.offsets):
             t = tensors[name]
-            if t is not None:
-                flat[off : off + t.numel()] = t.reshape(-1)  # casts; autograd tracks it
+            n = math.prod(shape)
+            if t is None:
+                flat[off : off + n].zero_()
+            else:
+                flat[off : off + n] = t.reshape(-1)  # casts; autograd tracks it
         return flat
 
     def unflatten(self, flat: Tensor) -> dict[str, Tensor]:

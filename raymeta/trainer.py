@@ -77,8 +77,9 @@ class MetaTrainer:
         self.tokenizer = load_tokenizer(self.cfg.model)
         torch.manual_seed(self.cfg.seed)  # a from_config encoder starts from the seed
         self.encoder = load_encoder(self.cfg.model, len(self.tokenizer))
-        named = {f"encoder.{n}": p for n, p in self.encoder.named_parameters()}
+        named = {f"encoder.{n}": p for n, p in self.encoder.named_parameters() if p.requires_grad}
         self.layout, self.flat = bind_flat(named)
+        self.grad_buf = torch.zeros_like(self.flat)  # the meta-gradient; .grad of every parameter views it
         self.named = named
         self.opt, self.sched = outer_optimizer(named, self.cfg)
 
@@ -163,7 +164,7 @@ class MetaTrainer:
         reduced = reduce_gradients(
             [TaskGrad(r["task"], r["grad"], r["loss"], self.weights[r["task"]]) for r in results],
             self.layout.numel, step=self.step, seed=self.cfg.seed, rule=self.cfg.meta.combine,
-            nan_policy=self.cfg.meta.nan_policy,
+            nan_policy=self.cfg.meta.nan_policy, out=self.grad_buf,
         )
         t_red = time.perf_counter()
         for p, g in zip(self.named.values(), self.layout.unflatten(reduced.grad).values()):

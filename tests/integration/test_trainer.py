@@ -31,7 +31,9 @@ def reference_meta_gradient(cfg: ExperimentConfig, shared: dict[str, torch.Tenso
     for spec in cfg.tasks:
         task = load_task(spec, tok, cfg.data_dir, cfg.cache_dir)
         model = build_task_model(cfg, spec.name, spec.type, task.num_labels, len(tok))
-        model.encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in shared.items()})
+        with torch.no_grad():
+            for name, p in model.shared_named_parameters().items():
+                p.copy_(shared[name])
         episode = task.episode(cfg.meta.episode, cfg.seed, step)
         torch.manual_seed(step_seed(cfg.seed, spec.name, step))
         params = {**model.shared_named_parameters(), **model.head_named_parameters(spec.name)}

@@ -220,8 +220,11 @@ def test_parameter_groups_are_disjoint_and_cover(kind):
         assert head and all(n.startswith(f"heads.{task}.") for n in head)
         assert not seen & set(head)
         seen |= set(head)
-    assert seen == {n for n, _ in model.named_parameters()}
-    assert not any("pooler" in n for n in shared)  # unused: would never get a gradient
+    assert seen == {n for n, p in model.named_parameters() if p.requires_grad}
+    # BERT's pooler is unused: frozen, kept out of the shared group, but still in the model
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert not any("pooler" in n for n in shared)
+    assert frozen == ({"encoder.pooler.dense.weight", "encoder.pooler.dense.bias"} if kind == "bert" else set())
 
 
 def test_dotted_task_name_and_duplicate_head():
@@ -269,7 +272,7 @@ def test_second_order_maml_step_through_functional_call(kind):
     cfg = ModelConfig(from_config=ENCODERS[kind])
     model = MetaModel.from_config(cfg, [("cls", "sequence_classification", 3)], attn_implementation="eager")
     assert model.encoder.config._attn_implementation == "eager"
-    params = dict(model.named_parameters())
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     support, query = batch(seed=1), batch(seed=2)
     loss = functional_call(model, params, args=("cls", support))[0]
     grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
@@ -315,7 +318,7 @@ def test_param_layout_of_model_gradients():
     layout = ParamLayout.from_named(model.shared_named_parameters())
     model("cls", batch())[0].backward()
     flat = layout.flatten({n: p.grad for n, p in model.shared_named_parameters().items()})
-    assert flat.numel() == sum(p.numel() for p in model.encoder.parameters())
+    assert flat.numel() == sum(p.numel() for p in model.encoder.parameters() if p.requires_grad)
     assert torch.isfinite(flat).all() and flat.abs().sum() > 0
     # None (no gradient reached the parameter) becomes zeros
     grads = {n: None for n in layout.names}
