@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from .errors import RaymetaError
@@ -87,6 +88,58 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ints(text: str) -> list[int]:
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise RaymetaError(f"expected comma-separated integers such as 4,8,16, got '{text}'") from None
+    if not vals or min(vals) < 1:
+        raise RaymetaError(f"expected positive integers, got '{text}'")
+    return vals
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .config import ExperimentConfig
+    from .evaluate import evaluate, evaluate_episodic, resolve_eval_task
+    from .finetune import FinetuneSettings
+
+    base = ExperimentConfig()
+    data_dir = args.data_dir or base.data_dir
+    tasks = [resolve_eval_task(t) for t in args.task]
+    if args.episodic:
+        out = evaluate_episodic(args.init, tasks, ways=args.ways, shots=_ints(args.shots), queries=args.queries,
+                                episodes=args.episodes, head_steps=args.head_steps, seed=args.seed,
+                                data_dir=data_dir, cache_dir=base.cache_dir, output=args.output)
+    else:
+        settings = FinetuneSettings(steps=args.steps, lr=args.lr, head_lr=args.head_lr, batch_size=args.batch_size,
+                                    max_test=args.max_test or None)
+        out = evaluate(args.init, tasks, shots=_ints(args.shots), n_splits=args.splits, settings=settings,
+                       seed=args.seed, data_dir=data_dir, cache_dir=base.cache_dir, output=args.output)
+    print(format_results(out))
+    print(f"\nwrote {args.output}")
+    return 0
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from .benchmark import quick_config, run_benchmark
+    from .config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    if args.quick:
+        cfg = quick_config(cfg)
+    out = Path(args.output or Path(cfg.output_dir) / ("benchmark-quick" if args.quick else "benchmark"))
+    run_benchmark(cfg, out)
+    print((out / "results.md").read_text())
+    print(f"wrote {out / 'results.json'}, {out / 'results.md'} and plots")
+    return 0
+
+
+def format_results(out: dict) -> str:
+    from .report import results_table
+
+    return results_table({out["init"]: out})
+
+
 def _eval_task(entry: dict) -> "object":
     from .tasks.registry import task_config
 
@@ -118,6 +171,34 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local instance)")
     tr.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. meta.steps=20")
     tr.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("evaluate", help="few-shot fine-tuning (or episodic) evaluation of an init on held-out tasks")
+    ev.add_argument("--init", required=True, help="raymeta run/checkpoint dir, Hugging Face model dir, or hub name")
+    ev.add_argument("--task", action="append", required=True,
+                    help="ready-made task, task YAML, or a directory with train.jsonl/test.jsonl (text, label); repeatable")
+    ev.add_argument("--shots", default="4,8,16", help="K values (episodic: shots per class), e.g. 4,8,16")
+    ev.add_argument("--splits", type=int, default=10, help="seeded K-shot splits per K")
+    ev.add_argument("--output", default="results.json")
+    ev.add_argument("--steps", type=int, default=30, help="fine-tuning steps per split")
+    ev.add_argument("--lr", type=float, default=5e-5, help="encoder learning rate")
+    ev.add_argument("--head-lr", type=float, default=1e-3)
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--max-test", type=int, default=1000, help="test examples scored (seeded subsample); 0 = all")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--data-dir")
+    ev.add_argument("--episodic", action="store_true", help="N-way K-shot episodes on the test classes instead")
+    ev.add_argument("--ways", type=int, default=5)
+    ev.add_argument("--queries", type=int, default=15)
+    ev.add_argument("--episodes", type=int, default=1000)
+    ev.add_argument("--head-steps", type=int, default=50, help="episodic: steps of the fine-tuned linear head")
+    ev.set_defaults(func=_cmd_evaluate)
+
+    bm = sub.add_parser("benchmark", help="meta-train every algorithm at equal budget and compare the inits")
+    bm.add_argument("--config", required=True)
+    bm.add_argument("--quick", action="store_true", help="the small budget of benchmark.quick (minutes on 2 CPUs)")
+    bm.add_argument("--output", help="directory for results.json, results.md and plots (default: <output_dir>/benchmark)")
+    bm.add_argument("overrides", nargs="*", metavar="key=value")
+    bm.set_defaults(func=_cmd_benchmark)
     return p
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "ResourcesConfig",
     "CheckpointConfig",
     "EvalConfig",
+    "BenchmarkConfig",
     "ExperimentConfig",
     "load_config",
     "parse_overrides",
@@ -185,13 +186,31 @@ class CheckpointConfig(_Strict):
 class EvalConfig(_Strict):
     """Few-shot evaluation on held-out tasks (never used for meta-training)."""
 
-    tasks: list[dict[str, Any]] = Field(default_factory=list)
+    tasks: list[dict[str, Any]] = Field(default_factory=list)  # K-shot fine-tuning tasks ({use: NAME} entries)
     shots: list[int] = Field(default_factory=lambda: [4, 8, 16])
     splits: int = Field(default=5, ge=1)
     finetune_steps: int = Field(default=30, ge=1)
     finetune_lr: float = Field(default=5e-5, gt=0.0)
-    episodes: int = Field(default=500, ge=1)
+    head_lr: float = Field(default=1e-3, gt=0.0)
+    batch_size: int = Field(default=16, ge=1)
     max_test_examples: int | None = Field(default=1000, ge=1)
+    # episodic N-way K-shot evaluation on many-class tasks (prototype classifier + fine-tuned head)
+    episodic_tasks: list[dict[str, Any]] = Field(default_factory=list)
+    ways: int = Field(default=5, ge=2)
+    episodic_shots: list[int] = Field(default_factory=lambda: [1, 5])
+    queries: int = Field(default=15, ge=1)
+    episodes: int = Field(default=500, ge=1)
+    head_steps: int = Field(default=50, ge=0)
+
+
+class BenchmarkConfig(_Strict):
+    """``raymeta benchmark``: which meta-algorithms to compare, and the ``--quick`` budget."""
+
+    algorithms: list[Algorithm] = Field(default_factory=lambda: list(ALGORITHMS))
+    quick: dict[str, Any] = Field(default_factory=lambda: {
+        "meta.steps": 2, "eval.splits": 2, "eval.shots": [4], "eval.finetune_steps": 3, "eval.episodes": 50,
+        "eval.max_test_examples": 64, "eval.episodic_shots": [1], "checkpoint.every_steps": 1000,
+    })
 
 
 class ExperimentConfig(_Strict):
@@ -211,6 +230,7 @@ class ExperimentConfig(_Strict):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
 
     @model_validator(mode="after")
     def _unique_tasks(self) -> "ExperimentConfig":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,13 +33,18 @@ class EpisodicResult:
     mean: float
     std: float
     ci95: float
+    values: list[float]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean, "std": self.std, "ci95": self.ci95, "n": self.episodes, "ways": self.ways,
+                "shots": self.shots, "queries": self.queries, "values": [round(v, 4) for v in self.values]}
 
     def __str__(self) -> str:
         return f"{self.ways}-way {self.shots}-shot: {100 * self.mean:.1f} ± {100 * self.ci95:.1f} ({self.episodes} episodes)"
 
 
 @torch.no_grad()
-def embed_task(init: str, task: TaskConfig, *, data_dir: str, cache_dir: str | None, splits: tuple[str, ...] = ("train", "test"),
+def embed_task(init: str, task: TaskConfig, *, data_dir: str, cache_dir: str | None, splits: tuple[str, ...] = ("test",),
                batch_size: int = 128, pooling: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Pooled embeddings of every row of ``splits`` (concatenated) and their class ids."""
     mcfg = ModelConfig(name_or_path=init, pooling=pooling)
@@ -55,27 +61,58 @@ def embed_task(init: str, task: TaskConfig, *, data_dir: str, cache_dir: str | N
     return np.concatenate(embs), np.concatenate(ids)
 
 
+def _summary(accs: list[float], ways: int, shots: int, queries: int) -> EpisodicResult:
+    a = np.asarray(accs)
+    std = float(a.std(ddof=1)) if len(a) > 1 else 0.0
+    return EpisodicResult(ways, shots, queries, len(a), float(a.mean()), std, 1.96 * std / math.sqrt(len(a)), list(accs))
+
+
+def _finetune_head(
+    xs: torch.Tensor, ys: torch.Tensor, protos: torch.Tensor, steps: int, lr: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A linear head initialised from the prototypes (W = 2p, b = -|p|^2), then trained on the support set."""
+    w = (2 * protos).clone().requires_grad_(True)
+    b = (-(protos**2).sum(-1)).clone().requires_grad_(True)
+    opt = torch.optim.Adam([w, b], lr=lr)
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(xs @ w.T + b, ys)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return w.detach(), b.detach()
+
+
 def episodic_accuracy(emb: np.ndarray, class_ids: np.ndarray, *, ways: int, shots: int, queries: int,
-                      episodes: int, seed: int = 0) -> EpisodicResult:
-    """Mean query accuracy of the prototype classifier over seeded episodes."""
+                      episodes: int, seed: int = 0, head_steps: int = 0, head_lr: float = 1e-2) -> dict[str, EpisodicResult]:
+    """Mean query accuracy over seeded episodes of the prototype classifier (no training) and,
+    with ``head_steps > 0``, of a prototype-initialised linear head fine-tuned on each support set."""
     cfg = EpisodeConfig(ways=ways, shots=shots, queries=queries)
     x = torch.from_numpy(emb)
-    accs = []
+    proto_accs, head_accs = [], []
     for e in range(episodes):
         s, q, classes = sample_episode(len(class_ids), class_ids, cfg, seed, "episodic-eval", e)
         assert classes is not None
         local = {c: j for j, c in enumerate(classes)}
         ys = torch.tensor([local[int(class_ids[i])] for i in s])
         yq = torch.tensor([local[int(class_ids[i])] for i in q])
-        logits = proto_logits(x[q], prototypes(x[s], ys, len(classes)))
-        accs.append(float((logits.argmax(-1) == yq).float().mean()))
-    a = np.asarray(accs)
-    std = float(a.std(ddof=1)) if len(a) > 1 else 0.0
-    return EpisodicResult(ways, shots, queries, episodes, float(a.mean()), std, 1.96 * std / math.sqrt(len(a)))
+        protos = prototypes(x[s], ys, len(classes))
+        proto_accs.append(float((proto_logits(x[q], protos).argmax(-1) == yq).float().mean()))
+        if head_steps > 0:
+            with torch.enable_grad():
+                w, b = _finetune_head(x[s], ys, protos, head_steps, head_lr)
+            head_accs.append(float(((x[q] @ w.T + b).argmax(-1) == yq).float().mean()))
+    out = {"prototype": _summary(proto_accs, ways, shots, queries)}
+    if head_accs:
+        out["finetuned_head"] = _summary(head_accs, ways, shots, queries)
+    return out
 
 
 def evaluate_init_episodic(init: str, task: TaskConfig, *, data_dir: str, cache_dir: str | None, ways: int = 5,
                            shots: tuple[int, ...] = (1, 5), queries: int = 15, episodes: int = 1000,
-                           seed: int = 0) -> list[EpisodicResult]:
-    emb, ids = embed_task(init, task, data_dir=data_dir, cache_dir=cache_dir)
-    return [episodic_accuracy(emb, ids, ways=ways, shots=k, queries=queries, episodes=episodes, seed=seed) for k in shots]
+                           seed: int = 0, head_steps: int = 0,
+                           splits: tuple[str, ...] = ("test",)) -> dict[int, dict[str, EpisodicResult]]:
+    """Per K: the prototype classifier's result (and the fine-tuned head's, if ``head_steps``).
+    Episodes are drawn from the rows of ``splits`` (default: the test split)."""
+    emb, ids = embed_task(init, task, data_dir=data_dir, cache_dir=cache_dir, splits=splits)
+    return {k: episodic_accuracy(emb, ids, ways=ways, shots=k, queries=queries, episodes=episodes, seed=seed,
+                                 head_steps=head_steps) for k in shots}

@@ -1,0 +1,166 @@
+"""``raymeta benchmark``: what meta-pretraining buys, against the right baselines.
+
+Starting points compared on held-out tasks, each meta-trained for the same number of
+meta-steps on the same seeded episodes:
+(a) the pretrained model as is; (b) ``multitask`` average-gradient training, the plain
+baseline; then every meta-algorithm in ``benchmark.algorithms`` (FOMAML, Reptile, ANIL,
+ProtoNet, MAML). Gains over (a) and (b) come with paired 95% CIs: every init sees the same
+K-shot splits and the same episodes, so the per-split (per-episode) differences are used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import export_model
+from .config import ExperimentConfig, apply_overrides
+from .evaluate import evaluate, evaluate_episodic, summarise, write_json_atomic
+from .finetune import FinetuneSettings
+from .model import load_encoder, load_tokenizer
+from .report import plot_curves, plot_scores, results_table
+from .tasks.registry import resolve_task_entry
+
+__all__ = ["run_benchmark", "quick_config", "gains"]
+
+log = logging.getLogger("raymeta.benchmark")
+
+
+def quick_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The ``--quick`` budget: ``benchmark.quick``'s overrides on top of the config."""
+    data = cfg.model_dump(mode="json")
+    apply_overrides(data, list(cfg.benchmark.quick.items()))
+    return ExperimentConfig.model_validate(data)
+
+
+def _tasks(entries: list[dict[str, Any]], cfg: ExperimentConfig):
+    from .config import TaskConfig
+
+    return [TaskConfig.model_validate(resolve_task_entry(e, data_dir=cfg.data_dir, base=Path("."))) for e in entries]
+
+
+def _pretrained_init(cfg: ExperimentConfig, out: Path) -> str:
+    """(a): the configured model; a from_config model is exported (seeded) so every step loads the same one."""
+    if cfg.model.from_config is None:
+        return cfg.model.name_or_path
+    torch.manual_seed(cfg.seed)
+    tok = load_tokenizer(cfg.model)
+    return str(export_model(out / "pretrained", load_encoder(cfg.model, len(tok)), tok))
+
+
+def _paired(a: list[float], b: list[float]) -> dict[str, Any]:
+    return summarise([x - y for x, y in zip(a, b)])
+
+
+def gains(results: dict[str, dict[str, Any]], baseline: str) -> dict[str, Any]:
+    """Per init, task and setting: paired difference to ``baseline`` (mean and 95% CI)."""
+    out: dict[str, Any] = {}
+    base = results.get(baseline)
+    if base is None:
+        return out
+    for init, res in results.items():
+        if init == baseline:
+            continue
+        for task, entry in res["tasks"].items():
+            b = base["tasks"].get(task)
+            if b is None:
+                continue
+            for k, r in entry.get("shots", {}).items():
+                out.setdefault(init, {}).setdefault(task, {})[f"K={k}"] = _paired(r["values"], b["shots"][k]["values"])
+            for setting, kinds in entry.get("episodic", {}).items():
+                for kind, r in kinds.items():
+                    out.setdefault(init, {}).setdefault(task, {})[f"{setting} {kind}"] = _paired(
+                        r["values"], b["episodic"][setting][kind]["values"])
+    return out
+
+
+def _gains_table(g: dict[str, Any], baseline: str) -> str:
+    lines = [f"**gain over {baseline}** (points, paired mean ± 95% CI; bold: CI excludes 0)\n"]
+    cols = sorted({f"{t} {s}" for init in g.values() for t, ss in init.items() for s in ss})
+    lines.append("| init | " + " | ".join(cols) + " |")
+    lines.append("|---|" + "---|" * len(cols))
+    for init, tasks in g.items():
+        cells = []
+        for c in cols:
+            t, _, s = c.partition(" ")
+            r = tasks.get(t, {}).get(s)
+            if r is None:
+                cells.append("—")
+                continue
+            txt = f"{100 * r['mean']:+.1f} ± {100 * r['ci95']:.1f}"
+            cells.append(f"**{txt}**" if abs(r["mean"]) > r["ci95"] else txt)
+        lines.append(f"| {init} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _merge(kshot: dict[str, Any] | None, episodic: dict[str, Any] | None) -> dict[str, Any]:
+    merged: dict[str, Any] = {"tasks": {}}
+    for part in (kshot, episodic):  # a task can have both K-shot and episodic results
+        for name, entry in (part or {}).get("tasks", {}).items():
+            merged["tasks"].setdefault(name, {}).update(entry)
+        if part and part.get("splits"):
+            merged["splits"] = part["splits"]
+    return merged
+
+
+def run_benchmark(cfg: ExperimentConfig, out_dir: str | Path) -> dict[str, Any]:
+    """Meta-train each algorithm, evaluate every init, write results.json, results.md and plots."""
+    from .runtime import connect
+    from .trainer import train
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = connect(cfg.resources.address)
+    try:
+        inits: dict[str, str] = {"pretrained": _pretrained_init(cfg, out)}
+        timing: dict[str, Any] = {}
+        curves: dict[str, Path] = {}
+        for alg in cfg.benchmark.algorithms:
+            run_cfg = cfg.model_copy(deep=True)
+            run_cfg.meta.algorithm = alg
+            run_cfg.output_dir = str(out / "runs" / alg)
+            t0 = time.perf_counter()
+            inits[alg] = str(train(run_cfg))
+            timing[alg] = {"seconds": round(time.perf_counter() - t0, 1), "steps": cfg.meta.steps}
+            curves[alg] = Path(run_cfg.output_dir) / "metrics.jsonl"
+            log.info("meta-trained %s in %.0fs", alg, timing[alg]["seconds"])
+        ev = cfg.eval
+        kshot_tasks, episodic_tasks = _tasks(ev.tasks, cfg), _tasks(ev.episodic_tasks, cfg)
+        settings = FinetuneSettings(steps=ev.finetune_steps, lr=ev.finetune_lr, head_lr=ev.head_lr,
+                                    batch_size=ev.batch_size, max_test=ev.max_test_examples)
+        results: dict[str, dict[str, Any]] = {}
+        for name, init in inits.items():
+            t0 = time.perf_counter()
+            k = evaluate(init, kshot_tasks, shots=ev.shots, n_splits=ev.splits, settings=settings, seed=cfg.seed,
+                         data_dir=cfg.data_dir, cache_dir=cfg.cache_dir, progress=False) if kshot_tasks else None
+            e = evaluate_episodic(init, episodic_tasks, ways=ev.ways, shots=ev.episodic_shots, queries=ev.queries,
+                                  episodes=ev.episodes, head_steps=ev.head_steps, seed=cfg.seed, data_dir=cfg.data_dir,
+                                  cache_dir=cfg.cache_dir) if episodic_tasks else None
+            results[name] = _merge(k, e)
+            log.info("evaluated %s in %.0fs", name, time.perf_counter() - t0)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    report = {"config": cfg.model_dump(mode="json"), "meta_training": timing, "inits": inits, "results": results,
+              "gain_over_pretrained": gains(results, "pretrained"), "gain_over_multitask": gains(results, "multitask")}
+    write_json_atomic(out / "results.json", report)
+    plots = plot_scores(results, out)
+    if curves:
+        plots.append(plot_curves(curves, out / "meta_training_curves.png"))
+    md = [f"# raymeta benchmark: {cfg.name}\n", "Meta-training (same steps and episodes for every algorithm):\n",
+          "| algorithm | steps | seconds |", "|---|---|---|"]
+    md += [f"| {a} | {t['steps']} | {t['seconds']} |" for a, t in timing.items()]
+    md += ["", results_table(results), _gains_table(report["gain_over_pretrained"], "pretrained")]
+    if "multitask" in results:
+        md.append(_gains_table(report["gain_over_multitask"], "multitask"))
+    md += [f"![{p.stem}]({p.name})" for p in plots]
+    (out / "results.md").write_text("\n".join(md) + "\n")
+    (out / "config.json").write_text(json.dumps(report["config"], indent=1))
+    return report

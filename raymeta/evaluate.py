@@ -1,0 +1,210 @@
+"""``raymeta evaluate``: few-shot fine-tuning on held-out tasks, with honest confidence intervals.
+
+For every task, K and split, the init is fine-tuned on K examples per class (classification)
+or K examples (NER, QA, multiple choice) for a fixed step budget and scored on the test
+split. The K-shot splits are drawn from ``(seed, task, K, split)`` and saved in the results,
+so every init sees exactly the same examples. Runs go out as parallel Ray tasks.
+Many-class data sets also get episodic N-way K-shot evaluation (:mod:`raymeta.episodic`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import zlib
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .config import ModelConfig, TaskConfig
+from .errors import DataError, ModelError, RaymetaError
+from .finetune import FinetuneSettings, finetune_and_evaluate
+from .metrics import PRIMARY
+from .tasks import Task, load_task
+from .tasks.registry import catalog_names, task_config
+
+__all__ = ["resolve_init", "resolve_eval_task", "kshot_splits", "summarise", "evaluate", "write_json_atomic"]
+
+log = logging.getLogger("raymeta.evaluate")
+
+
+def resolve_init(init: str) -> str:
+    """A raymeta run or checkpoint directory, a Hugging Face model directory, or a hub name -> a model path."""
+    p = Path(init).expanduser()
+    if p.is_dir():
+        from .checkpoint import latest_checkpoint
+
+        for cand in (p / "final", p / "model", p):
+            if (cand / "config.json").is_file():
+                return str(cand)
+        ckpt = latest_checkpoint(p)
+        if ckpt is not None:
+            return str(ckpt / "model")
+        raise ModelError(f"--init {init}: a directory, but neither a Hugging Face model (no config.json) "
+                         "nor a raymeta run or checkpoint")
+    if p.exists() or init.startswith(("./", "../", "/")):
+        raise ModelError(f"--init {init}: not a model directory")
+    return init  # a hub name (or the offline: alias)
+
+
+def resolve_eval_task(spec: str) -> TaskConfig:
+    """A ready-made task name, a task YAML file, or a directory with train.jsonl + test.jsonl (text, label)."""
+    p = Path(spec)
+    if p.is_dir():
+        missing = [f for f in ("train.jsonl", "test.jsonl") if not (p / f).is_file()]
+        if missing:
+            raise DataError(p.name, f"directory {p} needs train.jsonl and test.jsonl with 'text' and 'label' "
+                            f"(missing: {', '.join(missing)})")
+        name = "".join(c if c.isalnum() or c in "_.-" else "_" for c in p.resolve().name) or "task"
+        return TaskConfig.model_validate({
+            "name": name, "type": "sequence_classification", "description": f"jsonl directory {p}",
+            "source": {"kind": "files", "format": "jsonl",
+                       "files": {"train": str((p / "train.jsonl").resolve()), "test": str((p / "test.jsonl").resolve())}},
+        })
+    if spec in catalog_names() or p.suffix in (".yaml", ".yml"):
+        return task_config(spec)
+    raise DataError(spec, f"not a ready-made task ({', '.join(catalog_names())}), a task YAML file, "
+                    "or a directory with train.jsonl and test.jsonl")
+
+
+def kshot_splits(task: Task, k: int, n_splits: int, seed: int) -> list[list[int]]:
+    """Seeded K-shot training sets: K rows per class (classification) or K rows (others)."""
+    out = []
+    class_ids = task.class_ids("train")
+    n = len(task.features["train"])
+    if class_ids is not None:
+        counts = np.bincount(class_ids, minlength=task.num_labels)
+        short = [i for i, c in enumerate(counts) if c < k]
+        if short:
+            assert task.labels is not None
+            raise DataError(task.name, f"K={k} but class '{task.labels[short[0]]}' has only {counts[short[0]]} "
+                            "training examples (lower --shots)")
+    elif n < k:
+        raise DataError(task.name, f"K={k} but the train split has only {n} examples")
+    for split in range(n_splits):
+        rng = np.random.default_rng([seed, zlib.crc32(task.name.encode()), k, split])
+        if class_ids is None:
+            rows = rng.choice(n, k, replace=False).tolist()
+        else:
+            rows = [int(r) for c in range(task.num_labels)
+                    for r in rng.choice(np.flatnonzero(class_ids == c), k, replace=False)]
+        out.append(sorted(rows))
+    return out
+
+
+def summarise(values: Sequence[float]) -> dict[str, Any]:
+    """Mean, sample std and a t-based 95% CI half-width (few splits: t, not the normal 1.96)."""
+    from scipy import stats
+
+    a = np.asarray(values, dtype=float)
+    std = float(a.std(ddof=1)) if len(a) > 1 else 0.0
+    half = float(stats.t.ppf(0.975, len(a) - 1) * std / math.sqrt(len(a))) if len(a) > 1 else float("nan")
+    return {"mean": float(a.mean()), "std": std, "ci95": half, "n": len(a), "values": [float(x) for x in a]}
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=False))
+    os.replace(tmp, p)
+    return p
+
+
+def evaluate(
+    init: str, tasks: Sequence[TaskConfig], *, shots: Sequence[int], n_splits: int, settings: FinetuneSettings,
+    seed: int = 0, data_dir: str, cache_dir: str | None, output: str | Path | None = None, pooling: str | None = None,
+    num_cpus_per_run: float = 1.0, progress: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune and score ``init`` on every (task, K, split); write ``output`` only when all succeed."""
+    import ray
+
+    from .model import load_tokenizer
+    from .runtime import connect
+
+    model_path = resolve_init(init)
+    tok = load_tokenizer(ModelConfig(name_or_path=model_path))  # fails fast, before any run, if not a model
+    plan: list[tuple[TaskConfig, int, int, list[int]]] = []
+    splits: dict[str, dict[str, list[list[int]]]] = {}
+    for spec in tasks:
+        task = load_task(spec, tok, data_dir, cache_dir)  # validates: bad rows/labels fail here, not in a worker
+        if "test" not in task.features:
+            raise DataError(spec.name, "has no test split (add one, or set source.test_fraction)")
+        splits[spec.name] = {}
+        for k in shots:
+            rows = kshot_splits(task, k, n_splits, seed)
+            splits[spec.name][str(k)] = rows
+            plan += [(spec, k, i, r) for i, r in enumerate(rows)]
+    started = connect()
+    try:
+        run = ray.remote(num_cpus=num_cpus_per_run)(finetune_and_evaluate)
+        threads = max(1, int(num_cpus_per_run))
+        refs = [run.remote(model_path, spec.model_dump_json(), rows, settings=settings, seed=seed * 1000 + i,
+                           data_dir=data_dir, cache_dir=cache_dir, pooling=pooling, threads=threads)
+                for spec, _, i, rows in plan]
+        results = _gather(refs, progress, desc=f"fine-tuning {Path(model_path).name}")
+    finally:
+        if started:
+            ray.shutdown()
+    out: dict[str, Any] = {"init": init, "model_path": model_path, "seed": seed, "settings": settings.__dict__,
+                           "tasks": {}, "splits": splits}
+    for (spec, k, _, _), metrics in zip(plan, results):
+        entry = out["tasks"].setdefault(spec.name, {"type": spec.type, "metric": PRIMARY[spec.type], "shots": {}})
+        entry["shots"].setdefault(str(k), {"all": {}})
+        for name, v in metrics.items():
+            entry["shots"][str(k)]["all"].setdefault(name, []).append(v)
+    for entry in out["tasks"].values():
+        for res in entry["shots"].values():
+            res.update({"metric": entry["metric"], **summarise(res["all"][entry["metric"]])})
+    if output is not None:
+        write_json_atomic(output, out)
+    return out
+
+
+def _gather(refs: list[Any], progress: bool, desc: str) -> list[Any]:
+    import ray
+    from tqdm import tqdm
+
+    done: dict[Any, Any] = {}
+    pending = list(refs)
+    with tqdm(total=len(refs), desc=desc, disable=not progress, leave=False) as bar:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            try:
+                done[ready[0]] = ray.get(ready[0])
+            except ray.exceptions.RayTaskError as e:
+                for r in pending:
+                    ray.cancel(r, force=True)
+                cause = e.as_instanceof_cause()
+                if isinstance(cause, RaymetaError):
+                    raise type(cause)(str(cause)) from None
+                raise
+            bar.update(1)
+    return [done[r] for r in refs]
+
+
+def evaluate_episodic(
+    init: str, tasks: Sequence[TaskConfig], *, ways: int, shots: Sequence[int], queries: int, episodes: int,
+    head_steps: int, seed: int = 0, data_dir: str, cache_dir: str | None, output: str | Path | None = None,
+) -> dict[str, Any]:
+    """N-way K-shot episodes on each task's classes: prototype classifier and fine-tuned head, 95% CIs."""
+    from .episodic import evaluate_init_episodic
+
+    if episodes < 1:
+        raise RaymetaError("--episodes must be at least 1")
+    model_path = resolve_init(init)
+    out: dict[str, Any] = {"init": init, "model_path": model_path, "seed": seed, "tasks": {}}
+    for spec in tasks:
+        if spec.type != "sequence_classification":
+            raise DataError(spec.name, f"episodic evaluation needs classes; the task is {spec.type}")
+        by_k = evaluate_init_episodic(model_path, spec, data_dir=data_dir, cache_dir=cache_dir, ways=ways,
+                                      shots=tuple(shots), queries=queries, episodes=episodes, seed=seed,
+                                      head_steps=head_steps)
+        out["tasks"][spec.name] = {"type": spec.type, "metric": "accuracy", "episodic": {
+            f"{ways}-way {k}-shot": {name: r.as_dict() for name, r in res.items()} for k, res in by_k.items()}}
+    if output is not None:
+        write_json_atomic(output, out)
+    return out
