@@ -19,8 +19,11 @@ import numpy as np
 import torch
 
 from .algorithms import task_gradient
+from .collective import agree_on_finite, allreduce_weighted, destroy_group, free_port, init_group
+from .combine import NonFiniteGradient
 from .config import ExperimentConfig
 from .model import MetaModel, ParamLayout, load_tokenizer
+from .optim import optimizer_from_tensors, optimizer_tensors, outer_optimizer
 from .tasks import load_task
 
 __all__ = ["TaskActor", "bind_flat", "head_seed", "step_seed", "build_task_model"]
@@ -99,10 +102,20 @@ class TaskActor:
         The returned ``grad`` is a view of a buffer reused by the next call: Ray copies it into
         the object store on return; a caller outside Ray must copy it before calling again."""
         t0 = time.perf_counter()
+        self._load_shared(shared)
+        out = self._gradient(step)
+        out["load_s"] = out.pop("t_start") - t0
+        out["grad"] = self.grad_buf.detach().cpu().numpy()
+        return out
+
+    def _load_shared(self, shared: np.ndarray) -> None:
         if self.flat.device.type == "cpu":  # numpy copy: no torch view of the read-only object-store buffer
             np.copyto(self.flat.numpy(), shared)
         else:
             self.flat.copy_(torch.from_numpy(np.array(shared)), non_blocking=True)
+
+    def _gradient(self, step: int) -> dict[str, Any]:
+        """This task's gradient into ``self.grad_buf``; the head takes its own step here."""
         t_in = time.perf_counter()
         meta = self.cfg.meta
         episode = self.task.episode(meta.episode, self.cfg.seed, step)
@@ -113,44 +126,96 @@ class TaskActor:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             result = task_gradient(meta.algorithm, self.model, self.task.name, self.task.config.type, episode, params,
                                    inner_steps=meta.inner_steps, inner_lr=meta.inner_lr)
-        # Reused buffer: Ray copies the returned array into the object store before the next call.
         grad = self.layout.flatten({n: result.grads.get(n) for n in self.layout.names}, out=self.grad_buf)
-        finite = bool(np.isfinite(result.loss)) and bool(torch.isfinite(grad).all())
+        # sum, not an elementwise mask: NaN/Inf anywhere makes the sum non-finite, at a fraction of the cost
+        finite = bool(np.isfinite(result.loss)) and bool(torch.isfinite(grad.sum()))
         head_grads = {k: result.grads[k] for k in self.head if k in result.grads}
-        if finite and head_grads and all(bool(torch.isfinite(g).all()) for g in head_grads.values()):
+        if finite and head_grads and all(bool(torch.isfinite(g.sum())) for g in head_grads.values()):
             # The task's own head follows its gradient locally; it never travels.
             for k, p in self.head.items():
                 p.grad = head_grads.get(k)
             self.head_opt.step()
             self.head_opt.zero_grad(set_to_none=True)
-        return {
-            "task": self.task.name, "step": step, "grad": grad.detach().cpu().numpy(),
-            "loss": float(result.loss), "metrics": result.metrics, "n_examples": result.n_examples,
-            "finite": finite, "compute_s": time.perf_counter() - t_in, "load_s": t_in - t0,
-        }
+        return {"task": self.task.name, "step": step, "loss": float(result.loss), "metrics": result.metrics,
+                "n_examples": result.n_examples, "finite": finite, "compute_s": time.perf_counter() - t_in,
+                "t_start": t_in}
+
+    # -- reduce: collective ------------------------------------------------------------------
+
+    def rendezvous(self) -> tuple[str, int]:
+        """Rank 0: the address and a free port for the process group."""
+        addr = _node_ip()
+        addr = "127.0.0.1" if addr == "local" else addr
+        return addr, free_port(addr)
+
+    def join_group(self, rank: int, tasks: list[str], weights: list[float], addr: str, port: int,
+                   shared: np.ndarray) -> None:
+        """Join the process group and start from the driver's parameters with the driver's optimizer."""
+        init_group(rank, len(tasks), addr, port, self.device)
+        self.rank, self.group_tasks, self.group_weights = rank, tasks, weights
+        self._load_shared(shared)
+        self.outer_opt, self.outer_sched = outer_optimizer(self.model.shared_named_parameters(), self.cfg)
+
+    def collective_step(self, step: int) -> dict[str, Any]:
+        """Gradient, weighted all-reduce, then the same outer step on every rank."""
+        out = self._gradient(step)
+        t0 = time.perf_counter()
+        flags = agree_on_finite(out["finite"], self.rank, len(self.group_tasks), self.flat.device)
+        bad = [t for t, f in zip(self.group_tasks, flags.tolist()) if f == 0]
+        if bad and self.cfg.meta.nan_policy == "abort":
+            raise NonFiniteGradient(f"task '{bad[0]}': non-finite loss or gradient at step {step} (meta.nan_policy=abort)")
+        if len(bad) == len(self.group_tasks):
+            raise NonFiniteGradient(f"step {step}: every task's gradient is non-finite; nothing to apply")
+        total = sum(w for w, f in zip(self.group_weights, flags.tolist()) if f)
+        weight = self.group_weights[self.rank] / total if out["finite"] else 0.0
+        allreduce_weighted(self.grad_buf, weight)
+        t_red = time.perf_counter()
+        named = self.model.shared_named_parameters()
+        for p, g in zip(named.values(), self.layout.unflatten(self.grad_buf).values()):
+            p.grad = g
+        max_norm = self.cfg.optim.max_grad_norm
+        norm = torch.nn.utils.clip_grad_norm_(list(named.values()), max_norm if max_norm else float("inf"))
+        lr = self.outer_sched.get_last_lr()[0]
+        self.outer_opt.step()
+        self.outer_sched.step()
+        self.outer_opt.zero_grad(set_to_none=True)
+        out.pop("t_start")
+        return {**out, "skipped": bad, "grad_norm": float(norm), "lr": lr, "allreduce_s": t_red - t0,
+                "outer_s": time.perf_counter() - t_red, "weight": weight}
+
+    def get_shared(self) -> np.ndarray:
+        return self.flat.detach().cpu().numpy().copy()
+
+    def get_outer_state(self) -> dict[str, Any]:
+        tensors, groups = optimizer_tensors(self.outer_opt)
+        return {"tensors": {k: v.cpu().numpy() for k, v in tensors.items()}, "param_groups": groups,
+                "scheduler": self.outer_sched.state_dict()}
+
+    def set_outer_state(self, shared: np.ndarray, state: dict[str, Any]) -> None:
+        self._load_shared(shared)
+        optimizer_from_tensors(self.outer_opt, {k: torch.from_numpy(np.array(v)) for k, v in state["tensors"].items()},
+                               state["param_groups"])
+        self.outer_sched.load_state_dict(state["scheduler"])
+
+    def leave_group(self) -> None:
+        destroy_group()
 
     # -- checkpoint state -----------------------------------------------------------------
 
     def get_state(self) -> dict[str, Any]:
         """Head parameters and head-optimizer state as plain arrays (saved with safetensors)."""
         tensors = {f"head.{k}": p.detach().cpu().numpy() for k, p in self.head.items()}
-        opt = self.head_opt.state_dict()
-        for idx, st in opt["state"].items():
-            for key, val in st.items():
-                tensors[f"head_optim.{idx}.{key}"] = torch.as_tensor(val).detach().cpu().numpy()
-        return {"tensors": tensors, "param_groups": opt["param_groups"]}
+        opt, groups = optimizer_tensors(self.head_opt, prefix="head_optim.")
+        tensors.update({k: v.cpu().numpy() for k, v in opt.items()})
+        return {"tensors": tensors, "param_groups": groups}
 
     def set_state(self, state: dict[str, Any]) -> None:
         t = state["tensors"]
         with torch.no_grad():
             for k, p in self.head.items():
-                p.copy_(torch.from_numpy(np.asarray(t[f"head.{k}"])))
-        opt_state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, val in t.items():
-            if key.startswith("head_optim."):
-                _, idx, name = key.split(".", 2)
-                opt_state.setdefault(int(idx), {})[name] = torch.from_numpy(np.array(val))
-        self.head_opt.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
+                p.copy_(torch.from_numpy(np.array(t[f"head.{k}"])))
+        optimizer_from_tensors(self.head_opt, {k: torch.from_numpy(np.array(v)) for k, v in t.items()},
+                               state["param_groups"], prefix="head_optim.")
 
     def pid(self) -> int:
         return os.getpid()

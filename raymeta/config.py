@@ -111,6 +111,8 @@ class TaskConfig(_Strict):
     stride: int = Field(default=64, ge=0)  # extractive_qa: overlap between context windows
     weight: float = Field(default=1.0, ge=0.0)  # mixture weight (normalised by the trainer)
     episode: EpisodeConfig | None = None  # None: the experiment's meta.episode
+    # custom Ray resources this task's actor needs, e.g. {nodeB: 1} or {accelerator_type:A100: 0.01}
+    resources: dict[str, float] = Field(default_factory=dict)
 
     @field_validator("weight")
     @classmethod
@@ -173,7 +175,6 @@ class ResourcesConfig(_Strict):
     address: str | None = None  # None: $RAY_ADDRESS, else a local instance on loopback
     num_cpus_per_actor: float | None = Field(default=None, gt=0.0)
     num_gpus_per_actor: float | None = Field(default=None, ge=0.0)
-    replicas: int = Field(default=1, ge=1)
     custom_resources: dict[str, float] = Field(default_factory=dict)
     torch_threads: int | None = Field(default=None, ge=1)
 

@@ -48,7 +48,7 @@ class Tracker:
         for key in ("grad_norm", "lr", "step_s", "compute_max_s"):
             self.tb.add_scalar(f"train/{key}", record[key], step)
         for pair, c in record.get("affinity", {}).items():
-            self.tb.add_scalar(f"affinity/{pair}", c, step)
+            self.tb.add_scalar("affinity/" + pair.replace("|", "/"), c, step)  # "|" is not a legal tag character
         losses = " ".join(f"{t}={v:.3f}" for t, v in record["loss"].items())
         skipped = f" skipped={','.join(record['skipped'])}" if record["skipped"] else ""
         log.info("step %d/%d | loss %s | |g| %.3f | lr %.2e | %.2fs (slowest actor %.2fs)%s",

@@ -7,12 +7,15 @@ publish params (one ``ray.put``) → actors compute their task gradients → red
 The driver holds the shared encoder, with every parameter a view into one flat float32
 buffer: publishing is one zero-copy put, and the meta-gradient unflattens into ``.grad``
 views without copies. It never holds task data: the actors load it.
+
+With ``meta.reduce: collective`` the actors all-reduce among themselves and each applies the
+same outer step (:mod:`raymeta.collective`); the driver then only orchestrates, and pulls the
+parameters and optimizer state from rank 0 when it checkpoints.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -26,33 +29,13 @@ from .combine import TaskGrad, normalise_weights, reduce_gradients
 from .config import ExperimentConfig, save_config
 from .errors import ConfigError, RaymetaError
 from .model import load_encoder, load_tokenizer
+from .optim import optimizer_from_tensors, optimizer_tensors, outer_optimizer
 from .runtime import actor_options, connect
 from .tracking import Tracker
 
-__all__ = ["MetaTrainer", "train", "outer_optimizer"]
+__all__ = ["MetaTrainer", "train"]
 
 log = logging.getLogger("raymeta.train")
-
-
-def outer_optimizer(named: dict[str, torch.nn.Parameter], cfg: ExperimentConfig):
-    """AdamW (no decay on biases and LayerNorm), linear warm-up then cosine/linear/constant."""
-    o = cfg.optim
-    no_decay = [p for n, p in named.items() if n.endswith("bias") or "LayerNorm" in n or "layernorm" in n or "ln_" in n]
-    ids = {id(p) for p in no_decay}
-    groups = [{"params": [p for p in named.values() if id(p) not in ids], "weight_decay": o.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas)
-    total = cfg.meta.steps
-
-    def factor(step: int) -> float:
-        if step < o.warmup_steps:
-            return (step + 1) / (o.warmup_steps + 1)
-        if o.schedule == "constant":
-            return 1.0
-        progress = (step - o.warmup_steps) / max(1, total - o.warmup_steps)
-        return max(0.0, 1 - progress) if o.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def _validate(cfg: ExperimentConfig) -> None:
@@ -60,6 +43,9 @@ def _validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("config key 'tasks': no meta-training task given")
     if cfg.meta.algorithm == "reptile" and cfg.meta.inner_steps == 0:
         raise ConfigError("config key 'meta.inner_steps': reptile needs at least 1 inner step (got 0)")
+    if cfg.meta.reduce == "collective" and cfg.meta.combine == "pcgrad":
+        raise ConfigError("config key 'meta.combine': pcgrad needs every task's gradient in one place; "
+                          "use meta.reduce=driver")
 
 
 class MetaTrainer:
@@ -70,6 +56,7 @@ class MetaTrainer:
         self.weights = normalise_weights({t.name: t.weight for t in cfg.tasks})
         self.actors: dict[str, Any] = {}
         self.step = 0
+        self.collective = cfg.meta.reduce == "collective"
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -89,9 +76,11 @@ class MetaTrainer:
         opts, threads, device = actor_options(self.cfg.resources, len(self.weights))
         remote = ray.remote(TaskActor)
         cfg_json = self.cfg.model_dump_json()
-        self.actor_opts = (opts, threads, device)
         for name in self.weights:  # tasks with weight 0 get no actor at all
-            self.actors[name] = remote.options(name=None, **opts).remote(cfg_json, name, threads, device)
+            task_opts = dict(opts)
+            if self.cfg.task(name).resources:  # per-task custom resources pin a task to a node type
+                task_opts["resources"] = {**opts.get("resources", {}), **self.cfg.task(name).resources}
+            self.actors[name] = remote.options(**task_opts).remote(cfg_json, name, threads, device)
         described = ray.get([a.describe.remote() for a in self.actors.values()])
         for d in described:
             if d["names"] != list(self.layout.names) or d["shapes"] != [list(s) for s in self.layout.shapes]:
@@ -99,24 +88,54 @@ class MetaTrainer:
                                    f"({d['numel']} vs {self.layout.numel} values)")
             log.info("task '%s' (%s): actor pid %s on %s, %d threads, %d train rows",
                      d["task"], d["type"], d["pid"], d["node"], d["threads"], d["train_rows"])
+        self.placement = {d["task"]: d["node"] for d in described}
+        if self.collective:
+            self._form_group()
+
+    def _form_group(self) -> None:
+        """reduce: collective: the actors form a process group and start from the driver's parameters."""
+        import ray
+
+        addr, port = ray.get(next(iter(self.actors.values())).rendezvous.remote())
+        ref = ray.put(self.flat.numpy())
+        tasks, weights = list(self.weights), list(self.weights.values())
+        ray.get([a.join_group.remote(rank, tasks, weights, addr, port, ref) for rank, a in enumerate(self.actors.values())])
+        log.info("reduce: collective: %d actors in a process group at %s:%d", len(tasks), addr, port)
+
+    def _pull_from_rank0(self) -> None:
+        """reduce: collective: the driver's copy of the parameters and optimizer, for a checkpoint."""
+        import ray
+
+        rank0 = next(iter(self.actors.values()))
+        shared, state = ray.get([rank0.get_shared.remote(), rank0.get_outer_state.remote()])
+        np.copyto(self.flat.numpy(), shared)
+        optimizer_from_tensors(self.opt, {k: torch.from_numpy(np.array(v)) for k, v in state["tensors"].items()},
+                               state["param_groups"])
+        self.sched.load_state_dict(state["scheduler"])
+
+    def _push_to_group(self) -> None:
+        """reduce: collective, on resume: every rank continues from the restored state."""
+        import ray
+
+        tensors, groups = optimizer_tensors(self.opt)
+        state = {"tensors": {k: v.numpy() for k, v in tensors.items()}, "param_groups": groups,
+                 "scheduler": self.sched.state_dict()}
+        ref = ray.put(self.flat.numpy())
+        ray.get([a.set_outer_state.remote(ref, state) for a in self.actors.values()])
 
     # -- checkpoint state -----------------------------------------------------------------
 
     def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         import ray
 
-        tensors: dict[str, torch.Tensor] = {}
-        opt = self.opt.state_dict()
-        for idx, st in opt["state"].items():
-            for key, val in st.items():
-                tensors[f"optim.{idx}.{key}"] = torch.as_tensor(val)
+        tensors, groups = optimizer_tensors(self.opt)
         heads = {}
         for name, st in zip(self.actors, ray.get([a.get_state.remote() for a in self.actors.values()])):
             for key, arr in st["tensors"].items():
                 tensors[f"task.{name}.{key}"] = torch.from_numpy(np.ascontiguousarray(arr))
             heads[name] = st["param_groups"]
         state = {
-            "optim_param_groups": opt["param_groups"], "scheduler": self.sched.state_dict(),
+            "optim_param_groups": groups, "scheduler": self.sched.state_dict(),
             "head_param_groups": heads, "weights": self.weights, "seed": self.cfg.seed,
             # Every random draw derives from (seed, task, step): nothing else to restore.
             "rng": "stateless: episodes and dropout are seeded from (seed, task, step)",
@@ -128,12 +147,7 @@ class MetaTrainer:
 
         load_encoder_weights(self.encoder, path / "model")
         tensors, state = load_checkpoint(path)
-        opt_state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, val in tensors.items():
-            if key.startswith("optim."):
-                _, idx, name = key.split(".", 2)
-                opt_state.setdefault(int(idx), {})[name] = val
-        self.opt.load_state_dict({"state": opt_state, "param_groups": state["optim_param_groups"]})
+        optimizer_from_tensors(self.opt, tensors, state["optim_param_groups"])
         self.sched.load_state_dict(state["scheduler"])
         calls = []
         for name, actor in self.actors.items():
@@ -141,10 +155,14 @@ class MetaTrainer:
             sub = {k[len(prefix):]: v.numpy() for k, v in tensors.items() if k.startswith(prefix)}
             calls.append(actor.set_state.remote({"tensors": sub, "param_groups": state["head_param_groups"][name]}))
         ray.get(calls)
+        if self.collective:
+            self._push_to_group()
         self.step = int(state["step"])
         log.info("resumed from %s at step %d", path, self.step)
 
     def _checkpoint(self) -> Path:
+        if self.collective:
+            self._pull_from_rank0()
         tensors, state = self._state()
         return save_checkpoint(self.out, self.step, encoder=self.encoder, tokenizer=self.tokenizer, cfg=self.cfg,
                                tensors=tensors, state=state, keep_last=self.cfg.checkpoint.keep_last)
@@ -188,6 +206,25 @@ class MetaTrainer:
         self.last_cosine, self.last_used, self.last_meta_grad = reduced.cosine, reduced.used, reduced.grad
         return record
 
+    def collective_step(self) -> dict[str, Any]:
+        """reduce: collective: the actors all-reduce and step themselves; the driver collects metrics."""
+        import ray
+
+        t0 = time.perf_counter()
+        results = ray.get([a.collective_step.remote(self.step) for a in self.actors.values()])
+        self.step += 1
+        r0 = results[0]
+        used = [r["task"] for r in results if r["finite"]]
+        return {
+            "step": self.step - 1, "steps": self.cfg.meta.steps, "loss": {r["task"]: r["loss"] for r in results},
+            "metrics": {r["task"]: r["metrics"] for r in results},
+            "weights": {r["task"]: r["weight"] for r in results if r["finite"]},
+            "skipped": r0["skipped"], "grad_norm": r0["grad_norm"], "lr": r0["lr"], "step_s": time.perf_counter() - t0,
+            "allreduce_s": max(r["allreduce_s"] for r in results), "outer_s": max(r["outer_s"] for r in results),
+            "compute_max_s": max(r["compute_s"] for r in results),
+            "compute_s": {r["task"]: r["compute_s"] for r in results}, "used": used,
+        }
+
     def run(self) -> Path:
         """Meta-train to ``meta.steps``; returns ``<output_dir>/final`` (an HF model directory)."""
         started = connect(self.cfg.resources.address)
@@ -204,10 +241,16 @@ class MetaTrainer:
             tracker = Tracker(self.out, list(self.weights), start_step=self.step)
             try:
                 while self.step < self.cfg.meta.steps:
-                    record = self.meta_step()
-                    tracker.step(record, self.last_cosine, self.last_used)
+                    if self.collective:  # no task affinity: no process holds every task's gradient
+                        record = self.collective_step()
+                        tracker.step(record, None, record.pop("used"))
+                    else:
+                        record = self.meta_step()
+                        tracker.step(record, self.last_cosine, self.last_used)
                     if self.step % self.cfg.checkpoint.every_steps == 0 or self.step == self.cfg.meta.steps:
                         self._checkpoint()
+                if self.collective:
+                    self._pull_from_rank0()
                 final = export_model(self.out / "final", self.encoder, self.tokenizer)
                 tracker.affinity_png()
             finally:
@@ -221,7 +264,7 @@ class MetaTrainer:
 
         for a in self.actors.values():
             try:
-                ray.kill(a)
+                ray.kill(a)  # also ends a process group: its members go together
             except Exception:  # already dead
                 pass
         self.actors.clear()

@@ -165,3 +165,22 @@ def test_cli_train_end_to_end(mixed_data, tmp_path):
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
     saved = load_config(tmp_path / "run" / "config.yaml")
     assert saved.meta.inner_steps == 1 and saved.meta.algorithm == "reptile"
+
+
+@pytest.mark.parametrize("algorithm", ["fomaml", "maml"])
+def test_collective_reduce_matches_driver_reduce(algorithm, ray_local, mixed_data, tmp_path):
+    """reduce: collective (gloo all-reduce between the actors, the outer step on every rank) reaches
+    the parameters of reduce: driver after several steps; second-order MAML included."""
+    finals = {}
+    for mode in ("driver", "collective"):
+        data = tiny_config(tmp_path / mode, mixed_data, algorithm=algorithm, reduce=mode, steps=3)
+        finals[mode] = final_tensors(train(load_config(data=data)).parent)
+    for k, v in finals["driver"].items():
+        c = finals["collective"][k]
+        assert torch.allclose(v, c, rtol=1e-5, atol=1e-6), k
+    cfg = load_config(data=tiny_config(tmp_path, mixed_data))
+    torch.manual_seed(cfg.seed)  # the trainer's initial encoder: the steps must have moved it
+    from raymeta.model import load_encoder
+
+    init = load_encoder(cfg.model, len(load_tokenizer(cfg.model))).state_dict()
+    assert any(not torch.equal(init[k], finals["collective"][k]) for k in finals["collective"])

@@ -1,0 +1,50 @@
+"""The outer optimizer, shared by the driver (reduce: driver) and every actor (reduce: collective),
+so both modes take exactly the same step."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .config import ExperimentConfig
+
+__all__ = ["outer_optimizer", "optimizer_tensors", "optimizer_from_tensors"]
+
+
+def outer_optimizer(named: dict[str, torch.nn.Parameter], cfg: ExperimentConfig):
+    """AdamW (no decay on biases and LayerNorm), linear warm-up then cosine/linear/constant."""
+    o = cfg.optim
+    no_decay = [p for n, p in named.items() if n.endswith("bias") or "LayerNorm" in n or "layernorm" in n or "ln_" in n]
+    ids = {id(p) for p in no_decay}
+    groups = [{"params": [p for p in named.values() if id(p) not in ids], "weight_decay": o.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas)
+    total = cfg.meta.steps
+
+    def factor(step: int) -> float:
+        if step < o.warmup_steps:
+            return (step + 1) / (o.warmup_steps + 1)
+        if o.schedule == "constant":
+            return 1.0
+        progress = (step - o.warmup_steps) / max(1, total - o.warmup_steps)
+        return max(0.0, 1 - progress) if o.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str = "optim.") -> tuple[dict[str, torch.Tensor], list]:
+    """An optimizer's state as named tensors (for safetensors) plus its JSON-able param groups."""
+    sd = opt.state_dict()
+    tensors = {f"{prefix}{idx}.{key}": torch.as_tensor(val) for idx, st in sd["state"].items() for key, val in st.items()}
+    return tensors, sd["param_groups"]
+
+
+def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], param_groups: list,
+                           prefix: str = "optim.") -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, val in tensors.items():
+        if key.startswith(prefix):
+            idx, name = key[len(prefix):].split(".", 1)
+            state.setdefault(int(idx), {})[name] = torch.as_tensor(val)
+    opt.load_state_dict({"state": state, "param_groups": param_groups})
