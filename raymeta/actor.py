@@ -22,6 +22,7 @@ from .algorithms import task_gradient
 from .collective import agree_on_finite, allreduce_weighted, destroy_group, free_port, init_group
 from .combine import NonFiniteGradient
 from .config import ExperimentConfig
+from .errors import RaymetaError
 from .model import MetaModel, ParamLayout, load_tokenizer
 from .optim import optimizer_from_tensors, optimizer_tensors, outer_optimizer
 from .tasks import load_task
@@ -65,6 +66,15 @@ class TaskActor:
     """Owns one task. ``compute`` returns its gradient for the published shared parameters."""
 
     def __init__(self, cfg_json: str, task_name: str, num_threads: int | None = None, device: str = "cpu"):
+        # A user error here (bad data, bad model) is kept and raised by the first call instead:
+        # a failed actor constructor reaches the driver only as text, a failed call as the error itself.
+        self._init_error: RaymetaError | None = None
+        try:
+            self._setup(cfg_json, task_name, num_threads, device)
+        except RaymetaError as e:
+            self._init_error = e
+
+    def _setup(self, cfg_json: str, task_name: str, num_threads: int | None, device: str) -> None:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         from transformers.utils import logging as hf_logging
 
@@ -87,6 +97,8 @@ class TaskActor:
 
     def describe(self) -> dict[str, Any]:
         """What the driver checks before the first step: same shared layout as its own."""
+        if self._init_error is not None:
+            raise self._init_error
         return {
             "task": self.task.name, "type": self.task.config.type, "numel": self.layout.numel,
             "names": list(self.layout.names), "shapes": [list(s) for s in self.layout.shapes],

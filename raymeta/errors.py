@@ -30,7 +30,14 @@ class DataError(RaymetaError):
         if row is not None:
             where += f", row {row}"
         super().__init__(f"{where}: {message}")
-        self.task, self.file, self.row = task, file, row
+        self.task, self.file, self.row, self.message = task, file, row, message
+
+    def __reduce__(self):
+        # Pickle-able, so the error crosses from a Ray actor to the driver as itself.
+        return (type(self), (self.task, self.message), {"file": self.file, "row": self.row, "args": self.args})
+
+    def __setstate__(self, state):
+        self.file, self.row, self.args = state["file"], state["row"], state["args"]
 
 
 class ModelError(RaymetaError):

@@ -10,7 +10,7 @@ from typing import Any
 from .config import ResourcesConfig
 from .errors import RaymetaError
 
-__all__ = ["connect", "actor_options", "LOCAL_NODE_IP"]
+__all__ = ["connect", "actor_options", "get", "LOCAL_NODE_IP"]
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> bool:
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise RaymetaError(f"--address {address}: cannot connect to a Ray cluster ({str(e).splitlines()[0][:160]})") from None
     else:
-        ray.init(_node_ip_address=LOCAL_NODE_IP, dashboard_host="127.0.0.1", num_cpus=num_cpus,
+        # address="local": always a fresh instance; plain ray.init() would join the last cluster
+        # `ray start` left on this machine (even a dead one, and then hang on it).
+        ray.init(address="local", _node_ip_address=LOCAL_NODE_IP, dashboard_host="127.0.0.1", num_cpus=num_cpus,
                  include_dashboard=False, **kwargs)
     return True
 
@@ -61,3 +63,15 @@ def actor_options(r: ResourcesConfig, n_actors: int) -> tuple[dict[str, Any], in
         opts["resources"] = dict(r.custom_resources)
     threads = r.torch_threads or max(1, int(num_cpus))
     return opts, threads, "cuda" if num_gpus > 0 else "cpu"
+
+
+def get(refs: Any, timeout: float | None = None) -> Any:
+    """``ray.get`` that re-raises a user error from a remote call as itself: one line, no traceback."""
+    import ray
+
+    try:
+        return ray.get(refs, timeout=timeout)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, RaymetaError):
+            raise e.cause from None
+        raise

@@ -30,7 +30,7 @@ from .config import ExperimentConfig, save_config
 from .errors import ConfigError, RaymetaError
 from .model import load_encoder, load_tokenizer
 from .optim import optimizer_from_tensors, optimizer_tensors, outer_optimizer
-from .runtime import actor_options, connect
+from .runtime import actor_options, connect, get
 from .tracking import Tracker
 
 __all__ = ["MetaTrainer", "train"]
@@ -81,7 +81,7 @@ class MetaTrainer:
             if self.cfg.task(name).resources:  # per-task custom resources pin a task to a node type
                 task_opts["resources"] = {**opts.get("resources", {}), **self.cfg.task(name).resources}
             self.actors[name] = remote.options(**task_opts).remote(cfg_json, name, threads, device)
-        described = ray.get([a.describe.remote() for a in self.actors.values()])
+        described = get([a.describe.remote() for a in self.actors.values()])
         for d in described:
             if d["names"] != list(self.layout.names) or d["shapes"] != [list(s) for s in self.layout.shapes]:
                 raise RaymetaError(f"task '{d['task']}': its model's shared parameters differ from the driver's "
@@ -176,7 +176,7 @@ class MetaTrainer:
         t0 = time.perf_counter()
         ref = ray.put(self.flat.numpy())  # publish once: every actor reads the same object
         t_pub = time.perf_counter()
-        results = ray.get([a.compute.remote(ref, self.step) for a in self.actors.values()])
+        results = get([a.compute.remote(ref, self.step) for a in self.actors.values()])
         del ref  # no per-step reference outlives the step
         t_got = time.perf_counter()
         reduced = reduce_gradients(
@@ -211,7 +211,7 @@ class MetaTrainer:
         import ray
 
         t0 = time.perf_counter()
-        results = ray.get([a.collective_step.remote(self.step) for a in self.actors.values()])
+        results = get([a.collective_step.remote(self.step) for a in self.actors.values()])
         self.step += 1
         r0 = results[0]
         used = [r["task"] for r in results if r["finite"]]
