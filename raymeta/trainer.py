@@ -208,7 +208,6 @@ class MetaTrainer:
 
     def collective_step(self) -> dict[str, Any]:
         """reduce: collective: the actors all-reduce and step themselves; the driver collects metrics."""
-        import ray
 
         t0 = time.perf_counter()
         results = get([a.collective_step.remote(self.step) for a in self.actors.values()])
