@@ -53,6 +53,24 @@ def _pretrained_init(cfg: ExperimentConfig, out: Path) -> str:
     return str(export_model(out / "pretrained", load_encoder(cfg.model, len(tok)), tok))
 
 
+_NOT_TRAINING = ("name", "output_dir", "eval", "benchmark")
+
+
+def _finished(run_cfg: ExperimentConfig) -> bool:
+    """A run directory whose final model exists and whose saved config trains exactly like ``run_cfg``."""
+    import yaml
+
+    from .config import redact
+
+    run_dir = Path(run_cfg.output_dir)
+    saved = run_dir / "config.yaml"
+    if not (run_dir / "final" / "model.safetensors").is_file() or not saved.is_file():
+        return False
+    old = yaml.safe_load(saved.read_text())
+    new = redact(run_cfg.model_dump(mode="json"))
+    return all(old.get(k) == new.get(k) for k in new if k not in _NOT_TRAINING)
+
+
 def _paired(a: list[float], b: list[float]) -> dict[str, Any]:
     return summarise([x - y for x, y in zip(a, b)])
 
@@ -124,11 +142,17 @@ def run_benchmark(cfg: ExperimentConfig, out_dir: str | Path) -> dict[str, Any]:
             run_cfg = cfg.model_copy(deep=True)
             run_cfg.meta.algorithm = alg
             run_cfg.output_dir = str(out / "runs" / alg)
-            t0 = time.perf_counter()
-            inits[alg] = str(train(run_cfg))
-            timing[alg] = {"seconds": round(time.perf_counter() - t0, 1), "steps": cfg.meta.steps}
-            curves[alg] = Path(run_cfg.output_dir) / "metrics.jsonl"
-            log.info("meta-trained %s in %.0fs", alg, timing[alg]["seconds"])
+            run_dir = Path(run_cfg.output_dir)
+            if _finished(run_cfg):  # an interrupted benchmark resumes without re-training what is done
+                log.info("reusing the finished meta-training run %s", run_dir)
+                inits[alg] = str(run_dir / "final")
+            else:
+                inits[alg] = str(train(run_cfg))
+            recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            timing[alg] = {"steps": len(recs), "train_s": round(sum(r["step_s"] for r in recs), 1),
+                           "s_per_step": round(sum(r["step_s"] for r in recs) / len(recs), 2)}
+            curves[alg] = run_dir / "metrics.jsonl"
+            log.info("meta-trained %s: %d steps, %.0fs of meta-steps", alg, len(recs), timing[alg]["train_s"])
         ev = cfg.eval
         kshot_tasks, episodic_tasks = _tasks(ev.tasks, cfg), _tasks(ev.episodic_tasks, cfg)
         settings = FinetuneSettings(steps=ev.finetune_steps, lr=ev.finetune_lr, head_lr=ev.head_lr,
@@ -155,8 +179,8 @@ def run_benchmark(cfg: ExperimentConfig, out_dir: str | Path) -> dict[str, Any]:
     if curves:
         plots.append(plot_curves(curves, out / "meta_training_curves.png"))
     md = [f"# raymeta benchmark: {cfg.name}\n", "Meta-training (same steps and episodes for every algorithm):\n",
-          "| algorithm | steps | seconds |", "|---|---|---|"]
-    md += [f"| {a} | {t['steps']} | {t['seconds']} |" for a, t in timing.items()]
+          "| algorithm | meta-steps | seconds in meta-steps | s / step |", "|---|---|---|---|"]
+    md += [f"| {a} | {t['steps']} | {t['train_s']} | {t['s_per_step']} |" for a, t in timing.items()]
     md += ["", results_table(results), _gains_table(report["gain_over_pretrained"], "pretrained")]
     if "multitask" in results:
         md.append(_gains_table(report["gain_over_multitask"], "multitask"))
