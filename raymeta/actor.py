@@ -65,10 +65,13 @@ def build_task_model(cfg: ExperimentConfig, task_name: str, task_type: str, num_
 class TaskActor:
     """Owns one task. ``compute`` returns its gradient for the published shared parameters."""
 
-    def __init__(self, cfg_json: str, task_name: str, num_threads: int | None = None, device: str = "cpu"):
+    def __init__(self, cfg_json: str, task_name: str, num_threads: int | None = None, device: str = "cpu",
+                 replica: int = 0):
         # A user error here (bad data, bad model) is kept and raised by the first call instead:
         # a failed actor constructor reaches the driver only as text, a failed call as the error itself.
         self._init_error: RaymetaError | None = None
+        # Replica r of a task draws its own episodes and dropout: stream "<task>#r" (r > 0).
+        self.key = task_name if replica == 0 else f"{task_name}#{replica}"
         try:
             self._setup(cfg_json, task_name, num_threads, device)
         except RaymetaError as e:
@@ -92,6 +95,10 @@ class TaskActor:
         o = self.cfg.optim
         self.head_opt = torch.optim.AdamW(list(self.head.values()), lr=o.head_lr, weight_decay=o.weight_decay, betas=o.betas)
         self.autocast = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        # Replicas keep identical heads: the driver averages their head gradients and hands the
+        # average back with the next call, instead of each replica stepping on its own.
+        self.replicated = spec.replicas > 1
+        self.head_layout = ParamLayout.from_named(self.head)
 
     # -- identity -------------------------------------------------------------------------
 
@@ -100,7 +107,7 @@ class TaskActor:
         if self._init_error is not None:
             raise self._init_error
         return {
-            "task": self.task.name, "type": self.task.config.type, "numel": self.layout.numel,
+            "task": self.key, "type": self.task.config.type, "numel": self.layout.numel,
             "names": list(self.layout.names), "shapes": [list(s) for s in self.layout.shapes],
             "pid": os.getpid(), "node": _node_ip(), "threads": torch.get_num_threads(),
             "train_rows": len(self.task.features["train"]),
@@ -108,12 +115,14 @@ class TaskActor:
 
     # -- the step ---------------------------------------------------------------------------
 
-    def compute(self, shared: np.ndarray, step: int) -> dict[str, Any]:
+    def compute(self, shared: np.ndarray, step: int, head_grad: np.ndarray | None = None) -> dict[str, Any]:
         """Gradient of this task's (outer) loss w.r.t. the published shared parameters.
 
         The returned ``grad`` is a view of a buffer reused by the next call: Ray copies it into
-        the object store on return; a caller outside Ray must copy it before calling again."""
+        the object store on return; a caller outside Ray must copy it before calling again.
+        ``head_grad``: replicas only, the replicas' averaged head gradient of the previous step."""
         t0 = time.perf_counter()
+        self.apply_head(head_grad)
         self._load_shared(shared)
         out = self._gradient(step)
         out["load_s"] = out.pop("t_start") - t0
@@ -130,10 +139,10 @@ class TaskActor:
         """This task's gradient into ``self.grad_buf``; the head takes its own step here."""
         t_in = time.perf_counter()
         meta = self.cfg.meta
-        episode = self.task.episode(meta.episode, self.cfg.seed, step)
+        episode = self.task.episode(meta.episode, self.cfg.seed, step, stream=self.key)
         episode.support = {k: v.to(self.device) for k, v in episode.support.items()}
         episode.query = {k: v.to(self.device) for k, v in episode.query.items()}
-        torch.manual_seed(step_seed(self.cfg.seed, self.task.name, step))
+        torch.manual_seed(step_seed(self.cfg.seed, self.key, step))
         params = {**self.model.shared_named_parameters(), **self.head}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             result = task_gradient(meta.algorithm, self.model, self.task.name, self.task.config.type, episode, params,
@@ -142,15 +151,28 @@ class TaskActor:
         # sum, not an elementwise mask: NaN/Inf anywhere makes the sum non-finite, at a fraction of the cost
         finite = bool(np.isfinite(result.loss)) and bool(torch.isfinite(grad.sum()))
         head_grads = {k: result.grads[k] for k in self.head if k in result.grads}
-        if finite and head_grads and all(bool(torch.isfinite(g.sum())) for g in head_grads.values()):
-            # The task's own head follows its gradient locally; it never travels.
-            for k, p in self.head.items():
-                p.grad = head_grads.get(k)
-            self.head_opt.step()
-            self.head_opt.zero_grad(set_to_none=True)
-        return {"task": self.task.name, "step": step, "loss": float(result.loss), "metrics": result.metrics,
-                "n_examples": result.n_examples, "finite": finite, "compute_s": time.perf_counter() - t_in,
-                "t_start": t_in}
+        head_ok = finite and bool(head_grads) and all(bool(torch.isfinite(g.sum())) for g in head_grads.values())
+        out: dict[str, Any] = {"task": self.key, "step": step, "loss": float(result.loss), "metrics": result.metrics,
+                               "n_examples": result.n_examples, "finite": finite, "t_start": t_in}
+        if self.replicated:  # the driver averages it over the replicas (None: nothing to contribute)
+            out["head_grad"] = self.head_layout.flatten({k: head_grads.get(k) for k in self.head}).detach().cpu().numpy() \
+                if head_ok else None
+        elif head_ok:  # the task's own head follows its gradient locally; it never travels
+            self._head_step(head_grads)
+        out["compute_s"] = time.perf_counter() - t_in
+        return out
+
+    def _head_step(self, grads: dict[str, torch.Tensor]) -> None:
+        for k, p in self.head.items():
+            p.grad = grads.get(k)
+        self.head_opt.step()
+        self.head_opt.zero_grad(set_to_none=True)
+
+    def apply_head(self, head_grad: np.ndarray | None) -> None:
+        """Replicas: one head step with the averaged head gradient (a no-op for None)."""
+        if head_grad is not None:
+            g = torch.from_numpy(np.array(head_grad)).to(self.flat.device)
+            self._head_step(self.head_layout.unflatten(g))
 
     # -- reduce: collective ------------------------------------------------------------------
 
@@ -168,8 +190,9 @@ class TaskActor:
         self._load_shared(shared)
         self.outer_opt, self.outer_sched = outer_optimizer(self.model.shared_named_parameters(), self.cfg)
 
-    def collective_step(self, step: int) -> dict[str, Any]:
+    def collective_step(self, step: int, head_grad: np.ndarray | None = None) -> dict[str, Any]:
         """Gradient, weighted all-reduce, then the same outer step on every rank."""
+        self.apply_head(head_grad)
         out = self._gradient(step)
         t0 = time.perf_counter()
         flags = agree_on_finite(out["finite"], self.rank, len(self.group_tasks), self.flat.device)

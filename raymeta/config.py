@@ -113,6 +113,9 @@ class TaskConfig(_Strict):
     episode: EpisodeConfig | None = None  # None: the experiment's meta.episode
     # custom Ray resources this task's actor needs, e.g. {nodeB: 1} or {accelerator_type:A100: 0.01}
     resources: dict[str, float] = Field(default_factory=dict)
+    # data parallelism within the task: this many actors, each on its own episodes; their gradients
+    # (and head gradients) are averaged before the mixture weighting
+    replicas: int = Field(default=1, ge=1)
 
     @field_validator("weight")
     @classmethod

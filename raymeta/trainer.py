@@ -54,6 +54,15 @@ class MetaTrainer:
         self.cfg, self.resume = cfg, resume
         self.out = Path(cfg.output_dir)
         self.weights = normalise_weights({t.name: t.weight for t in cfg.tasks})
+        # one actor per task replica, keyed "<task>" or "<task>#<r>"; a replica carries w / replicas
+        self.actor_weights: dict[str, float] = {}
+        self.replicas_of: dict[str, list[str]] = {}
+        for name, w in self.weights.items():
+            k = cfg.task(name).replicas
+            keys = [name] + [f"{name}#{r}" for r in range(1, k)]
+            self.replicas_of[name] = keys
+            self.actor_weights.update({key: w / k for key in keys})
+        self.pending_head: dict[str, Any] = {}  # replicas: averaged head gradient, applied with the next call
         self.actors: dict[str, Any] = {}
         self.step = 0
         self.collective = cfg.meta.reduce == "collective"
@@ -73,14 +82,15 @@ class MetaTrainer:
     def _start_actors(self) -> None:
         import ray
 
-        opts, threads, device = actor_options(self.cfg.resources, len(self.weights))
+        opts, threads, device = actor_options(self.cfg.resources, len(self.actor_weights))
         remote = ray.remote(TaskActor)
         cfg_json = self.cfg.model_dump_json()
-        for name in self.weights:  # tasks with weight 0 get no actor at all
+        for name, keys in self.replicas_of.items():  # tasks with weight 0 get no actor at all
             task_opts = dict(opts)
             if self.cfg.task(name).resources:  # per-task custom resources pin a task to a node type
                 task_opts["resources"] = {**opts.get("resources", {}), **self.cfg.task(name).resources}
-            self.actors[name] = remote.options(**task_opts).remote(cfg_json, name, threads, device)
+            for r, key in enumerate(keys):
+                self.actors[key] = remote.options(**task_opts).remote(cfg_json, name, threads, device, r)
         described = get([a.describe.remote() for a in self.actors.values()])
         for d in described:
             if d["names"] != list(self.layout.names) or d["shapes"] != [list(s) for s in self.layout.shapes]:
@@ -98,7 +108,7 @@ class MetaTrainer:
 
         addr, port = ray.get(next(iter(self.actors.values())).rendezvous.remote())
         ref = ray.put(self.flat.numpy())
-        tasks, weights = list(self.weights), list(self.weights.values())
+        tasks, weights = list(self.actor_weights), list(self.actor_weights.values())
         ray.get([a.join_group.remote(rank, tasks, weights, addr, port, ref) for rank, a in enumerate(self.actors.values())])
         log.info("reduce: collective: %d actors in a process group at %s:%d", len(tasks), addr, port)
 
@@ -136,7 +146,7 @@ class MetaTrainer:
             heads[name] = st["param_groups"]
         state = {
             "optim_param_groups": groups, "scheduler": self.sched.state_dict(),
-            "head_param_groups": heads, "weights": self.weights, "seed": self.cfg.seed,
+            "head_param_groups": heads, "weights": self.actor_weights, "seed": self.cfg.seed,
             # Every random draw derives from (seed, task, step): nothing else to restore.
             "rng": "stateless: episodes and dropout are seeded from (seed, task, step)",
         }
@@ -160,7 +170,24 @@ class MetaTrainer:
         self.step = int(state["step"])
         log.info("resumed from %s at step %d", path, self.step)
 
+    def _average_heads(self, results: list[dict[str, Any]]) -> None:
+        """Replicas of a task: the mean of their finite head gradients, for every replica's next call."""
+        self.pending_head = {}
+        by_key = {r["task"]: r for r in results}
+        for keys in self.replicas_of.values():
+            grads = [by_key[k]["head_grad"] for k in keys if by_key[k].get("head_grad") is not None]
+            if len(keys) > 1 and grads:
+                avg = np.mean(np.stack(grads), axis=0, dtype=np.float64).astype(np.float32)
+                self.pending_head.update({k: avg for k in keys})
+
+    def _flush_heads(self) -> None:
+        """Apply pending replica head updates now, so a checkpoint holds the heads of this step."""
+        if self.pending_head:
+            get([self.actors[k].apply_head.remote(g) for k, g in self.pending_head.items()])
+            self.pending_head = {}
+
     def _checkpoint(self) -> Path:
+        self._flush_heads()
         if self.collective:
             self._pull_from_rank0()
         tensors, state = self._state()
@@ -176,11 +203,12 @@ class MetaTrainer:
         t0 = time.perf_counter()
         ref = ray.put(self.flat.numpy())  # publish once: every actor reads the same object
         t_pub = time.perf_counter()
-        results = get([a.compute.remote(ref, self.step) for a in self.actors.values()])
+        results = get([a.compute.remote(ref, self.step, self.pending_head.get(k)) for k, a in self.actors.items()])
+        self._average_heads(results)
         del ref  # no per-step reference outlives the step
         t_got = time.perf_counter()
         reduced = reduce_gradients(
-            [TaskGrad(r["task"], r["grad"], r["loss"], self.weights[r["task"]]) for r in results],
+            [TaskGrad(r["task"], r["grad"], r["loss"], self.actor_weights[r["task"]]) for r in results],
             self.layout.numel, step=self.step, seed=self.cfg.seed, rule=self.cfg.meta.combine,
             nan_policy=self.cfg.meta.nan_policy, out=self.grad_buf,
         )
@@ -210,7 +238,8 @@ class MetaTrainer:
         """reduce: collective: the actors all-reduce and step themselves; the driver collects metrics."""
 
         t0 = time.perf_counter()
-        results = get([a.collective_step.remote(self.step) for a in self.actors.values()])
+        results = get([a.collective_step.remote(self.step, self.pending_head.get(k)) for k, a in self.actors.items()])
+        self._average_heads(results)
         self.step += 1
         r0 = results[0]
         used = [r["task"] for r in results if r["finite"]]
@@ -237,7 +266,7 @@ class MetaTrainer:
                 else:
                     self._restore(ckpt)
             save_config(self.cfg, self.out)
-            tracker = Tracker(self.out, list(self.weights), start_step=self.step)
+            tracker = Tracker(self.out, list(self.actor_weights), start_step=self.step)
             try:
                 while self.step < self.cfg.meta.steps:
                     if self.collective:  # no task affinity: no process holds every task's gradient

@@ -77,12 +77,13 @@ class Task:
     def batch(self, rows: list[int], split: str = "train") -> dict[str, Any]:
         return self.processor.collate(self.features[split].select(rows).to_list(), self.tokenizer)
 
-    def episode(self, cfg: EpisodeConfig, seed: int, step: int, split: str = "train") -> Episode:
-        """The deterministic episode of ``(seed, task, step)``; labels are episode-local."""
+    def episode(self, cfg: EpisodeConfig, seed: int, step: int, split: str = "train", stream: str | None = None) -> Episode:
+        """The deterministic episode of ``(seed, task, step)``; labels are episode-local.
+        ``stream`` (default: the task name) gives a replica of the task its own episodes."""
         cfg = self.config.episode or cfg
         try:
             s_rows, q_rows, classes = sample_episode(
-                len(self.features[split]), self.class_ids(split), cfg, seed, self.name, step
+                len(self.features[split]), self.class_ids(split), cfg, seed, stream or self.name, step
             )
         except ValueError as e:
             raise DataError(self.name, f"split '{split}': {e}") from None

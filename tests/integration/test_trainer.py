@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from raymeta.actor import build_task_model, step_seed
 from raymeta.algorithms import ALGORITHMS, task_gradient
-from raymeta.checkpoint import latest_checkpoint
+from raymeta.checkpoint import latest_checkpoint, load_checkpoint
 from raymeta.config import ExperimentConfig, load_config
 from raymeta.model import load_tokenizer
 from raymeta.tasks import load_task
@@ -30,17 +30,21 @@ def reference_meta_gradient(cfg: ExperimentConfig, shared: dict[str, torch.Tenso
     grads, weights = [], []
     for spec in cfg.tasks:
         task = load_task(spec, tok, cfg.data_dir, cfg.cache_dir)
-        model = build_task_model(cfg, spec.name, spec.type, task.num_labels, len(tok))
-        with torch.no_grad():
-            for name, p in model.shared_named_parameters().items():
-                p.copy_(shared[name])
-        episode = task.episode(cfg.meta.episode, cfg.seed, step)
-        torch.manual_seed(step_seed(cfg.seed, spec.name, step))
-        params = {**model.shared_named_parameters(), **model.head_named_parameters(spec.name)}
-        r = task_gradient(cfg.meta.algorithm, model, spec.name, spec.type, episode, params,
-                          inner_steps=cfg.meta.inner_steps, inner_lr=cfg.meta.inner_lr)
-        names = list(model.shared_named_parameters())
-        grads.append(torch.cat([r.grads[n].reshape(-1) if n in r.grads else torch.zeros(shared[n].numel()) for n in names]))
+        per_replica = []
+        for stream in [spec.name] + [f"{spec.name}#{r}" for r in range(1, spec.replicas)]:
+            model = build_task_model(cfg, spec.name, spec.type, task.num_labels, len(tok))
+            with torch.no_grad():
+                for name, p in model.shared_named_parameters().items():
+                    p.copy_(shared[name])
+            episode = task.episode(cfg.meta.episode, cfg.seed, step, stream=stream)
+            torch.manual_seed(step_seed(cfg.seed, stream, step))
+            params = {**model.shared_named_parameters(), **model.head_named_parameters(spec.name)}
+            r = task_gradient(cfg.meta.algorithm, model, spec.name, spec.type, episode, params,
+                              inner_steps=cfg.meta.inner_steps, inner_lr=cfg.meta.inner_lr)
+            names = list(model.shared_named_parameters())
+            per_replica.append(torch.cat([r.grads[n].reshape(-1) if n in r.grads else torch.zeros(shared[n].numel())
+                                          for n in names]))
+        grads.append(sum(per_replica) / len(per_replica))  # replicas: averaged before the mixture weighting
         weights.append(spec.weight / total)
     if pcgrad:  # Yu et al. 2020, written out again here independently of raymeta.combine
         import zlib
@@ -57,12 +61,14 @@ def reference_meta_gradient(cfg: ExperimentConfig, shared: dict[str, torch.Tenso
     return sum(w * g for w, g in zip(weights, grads))
 
 
-CASES = [(a, "mean") for a in ALGORITHMS] + [("fomaml", "pcgrad")]
+CASES = [(a, "mean", 1) for a in ALGORITHMS] + [("fomaml", "pcgrad", 1), ("fomaml", "mean", 2)]
 
 
-@pytest.mark.parametrize("algorithm, combine", CASES, ids=[f"{a}-{c}" for a, c in CASES])
-def test_meta_gradient_equals_single_process_reference(algorithm, combine, ray_local, mixed_data, tmp_path):
+@pytest.mark.parametrize("algorithm, combine, replicas", CASES, ids=[f"{a}-{c}-x{r}" for a, c, r in CASES])
+def test_meta_gradient_equals_single_process_reference(algorithm, combine, replicas, ray_local, mixed_data, tmp_path):
     data = tiny_config(tmp_path, mixed_data, algorithm=algorithm, combine=combine)
+    for t in data["tasks"][:2]:
+        t["replicas"] = replicas  # x2: data parallelism within the classification and the NER task
     data["optim"]["max_grad_norm"] = None  # clipping rescales .grad in place; compare the raw meta-gradient
     cfg = load_config(data=data)
     trainer = MetaTrainer(cfg)
@@ -167,14 +173,21 @@ def test_cli_train_end_to_end(mixed_data, tmp_path):
     assert saved.meta.inner_steps == 1 and saved.meta.algorithm == "reptile"
 
 
-@pytest.mark.parametrize("algorithm", ["fomaml", "maml"])
-def test_collective_reduce_matches_driver_reduce(algorithm, ray_local, mixed_data, tmp_path):
+@pytest.mark.parametrize("algorithm, replicas", [("fomaml", 1), ("maml", 1), ("multitask", 2)])
+def test_collective_reduce_matches_driver_reduce(algorithm, replicas, ray_local, mixed_data, tmp_path):
     """reduce: collective (gloo all-reduce between the actors, the outer step on every rank) reaches
-    the parameters of reduce: driver after several steps; second-order MAML included."""
+    the parameters of reduce: driver after several steps; second-order MAML and task replicas included."""
     finals = {}
     for mode in ("driver", "collective"):
         data = tiny_config(tmp_path / mode, mixed_data, algorithm=algorithm, reduce=mode, steps=3)
+        data["tasks"][1]["replicas"] = replicas  # NER: its replicas must keep one head between them
         finals[mode] = final_tensors(train(load_config(data=data)).parent)
+        if replicas > 1:
+            _, state = load_checkpoint(latest_checkpoint(data["output_dir"]))
+            heads = load_file(str(latest_checkpoint(data["output_dir"]) / "trainer_state.safetensors"))
+            a = {k.split(".", 2)[2]: v for k, v in heads.items() if k.startswith("task.ner.head.")}
+            b = {k.split(".", 2)[2]: v for k, v in heads.items() if k.startswith("task.ner#1.head.")}
+            assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     for k, v in finals["driver"].items():
         c = finals["collective"][k]
         assert torch.allclose(v, c, rtol=1e-5, atol=1e-6), k
