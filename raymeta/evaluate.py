@@ -122,11 +122,13 @@ def evaluate(
     """Fine-tune and score ``init`` on every (task, K, split); write ``output`` only when all succeed."""
     import ray
 
-    from .model import load_tokenizer
+    from .model import load_encoder, load_tokenizer
     from .runtime import connect
 
     model_path = resolve_init(init)
-    tok = load_tokenizer(ModelConfig(name_or_path=model_path))  # fails fast, before any run, if not a model
+    # Fail fast, before any run is launched or any file written, if the init is not a loadable model.
+    tok = load_tokenizer(ModelConfig(name_or_path=model_path))
+    load_encoder(ModelConfig(name_or_path=model_path))
     plan: list[tuple[TaskConfig, int, int, list[int]]] = []
     splits: dict[str, dict[str, list[list[int]]]] = {}
     for spec in tasks:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+from safetensors import SafetensorError
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import (
@@ -114,7 +115,7 @@ def load_encoder(
                 path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
                 dtype=torch.float32, **extra,
             )
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, SafetensorError) as e:  # missing files, bad config, truncated weights
             raise _not_a_model(path, e) from None
         if vocab_size is not None and vocab_size > encoder.get_input_embeddings().num_embeddings:
             encoder.resize_token_embeddings(vocab_size)  # the tokenizer added tokens

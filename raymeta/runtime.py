@@ -31,6 +31,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> bool:
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address:
         os.environ.setdefault("RAY_AUTH_MODE", "token")  # a joining client needs the cluster's token
+        _probe(address)
         try:
             ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
@@ -43,7 +44,38 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> bool:
     return True
 
 
-def actor_options(r: ResourcesConfig, n_actors: int) -> tuple[dict[str, Any], int, str]:
+def _probe(address: str, timeout_s: float = 3.0) -> None:
+    """Fail in seconds, not minutes, when nothing listens at ``host:port`` (ray.init would retry for long)."""
+    import socket
+
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise RaymetaError(f"--address {address}: expected host:port (or ray://host:port)")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise RaymetaError(f"--address {address}: no Ray cluster answers there ({e.strerror or e})") from None
+
+
+def feasible(opts: dict[str, Any], what: str = "each task actor") -> None:
+    """On a fixed cluster (our local instance): a request no node can meet is an error now, not a
+    PENDING actor forever. (An autoscaling cluster may add such a node, so it is not checked there.)"""
+    import ray
+
+    want = {"CPU": opts.get("num_cpus", 0), "GPU": opts.get("num_gpus", 0), **opts.get("resources", {})}
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    for key, amount in want.items():
+        if amount and not any(node.get(key, 0) >= amount for node in nodes):
+            have = max((node.get(key, 0) for node in nodes), default=0)
+            raise RaymetaError(f"resources: {what} asks for {key}={amount:g}, but no node has that much "
+                               f"(largest: {have:g}); change resources.* or the task's resources")
+
+
+def actor_options(r: ResourcesConfig, n_actors: int, local: bool = False) -> tuple[dict[str, Any], int, str]:
     """Ray options, torch threads and device for each task actor.
 
     GPUs: one each when there are enough, else an equal fraction. CPUs: an equal share of
@@ -61,6 +93,8 @@ def actor_options(r: ResourcesConfig, n_actors: int) -> tuple[dict[str, Any], in
     opts: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_restarts": 0}
     if r.custom_resources:
         opts["resources"] = dict(r.custom_resources)
+    if local:
+        feasible(opts)
     threads = r.torch_threads or max(1, int(num_cpus))
     return opts, threads, "cuda" if num_gpus > 0 else "cpu"
 

@@ -30,7 +30,7 @@ from .config import ExperimentConfig, save_config
 from .errors import ConfigError, RaymetaError
 from .model import load_encoder, load_tokenizer
 from .optim import optimizer_from_tensors, optimizer_tensors, outer_optimizer
-from .runtime import actor_options, connect, get
+from .runtime import actor_options, connect, feasible, get
 from .tracking import Tracker
 
 __all__ = ["MetaTrainer", "train"]
@@ -66,6 +66,7 @@ class MetaTrainer:
         self.actors: dict[str, Any] = {}
         self.step = 0
         self.collective = cfg.meta.reduce == "collective"
+        self.local = False
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -82,13 +83,15 @@ class MetaTrainer:
     def _start_actors(self) -> None:
         import ray
 
-        opts, threads, device = actor_options(self.cfg.resources, len(self.actor_weights))
+        opts, threads, device = actor_options(self.cfg.resources, len(self.actor_weights), local=self.local)
         remote = ray.remote(TaskActor)
         cfg_json = self.cfg.model_dump_json()
         for name, keys in self.replicas_of.items():  # tasks with weight 0 get no actor at all
             task_opts = dict(opts)
             if self.cfg.task(name).resources:  # per-task custom resources pin a task to a node type
                 task_opts["resources"] = {**opts.get("resources", {}), **self.cfg.task(name).resources}
+                if self.local:
+                    feasible(task_opts, f"task '{name}'")
             for r, key in enumerate(keys):
                 self.actors[key] = remote.options(**task_opts).remote(cfg_json, name, threads, device, r)
         described = get([a.describe.remote() for a in self.actors.values()])
@@ -256,6 +259,7 @@ class MetaTrainer:
     def run(self) -> Path:
         """Meta-train to ``meta.steps``; returns ``<output_dir>/final`` (an HF model directory)."""
         started = connect(self.cfg.resources.address)
+        self.local = started  # our own fixed-size instance: infeasible requests fail at once
         try:
             self._build_driver_model()
             self._start_actors()

@@ -1,0 +1,106 @@
+"""A table of bad inputs: each is one line on stderr naming the culprit, exit code 2, no traceback,
+no hang, and no checkpoint or results file left behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
+
+
+def files(tmp: Path) -> dict[str, str]:
+    (tmp / "good.csv").write_text("text,label\n" + "".join(f"t{i},{'ab'[i % 2]}\n" for i in range(20)))
+    (tmp / "nolabel.csv").write_text("text,y\nhello,a\n")
+    (tmp / "badlabel.csv").write_text("text,label\n" + "".join(f"t{i},{'ab'[i % 2]}\n" for i in range(9)) + "t9,zzz\n")
+    (tmp / "empty.csv").write_text("text,label\n")
+    (tmp / "bad.yaml").write_text("meta: {steps: [unclosed\n")
+    (tmp / "notamodel").mkdir(exist_ok=True)
+    (tmp / "notamodel" / "config.json").write_text("{}")
+    (tmp / "trunc").mkdir(exist_ok=True)
+    (tmp / "trunc" / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1,
+                                                           "num_attention_heads": 2, "intermediate_size": 32}))
+    (tmp / "trunc" / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
+    return {k: str(tmp / k) for k in ("good.csv", "nolabel.csv", "badlabel.csv", "empty.csv", "bad.yaml", "notamodel", "trunc")}
+
+
+def task(csv: str, **kw) -> dict:
+    return {"name": "mine", "type": "sequence_classification", "max_length": 16,
+            "source": {"kind": "files", "format": "csv", "files": {"train": csv}}, **kw}
+
+
+def cfg_with(tmp: Path, **changes) -> str:
+    data = json.loads(json.dumps(TINY))
+    data["output_dir"] = str(tmp / "out")
+    for key, value in changes.items():
+        node = data
+        *path, last = key.split(".")
+        for part in path:
+            node = node[int(part)] if part.isdigit() else node.setdefault(part, {})
+        node[last] = value
+    p = tmp / "exp.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return str(p)
+
+
+# (id, argv builder, text the one-line error must contain)
+CASES = [
+    ("yaml-does-not-parse", lambda t, f: ["train", "--config", f["bad.yaml"]], "YAML does not parse"),
+    ("missing-config-file", lambda t, f: ["train", "--config", str(t / "nope.yaml")], "nope.yaml: not found"),
+    ("unknown-key", lambda t, f: ["train", "--config", cfg_with(t), "meta.stepz=3"], "config key 'meta.stepz': unknown key"),
+    ("wrong-type", lambda t, f: ["train", "--config", cfg_with(t), "meta.steps=many"], "config key 'meta.steps'"),
+    ("unknown-algorithm", lambda t, f: ["train", "--config", cfg_with(t), "meta.algorithm=magic"], "config key 'meta.algorithm'"),
+    ("unknown-task-type", lambda t, f: ["train", "--config", cfg_with(t, tasks=[task(f["good.csv"], type="summarize")])],
+     "config key 'tasks.mine.type'"),
+    ("unknown-ready-made-task", lambda t, f: ["train", "--config", cfg_with(t, tasks=[{"use": "no_such"}])], "'no_such': not a ready-made"),
+    ("all-weights-zero", lambda t, f: ["train", "--config", cfg_with(t, **{"tasks.0.weight": 0, "tasks.1.weight": 0})],
+     "every task has mixture weight 0"),
+    ("negative-weight", lambda t, f: ["train", "--config", cfg_with(t), "tasks.bbc_news.weight=-1"], "config key 'tasks.bbc_news.weight'"),
+    ("nan-weight", lambda t, f: ["train", "--config", cfg_with(t), "tasks.bbc_news.weight=.nan"], "config key 'tasks.bbc_news.weight'"),
+    ("negative-inner-steps", lambda t, f: ["train", "--config", cfg_with(t), "meta.inner_steps=-1"], "config key 'meta.inner_steps'"),
+    ("reptile-zero-inner-steps", lambda t, f: ["train", "--config", cfg_with(t), "meta.algorithm=reptile", "meta.inner_steps=0"],
+     "reptile needs at least 1 inner step"),
+    ("pcgrad-collective", lambda t, f: ["train", "--config", cfg_with(t), "meta.combine=pcgrad", "meta.reduce=collective"],
+     "config key 'meta.combine'"),
+    ("missing-file", lambda t, f: ["train", "--config", cfg_with(t, tasks=[task(str(t / "gone.csv"))])], "gone.csv: file not found"),
+    ("missing-column", lambda t, f: ["train", "--config", cfg_with(t, tasks=[task(f["nolabel.csv"])])], "missing column 'label'"),
+    ("label-outside-set", lambda t, f: ["train", "--config", cfg_with(t, tasks=[task(f["badlabel.csv"], labels=["a", "b"])])],
+     "badlabel.csv, row 10: label 'zzz' is not in the label set"),
+    ("empty-split", lambda t, f: ["train", "--config", cfg_with(t, tasks=[task(f["good.csv"]) | {
+        "source": {"kind": "files", "format": "csv", "files": {"train": f["good.csv"], "test": f["empty.csv"]}}}])],
+     "split 'test' is empty"),
+    ("unreachable-address", lambda t, f: ["train", "--config", cfg_with(t), "--address", "127.0.0.9:6399"], "no Ray cluster answers"),
+    ("infeasible-resources", lambda t, f: ["train", "--config", cfg_with(t), "resources.num_gpus_per_actor=1"],
+     "asks for GPU=1, but no node has that much"),
+    ("init-not-a-model", lambda t, f: ["evaluate", "--init", f["notamodel"], "--task", "chatterbot_topics",
+                                       "--output", str(t / "out" / "r.json")], "notamodel"),
+    ("truncated-safetensors", lambda t, f: ["evaluate", "--init", f["trunc"], "--task", "chatterbot_topics",
+                                            "--output", str(t / "out" / "r.json")], "trunc"),
+    ("k-larger-than-class", lambda t, f: ["evaluate", "--init", "offline:all-MiniLM-L6-v2", "--task", "chatterbot_topics",
+                                          "--shots", "500", "--output", str(t / "out" / "r.json")], "K=500 but class"),
+    ("bad-shots", lambda t, f: ["evaluate", "--init", "offline:all-MiniLM-L6-v2", "--task", "chatterbot_topics",
+                                "--shots", "4,x", "--output", str(t / "out" / "r.json")], "comma-separated integers"),
+]
+
+
+@pytest.mark.parametrize("name, argv, expect", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(name, argv, expect, tmp_path):
+    f = files(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "raymeta.cli", *argv(tmp_path, f)], cwd=REPO, capture_output=True,
+                       text=True, timeout=180)
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("raymeta: error:")]
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert len(lines) == 1 and expect in lines[0], r.stderr[-2000:]
+    out = tmp_path / "out"
+    assert not (out / "checkpoints").exists() and not (out / "final").exists() and not (out / "r.json").exists()
+
+
+def test_table_has_at_least_twenty_cases():
+    assert len(CASES) >= 20
