@@ -66,7 +66,10 @@ def _finished(run_cfg: ExperimentConfig) -> bool:
     saved = run_dir / "config.yaml"
     if not (run_dir / "final" / "model.safetensors").is_file() or not saved.is_file():
         return False
-    old = yaml.safe_load(saved.read_text())
+    try:  # through today's schema, so keys added since (with their defaults) do not force a re-run
+        old = redact(ExperimentConfig.model_validate(yaml.safe_load(saved.read_text())).model_dump(mode="json"))
+    except Exception:
+        return False
     new = redact(run_cfg.model_dump(mode="json"))
     return all(old.get(k) == new.get(k) for k in new if k not in _NOT_TRAINING)
 
