@@ -1,7 +1,7 @@
 """A table of bad inputs: each is one line on stderr naming the culprit, exit code 2, no traceback,
-# ruff: noqa: E501  (the table reads best one case per line)
 no hang, and no checkpoint or results file left behind."""
 
+# ruff: noqa: E501  (the table reads best one case per line)
 from __future__ import annotations
 
 import json
