@@ -134,3 +134,17 @@ def test_cli_evaluate(tiny_init, tmp_path):
                           "--task", str(d), "--output", str(tmp_path / "b.json")], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "not a model directory" in bad.stderr
     assert not (tmp_path / "b.json").exists()
+
+
+@pytest.mark.slow
+def test_evaluate_every_ready_made_task(ray_local, tiny_init, shared_data, tmp_path):
+    """`raymeta evaluate` on each ready-made task (slow: about 3 minutes; run with -m slow)."""
+    from raymeta.tasks import catalog_names, task_config
+
+    names = catalog_names()
+    out = evaluate(tiny_init, [task_config(n) for n in names], shots=(1,), n_splits=1,
+                   settings=FinetuneSettings(steps=1, max_test=20, batch_size=8), seed=0,
+                   data_dir=str(shared_data), cache_dir=str(tmp_path / "cache"), output=None, progress=False)
+    assert set(out["tasks"]) == set(names)
+    for name, entry in out["tasks"].items():
+        assert 0.0 <= entry["shots"]["1"]["mean"] <= 1.0, name
