@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from raymeta.actor import build_task_model, step_seed
 from raymeta.algorithms import ALGORITHMS, task_gradient
-from raymeta.checkpoint import latest_checkpoint, load_checkpoint
+from raymeta.checkpoint import latest_checkpoint
 from raymeta.config import ExperimentConfig, load_config
 from raymeta.model import load_tokenizer
 from raymeta.tasks import load_task
@@ -183,7 +183,6 @@ def test_collective_reduce_matches_driver_reduce(algorithm, replicas, ray_local,
         data["tasks"][1]["replicas"] = replicas  # NER: its replicas must keep one head between them
         finals[mode] = final_tensors(train(load_config(data=data)).parent)
         if replicas > 1:
-            _, state = load_checkpoint(latest_checkpoint(data["output_dir"]))
             heads = load_file(str(latest_checkpoint(data["output_dir"]) / "trainer_state.safetensors"))
             a = {k.split(".", 2)[2]: v for k, v in heads.items() if k.startswith("task.ner.head.")}
             b = {k.split(".", 2)[2]: v for k, v in heads.items() if k.startswith("task.ner#1.head.")}
