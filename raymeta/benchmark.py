@@ -24,7 +24,7 @@ from .evaluate import evaluate, evaluate_episodic, summarise, write_json_atomic
 from .finetune import FinetuneSettings
 from .model import load_encoder, load_tokenizer
 from .report import plot_curves, plot_scores, results_table
-from .tasks.registry import resolve_task_entry
+from .tasks.registry import task_from_entry
 
 __all__ = ["run_benchmark", "quick_config", "gains"]
 
@@ -39,9 +39,7 @@ def quick_config(cfg: ExperimentConfig) -> ExperimentConfig:
 
 
 def _tasks(entries: list[dict[str, Any]], cfg: ExperimentConfig):
-    from .config import TaskConfig
-
-    return [TaskConfig.model_validate(resolve_task_entry(e, data_dir=cfg.data_dir, base=Path("."))) for e in entries]
+    return [task_from_entry(e, data_dir=cfg.data_dir) for e in entries]
 
 
 def _pretrained_init(cfg: ExperimentConfig, out: Path) -> str:

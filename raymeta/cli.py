@@ -49,13 +49,13 @@ def _cmd_tasks_list(args: argparse.Namespace) -> int:
 def _cmd_tasks_show(args: argparse.Namespace) -> int:
     from .config import ModelConfig, load_config
     from .show import show_tasks
-    from .tasks.registry import task_config
+    from .tasks.registry import task_config, task_from_entry
 
     overrides = [n for n in args.names if "=" in n]
     args.names = [n for n in args.names if "=" not in n]
     if args.config:
         cfg = load_config(args.config, overrides)
-        specs = list(cfg.tasks) + [_eval_task(e) for e in cfg.eval.tasks]
+        specs = list(cfg.tasks) + [task_from_entry(e, data_dir=cfg.data_dir) for e in cfg.eval.tasks]
         data_dir, cache_dir, model, seed, episode = cfg.data_dir, cfg.cache_dir, cfg.model, cfg.seed, cfg.meta.episode
     else:
         if not args.names:
@@ -138,14 +138,6 @@ def format_results(out: dict) -> str:
     from .report import results_table
 
     return results_table({out["init"]: out})
-
-
-def _eval_task(entry: dict) -> "object":
-    from .tasks.registry import task_config
-
-    entry = dict(entry)
-    name = entry.pop("use", None) or entry.pop("name")
-    return task_config(name, **entry)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,7 @@ import yaml
 from ..config import TaskConfig, validate_task
 from ..errors import ConfigError
 
-__all__ = ["CATALOG_DIR", "catalog_names", "task_config", "resolve_task_entry"]
+__all__ = ["CATALOG_DIR", "catalog_names", "task_config", "resolve_task_entry", "task_from_entry"]
 
 CATALOG_DIR = Path(__file__).parent / "catalog"
 
@@ -68,3 +68,9 @@ def resolve_task_entry(entry: Any, *, data_dir: str, base: Path) -> dict[str, An
     over = {k: v for k, v in entry.items() if k != "use"}
     raw, _ = _raw(str(entry["use"]), base)
     return _merge(raw, over)
+
+
+def task_from_entry(entry: Any, *, data_dir: str, base: Path | str = ".") -> TaskConfig:
+    """A config's task entry (``eval.tasks`` and the like) as a validated :class:`TaskConfig`."""
+    raw = resolve_task_entry(entry, data_dir=data_dir, base=Path(base))
+    return validate_task(raw, origin=f"task entry {entry!r}")
