@@ -20,14 +20,14 @@ import torch
 
 from .algorithms import task_gradient
 from .collective import agree_on_finite, allreduce_weighted, destroy_group, free_port, init_group
-from .combine import NonFiniteGradient
+from .combine import NonFiniteGradient, _as_tensor
 from .config import ExperimentConfig
 from .errors import RaymetaError
 from .model import MetaModel, ParamLayout, load_tokenizer
 from .optim import optimizer_from_tensors, optimizer_tensors, outer_optimizer
 from .tasks import load_task
 
-__all__ = ["TaskActor", "bind_flat", "head_seed", "step_seed", "build_task_model"]
+__all__ = ["TaskActor", "bind_flat", "from_wire", "head_seed", "step_seed", "build_task_model"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,12 @@ def bind_flat(named: dict[str, torch.nn.Parameter]) -> tuple[ParamLayout, torch.
         view.copy_(p.detach())
         p.data = view
     return layout, flat
+
+
+def from_wire(grad: np.ndarray) -> np.ndarray | torch.Tensor:
+    """A gradient as an actor returned it, ready to reduce: ``meta.transfer_dtype: bfloat16`` sends the
+    bfloat16 bit pattern as uint16 (numpy has no bfloat16); a zero-copy view either way."""
+    return _as_tensor(grad).view(torch.bfloat16) if grad.dtype == np.uint16 else grad
 
 
 def build_task_model(cfg: ExperimentConfig, task_name: str, task_type: str, num_labels: int, vocab_size: int) -> MetaModel:
@@ -91,6 +97,12 @@ class TaskActor:
         self.model = build_task_model(self.cfg, spec.name, spec.type, self.task.num_labels, len(tok)).to(self.device)
         self.layout, self.flat = bind_flat(self.model.shared_named_parameters())
         self.grad_buf = torch.empty_like(self.flat)
+        self._shared = list(self.model.shared_named_parameters().values())
+        self._bound: torch.Tensor = self.flat  # the buffer the shared parameters are views of
+        self._pinned: np.ndarray | None = None  # the published object they view (zero-copy), kept alive
+        # meta.transfer_dtype: bfloat16 halves the bytes each gradient returns with (reduce: driver only)
+        self._wire = torch.empty(self.layout.numel, dtype=torch.bfloat16) \
+            if self.cfg.meta.transfer_dtype == "bfloat16" else None
         self.head = self.model.head_named_parameters(spec.name)
         o = self.cfg.optim
         self.head_opt = torch.optim.AdamW(list(self.head.values()), lr=o.head_lr, weight_decay=o.weight_decay, betas=o.betas)
@@ -123,17 +135,34 @@ class TaskActor:
         ``head_grad``: replicas only, the replicas' averaged head gradient of the previous step."""
         t0 = time.perf_counter()
         self.apply_head(head_grad)
-        self._load_shared(shared)
+        self._load_shared(shared, zero_copy=True)
         out = self._gradient(step)
         out["load_s"] = out.pop("t_start") - t0
-        out["grad"] = self.grad_buf.detach().cpu().numpy()
+        if self._wire is None:
+            out["grad"] = self.grad_buf.detach().cpu().numpy()
+        else:  # numpy has no bfloat16: the bits travel as uint16 (see from_wire)
+            out["grad"] = self._wire.copy_(self.grad_buf).cpu().view(torch.uint16).numpy()
         return out
 
-    def _load_shared(self, shared: np.ndarray) -> None:
-        if self.flat.device.type == "cpu":  # numpy copy: no torch view of the read-only object-store buffer
-            np.copyto(self.flat.numpy(), shared)
-        else:
+    def _load_shared(self, shared: np.ndarray, zero_copy: bool = False) -> None:
+        if self.flat.device.type != "cpu":
             self.flat.copy_(torch.from_numpy(np.array(shared)), non_blocking=True)
+        elif zero_copy:
+            # The parameters become views of the published object-store buffer, which stays pinned until the
+            # next call: no copy per step (90 MB for MiniLM). The buffer is read-only, and a task gradient only
+            # reads the shared parameters; the head, which steps here, has its own storage.
+            self._pinned = shared
+            self._bind(_as_tensor(shared))
+        else:  # reduce: collective: this actor's own outer step writes its parameters, so they own their buffer
+            np.copyto(self.flat.numpy(), shared)
+            self._bind(self.flat)
+            self._pinned = None
+
+    def _bind(self, flat: torch.Tensor) -> None:
+        if flat is not self._bound:
+            for p, view in zip(self._shared, self.layout.unflatten(flat).values()):
+                p.data = view
+            self._bound = flat
 
     def _gradient(self, step: int) -> dict[str, Any]:
         """This task's gradient into ``self.grad_buf``; the head takes its own step here."""
@@ -148,6 +177,9 @@ class TaskActor:
             result = task_gradient(meta.algorithm, self.model, self.task.name, self.task.config.type, episode, params,
                                    inner_steps=meta.inner_steps, inner_lr=meta.inner_lr)
         grad = self.layout.flatten({n: result.grads.get(n) for n in self.layout.names}, out=self.grad_buf)
+        fault = meta.fault_injection  # debugging/testing only (off by default): a real non-finite gradient
+        if fault is not None and fault.task == self.key and step in fault.steps:
+            grad[0] = float(fault.value)
         # sum, not an elementwise mask: NaN/Inf anywhere makes the sum non-finite, at a fraction of the cost
         finite = bool(np.isfinite(result.loss)) and bool(torch.isfinite(grad.sum()))
         head_grads = {k: result.grads[k] for k in self.head if k in result.grads}

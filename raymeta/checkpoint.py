@@ -9,7 +9,9 @@ Layout of ``<output_dir>/checkpoints/step-00000050/``::
 
 Each checkpoint is written into a hidden temporary directory, fsynced, then renamed into
 place; ``LATEST`` is replaced atomically afterwards. A kill at any moment leaves either
-the previous checkpoint or the new one, never half of one.
+the previous checkpoint or the new one, never half of one: old checkpoints, too, are renamed
+to a hidden name before they are deleted, so every ``step-*`` directory is complete. Hidden
+leftovers of a killed writer are never read, and the next save removes them.
 """
 
 from __future__ import annotations
@@ -34,16 +36,23 @@ _STEP_DIR = re.compile(r"^step-(\d{8})$")
 _COMPLETE = "trainer_state.json"  # written last: its presence marks a complete checkpoint
 
 
+def _fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a rename into it) durable, not only its files."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_tree(root: Path) -> None:
     for p in sorted(root.rglob("*")):
         if p.is_file():
             with p.open("rb") as fh:
                 os.fsync(fh.fileno())
-    fd = os.open(root, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        elif p.is_dir():
+            _fsync_dir(p)
+    _fsync_dir(root)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -53,6 +62,43 @@ def _atomic_write_text(path: Path, text: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _remove_dir(path: Path) -> None:
+    """Rename (atomic), then delete: a kill halfway through a delete leaves a hidden leftover, never a
+    half-deleted directory under its real name that still looks complete."""
+    trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _writer_gone(pid: int) -> bool:
+    if pid == os.getpid():  # this process writes one checkpoint at a time: an own leftover is stale
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    try:  # a killed process its parent has not reaped yet still answers kill(pid, 0): a zombie (Linux)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _remove_leftovers(root: Path, names: str) -> None:
+    """Remove what killed writers left in ``root``: ``.tmp-NAME-PID``, ``.old-NAME-PID``, ``.trash-NAME-PID``
+    (NAME matching the regex ``names``) and ``.LATEST.tmpPID``, once process PID is gone."""
+    pattern = re.compile(rf"^\.(?:(?:tmp|old|trash)-(?:{names})-|LATEST\.tmp)(\d+)$")
+    for p in root.iterdir():
+        m = pattern.match(p.name)
+        if m and _writer_gone(int(m.group(1))):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
 
 
 class atomic_dir:
@@ -63,8 +109,9 @@ class atomic_dir:
         self.tmp = self.target.with_name(f".tmp-{self.target.name}-{os.getpid()}")
 
     def __enter__(self) -> Path:
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir(parents=True)
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(self.target.parent, re.escape(self.target.name))
+        self.tmp.mkdir()
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -76,6 +123,7 @@ class atomic_dir:
         if self.target.exists():  # rename can't replace a non-empty dir: move the old one aside first
             os.replace(self.target, old)
         os.replace(self.tmp, self.target)
+        _fsync_dir(self.target.parent)
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -103,7 +151,13 @@ def save_checkpoint(
 ) -> Path:
     root = Path(output_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(root, r"step-\d{8}")
     target = root / f"step-{step:08d}"
+    # Checkpoints after this step belong to another timeline (an earlier run in this directory, or the
+    # steps after the checkpoint this run was restored from): removed first, so that the newest
+    # complete checkpoint is always this run's latest one.
+    for later in sorted(p for p in root.iterdir() if _STEP_DIR.match(p.name) and p.name > target.name):
+        _remove_dir(later)
     with atomic_dir(target) as tmp:
         _save_encoder(encoder, tmp / "model")
         tokenizer.save_pretrained(tmp / "model")
@@ -112,20 +166,16 @@ def save_checkpoint(
         (tmp / _COMPLETE).write_text(json.dumps({**state, "step": step}, indent=1, sort_keys=True))
     _atomic_write_text(root / "LATEST", target.name + "\n")
     for old in sorted(p for p in root.iterdir() if _STEP_DIR.match(p.name))[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove_dir(old)
     return target
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint (``LATEST`` if it is complete, else the newest complete one)."""
+    """The newest complete checkpoint. It is also the one ``LATEST`` names, except after a kill between
+    a checkpoint's rename into place and the ``LATEST`` update: then the newer, complete one wins."""
     root = Path(output_dir) / "checkpoints"
     if not root.is_dir():
         return None
-    latest = root / "LATEST"
-    if latest.is_file():
-        cand = root / latest.read_text().strip()
-        if (cand / _COMPLETE).is_file():
-            return cand
     done = sorted(p for p in root.iterdir() if _STEP_DIR.match(p.name) and (p / _COMPLETE).is_file())
     return done[-1] if done else None
 

@@ -134,6 +134,29 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .tune import run_tune
+    from .tune_report import summary_table
+
+    overrides = list(args.overrides)
+    if args.address:
+        overrides.append(f"resources.address={args.address}")
+    cfg = load_config(args.config, overrides)
+    summary = run_tune(cfg, num_samples=args.num_samples, resume=args.resume)
+    print(f"\n{summary['metric']}:\n{summary_table(summary)}\n")
+    for what, path in summary["files"].items():
+        print(f"{what}: {path}")
+    print(f"train the best mixture: raymeta train --config {summary['files']['best_config']}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_from_args
+
+    return run_from_args(args)
+
+
 def format_results(out: dict) -> str:
     from .report import results_table
 
@@ -191,6 +214,29 @@ def build_parser() -> argparse.ArgumentParser:
     bm.add_argument("--output", help="directory for results.json, results.md and plots (default: <output_dir>/benchmark)")
     bm.add_argument("overrides", nargs="*", metavar="key=value")
     bm.set_defaults(func=_cmd_benchmark)
+
+    be = sub.add_parser("bench", help="meta-step time breakdown and ratios against one-process and DDP baselines")
+    be.add_argument("--quick", action="store_true", help="CI size: tiny model, N=1,2,4, DDP at N=2 (minutes on 2 CPUs)")
+    be.add_argument("--models", help="comma-separated: minilm, tiny (default: both)")
+    be.add_argument("--tasks", help="numbers of tasks, e.g. 1,2,4,8,16")
+    be.add_argument("--reduce", help="driver, collective or both (default: both)")
+    be.add_argument("--steps", type=int, help="timed steps per case, after the warm-up (default 5)")
+    be.add_argument("--warmup", type=int, help="untimed steps first (default 2; --quick: 1)")
+    be.add_argument("--ddp-tasks", help="run (b), DDP, only at these N (default: every N; 'none': never)")
+    be.add_argument("--no-reference", action="store_true", help="skip (a), the single-process reference")
+    be.add_argument("--transfer-dtype", choices=["float32", "bfloat16"], help="meta.transfer_dtype of the trainer")
+    be.add_argument("--torch-threads", type=int, help="torch threads per actor (default: its CPU share)")
+    be.add_argument("--output", help="write the results as JSON here")
+    be.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every case")
+    be.set_defaults(func=_cmd_bench)
+
+    tu = sub.add_parser("tune", help="Ray Tune over task mixtures and learning rates, scored on meta-validation tasks")
+    tu.add_argument("--config", required=True, help="experiment YAML with a tune: section (see configs/tune_starter.yaml)")
+    tu.add_argument("--num-samples", type=int, help="trials (default: tune.num_samples); the heuristics come first")
+    tu.add_argument("--resume", action="store_true", help="continue an interrupted search (Tuner.restore)")
+    tu.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local instance)")
+    tu.add_argument("overrides", nargs="*", metavar="key=value")
+    tu.set_defaults(func=_cmd_tune)
     return p
 
 
@@ -198,14 +244,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no fork warnings under Ray
+    if not args.verbose:  # a "Loading weights" bar per model load (trials, actors) is noise in a job log
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
     except RaymetaError as e:
         print(f"raymeta: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("raymeta: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"raymeta: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
         return 130
 
 

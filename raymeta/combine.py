@@ -67,18 +67,61 @@ def normalise_weights(weights: dict[str, float]) -> dict[str, float]:
     return {k: v / total for k, v in weights.items() if v > 0}
 
 
+def _chunk(n_tasks: int) -> int:
+    """Elements per task in one chunk of the one-pass reduction: N chunks together stay ~8 MB (cache-sized)."""
+    return max(1 << 16, (1 << 21) // max(1, n_tasks))
+
+
+def _one_pass(grads: Sequence[torch.Tensor], weights: Sequence[float] | None, out: torch.Tensor | None,
+              gram: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read every gradient once, chunk by chunk: per-task sums (the finiteness check), the Gram matrix
+    (task affinity) and, given ``weights``, ``out = Σ wᵢ gᵢ`` in the fixed task order.
+
+    One pass instead of one per sum, per pair and per addition: pairwise dot products read each
+    gradient N times (quadratic memory traffic in N); here each chunk of the N gradients is stacked
+    while it is in cache and its Gram block is one small matrix product."""
+    n, numel = len(grads), grads[0].numel()
+    sums = np.zeros(n)
+    g = np.zeros((n, n)) if gram else None
+    step = min(_chunk(n), numel)
+    buf = _block_buffer(n * step)
+    for a in range(0, numel, step):
+        b = min(numel, a + step)
+        block = buf[: n * (b - a)].view(n, b - a)
+        for i, x in enumerate(grads):  # copy_ upcasts a bf16 transfer here, while the chunk is in cache
+            block[i].copy_(x[a:b])
+        sums += block.sum(1).double().numpy()
+        if g is not None:
+            g += torch.mm(block, block.T).double().numpy()
+        if weights is not None and out is not None:
+            o = out[a:b]
+            torch.mul(block[0], weights[0], out=o)
+            for i in range(1, n):  # elementwise, fixed order: the same floating-point sum in every run
+                o.add_(block[i], alpha=weights[i])
+    return sums, g
+
+
+_BLOCKS: dict[int, torch.Tensor] = {}
+
+
+def _block_buffer(numel: int) -> torch.Tensor:
+    """A reused scratch buffer: a fresh one per step would page-fault its 8 MB in again every step."""
+    if numel not in _BLOCKS:
+        _BLOCKS.clear()
+        _BLOCKS[numel] = torch.empty(numel, dtype=torch.float32)
+    return _BLOCKS[numel]
+
+
+def _cosine_from_gram(gram: np.ndarray) -> np.ndarray:
+    norms = np.sqrt(np.maximum(np.diag(gram), 1e-30))
+    return gram / np.outer(norms, norms)
+
+
 def cosine_matrix(grads: Sequence[torch.Tensor]) -> np.ndarray:
     """Pairwise cosine similarity of task gradients: where tasks help or fight (task affinity).
 
-    Pairwise dot products on the flat buffers, with no stacked copy: N(N+1)/2 passes over
-    memory instead of an N x numel matrix."""
-    n = len(grads)
-    gram = np.zeros((n, n))
-    for i in range(n):
-        for j in range(i, n):
-            gram[i, j] = gram[j, i] = float(torch.dot(grads[i], grads[j]))
-    norms = np.sqrt(np.maximum(np.diag(gram), 1e-30))
-    return gram / np.outer(norms, norms)
+    The Gram matrix in one chunked pass over the flat buffers (:func:`_one_pass`), no stacked copy."""
+    return _cosine_from_gram(_one_pass(grads, None, None, gram=True)[1])
 
 
 def pcgrad(grads: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
@@ -107,10 +150,7 @@ def reduce_gradients(
     """The meta-gradient of one step. Weights are renormalised over the tasks that survive.
 
     ``out``: a reusable buffer for the result (the driver keeps one: no 90 MB allocation per step)."""
-    grads: list[torch.Tensor] = []
-    used: list[str] = []
-    weights: list[float] = []
-    skipped: list[str] = []
+    tensors: list[torch.Tensor] = []
     for r in results:
         g = _as_tensor(r.grad)
         if g.dim() != 1 or g.numel() != numel or g.dtype not in (torch.float32, torch.bfloat16, torch.float16):
@@ -118,27 +158,40 @@ def reduce_gradients(
                 f"task '{r.task}': gradient of shape {tuple(g.shape)} and dtype {g.dtype} does not match "
                 f"the shared parameters ({numel},) — the task's model differs from the driver's"
             )
-        # One cheap reduction instead of an elementwise mask: the sum is NaN/Inf iff an element
-        # is (or the values are so large that they overflow, which is as broken).
-        if not (math.isfinite(r.loss) and bool(torch.isfinite(g.sum()))):
-            what = "loss" if not math.isfinite(r.loss) else "gradient"
-            if nan_policy == "abort":
-                raise NonFiniteGradient(f"task '{r.task}': non-finite {what} at step {step} (meta.nan_policy=abort)")
-            log.warning("step %d: task '%s' has a non-finite %s; skipped this step (meta.nan_policy=skip_task)",
-                        step, r.task, what)
-            skipped.append(r.task)
-            continue
-        grads.append(g.float())
-        used.append(r.task)
-        weights.append(r.weight)
-    if not grads:
+        tensors.append(g)
+    if not tensors:
         raise NonFiniteGradient(f"step {step}: every task's gradient is non-finite; nothing to apply")
-    total = sum(weights)
-    w = [x / total for x in weights]
-    cos = cosine_matrix(grads) if affinity and len(grads) > 1 else None
-    if rule == "pcgrad" and len(grads) > 1:
-        grads = pcgrad(grads, seed=zlib.crc32(f"{seed}:{step}".encode()))
-    meta = out.zero_() if out is not None else torch.zeros(numel, dtype=torch.float32)
-    for wi, g in zip(w, grads):  # fixed order: deterministic floating-point sum
-        meta.add_(g, alpha=wi)
+    meta = out if out is not None else torch.empty(numel, dtype=torch.float32)
+    total_all = sum(r.weight for r in results)
+    fused = rule == "mean" or len(tensors) == 1  # PCGrad needs every gradient before the sum
+    # One pass: sums for the finiteness check, the Gram matrix for affinity and, assuming every task is
+    # finite (the usual case), the weighted sum. A skipped task costs a second pass below.
+    sums, gram = _one_pass(tensors, [r.weight / total_all for r in results] if fused else None, meta,
+                           gram=affinity and len(tensors) > 1)
+    used_idx: list[int] = []
+    skipped: list[str] = []
+    for i, r in enumerate(results):
+        # A sum is NaN/Inf iff an element is (or the values are so large that they overflow, which is as broken).
+        if math.isfinite(r.loss) and math.isfinite(sums[i]):
+            used_idx.append(i)
+            continue
+        what = "loss" if not math.isfinite(r.loss) else "gradient"
+        if nan_policy == "abort":
+            raise NonFiniteGradient(f"task '{r.task}': non-finite {what} at step {step} (meta.nan_policy=abort)")
+        log.warning("step %d: task '%s' has a non-finite %s; skipped this step (meta.nan_policy=skip_task)",
+                    step, r.task, what)
+        skipped.append(r.task)
+    if not used_idx:
+        raise NonFiniteGradient(f"step {step}: every task's gradient is non-finite; nothing to apply")
+    used = [results[i].task for i in used_idx]
+    total = sum(results[i].weight for i in used_idx)
+    w = [results[i].weight / total for i in used_idx]
+    cos = _cosine_from_gram(gram[np.ix_(used_idx, used_idx)]) if gram is not None and len(used_idx) > 1 else None
+    if not fused or skipped:
+        grads = [tensors[i].float() for i in used_idx]
+        if rule == "pcgrad" and len(grads) > 1:
+            grads = pcgrad(grads, seed=zlib.crc32(f"{seed}:{step}".encode()))
+        meta.zero_()
+        for wi, g in zip(w, grads):  # fixed order: deterministic floating-point sum
+            meta.add_(g, alpha=wi)
     return Reduced(meta, used, skipped, dict(zip(used, w)), cos)

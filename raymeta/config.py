@@ -26,12 +26,15 @@ __all__ = [
     "EpisodeConfig",
     "TaskConfig",
     "ModelConfig",
+    "FaultInjection",
     "MetaConfig",
     "OptimConfig",
     "ResourcesConfig",
     "CheckpointConfig",
     "EvalConfig",
     "BenchmarkConfig",
+    "TuneSpaceConfig",
+    "TuneConfig",
     "ExperimentConfig",
     "load_config",
     "parse_overrides",
@@ -147,6 +150,16 @@ class ModelConfig(_Strict):
     head_dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
 
 
+class FaultInjection(_Strict):
+    """Debugging and testing only, never set by default: poison one task's gradient (one element
+    set to NaN or Inf, on its actor, after the gradient is computed) at the given steps, so that
+    ``meta.nan_policy`` can be exercised end to end, through the actors and the all-reduce."""
+
+    task: str  # a task name, or a replica key such as "ner#1"
+    steps: list[int] = Field(min_length=1)
+    value: Literal["nan", "inf"] = "nan"
+
+
 class MetaConfig(_Strict):
     """The meta-algorithm and its inner loop (Finn et al. 2017; Nichol et al. 2018)."""
 
@@ -158,6 +171,11 @@ class MetaConfig(_Strict):
     combine: Literal["mean", "pcgrad"] = "mean"
     reduce: Literal["driver", "collective"] = "driver"
     nan_policy: Literal["skip_task", "abort"] = "skip_task"
+    # reduce: driver: the dtype task gradients travel in (the driver reduces in float32 either way).
+    # bfloat16 halves the bytes per actor; it rounds each gradient to 8 significant bits.
+    transfer_dtype: Literal["float32", "bfloat16"] = "float32"
+    # Debugging and testing only, off by default: see FaultInjection.
+    fault_injection: FaultInjection | None = None
 
 
 class OptimConfig(_Strict):
@@ -185,6 +203,10 @@ class ResourcesConfig(_Strict):
 class CheckpointConfig(_Strict):
     every_steps: int = Field(default=50, ge=1)
     keep_last: int = Field(default=2, ge=1)
+    # A task actor that dies (its process killed, its node lost) is restarted with all the others, and
+    # training goes back to the last checkpoint (or step 0) and replays; this many times per run, then
+    # the run stops with a one-line error. 0: the first lost actor ends the run.
+    max_actor_restarts: int = Field(default=3, ge=0)
 
 
 class EvalConfig(_Strict):
@@ -217,6 +239,55 @@ class BenchmarkConfig(_Strict):
     })
 
 
+class TuneSpaceConfig(_Strict):
+    """What ``raymeta tune`` searches. A range of ``None`` keeps the experiment's own value."""
+
+    weights: bool = True  # per-task log-weights, normalised onto the simplex (softmax)
+    log_weight_range: tuple[float, float] = (-2.0, 2.0)  # widened to cover the seeded heuristics
+    lr: tuple[float, float] | None = (5e-6, 2e-4)  # outer learning rate, log-uniform
+    inner_lr: tuple[float, float] | None = None  # log-uniform, e.g. [1e-3, 1e-1] for the MAML family
+    inner_steps: tuple[int, int] | None = None  # inclusive integer range
+    algorithms: list[Algorithm] | None = None  # a categorical choice; None keeps meta.algorithm
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "TuneSpaceConfig":
+        for key in ("log_weight_range", "lr", "inner_lr", "inner_steps"):
+            r = getattr(self, key)
+            if r is not None and not r[0] <= r[1]:
+                raise ValueError(f"{key}: expected [low, high] with low <= high, got {list(r)}")
+            if r is not None and key in ("lr", "inner_lr") and r[0] <= 0:
+                raise ValueError(f"{key}: a log-uniform range must be positive, got {list(r)}")
+        return self
+
+
+class TuneConfig(_Strict):
+    """``raymeta tune``: Ray Tune over mixtures and learning rates, scored few-shot on meta-validation tasks.
+
+    Trials never see ``test_tasks``: those are scored once, after the search, for the report."""
+
+    num_samples: int = Field(default=8, ge=1)
+    validation_tasks: list[dict[str, Any]] = Field(default_factory=list)  # class-disjoint from training
+    test_tasks: list[dict[str, Any]] = Field(default_factory=list)  # meta-test: the final report only
+    eval_every: int = Field(default=10, ge=1)  # meta-steps between reports (ASHA rungs, PBT intervals)
+    # the validation score: mean prototype accuracy of seeded N-way K-shot episodes
+    ways: int = Field(default=5, ge=2)
+    shots: int = Field(default=5, ge=1)
+    queries: int = Field(default=10, ge=1)
+    episodes: int = Field(default=200, ge=1)
+    max_rows_per_class: int = Field(default=40, ge=2)  # rows embedded per class (seeded subsample)
+    search: Literal["optuna", "random"] = "optuna"
+    scheduler: Literal["asha", "pbt", "fifo"] = "asha"
+    grace_period: int = Field(default=1, ge=1)  # ASHA: reports before a trial may be stopped
+    reduction_factor: float = Field(default=2.0, gt=1.0)
+    heuristics: list[Literal["equal", "proportional", "temperature2"]] = Field(
+        default_factory=lambda: ["equal", "proportional", "temperature2"])
+    max_concurrent_trials: int | None = Field(default=None, ge=1)  # None: as many as the bundles fit
+    max_failures: int = Field(default=2, ge=0)  # a failed trial restarts from its last checkpoint
+    storage_path: str | None = None  # None: <output_dir>/tune (local); s3://... or gs://... on clusters
+    driver_cpus: float = Field(default=0.5, gt=0.0)  # the trial's own bundle (it also scores validation)
+    space: TuneSpaceConfig = Field(default_factory=TuneSpaceConfig)
+
+
 class ExperimentConfig(_Strict):
     """Everything one run needs. ``tasks`` entries are resolved :class:`TaskConfig` objects."""
 
@@ -235,6 +306,7 @@ class ExperimentConfig(_Strict):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
 
     @model_validator(mode="after")
     def _unique_tasks(self) -> "ExperimentConfig":

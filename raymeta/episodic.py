@@ -18,10 +18,10 @@ import torch
 from .algorithms import proto_logits, prototypes
 from .config import EpisodeConfig, ModelConfig, TaskConfig
 from .model import MetaModel, load_encoder, load_tokenizer
-from .tasks import load_task
+from .tasks import Task, load_task
 from .tasks.episodes import sample_episode
 
-__all__ = ["EpisodicResult", "embed_task", "episodic_accuracy", "evaluate_init_episodic"]
+__all__ = ["EpisodicResult", "embed_task", "embed_rows", "episodic_accuracy", "evaluate_init_episodic"]
 
 
 @dataclass
@@ -51,13 +51,21 @@ def embed_task(init: str, task: TaskConfig, *, data_dir: str, cache_dir: str | N
     tok = load_tokenizer(mcfg)
     model = MetaModel(load_encoder(mcfg), mcfg.pooling).eval()
     loaded = load_task(task, tok, data_dir, cache_dir)
+    return embed_rows(model, loaded, {s: None for s in splits}, batch_size=batch_size)
+
+
+@torch.no_grad()
+def embed_rows(model: MetaModel, task: Task, rows: dict[str, list[int] | None], *,
+               batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled embeddings of ``rows[split]`` (None: every row) of each split, concatenated, and their class ids."""
     embs, ids = [], []
-    for split in splits:
-        n = len(loaded.features[split])
-        for start in range(0, n, batch_size):
-            batch = loaded.batch(list(range(start, min(n, start + batch_size))), split)
-            embs.append(model.embed(batch).float().numpy())
-        ids.append(loaded.class_ids(split))
+    for split, chosen in rows.items():
+        idx = list(range(len(task.features[split]))) if chosen is None else list(chosen)
+        for start in range(0, len(idx), batch_size):
+            embs.append(model.embed(task.batch(idx[start:start + batch_size], split)).float().numpy())
+        class_ids = task.class_ids(split)
+        assert class_ids is not None, "embedding needs a classification task"
+        ids.append(class_ids[idx])
     return np.concatenate(embs), np.concatenate(ids)
 
 

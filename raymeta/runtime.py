@@ -10,7 +10,7 @@ from typing import Any
 from .config import ResourcesConfig
 from .errors import RaymetaError
 
-__all__ = ["connect", "actor_options", "get", "LOCAL_NODE_IP"]
+__all__ = ["connect", "actor_options", "bundle_options", "get", "LOCAL_NODE_IP"]
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +99,53 @@ def actor_options(r: ResourcesConfig, n_actors: int, local: bool = False) -> tup
     return opts, threads, "cuda" if num_gpus > 0 else "cpu"
 
 
+def bundle_options(group: Any, n_actors: int) -> list[tuple[dict[str, Any], int, str]]:
+    """Ray options, torch threads and device for actors placed in ``group``'s bundles 1..n.
+
+    Bundle 0 is the owner's (a Ray Tune trial's driver); actor i takes bundle i + 1 and asks for
+    exactly that bundle's resources, so a trial never competes with another for CPUs or GPUs."""
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    bundles = group.bundle_specs
+    if len(bundles) < n_actors + 1:
+        raise RaymetaError(f"placement group: {len(bundles)} bundles for a driver and {n_actors} task actors "
+                           f"(needs {n_actors + 1})")
+    out = []
+    for i in range(n_actors):
+        b = bundles[i + 1]
+        cpus, gpus = float(b.get("CPU", 0)), float(b.get("GPU", 0))
+        opts: dict[str, Any] = {
+            "num_cpus": cpus, "num_gpus": gpus, "max_restarts": 0,
+            "resources": {k: v for k, v in b.items() if k not in ("CPU", "GPU", "memory")},
+            "scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i + 1),
+        }
+        out.append((opts, max(1, int(cpus)), "cuda" if gpus > 0 else "cpu"))
+    return out
+
+
 def get(refs: Any, timeout: float | None = None) -> Any:
-    """``ray.get`` that re-raises a user error from a remote call as itself: one line, no traceback."""
+    """``ray.get`` that re-raises a user error from a remote call as itself: one line, no traceback.
+
+    When one of several calls fails, the others' errors are read too (often they fail together: every
+    rank of a process group aborts, or loses a peer). Ray logs each error nobody read, traceback and all."""
     import ray
 
     try:
         return ray.get(refs, timeout=timeout)
-    except ray.exceptions.RayTaskError as e:
-        if isinstance(e.cause, RaymetaError):
+    except ray.exceptions.RayError as e:
+        if isinstance(refs, list) and not isinstance(e, ray.exceptions.GetTimeoutError):
+            _read_all(refs)
+        if isinstance(e, ray.exceptions.RayTaskError) and isinstance(e.cause, RaymetaError):
             raise e.cause from None
         raise
+
+
+def _read_all(refs: list[Any], timeout_s: float = 10.0) -> None:
+    import ray
+
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    for ref in ready:
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayError:
+            pass

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,28 +16,58 @@ __all__ = ["Tracker"]
 log = logging.getLogger("raymeta.train")
 
 
+def _logged_affinity(record: dict[str, Any]) -> tuple[list[str], np.ndarray]:
+    """A metrics.jsonl record's task-gradient cosines (to 5 decimals), over the tasks that entered the step."""
+    used = list(record["weights"])
+    cosine = np.eye(len(used))
+    for i, a in enumerate(used):
+        for j in range(i + 1, len(used)):
+            cosine[i, j] = cosine[j, i] = record["affinity"][f"{a}|{used[j]}"]
+    return used, cosine
+
+
 class Tracker:
     def __init__(self, output_dir: Path, tasks: list[str], *, start_step: int = 0):
-        from tensorboardX import SummaryWriter
-
         self.dir = Path(output_dir)
         self.tasks = tasks
+        self._opened = 0
+        self._open(start_step)
+
+    def _open(self, start_step: int) -> None:
+        """Log from ``start_step`` on. Records of later steps are dropped: those steps run again (resume,
+        actor-crash recovery) and must not count twice — in metrics.jsonl, TensorBoard or the affinity."""
+        from tensorboardX import SummaryWriter
+
         path = self.dir / "metrics.jsonl"
-        # On resume, drop records past the checkpoint: those steps run again, and must not count twice.
         kept = [ln for ln in path.read_text().splitlines() if json.loads(ln)["step"] < start_step] \
             if start_step and path.is_file() else []
         self.jsonl = path.open("w", encoding="utf-8")
         self.jsonl.writelines(ln + "\n" for ln in kept)
-        self.tb = SummaryWriter(str(self.dir / "tensorboard"))
-        self.cos_sum = np.zeros((len(tasks), len(tasks)))
-        self.cos_n = np.zeros((len(tasks), len(tasks)))
+        # purge_step: TensorBoard hides the earlier files' events from start_step on. Each writer gets its
+        # own file name: two writers in the same second would share one, and the second truncates it.
+        self.tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=start_step,
+                                filename_suffix=f".{os.getpid()}.{self._opened:03d}")
+        self._opened += 1
+        n = len(self.tasks)
+        self.cos_sum, self.cos_n = np.zeros((n, n)), np.zeros((n, n))
+        for rec in map(json.loads, kept):  # the affinity of the kept steps, as logged
+            if "affinity" in rec and set(rec["weights"]) <= set(self.tasks):
+                used, cosine = _logged_affinity(rec)
+                self._add_affinity([self.tasks.index(t) for t in used], cosine)
+
+    def rewind(self, step: int) -> None:
+        """Back to ``step`` after a recovery: the steps from there on run again."""
+        self.close()
+        self._open(step)
+
+    def _add_affinity(self, idx: list[int], cosine: np.ndarray) -> None:
+        self.cos_sum[np.ix_(idx, idx)] += cosine
+        self.cos_n[np.ix_(idx, idx)] += 1
 
     def step(self, record: dict[str, Any], cosine: np.ndarray | None, used: list[str]) -> None:
         step = record["step"]
         if cosine is not None:
-            idx = [self.tasks.index(t) for t in used]
-            self.cos_sum[np.ix_(idx, idx)] += cosine
-            self.cos_n[np.ix_(idx, idx)] += 1
+            self._add_affinity([self.tasks.index(t) for t in used], cosine)
             record["affinity"] = {f"{a}|{b}": round(float(cosine[i, j]), 5)
                                   for i, a in enumerate(used) for j, b in enumerate(used) if i < j}
         self.jsonl.write(json.dumps(record) + "\n")
@@ -47,6 +78,7 @@ class Tracker:
             self.tb.add_scalar(f"mixture/{task}", w, step)
         for key in ("grad_norm", "lr", "step_s", "compute_max_s"):
             self.tb.add_scalar(f"train/{key}", record[key], step)
+        self.tb.add_scalar("train/skipped_tasks", len(record["skipped"]), step)  # non-finite, left out (nan_policy)
         for pair, c in record.get("affinity", {}).items():
             self.tb.add_scalar("affinity/" + pair.replace("|", "/"), c, step)  # "|" is not a legal tag character
         losses = " ".join(f"{t}={v:.3f}" for t, v in record["loss"].items())
@@ -54,6 +86,12 @@ class Tracker:
         log.info("step %d/%d | loss %s | |g| %.3f | lr %.2e | %.2fs (slowest actor %.2fs)%s",
                  step + 1, record["steps"], losses, record["grad_norm"], record["lr"], record["step_s"],
                  record["compute_max_s"], skipped)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        """Extra TensorBoard scalars, e.g. a Tune trial's meta-validation score."""
+        for tag, v in values.items():
+            self.tb.add_scalar(tag, v, step)
+        self.tb.flush()
 
     def affinity_png(self) -> Path | None:
         if len(self.tasks) < 2 or not self.cos_n.any():

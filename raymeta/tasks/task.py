@@ -75,7 +75,10 @@ class Task:
         return self._class_ids[split]
 
     def batch(self, rows: list[int], split: str = "train") -> dict[str, Any]:
-        return self.processor.collate(self.features[split].select(rows).to_list(), self.tokenizer)
+        # One columnar read (``ds[rows]``) then rows: ~20x faster than ``select(rows).to_list()``, which
+        # builds an indices mapping per call (0.75 ms -> 0.04 ms for 4 rows; it runs twice per episode).
+        cols = self.features[split][list(rows)]
+        return self.processor.collate([dict(zip(cols, vals)) for vals in zip(*cols.values())], self.tokenizer)
 
     def episode(self, cfg: EpisodeConfig, seed: int, step: int, split: str = "train", stream: str | None = None) -> Episode:
         """The deterministic episode of ``(seed, task, step)``; labels are episode-local.

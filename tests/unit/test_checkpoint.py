@@ -84,3 +84,34 @@ def test_different_architecture_is_a_clear_error(tmp_path, encoder):
     save_file({"embeddings.word_embeddings.weight": torch.zeros(10, 8)}, str(tmp_path / "model.safetensors"))
     with pytest.raises(ModelError, match="different architecture from the configured model"):
         load_encoder_weights(encoder, tmp_path)
+
+
+def test_latest_is_the_newest_complete_one_even_before_LATEST_names_it(tmp_path, encoder, tokenizer):
+    save(tmp_path, 1, encoder, tokenizer)
+    newer = save(tmp_path, 2, encoder, tokenizer)
+    (tmp_path / "checkpoints" / "LATEST").write_text("step-00000001\n")  # killed between the rename and LATEST
+    assert latest_checkpoint(tmp_path) == newer
+
+
+def test_checkpoints_after_the_saved_step_are_another_timeline_and_go(tmp_path, encoder, tokenizer):
+    for s in (1, 2, 3):
+        save(tmp_path, s, encoder, tokenizer, keep_last=1)
+    again = save(tmp_path, 2, encoder, tokenizer, keep_last=1)  # restored from step 1, step 2 replayed
+    assert latest_checkpoint(tmp_path) == again
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["LATEST", "step-00000002"]
+
+
+def test_leftovers_of_killed_writers_are_removed_by_the_next_save(tmp_path, encoder, tokenizer):
+    import os
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # reaped: its pid is free
+    root = tmp_path / "checkpoints"
+    mine_alive = os.getppid()  # a live process: its leftovers may still be in use
+    for name in (f".tmp-step-00000005-{dead.pid}", f".old-step-00000004-{dead.pid}", f".trash-step-00000001-{dead.pid}",
+                 f".tmp-step-00000006-{mine_alive}"):
+        (root / name / "model").mkdir(parents=True)
+    (root / f".LATEST.tmp{dead.pid}").write_text("step-00000005\n")
+    save(tmp_path, 1, encoder, tokenizer)
+    assert sorted(p.name for p in root.iterdir()) == [f".tmp-step-00000006-{mine_alive}", "LATEST", "step-00000001"]

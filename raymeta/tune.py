@@ -1,0 +1,295 @@
+"""``raymeta tune``: Ray Tune over task mixtures and learning rates, scored few-shot on meta-validation.
+
+Each trial is a full meta-training run (:class:`~raymeta.trainer.MetaTrainer`) with its own task
+actors. The trial reserves one placement group: bundle 0 for itself (it also scores validation),
+one bundle per task actor, so concurrent trials never compete for CPUs or GPUs, and trials that do
+not fit wait for a whole group instead of deadlocking half-started. Every ``tune.eval_every`` steps
+the trial checkpoints, scores prototype accuracy of seeded N-way K-shot episodes on the
+**meta-validation** tasks, and calls ``tune.report`` with the checkpoint, so ASHA (Li et al. 2020)
+can stop it and PBT (Jaderberg et al. 2017) can clone and perturb it. Meta-test tasks are never
+seen here: :mod:`raymeta.tune_report` scores them once, after the search.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import ExperimentConfig, TaskConfig
+from .errors import ConfigError, DataError, RaymetaError
+from .evaluate import write_json_atomic
+from .tune_space import WEIGHT_PREFIX, search_space
+
+__all__ = ["FewShotScorer", "run_tune", "experiment_path", "METRIC"]
+
+log = logging.getLogger("raymeta.tune")
+
+METRIC = "val_score"
+
+
+def experiment_path(cfg: ExperimentConfig) -> str:
+    """Where Tune keeps the experiment: ``tune.storage_path`` (a URI on clusters) / name."""
+    storage = cfg.tune.storage_path or str(Path(cfg.output_dir, "tune").resolve())
+    return f"{storage.rstrip('/')}/{cfg.name}"
+
+
+def _task_specs(cfg: ExperimentConfig, entries: list[dict[str, Any]]) -> list[TaskConfig]:
+    from .tasks.registry import task_from_entry
+
+    return [task_from_entry(e, data_dir=cfg.data_dir) for e in entries]
+
+
+class FewShotScorer:
+    """Mean prototype accuracy over seeded N-way K-shot episodes of each meta-validation task.
+
+    Rows are a seeded subsample of at most ``tune.max_rows_per_class`` per class (every split of the
+    task), chosen once, so every trial and every report is scored on the same rows and episodes."""
+
+    def __init__(self, cfg: ExperimentConfig, specs: list[TaskConfig]):
+        from .model import load_tokenizer
+        from .tasks import load_task
+
+        t = cfg.tune
+        self.cfg, self.tasks, self.rows = cfg, [], []
+        tok = load_tokenizer(cfg.model)
+        rng = np.random.default_rng(cfg.seed)
+        for spec in specs:
+            if spec.type != "sequence_classification":
+                raise DataError(spec.name, f"a meta-validation task must be sequence_classification (got {spec.type})")
+            task = load_task(spec, tok, cfg.data_dir, cfg.cache_dir)
+            rows: dict[str, list[int]] = {}
+            per_class: dict[int, int] = {}
+            for split in sorted(task.features):
+                ids = task.class_ids(split)
+                assert ids is not None
+                chosen = []
+                for c in np.unique(ids):
+                    room = t.max_rows_per_class - per_class.get(int(c), 0)
+                    if room > 0:
+                        pick = rng.permutation(np.flatnonzero(ids == c))[:room]
+                        chosen += pick.tolist()
+                        per_class[int(c)] = per_class.get(int(c), 0) + len(pick)
+                rows[split] = sorted(chosen)
+            enough = sum(1 for n in per_class.values() if n >= t.shots + t.queries)
+            if enough < t.ways:
+                raise DataError(spec.name, f"meta-validation needs {t.ways} classes with {t.shots + t.queries} rows "
+                                f"(tune.shots + tune.queries); {enough} have that many")
+            self.tasks.append(task)
+            self.rows.append(rows)
+
+    def __call__(self, encoder: Any) -> dict[str, float]:
+        """Mean accuracy per task."""
+        return {name: r.mean for name, r in self.episodes(encoder).items()}
+
+    def episodes(self, encoder: Any) -> dict[str, Any]:
+        """Per task, the :class:`~raymeta.episodic.EpisodicResult` (per-episode values for paired CIs)."""
+        from .episodic import embed_rows, episodic_accuracy
+        from .model import MetaModel
+
+        t = self.cfg.tune
+        model = MetaModel(encoder, self.cfg.model.pooling).eval()
+        try:
+            out = {}
+            for task, rows in zip(self.tasks, self.rows):
+                emb, ids = embed_rows(model, task, rows)
+                res = episodic_accuracy(emb, ids, ways=t.ways, shots=t.shots, queries=t.queries, episodes=t.episodes,
+                                        seed=self.cfg.seed)
+                out[task.name] = res["prototype"]
+            return out
+        finally:
+            encoder.train()
+
+
+def _trial(params: dict[str, Any], *, base_json: str, pbt: bool) -> None:
+    """One Tune trial: meta-train with the sampled mixture and rates; report validation and checkpoints."""
+    from ray import tune
+
+    from .trainer import MetaTrainer
+    from .tune_space import apply_params
+
+    base = ExperimentConfig.model_validate_json(base_json)
+    cfg = apply_params(base, params)
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    cfg.output_dir = str(trial_dir / "run")
+    cfg.checkpoint.every_steps = cfg.tune.eval_every
+    cfg.checkpoint.keep_last = 2
+    # A failed actor fails the trial: Tune's FailureConfig retries it from its last reported checkpoint
+    # (and gives it a fresh placement group), instead of the trainer restarting actors in place.
+    cfg.checkpoint.max_actor_restarts = 0
+    scorer = FewShotScorer(cfg, _task_specs(cfg, cfg.tune.validation_tasks))
+    resume_from = None
+    restored = tune.get_checkpoint()
+    if restored is not None:  # a retry after a failure, a PBT exploit, or Tuner.restore
+        # a scratch copy, not the trial dir: artifacts there are synced to storage
+        resume_from = Path(restored.to_directory(tempfile.mkdtemp(prefix="raymeta-restore-")))
+    resumed_at = 0
+
+    def report(trainer: MetaTrainer, record: dict[str, Any], ckpt: Path | None) -> None:
+        if ckpt is None:
+            return
+        per_task = scorer(trainer.encoder)
+        score = float(np.mean(list(per_task.values())))
+        metrics = {METRIC: score, "step": trainer.step, "resumed_at": resumed_at, "grad_norm": record["grad_norm"],
+                   **{f"val/{k}": v for k, v in per_task.items()},
+                   **{f"loss/{k}": v for k, v in record["loss"].items()},
+                   **{f"mixture/{k}": v for k, v in trainer.weights.items()}}
+        trainer.tracker.scalars({"val/score": score, **{f"val/{k}": v for k, v in per_task.items()}}, trainer.step)
+        log.info("step %d: meta-validation %.4f %s", trainer.step, score, per_task)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ckpt)))
+
+    trainer = MetaTrainer(cfg, resume_from=resume_from, hooks=[report], config_lr=pbt)
+    try:
+        if resume_from is not None:
+            resumed_at = int(json.loads((resume_from / "trainer_state.json").read_text())["step"])
+        trainer.run()
+    finally:
+        if resume_from is not None:
+            shutil.rmtree(resume_from, ignore_errors=True)
+
+
+def _trial_resources(cfg: ExperimentConfig, local: bool) -> Any:
+    """One placement group per trial: the trial's own bundle, then one per task actor.
+
+    GPUs: one per actor when the cluster has any now; an autoscaling cluster that starts with none
+    needs ``resources.num_gpus_per_actor`` set. ``local``: our own fixed instance, where a trial that
+    can never fit is an error now instead of a trial PENDING forever."""
+    import ray
+    from ray import tune
+
+    r = cfg.resources
+    gpus = float(ray.cluster_resources().get("GPU", 0))
+    actor_gpus = r.num_gpus_per_actor if r.num_gpus_per_actor is not None else (1.0 if gpus >= 1 else 0.0)
+    actor_cpus = r.num_cpus_per_actor if r.num_cpus_per_actor is not None else (1.0 if actor_gpus else 0.5)
+    bundle: dict[str, float] = {"CPU": actor_cpus, **({"GPU": actor_gpus} if actor_gpus else {}), **r.custom_resources}
+    bundles = [{"CPU": cfg.tune.driver_cpus}]
+    for t in cfg.tasks:
+        if t.weight > 0 or cfg.tune.space.weights:  # the search may give a zero-weight task a share
+            bundles += [{**bundle, **t.resources}] * t.replicas
+    total = ray.cluster_resources()
+    for key in {k for b in bundles for k in b}:
+        need = sum(b.get(key, 0) for b in bundles)
+        if local and need > total.get(key, 0):
+            raise RaymetaError(f"tune: one trial needs {key}={need:g} (driver + {len(bundles) - 1} task actors) but the "
+                               f"local instance has {total.get(key, 0):g}; lower tune.driver_cpus or resources.*")
+    return tune.PlacementGroupFactory(bundles, strategy="PACK")
+
+
+def _validate(cfg: ExperimentConfig) -> None:
+    t = cfg.tune
+    if not t.validation_tasks:
+        raise ConfigError("config key 'tune.validation_tasks': give the meta-validation tasks that score each trial")
+    train = {x.name for x in cfg.tasks}
+    val = {s.name for s in _task_specs(cfg, t.validation_tasks)}
+    test = {s.name for s in _task_specs(cfg, t.test_tasks)}
+    for key, names in (("tune.validation_tasks", val), ("tune.test_tasks", test)):
+        if names & train:
+            raise ConfigError(f"config key '{key}': task '{sorted(names & train)[0]}' is also a meta-training task")
+    if val & test:
+        raise ConfigError(f"config key 'tune.test_tasks': task '{sorted(val & test)[0]}' is also a meta-validation task")
+    if t.eval_every > cfg.meta.steps:
+        raise ConfigError(f"config key 'tune.eval_every': {t.eval_every} > meta.steps ({cfg.meta.steps}): no trial would report")
+    if t.scheduler == "pbt" and t.search == "optuna":
+        log.info("tune.scheduler=pbt: trials are sampled at random (PBT does its own search by perturbation)")
+
+
+def _task_sizes(cfg: ExperimentConfig) -> dict[str, int]:
+    """Training rows per meta-training task (tokenised features; the cache is shared with the actors)."""
+    from .model import load_tokenizer
+    from .tasks import load_task
+
+    tok = load_tokenizer(cfg.model)
+    return {t.name: len(load_task(t, tok, cfg.data_dir, cfg.cache_dir).features["train"]) for t in cfg.tasks}
+
+
+def _tuner(cfg: ExperimentConfig, trainable: Any, sizes: dict[str, int], num_samples: int) -> Any:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+    from ray.tune.search import BasicVariantGenerator
+
+    t = cfg.tune
+    space, points = search_space(cfg, sizes)
+    max_t = max(1, cfg.meta.steps // t.eval_every)
+    scheduler: Any
+    if t.scheduler == "pbt":
+        # PBT perturbs the continuous parameters between reports; the categorical/integer ones stay.
+        mutations = {k: v for k, v in space.items() if k.startswith(WEIGHT_PREFIX) or k in ("lr", "inner_lr")}
+        scheduler = PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=1,
+                                            hyperparam_mutations=mutations, synch=False)
+        search = BasicVariantGenerator(points_to_evaluate=points, random_state=cfg.seed)
+    else:
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=min(t.grace_period, max_t),
+                                  reduction_factor=t.reduction_factor) if t.scheduler == "asha" else FIFOScheduler()
+        if t.search == "optuna":
+            from ray.tune.search.optuna import OptunaSearch
+
+            search = OptunaSearch(points_to_evaluate=points or None, seed=cfg.seed)
+        else:
+            search = BasicVariantGenerator(points_to_evaluate=points, random_state=cfg.seed)
+    if num_samples < len(points):
+        log.warning("--num-samples %d < %d seeded heuristics: only the first %d run", num_samples, len(points), num_samples)
+    tune_config = tune.TuneConfig(metric=METRIC, mode="max", search_alg=search, scheduler=scheduler,
+                                  num_samples=num_samples, max_concurrent_trials=t.max_concurrent_trials)
+    return tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=_run_config(cfg))
+
+
+def _run_config(cfg: ExperimentConfig) -> Any:
+    from ray import tune
+
+    storage, _, name = experiment_path(cfg).rpartition("/")
+    return tune.RunConfig(
+        name=name, storage_path=storage,
+        failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures),
+        # keep the best checkpoints (the latest is always kept too: retries restore from it); PBT clones
+        # other trials' checkpoints, so it keeps more of them
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if cfg.tune.scheduler == "pbt" else 2,
+                                                checkpoint_score_attribute=METRIC,
+                                                checkpoint_score_order="max"),
+        sync_config=tune.SyncConfig(sync_artifacts=True),  # TensorBoard files reach cloud storage too
+        verbose=1,
+    )
+
+
+def run_tune(cfg: ExperimentConfig, *, num_samples: int | None = None, resume: bool = False) -> dict[str, Any]:
+    """Search, then write ``best_config.yaml``, ``best_model/`` and the plot into ``output_dir``."""
+    import ray
+    from ray import tune
+
+    from .runtime import connect
+    from .tune_report import finish
+
+    _validate(cfg)
+    started = connect(cfg.resources.address)
+    try:
+        sizes = _task_sizes(cfg)
+        pbt = cfg.tune.scheduler == "pbt"
+        trainable = tune.with_resources(tune.with_parameters(_trial, base_json=cfg.model_dump_json(), pbt=pbt),
+                                        _trial_resources(cfg, local=started))
+        path = experiment_path(cfg)
+        plan = Path(cfg.output_dir) / "tune_plan.json"  # the trial count, to tell a finished search from a stopped one
+        if resume:
+            if not tune.Tuner.can_restore(path):
+                raise RaymetaError(f"--resume: no Tune experiment to resume at {path}")
+            log.info("resuming the Tune experiment at %s", path)
+            tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+            expected = json.loads(plan.read_text())["num_samples"] if plan.is_file() else 0
+        else:
+            if tune.Tuner.can_restore(path):
+                raise RaymetaError(f"{path} already holds a Tune experiment: add --resume to continue it, "
+                                   "or change name / output_dir")
+            expected = num_samples or cfg.tune.num_samples
+            tuner = _tuner(cfg, trainable, sizes, expected)
+            write_json_atomic(plan, {"num_samples": expected, "experiment": path})
+        grid = tuner.fit()
+        # Ctrl-C makes Tune save the experiment and return early; that is an interruption, not a result.
+        if grid.num_terminated + grid.num_errors < max(len(grid), expected):
+            raise KeyboardInterrupt(f"search interrupted; continue it with: raymeta tune --config ... --resume ({path})")
+        return finish(cfg, grid, sizes)
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,54 @@
+"""Tracker: after a rewind (actor-crash recovery) or a resume, each step is logged once — in
+metrics.jsonl, in TensorBoard, and in the task-affinity average."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from raymeta.tracking import Tracker
+
+from ..tb_events import tensorboard_scalars
+
+
+def record(step: int, skipped: list[str] | None = None) -> dict:
+    used = ["a"] if skipped else ["a", "b"]
+    return {"step": step, "steps": 10, "loss": {"a": 1.0, "b": 2.0}, "metrics": {}, "weights": {t: 1 / len(used) for t in used},
+            "skipped": skipped or [], "grad_norm": 1.0, "lr": 1e-3, "step_s": 0.1, "compute_max_s": 0.1}
+
+
+def run(t: Tracker, steps: range, cos: float) -> None:
+    for s in steps:
+        t.step(record(s), np.array([[1.0, cos], [cos, 1.0]]), ["a", "b"])
+
+
+def test_rewind_logs_each_step_once(tmp_path):
+    t = Tracker(tmp_path, ["a", "b"])
+    run(t, range(5), cos=-1.0)  # steps 3 and 4 are lost: a crash, back to the checkpoint at step 3
+    t.rewind(3)
+    run(t, range(3, 6), cos=0.5)
+    t.close()
+    assert [json.loads(ln)["step"] for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()] == list(range(6))
+    shown = tensorboard_scalars(tmp_path / "tensorboard")
+    assert [s for s, _ in shown["train/grad_norm"]] == list(range(6))
+    assert [s for s, _ in shown["affinity/a/b"]] == list(range(6))
+    # the affinity average: 3 kept steps at -1 and 3 new ones at 0.5, not the 2 lost ones again
+    assert t.cos_n[0, 1] == 6 and t.cos_sum[0, 1] == 3 * -1.0 + 3 * 0.5
+
+
+def test_resume_keeps_the_earlier_steps_affinity(tmp_path):
+    t = Tracker(tmp_path, ["a", "b"])
+    run(t, range(4), cos=0.25)
+    t.close()
+    resumed = Tracker(tmp_path, ["a", "b"], start_step=2)
+    assert resumed.cos_n[0, 1] == 2 and resumed.cos_sum[0, 1] == 0.5 and resumed.cos_n[0, 0] == 2
+    resumed.close()
+
+
+def test_skipped_tasks_are_a_scalar(tmp_path):
+    t = Tracker(tmp_path, ["a", "b"])
+    t.step(record(0), None, ["a", "b"])
+    t.step(record(1, skipped=["b"]), None, ["a"])
+    t.close()
+    assert tensorboard_scalars(tmp_path / "tensorboard")["train/skipped_tasks"] == [(0, 0.0), (1, 1.0)]

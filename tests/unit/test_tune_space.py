@@ -1,0 +1,66 @@
+"""The Tune search space as pure functions: heuristics, the simplex map, applying a trial's parameters."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from raymeta.config import load_config
+from raymeta.errors import ConfigError
+from raymeta.tune_space import WEIGHT_PREFIX, apply_params, heuristic_log_weights, heuristic_of, mixture, search_space
+
+
+def test_heuristics_are_the_published_rules():
+    sizes = {"a": 100, "b": 25, "c": 1}
+    w = {k: mixture({WEIGHT_PREFIX + t: v for t, v in heuristic_log_weights(sizes, k).items()}, list(sizes))
+         for k in ("equal", "proportional", "temperature2")}
+    assert w["equal"] == pytest.approx({"a": 1 / 3, "b": 1 / 3, "c": 1 / 3})
+    assert w["proportional"] == pytest.approx({"a": 100 / 126, "b": 25 / 126, "c": 1 / 126})  # Dou et al. 2019
+    assert w["temperature2"] == pytest.approx({"a": 10 / 16, "b": 5 / 16, "c": 1 / 16})  # LEOPARD: ∝ √n
+
+
+@given(st.lists(st.floats(-50, 50), min_size=2, max_size=6))
+def test_any_log_weights_map_onto_the_simplex(logs):
+    tasks = [f"t{i}" for i in range(len(logs))]
+    w = mixture({WEIGHT_PREFIX + t: v for t, v in zip(tasks, logs)}, tasks)
+    assert sum(w.values()) == pytest.approx(1.0) and all(v > 0 and math.isfinite(v) for v in w.values())
+
+
+def _cfg(**space):
+    return load_config(data={
+        "tasks": [{"name": n, "type": "sequence_classification", "weight": 1.0,
+                   "source": {"kind": "builtin", "name": "bbc_news"}} for n in ("a", "b")],
+        "optim": {"lr": 1e-3}, "meta": {"inner_lr": 0.5, "algorithm": "fomaml"}, "tune": {"space": space}})
+
+
+def test_space_covers_the_heuristics_and_the_configs_own_values():
+    cfg = _cfg(lr=[1e-5, 1e-4], inner_lr=[1e-3, 1e-1], inner_steps=[1, 3], algorithms=["protonet", "fomaml"],
+               log_weight_range=[-0.1, 0.1])
+    space, points = search_space(cfg, {"a": 1000, "b": 10})
+    assert set(space) == {"logw_a", "logw_b", "lr", "inner_lr", "inner_steps", "algorithm"}
+    assert len(points) == 3
+    # the range widens to hold proportional mixing's log-weights (±2.3), so Optuna can seed them as given
+    assert space["logw_a"].lower <= min(p["logw_b"] for p in points) and space["logw_a"].upper >= 2.3
+    # the configured values, clipped into the ranges, start every heuristic
+    assert all(p["lr"] == 1e-4 and p["inner_lr"] == 0.1 and p["inner_steps"] == 1 and p["algorithm"] == "fomaml"
+               for p in points)
+    names = dict(zip(["equal", "proportional", "temperature2"], points))
+    assert heuristic_of(dict(points[1]), names) == "proportional"
+    assert heuristic_of({**points[1], "lr": 2e-5}, names) is None
+
+
+def test_apply_params_sets_weights_and_rates():
+    cfg = apply_params(_cfg(), {"logw_a": math.log(3.0), "logw_b": 0.0, "lr": 5e-5, "inner_lr": 0.01,
+                                "inner_steps": 2, "algorithm": "maml"})
+    assert [t.weight for t in cfg.tasks] == pytest.approx([0.75, 0.25])
+    assert (cfg.optim.lr, cfg.meta.inner_lr, cfg.meta.inner_steps, cfg.meta.algorithm) == (5e-5, 0.01, 2, "maml")
+
+
+def test_bad_space_is_a_one_line_config_error():
+    with pytest.raises(ConfigError, match=r"tune.space.*lr.*low <= high"):
+        _cfg(lr=[1e-3, 1e-5])
+    with pytest.raises(ConfigError, match="nothing to search"):
+        search_space(_cfg(weights=False, lr=None), {"a": 1, "b": 2})
