@@ -3,7 +3,7 @@
 For every model and number of tasks N, the real trainer (``MetaTrainer`` + ``TaskActor``) runs
 in both reduce modes on one set of actors (driver mode first, then the same actors form the
 process group), and in the same run the two alternatives do the same work
-(:mod:`raymeta.bench_baselines`): (a) one process, all cores, tasks in turn; (b) Ray Train's
+(:mod:`raymeta.bench_baselines`): (a) one process, all cores (and one thread), tasks in turn; (b) Ray Train's
 ``TorchTrainer``, DDP on gloo. The workload is the issue's probe: N copies of ``bbc_news``
 under distinct names (own head, own seeded episodes, identical cost per task), multitask
 gradient, 8 sequences × 64 tokens per task and step.
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 import os
 import platform
@@ -38,9 +37,8 @@ from .config import ExperimentConfig, load_config
 from .model import OFFLINE_MINILM
 from .runtime import connect
 
-__all__ = ["TINY_BERT", "MODELS", "BenchSettings", "quick_settings", "bench_config", "run_bench", "format_table"]
-
-log = logging.getLogger("raymeta.bench")
+__all__ = ["TINY_BERT", "MODELS", "BenchSettings", "quick_settings", "bench_config", "run_bench", "check_targets", "format_table",
+           "gradient_mismatches", "settings_from_args", "run_from_args"]
 
 # The test suite's tiny BERT (tests/conftest.py): the MiniLM vocabulary, so its tokenizer fits.
 TINY_BERT = {
@@ -267,8 +265,11 @@ def _rel(a: torch.Tensor | None, b: torch.Tensor | None) -> float | None:
 
 
 def run_case(model: str, n: int, s: BenchSettings, started: bool, workdir: Path) -> dict[str, Any]:
+    """One (model, N): raymeta in both modes, then (a) and (b) on the same config, one after another."""
+    import ray
+
     cfg = bench_config(model, n, s, str(workdir / f"{model}-n{n}"))
-    total = float(__import__("ray").cluster_resources().get("CPU", 1))
+    total = float(ray.cluster_resources().get("CPU", 1))
     row: dict[str, Any] = {"model": model, "tasks": n}
     rm = run_raymeta(cfg, s, started)
     grad0 = rm.pop("grad0", None)

@@ -19,8 +19,8 @@ def outer_optimizer(named: dict[str, torch.nn.Parameter], cfg: ExperimentConfig)
     ids = {id(p) for p in no_decay}
     groups = [{"params": [p for p in named.values() if id(p) not in ids], "weight_decay": o.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    # fused: one kernel per step over every tensor instead of ~10 elementwise passes per tensor; on 2 CPUs
-    # MiniLM's 22.6M parameters step in 11 ms instead of 54 ms (`raymeta bench`, benchmarks/RESULTS.md §4)
+    # fused: one kernel per step over every tensor instead of ~10 elementwise passes per tensor: MiniLM's
+    # 22.6M parameters step in 11-16 ms instead of 88-103 ms on 2 CPUs (benchmarks/driver_ops.py, RESULTS.md §5.5)
     fused = all(p.dtype in (torch.float32, torch.float16, torch.bfloat16) and p.device.type in ("cpu", "cuda")
                 for p in named.values())
     opt = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, fused=fused)

@@ -104,8 +104,8 @@ class MetaTrainer:
         if self.local:
             # On our own instance the actors take every CPU of this machine, so the driver's reduction and outer
             # step run on one torch thread (until shutdown). With two, each small op waits for the second OpenMP
-            # thread, which stalls whenever the other CPU is busy: fused AdamW over MiniLM took 51 ms on 2 threads
-            # and 15 ms on 1 on the loaded 2-CPU VM (benchmarks/RESULTS.md §4).
+            # thread, which stalls whenever the other CPU is busy: on the shared 2-CPU VM MiniLM's reduction took
+            # 585 ms on 2 threads and 23 ms on 1 (benchmarks/driver_ops.py, benchmarks/RESULTS.md §5.5).
             self._torch_threads = torch.get_num_threads()
             torch.set_num_threads(1)
 

@@ -75,8 +75,8 @@ class Task:
         return self._class_ids[split]
 
     def batch(self, rows: list[int], split: str = "train") -> dict[str, Any]:
-        # One columnar read (``ds[rows]``) then rows: ~20x faster than ``select(rows).to_list()``, which
-        # builds an indices mapping per call (0.75 ms -> 0.04 ms for 4 rows; it runs twice per episode).
+        # One columnar read (``ds[rows]``), then rows: ``select(rows).to_list()`` builds an indices mapping per
+        # call (1.1 ms -> 0.16 ms per 4-row batch, twice per episode; benchmarks/episode_time.py).
         cols = self.features[split][list(rows)]
         return self.processor.collate([dict(zip(cols, vals)) for vals in zip(*cols.values())], self.tokenizer)
 

@@ -454,7 +454,7 @@ def test_ctrl_c_exits_130_in_one_line_and_releases_actors(ray_head, mixed_data, 
         wait_until(lambda: (out / "metrics.jsonl").is_file() and len(records(out)) >= 2, 240, "two steps", proc)
         assert len(task_actor_processes(ray_head["proc"])) == 1  # what assert_released looks for, seen
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 130
+        assert proc.wait(timeout=150) == 130  # generous: the exit path was once slower than 60 s at load average 15
     finally:
         proc.kill()
         proc.wait()
