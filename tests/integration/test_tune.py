@@ -20,6 +20,7 @@ from raymeta.tune import run_tune
 from raymeta.tune_space import WEIGHT_PREFIX
 
 from .conftest import tiny_config, write_config
+from .cluster import default_sigint
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +132,8 @@ def test_interrupted_search_resumes(tune_data, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "raymeta.cli", "tune", "--config", path]
     storage = Path(data["tune"]["storage_path"])
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=default_sigint)
     end = time.time() + 120
     while time.time() < end and not list(storage.rglob("checkpoint_000001")) and proc.poll() is None:
         time.sleep(0.2)
