@@ -19,8 +19,8 @@ from raymeta.trainer import train
 from raymeta.tune import run_tune
 from raymeta.tune_space import WEIGHT_PREFIX
 
-from .conftest import tiny_config, write_config
 from .cluster import default_sigint
+from .conftest import tiny_config, write_config
 
 
 @pytest.fixture(scope="module")
