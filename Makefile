@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # pip on this kind of machine prints a warning per package for a local index it skips.
 QUIET_PIP := 2>&1 | grep -v "^WARNING: Location" ; test $${PIPESTATUS[0]} -eq 0
 
-.PHONY: install demo test test-all bench-quick lint clean
+.PHONY: install demo test test-slow test-all bench-quick lint clean wheelhouse install-offline gpu-check
 
 install: $(VENV)/.installed
 
@@ -20,14 +20,36 @@ $(VENV)/.installed: pyproject.toml requirements/cpu.txt
 demo: install
 	$(VENV)/bin/raymeta train --config configs/starter.yaml
 
+# The default suite (markers gpu and slow off: pyproject.toml's addopts); the 25 slowest tests are listed at
+# the end so that a test that grows slow shows.
 test: install
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q --durations=25
+
+test-slow: install  # only the slow-marked tests (a Tune PBT search, every ready-made task end to end)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -m slow --durations=25
 
 test-all: install  # also the slow and GPU tests
 	$(PY) -m pytest -q -m ""
 
 bench-quick: install  # meta-step time breakdown and ratios, tiny model (under 3 minutes on 2 CPUs)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VENV)/bin/raymeta bench --quick
+
+# GPU (README "GPU"). `make wheelhouse` on a connected machine: the wheels raymeta needs beyond a stock CUDA
+# PyTorch image, for the node's Python and platform (numpy and pyarrow ship manylinux_2_28 wheels only).
+# `make install-offline` on the air-gapped node, with its own Python (whose CUDA torch stays), then `make gpu-check`.
+PY_VERSION ?= 312
+PLATFORM ?= manylinux_2_28_x86_64 manylinux2014_x86_64
+WHEELHOUSE ?= wheelhouse
+NODE_PY ?= $(shell test -x $(PY) && echo $(PY) || echo python3)
+
+wheelhouse:
+	$(NODE_PY) benchmarks/wheelhouse.py --dest $(WHEELHOUSE) --python-version $(PY_VERSION) --platform $(PLATFORM)
+
+install-offline:
+	$(NODE_PY) -m pip install --no-index --find-links $(WHEELHOUSE) 'raymeta[offline,test]'
+
+gpu-check:  # under 8 minutes on one GPU; `$(NODE_PY) benchmarks/gpu_check.py --cpu-smoke --out DIR` without one
+	$(NODE_PY) benchmarks/gpu_check.py --out runs/gpu_check
 
 lint: install
 	$(VENV)/bin/ruff check raymeta tests jobs benchmarks

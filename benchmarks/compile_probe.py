@@ -39,7 +39,8 @@ def run(cfg, task, tok, steps: int, compiled: bool) -> tuple[list[float], dict[s
         t0 = time.perf_counter()
         torch.manual_seed(step_seed(cfg.seed, spec.name, step))
         r = task_gradient(cfg.meta.algorithm, model, spec.name, spec.type, episode, params,
-                          inner_steps=cfg.meta.inner_steps, inner_lr=cfg.meta.inner_lr)
+                          inner_steps=cfg.meta.inner_steps, inner_lr=cfg.meta.inner_lr,
+                          distance=cfg.meta.proto.distance, temperature=cfg.meta.proto.temperature)
         times.append(time.perf_counter() - t0)
         first = first or r.grads
     return times, first

@@ -20,12 +20,14 @@ import torch
 
 from .algorithms import task_gradient
 from .collective import agree_on_finite, allreduce_weighted, destroy_group, free_port, init_group
-from .combine import NonFiniteGradient, _as_tensor
-from .config import ExperimentConfig
+from .combine import NonFiniteGradient, as_tensor
+from .config import ExperimentConfig, TaskConfig
 from .errors import RaymetaError
 from .model import MetaModel, ParamLayout, load_tokenizer
 from .optim import optimizer_from_tensors, optimizer_tensors, outer_optimizer
 from .tasks import load_task
+from .trainable import frozen_fingerprint
+from .validation import choose_rows, score_prototype
 
 __all__ = ["TaskActor", "bind_flat", "from_wire", "head_seed", "step_seed", "build_task_model"]
 
@@ -55,13 +57,16 @@ def bind_flat(named: dict[str, torch.nn.Parameter]) -> tuple[ParamLayout, torch.
 def from_wire(grad: np.ndarray) -> np.ndarray | torch.Tensor:
     """A gradient as an actor returned it, ready to reduce: ``meta.transfer_dtype: bfloat16`` sends the
     bfloat16 bit pattern as uint16 (numpy has no bfloat16); a zero-copy view either way."""
-    return _as_tensor(grad).view(torch.bfloat16) if grad.dtype == np.uint16 else grad
+    return as_tensor(grad).view(torch.bfloat16) if grad.dtype == np.uint16 else grad
 
 
 def build_task_model(cfg: ExperimentConfig, task_name: str, task_type: str, num_labels: int, vocab_size: int) -> MetaModel:
     """The replica an actor (or a single-process reference) computes with."""
     # Second-order MAML differentiates through attention; SDPA kernels have no double backward.
     attn = "eager" if cfg.meta.algorithm == "maml" else None
+    # The same seed as the driver's encoder: a from_config model's (and LoRA's) random init must match
+    # there, since under model.trainable lora / top_layers the frozen weights never travel.
+    torch.manual_seed(cfg.seed)
     model = MetaModel.from_config(cfg.model, [], vocab_size=vocab_size, attn_implementation=attn)
     torch.manual_seed(head_seed(cfg.seed, task_name))  # head init depends on nothing but (seed, task)
     model.add_head(task_name, task_type, num_labels)
@@ -76,6 +81,7 @@ class TaskActor:
         # A user error here (bad data, bad model) is kept and raised by the first call instead:
         # a failed actor constructor reaches the driver only as text, a failed call as the error itself.
         self._init_error: RaymetaError | None = None
+        self._threads, self._device_name = num_threads, device  # what reset() keeps
         # Replica r of a task draws its own episodes and dropout: stream "<task>#r" (r > 0).
         self.key = task_name if replica == 0 else f"{task_name}#{replica}"
         try:
@@ -92,8 +98,9 @@ class TaskActor:
         self.cfg = ExperimentConfig.model_validate_json(cfg_json)
         self.device = torch.device(device)
         spec = self.cfg.task(task_name)
-        tok = load_tokenizer(self.cfg.model)
+        self.tokenizer = tok = load_tokenizer(self.cfg.model)
         self.task = load_task(spec, tok, self.cfg.data_dir, self.cfg.cache_dir)
+        self._validation: dict[str, tuple[Any, dict[str, list[int]]]] = {}  # meta-validation tasks, loaded once
         self.model = build_task_model(self.cfg, spec.name, spec.type, self.task.num_labels, len(tok)).to(self.device)
         self.layout, self.flat = bind_flat(self.model.shared_named_parameters())
         self.grad_buf = torch.empty_like(self.flat)
@@ -112,6 +119,14 @@ class TaskActor:
         self.replicated = spec.replicas > 1
         self.head_layout = ParamLayout.from_named(self.head)
 
+    def reset(self, cfg_json: str, task_name: str, replica: int = 0) -> None:
+        """Start over in this process with another config or task (its threads and device stay): a fresh
+        task, model, head and optimizer, as if newly constructed. Process start-up (importing torch and
+        transformers, several seconds) is paid once, so test suites and benchmark sweeps that run many
+        short configurations reuse actors through ``MetaTrainer(cfg, actors=...)``."""
+        destroy_group()  # a process group of the previous configuration, if any
+        self.__init__(cfg_json, task_name, self._threads, self._device_name, replica)
+
     # -- identity -------------------------------------------------------------------------
 
     def describe(self) -> dict[str, Any]:
@@ -121,6 +136,7 @@ class TaskActor:
         return {
             "task": self.key, "type": self.task.config.type, "numel": self.layout.numel,
             "names": list(self.layout.names), "shapes": [list(s) for s in self.layout.shapes],
+            "frozen": frozen_fingerprint(self.model.encoder),
             "pid": os.getpid(), "node": _node_ip(), "threads": torch.get_num_threads(),
             "train_rows": len(self.task.features["train"]),
         }
@@ -152,7 +168,7 @@ class TaskActor:
             # next call: no copy per step (90 MB for MiniLM). The buffer is read-only, and a task gradient only
             # reads the shared parameters; the head, which steps here, has its own storage.
             self._pinned = shared
-            self._bind(_as_tensor(shared))
+            self._bind(as_tensor(shared))
         else:  # reduce: collective: this actor's own outer step writes its parameters, so they own their buffer
             np.copyto(self.flat.numpy(), shared)
             self._bind(self.flat)
@@ -175,7 +191,8 @@ class TaskActor:
         params = {**self.model.shared_named_parameters(), **self.head}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             result = task_gradient(meta.algorithm, self.model, self.task.name, self.task.config.type, episode, params,
-                                   inner_steps=meta.inner_steps, inner_lr=meta.inner_lr)
+                                   inner_steps=meta.inner_steps, inner_lr=meta.inner_lr,
+                                   distance=meta.proto.distance, temperature=meta.proto.temperature)
         grad = self.layout.flatten({n: result.grads.get(n) for n in self.layout.names}, out=self.grad_buf)
         fault = meta.fault_injection  # debugging/testing only (off by default): a real non-finite gradient
         if fault is not None and fault.task == self.key and step in fault.steps:
@@ -249,6 +266,31 @@ class TaskActor:
         out.pop("t_start")
         return {**out, "skipped": bad, "grad_norm": float(norm), "lr": lr, "allreduce_s": t_red - t0,
                 "outer_s": time.perf_counter() - t_red, "weight": weight}
+
+    def validate(self, shared: np.ndarray | None, specs_json: list[str]) -> dict[str, list[float]]:
+        """Meta-validation (:mod:`raymeta.validation`): per-episode prototype accuracy on each given task, with
+        this replica at the published parameters (reduce: driver) or its own, current ones (``shared`` None:
+        reduce: collective). A task's data and rows are loaded once, on the first validation."""
+        if self._init_error is not None:
+            raise self._init_error
+        if shared is not None:
+            self._load_shared(shared, zero_copy=True)
+        v = self.cfg.eval.validation
+        assert v is not None
+        out = {}
+        for js in specs_json:
+            spec = TaskConfig.model_validate_json(js)
+            if spec.name not in self._validation:
+                task = load_task(spec, self.tokenizer, self.cfg.data_dir, self.cfg.cache_dir)
+                self._validation[spec.name] = (task, choose_rows(task, v, self.cfg.seed))
+            task, rows = self._validation[spec.name]
+            out[spec.name] = score_prototype(self.model, task, rows, v, self.cfg.seed, self.cfg.meta.proto.distance)
+        return out
+
+    def meta_gradient(self) -> np.ndarray:
+        """reduce: collective: the last all-reduced meta-gradient Σ wᵢ gᵢ (clipped in place when
+        ``optim.max_grad_norm`` is set), for checks against a single-process reference."""
+        return self.grad_buf.detach().cpu().numpy().copy()
 
     def get_shared(self) -> np.ndarray:
         return self.flat.detach().cpu().numpy().copy()

@@ -28,7 +28,7 @@ from torch.func import functional_call
 from .model import MetaModel, pool_hidden
 from .tasks.episodes import Episode
 
-__all__ = ["ALGORITHMS", "TaskGradient", "task_gradient", "prototypes", "proto_logits"]
+__all__ = ["ALGORITHMS", "TaskGradient", "task_gradient", "prototypes", "proto_logits", "global_labels"]
 
 ALGORITHMS = ("multitask", "fomaml", "reptile", "maml", "anil", "protonet")
 Batch = Mapping[str, Tensor]
@@ -55,9 +55,17 @@ def prototypes(emb: Tensor, labels: Tensor, n_classes: int) -> Tensor:
     return (onehot.T @ emb) / onehot.sum(0).unsqueeze(1)
 
 
-def proto_logits(query: Tensor, protos: Tensor) -> Tensor:
-    """Negative squared Euclidean distance to each prototype (Snell et al. 2017, eq. 2)."""
-    return -((query.unsqueeze(1) - protos.unsqueeze(0)) ** 2).sum(-1)
+def proto_logits(query: Tensor, protos: Tensor, distance: str = "euclidean", temperature: float = 1.0) -> Tensor:
+    """Negative squared Euclidean distance to each prototype (Snell et al. 2017, eq. 2), or the cosine
+    similarity (``distance="cosine"``), divided by ``temperature`` (metric scaling, Oreshkin et al. 2018)."""
+    if distance == "cosine":
+        logits = F.normalize(query, dim=-1) @ F.normalize(protos, dim=-1).T
+    elif distance == "euclidean":
+        logits = -((query.unsqueeze(1) - protos.unsqueeze(0)) ** 2).sum(-1)
+    else:
+        raise ValueError(f"unknown prototype distance '{distance}' (euclidean, cosine)")
+    # skipped at 1.0, so the default graph is exactly the unscaled one (bit-equal gradients)
+    return logits if temperature == 1.0 else logits / temperature
 
 
 def _split(params: Params, prefix: str) -> Params:
@@ -67,9 +75,11 @@ def _split(params: Params, prefix: str) -> Params:
 class _Functional:
     """The model evaluated at an explicit parameter dict: encoder features, then a head."""
 
-    def __init__(self, model: MetaModel, task: str, task_type: str, episode_head: bool):
+    def __init__(self, model: MetaModel, task: str, task_type: str, episode_head: bool,
+                 distance: str = "euclidean", temperature: float = 1.0):
         self.model, self.task, self.type = model, task, task_type
         self.episode_head = episode_head
+        self.distance, self.temperature = distance, temperature  # the prototype metric (meta.proto)
         self.head_prefix = model.head_prefix(task)
 
     def features(self, params: Params, batch: Batch) -> Tensor:
@@ -83,7 +93,9 @@ class _Functional:
 
     def logits(self, params: Params, feats: Tensor, batch: Batch) -> Tensor:
         if self.episode_head:
-            x = F.dropout(feats, self.model.head_dropout, self.model.training)
+            # cosine: the episode head reads unit-length features, so that W = p/(‖p‖·T) gives cos/T
+            x = F.normalize(feats, dim=-1) if self.distance == "cosine" else feats
+            x = F.dropout(x, self.model.head_dropout, self.model.training)
             return F.linear(x, params[_EPISODE_W], params[_EPISODE_B])
         head = self.model.head(self.task)
         return functional_call(head, _split(params, self.head_prefix), args=(feats, batch))
@@ -114,7 +126,9 @@ def _both(f: Callable[[Batch], Tensor], ep: Episode) -> Tensor:
     return (f(ep.support) * ns + f(ep.query) * nq) / (ns + nq)
 
 
-def _global_labels(batch: Batch, classes: list[int] | None) -> dict[str, Tensor]:
+def global_labels(batch: Batch, classes: list[int] | None) -> dict[str, Tensor]:
+    """The batch with episode-local labels (0..ways-1) mapped to the task's class ids: the multitask
+    loss trains the task's own head, which scores every class."""
     out = dict(batch)
     if classes is not None:
         out["labels"] = torch.tensor(classes, device=batch["labels"].device)[batch["labels"]]
@@ -144,7 +158,7 @@ def _outer(trainable: list[str]) -> list[str]:
 
 def _multitask(fn: _Functional, params: Params, ep: Episode) -> TaskGradient:
     """The plain gradient of the task loss: ∇θ L_i(θ), over support ∪ query (global labels)."""
-    s, q = _global_labels(ep.support, ep.classes), _global_labels(ep.query, ep.classes)
+    s, q = global_labels(ep.support, ep.classes), global_labels(ep.query, ep.classes)
     ns, nq = _n(s), _n(q)
     ls, _ = fn(params, s)
     lq, logits = fn(params, q)
@@ -156,7 +170,7 @@ def _protonet(fn: _Functional, params: Params, ep: Episode) -> TaskGradient:
     """Prototypical networks (Snell et al. 2017): query CE over distances to support means."""
     assert ep.classes is not None
     emb_s, emb_q = fn.features(params, ep.support), fn.features(params, ep.query)
-    logits = proto_logits(emb_q, prototypes(emb_s, ep.support["labels"], len(ep.classes)))
+    logits = proto_logits(emb_q, prototypes(emb_s, ep.support["labels"], len(ep.classes)), fn.distance, fn.temperature)
     loss = F.cross_entropy(logits, ep.query["labels"])
     enc = [k for k in params if k.startswith("encoder.")]
     return TaskGradient(_grads(loss, params, enc), loss.item(), _accuracy(fn.type, logits, ep.query),
@@ -164,12 +178,20 @@ def _protonet(fn: _Functional, params: Params, ep: Episode) -> TaskGradient:
 
 
 def _with_episode_head(fn: _Functional, params: Params, ep: Episode, differentiable: bool) -> Params:
-    """Proto-MAML head: W = 2·p_c, b = -‖p_c‖², a linear layer equal to the prototype classifier."""
+    """Proto-MAML head: W = 2·p_c, b = -‖p_c‖², a linear layer equal to the prototype classifier (up to a
+    per-query constant); with ``meta.proto``: both divided by the temperature T, or, for the cosine distance,
+    W = p_c/(‖p_c‖·T), b = 0 over unit-length features, which is cos(q, p_c)/T exactly."""
     assert ep.classes is not None
     with torch.set_grad_enabled(differentiable):
         emb = fn.features(params, ep.support)
         p = prototypes(emb, ep.support["labels"], len(ep.classes))
-        w, b = 2 * p, -(p**2).sum(-1)
+        if fn.distance == "cosine":
+            # b: a leaf of its own (no path to θ), adapted by the inner loop like the Euclidean bias
+            w, b = F.normalize(p, dim=-1), p.new_zeros(p.shape[0]).requires_grad_(True)
+        else:
+            w, b = 2 * p, -(p**2).sum(-1)
+        if fn.temperature != 1.0:  # skipped at 1.0: the default head is exactly the unscaled one
+            w, b = w / fn.temperature, b / fn.temperature
     if not differentiable:
         w, b = w.detach().requires_grad_(True), b.detach().requires_grad_(True)
     return {**params, _EPISODE_W: w, _EPISODE_B: b}
@@ -182,8 +204,17 @@ def _maml_family(algorithm: str, fn: _Functional, params: Params, ep: Episode, s
     - fomaml: ∇_{θ'} L_q(θ'), θ' = U^k(θ) treated as independent of θ.
     - anil: the inner loop adapts only the head; second order through it, which is cheap
       because the encoder features are computed once per batch.
-    - reptile: (θ - U^k(θ)) / (k·α), k SGD steps on support ∪ query; for k = 1 this is
-      exactly the multitask gradient, so the outer learning rate means the same thing.
+    - reptile: (θ - U^k(θ)) / (k·α), k SGD steps on support ∪ query. For k = 1 it is the plain
+      gradient of the support ∪ query loss under the inner loop's head. With a persistent head
+      (NER, QA, multiple choice) that is exactly the multitask gradient, so the outer learning rate
+      means the same thing. For sequence classification it is not: the inner loop adapts the
+      Proto-MAML episode head (W = 2·p_c, b = -‖p_c‖² from the support prototypes, taken as
+      constants), so k = 1 gives ∇θ of the N-way cross-entropy under that head, with episode-local
+      labels, whereas multitask trains the task's own head over all its classes.
+
+    Gradients are returned for the parameters the loss reached: the task's persistent head gets
+    none when the episode head stands in for it (sequence classification), in every algorithm, so
+    the actor's head optimizer leaves it alone (no weight decay on an unused head).
     """
     second_order = algorithm in ("maml", "anil")
     if fn.episode_head:
@@ -206,17 +237,21 @@ def _maml_family(algorithm: str, fn: _Functional, params: Params, ep: Episode, s
             return fn(p, ep.support)[0]
 
     first_loss = None
+    reached: set[str] = set()  # parameters the inner loop moved: the only ones with a Reptile gradient
     for _ in range(steps):
         loss = support_loss(fast)
         first_loss = loss.item() if first_loss is None else first_loss
-        fast = _sgd(fast, _grads(loss, fast, trainable, create_graph=second_order), lr, keep_graph=second_order)
+        inner = _grads(loss, fast, trainable, create_graph=second_order)
+        reached.update(inner)
+        fast = _sgd(fast, inner, lr, keep_graph=second_order)
 
     metrics = {} if first_loss is None else {"support_loss": first_loss}
     n = _n(ep.support) + _n(ep.query)
     if algorithm == "reptile":
         if steps == 0:
             raise ValueError("reptile needs inner_steps >= 1")
-        grads = {k: (params[k].detach() - fast[k].detach()) / (steps * lr) for k in _outer(trainable)}
+        # not the unused persistent head: a zero "gradient" for it would still let AdamW decay it every step
+        grads = {k: (params[k].detach() - fast[k].detach()) / (steps * lr) for k in _outer(trainable) if k in reached}
         with torch.no_grad():
             lq, logits = fn(fast, ep.query)
         return TaskGradient(grads, lq.item(), {**metrics, **_accuracy(fn.type, logits, ep.query)}, n)
@@ -236,13 +271,15 @@ def _maml_family(algorithm: str, fn: _Functional, params: Params, ep: Episode, s
 
 def task_gradient(
     algorithm: str, model: MetaModel, task: str, task_type: str, episode: Episode, params: Params,
-    *, inner_steps: int = 1, inner_lr: float = 1e-3,
+    *, inner_steps: int = 1, inner_lr: float = 1e-3, distance: str = "euclidean", temperature: float = 1.0,
 ) -> TaskGradient:
     """One task's contribution to the meta-gradient.
 
     ``params`` maps every name the computation may use — ``encoder.*`` and the task's
     ``heads.<task>.*`` — to a tensor that requires grad. The result's ``grads`` has the
     same names (those the loss reached); the encoder part is what the driver reduces.
+    ``distance`` and ``temperature`` (``meta.proto``) set the prototype metric of ``protonet`` and of the
+    MAML family's episode head; the defaults are the original unscaled squared Euclidean distance.
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm '{algorithm}' (known: {', '.join(ALGORITHMS)})")
@@ -251,6 +288,6 @@ def task_gradient(
         # ProtoNet needs classes; other task types contribute their supervised loss.
         return _multitask(_Functional(model, task, task_type, episode_head=False), params, episode)
     if algorithm == "protonet":
-        return _protonet(_Functional(model, task, task_type, episode_head=True), params, episode)
-    fn = _Functional(model, task, task_type, episode_head=classification)
+        return _protonet(_Functional(model, task, task_type, True, distance, temperature), params, episode)
+    fn = _Functional(model, task, task_type, classification, distance, temperature)
     return _maml_family(algorithm, fn, params, episode, inner_steps, inner_lr)

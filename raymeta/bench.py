@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from .arglists import names, positive_ints
 from .bench_baselines import run_ddp, run_reference
 from .config import ExperimentConfig, load_config
 from .model import OFFLINE_MINILM
@@ -46,7 +47,8 @@ TINY_BERT = {
     "intermediate_size": 64, "vocab_size": 30522, "max_position_embeddings": 256,
 }
 MODELS: dict[str, dict[str, Any]] = {"tiny": {"from_config": TINY_BERT}, "minilm": {"name_or_path": OFFLINE_MINILM}}
-TARGETS = {"step_over_compute": 1.05, "vs_reference": 1.0, "vs_ddp": 1.0, "overhead_ms_per_task": 5.0, "bytes_ratio": 2.0}
+TARGETS = {"step_over_compute": 1.05, "vs_reference": 1.0, "vs_ddp": 1.0, "overhead_ms_per_task": 5.0, "bytes_ratio": 2.0,
+           "lora_step_over_compute": 1.03, "lora_bytes_fall": 50.0}
 
 
 @dataclasses.dataclass
@@ -64,6 +66,8 @@ class BenchSettings:
     transfer_dtype: str = "float32"
     torch_threads: int | None = None  # actors' torch threads (None: their CPU share)
     seed: int = 0
+    # model.trainable modes, each a row of its own on the same (model, N): what a frozen encoder saves
+    trainable: list[str] = dataclasses.field(default_factory=lambda: ["full"])
     extra: list[str] = dataclasses.field(default_factory=list)  # key=value config overrides
 
     def ddp_at(self, n: int) -> bool:
@@ -73,20 +77,28 @@ class BenchSettings:
 def quick_settings() -> BenchSettings:
     """CI: the tiny model, N ∈ {1, 2, 4}, both reduce modes, (a) everywhere, (b) at N = 2 (a
     TorchTrainer takes ~40 s to start and stop here, so one is all three minutes allow)."""
-    return BenchSettings(models=["tiny"], tasks=[1, 2, 4], steps=5, warmup=1, ddp_tasks=[2])
+    return BenchSettings(models=["tiny"], tasks=[1, 2, 4], steps=5, warmup=1, ddp_tasks=[2], trainable=["full", "lora"])
 
 
-def bench_config(model: str, n: int, s: BenchSettings, output_dir: str) -> ExperimentConfig:
+TRAINABLE: dict[str, dict[str, Any]] = {"full": {}, "lora": {"trainable": "lora"},  # r = 8 (the schema's default)
+                                         "top_layers": {"trainable": "top_layers", "top_layers": 1}}
+
+
+def bench_config(model: str, n: int, s: BenchSettings, output_dir: str, trainable: str = "full") -> ExperimentConfig:
     """N copies of bbc_news (distinct names: own head and episode stream), 8 × 64 tokens each."""
     if model not in MODELS:
         from .errors import RaymetaError
 
         raise RaymetaError(f"bench: unknown model '{model}' (known: {', '.join(MODELS)})")
+    if trainable not in TRAINABLE:
+        from .errors import RaymetaError
+
+        raise RaymetaError(f"bench: unknown trainable mode '{trainable}' (known: {', '.join(TRAINABLE)})")
     overrides = [f"meta.transfer_dtype={s.transfer_dtype}"] if s.transfer_dtype != "float32" else []
     if s.torch_threads:
         overrides.append(f"resources.torch_threads={s.torch_threads}")
     return load_config(data={
-        "name": f"bench-{model}-{n}", "seed": s.seed, "output_dir": output_dir, "model": MODELS[model],
+        "name": f"bench-{model}-{n}", "seed": s.seed, "output_dir": output_dir, "model": {**MODELS[model], **TRAINABLE[trainable]},
         "tasks": [{"use": "bbc_news", "name": f"bbc_news_{i}", "max_length": 64} for i in range(n)],
         "meta": {"algorithm": s.algorithm, "steps": s.warmup + s.steps, "inner_steps": 1,
                  "episode": {"ways": 2, "shots": 2, "queries": 2, "support_size": 4, "query_size": 4}},
@@ -181,8 +193,10 @@ def _fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return my - b * mx, b
 
 
-def summarise(records: list[dict[str, Any]], mode: str, n: int, shared_bytes: int) -> dict[str, Any]:
-    """Medians of one mode's timed steps; every component in ms, bytes as a multiple of the parameters."""
+def summarise(records: list[dict[str, Any]], mode: str, n: int, shared_bytes: int,
+              total_bytes: int | None = None) -> dict[str, Any]:
+    """Medians of one mode's timed steps; every component in ms, bytes as a multiple of the shared (trainable)
+    parameters and of all the encoder's parameters (``total_bytes``: frozen ones included)."""
     step = [r["step_s"] for r in records]
     compute = [r["compute_max_s"] for r in records]
     out: dict[str, Any] = {
@@ -214,6 +228,7 @@ def summarise(records: list[dict[str, Any]], mode: str, n: int, shared_bytes: in
             "bytes_per_actor": 2 * (n - 1) / n * shared_bytes, "bytes_counted": "ring model of the gradient buffer",
         })
     out["bytes_ratio"] = out["bytes_per_actor"] / shared_bytes
+    out["bytes_vs_all_params"] = out["bytes_per_actor"] / (total_bytes or shared_bytes)
     raw = ("step_s", "compute_max_s", "publish_s", "wait_s", "reduce_s", "outer_s", "allreduce_s")
     out["per_step_ms"] = {k: [round(1e3 * r[k], 2) for r in records] for k in raw if k in records[0]}
     if "load_s" in records[0]:
@@ -226,19 +241,17 @@ def run_raymeta(cfg: ExperimentConfig, s: BenchSettings, started: bool) -> dict[
     from .trainer import MetaTrainer
 
     trainer = MetaTrainer(cfg)
-    trainer.local = started
     out: dict[str, Any] = {}
     t0 = time.perf_counter()
-    trainer._build_driver_model()
-    trainer._start_actors()
+    trainer.setup(local=started)  # what MetaTrainer.run() does before its first step
     out["start_s"] = time.perf_counter() - t0
     n, nbytes = len(trainer.actors), trainer.layout.nbytes
-    out.update(shared_numel=trainer.layout.numel, shared_bytes=nbytes)
+    total = 4 * sum(p.numel() for p in trainer.encoder.parameters())  # float32 bytes of every encoder parameter
+    out.update(shared_numel=trainer.layout.numel, shared_bytes=nbytes, encoder_bytes=total)
     try:
         for mode in s.reduce:
             if mode == "collective":
-                trainer.collective = True
-                trainer._form_group()
+                trainer.use_collective()
             records = []
             with MemoryWatch() as mem:
                 for i in range(s.warmup + s.steps):
@@ -247,7 +260,7 @@ def run_raymeta(cfg: ExperimentConfig, s: BenchSettings, started: bool) -> dict[
                         out["grad0"] = trainer.last_meta_grad.clone()
                     mem.step_done()
             timed = mem.rss_after_step[s.warmup:]
-            out[mode] = {**summarise(records[s.warmup:], mode, n, nbytes), "peak_rss_mb": mem.peak_rss_mb,
+            out[mode] = {**summarise(records[s.warmup:], mode, n, nbytes, total), "peak_rss_mb": mem.peak_rss_mb,
                          "rss_drift_mb_per_step": _slope(timed), "rss_mb": timed,
                          "store_peak_mb": None if mem.store_peak is None else mem.store_peak / 2**20}
     finally:
@@ -264,17 +277,19 @@ def _rel(a: torch.Tensor | None, b: torch.Tensor | None) -> float | None:
     return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30))
 
 
-def run_case(model: str, n: int, s: BenchSettings, started: bool, workdir: Path) -> dict[str, Any]:
-    """One (model, N): raymeta in both modes, then (a) and (b) on the same config, one after another."""
+def run_case(model: str, n: int, s: BenchSettings, started: bool, workdir: Path, trainable: str = "full") -> dict[str, Any]:
+    """One (model, N, trainable): raymeta in both modes, then (a) and (b) on the same config, one after another.
+    The baselines run for ``full`` only: they compare distribution costs at equal work, which the full rows
+    measure; the other modes' rows sit beside those for what a frozen encoder saves."""
     import ray
 
-    cfg = bench_config(model, n, s, str(workdir / f"{model}-n{n}"))
+    cfg = bench_config(model, n, s, str(workdir / f"{model}-n{n}-{trainable}"), trainable)
     total = float(ray.cluster_resources().get("CPU", 1))
-    row: dict[str, Any] = {"model": model, "tasks": n}
+    row: dict[str, Any] = {"model": model, "tasks": n, "trainable": trainable}
     rm = run_raymeta(cfg, s, started)
     grad0 = rm.pop("grad0", None)
     row.update(rm)
-    if s.reference:
+    if s.reference and trainable == "full":
         # (a) as the issue defines it, with every core; and with one thread, which on a loaded machine
         # (two OpenMP threads stall on every small op when the other CPU is busy) can be the faster one
         for key, threads in (("reference", max(1, int(total))), ("reference_1t", 1)):
@@ -283,7 +298,7 @@ def run_case(model: str, n: int, s: BenchSettings, started: bool, workdir: Path)
             ref = run_reference(cfg, s.warmup + s.steps, threads=threads)
             row[key] = {"step_ms": 1e3 * _med(ref["step_s"][s.warmup:]), "threads": ref["threads"],
                         "grad0_rel_err": _rel(ref["grad0"], grad0)}
-    if s.ddp_at(n):
+    if s.ddp_at(n) and trainable == "full":
         share = max(0.01, math.floor(total / n * 100) / 100)
         ddp = run_ddp(cfg, s.warmup + s.steps, share)
         row["ddp"] = {"step_ms": 1e3 * _med(ddp["step_s"][s.warmup:]), "threads": ddp["threads"], "fit_s": ddp["fit_s"],
@@ -318,8 +333,9 @@ def run_bench(s: BenchSettings, output: Path | None = None) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="raymeta-bench-") as d:
             for model in s.models:
                 for n in s.tasks:
-                    console.log(f"bench: {model}, {n} task(s)")
-                    result["rows"].append(run_case(model, n, s, started, Path(d)))
+                    for trainable in s.trainable:  # side by side: the same machine load for every mode
+                        console.log(f"bench: {model}, {n} task(s), trainable {trainable}")
+                        result["rows"].append(run_case(model, n, s, started, Path(d), trainable))
                     if output is not None:  # partial results survive an interrupted long run
                         _write(result, output)
     finally:
@@ -344,12 +360,14 @@ def _write(result: dict[str, Any], output: Path) -> None:
 
 def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Issue 8's targets, each with the measured figure and met / not met (None: not measured here)."""
-    rows = {(r["model"], r["tasks"]): r for r in result["rows"]}
+    rows = {(r["model"], r["tasks"]): r for r in result["rows"] if r.get("trainable", "full") == "full"}
+    lora = {(r["model"], r["tasks"]): r for r in result["rows"] if r.get("trainable") == "lora"}
     out: list[dict[str, Any]] = []
 
-    def add(name: str, value: float | None, limit: float, where: str) -> None:
-        ok = None if value is None or not math.isfinite(value) else value <= limit
-        out.append({"target": name, "where": where, "value": value, "limit": limit, "met": ok})
+    def add(name: str, value: float | None, limit: float, where: str, at_least: bool = False) -> None:
+        ok = None if value is None or not math.isfinite(value) else (value >= limit if at_least else value <= limit)
+        out.append({"target": name, "where": where, "value": value, "limit": limit, "met": ok,
+                    "at_least": at_least})
 
     for mode in result["settings"]["reduce"]:
         r = rows.get(("minilm", 2), {}).get(mode)
@@ -369,6 +387,12 @@ def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         if every:
             add("bytes per actor / shared parameters, worst case", max(x["bytes_ratio"] for x in every),
                 TARGETS["bytes_ratio"], f"all {mode}")
+        # issue 12: LoRA (r = 8) against full, side by side on MiniLM at N = 2
+        full_r, lora_r = rows.get(("minilm", 2), {}).get(mode), lora.get(("minilm", 2), {}).get(mode)
+        add("lora: step / slowest-actor compute", lora_r and lora_r["step_over_compute"], TARGETS["lora_step_over_compute"],
+            f"minilm N=2 {mode}")
+        fall = full_r["bytes_per_actor"] / lora_r["bytes_per_actor"] if full_r and lora_r else None
+        add("lora: bytes per actor, full ÷ lora", fall, TARGETS["lora_bytes_fall"], f"minilm N=2 {mode}", at_least=True)
     return out
 
 
@@ -378,8 +402,9 @@ def _f(x: Any, fmt: str = ".3f") -> str:
 
 def format_table(result: dict[str, Any]) -> str:
     """The per-case table and the targets, as Markdown (what RESULTS.md quotes)."""
-    cols = ("model", "N", "reduce", "step ms", "compute ms", "publish+load ms", "transfer ms", "reduce ms", "outer ms",
-            "step/compute", "overhead ms/task", "vs (a)", "vs (a) 1 thread", "vs (b)", "bytes/actor ÷ params", "driver peak RSS MB",
+    cols = ("model", "N", "trainable", "reduce", "step ms", "compute ms", "publish+load ms", "transfer ms", "reduce ms", "outer ms",
+            "step/compute", "overhead ms/task", "vs (a)", "vs (a) 1 thread", "vs (b)", "bytes/actor ÷ trainable params",
+            "bytes/actor ÷ all params", "driver peak RSS MB",
             "anon RSS drift MB/step", "store peak MB")
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in result["rows"]:
@@ -390,15 +415,19 @@ def format_table(result: dict[str, Any]) -> str:
             pub = m["publish_ms"] + m["load_ms"] if mode == "driver" else None
             transfer = m["transfer_ms"] if mode == "driver" else m["allreduce_ms"]
             lines.append("| " + " | ".join([
-                r["model"], str(r["tasks"]), mode, _f(m["step_ms"], ".1f"), _f(m["compute_ms"], ".1f"), _f(pub, ".1f"),
+                r["model"], str(r["tasks"]), r.get("trainable", "full"), mode, _f(m["step_ms"], ".1f"),
+                _f(m["compute_ms"], ".1f"), _f(pub, ".1f"),
                 _f(transfer, ".1f"), _f(m.get("reduce_ms"), ".1f"), _f(m["outer_ms"], ".1f"), _f(m["step_over_compute"]),
                 _f(m["overhead_ms_per_task"], ".2f"), _f(m.get("vs_reference")), _f(m.get("vs_reference_1t")),
-                _f(m.get("vs_ddp")), _f(m["bytes_ratio"], ".2f"), _f(m["peak_rss_mb"], ".0f"),
+                _f(m.get("vs_ddp")), _f(m["bytes_ratio"], ".2f"), _f(m.get("bytes_vs_all_params"), ".4f"),
+                _f(m["peak_rss_mb"], ".0f"),
                 _f(m["rss_drift_mb_per_step"], ".2f"), _f(m["store_peak_mb"], ".0f"),
             ]) + " |")
     base = ["", "| model | N | (a) sequential ms | (a) threads | (a) grad rel. err | (a) 1 thread ms "
             "| (b) DDP ms | (b) threads | (b) grad rel. err |", "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
+        if r.get("trainable", "full") != "full":
+            continue  # the baselines run for the full rows only
         a, a1, b = r.get("reference", {}), r.get("reference_1t", {}), r.get("ddp", {})
         base.append(f"| {r['model']} | {r['tasks']} | {_f(a.get('step_ms'), '.1f')} | {a.get('threads', '—')} | "
                     f"{_f(a.get('grad0_rel_err'), '.1e')} | {_f(a1.get('step_ms'), '.1f')} | {_f(b.get('step_ms'), '.1f')} | "
@@ -406,32 +435,29 @@ def format_table(result: dict[str, Any]) -> str:
     tg = ["", "| target | where | measured | limit | met |", "|---|---|---|---|---|"]
     for t in result.get("targets", []):
         met = "not measured" if t["met"] is None else ("yes" if t["met"] else "**no**")
-        tg.append(f"| {t['target']} | {t['where']} | {_f(t['value'])} | {t['limit']:g} | {met} |")
+        limit = f"≥ {t['limit']:g}" if t.get("at_least") else f"≤ {t['limit']:g}"
+        tg.append(f"| {t['target']} | {t['where']} | {_f(t['value'])} | {limit} | {met} |")
     return "\n".join(lines + base + tg)
 
 
 # ----------------------------------------------------------------------------------------- entry points
 
 
-def _names(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
-
-
 def settings_from_args(args: Any) -> BenchSettings:
-    from .cli import _ints
-
     s = quick_settings() if args.quick else BenchSettings()
     if args.models:
-        s.models = _names(args.models)
+        s.models = names(args.models)
     if args.tasks:
-        s.tasks = _ints(args.tasks)
+        s.tasks = positive_ints(args.tasks)
     if args.reduce:
-        s.reduce = _names(args.reduce)
+        s.reduce = names(args.reduce)
+    if getattr(args, "trainable", None):
+        s.trainable = names(args.trainable)
     for key in ("steps", "warmup", "transfer_dtype", "torch_threads"):
         if getattr(args, key) is not None:
             setattr(s, key, getattr(args, key))
     if args.ddp_tasks:
-        s.ddp_tasks = [] if args.ddp_tasks == "none" else _ints(args.ddp_tasks)
+        s.ddp_tasks = [] if args.ddp_tasks == "none" else positive_ints(args.ddp_tasks)
     s.reference = not args.no_reference
     s.extra = list(args.overrides)
     return s

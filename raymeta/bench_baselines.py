@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .actor import bind_flat, build_task_model, head_seed, step_seed
-from .algorithms import task_gradient
+from .algorithms import global_labels, task_gradient  # the multitask loss uses global class ids
 from .combine import normalise_weights
 from .config import ExperimentConfig
 from .model import load_encoder, load_tokenizer
@@ -80,7 +80,8 @@ def run_reference(cfg: ExperimentConfig, steps: int, threads: int) -> dict[str, 
                 episode = task.episode(cfg.meta.episode, cfg.seed, step, stream=spec.name)
                 torch.manual_seed(step_seed(cfg.seed, spec.name, step))
                 r = task_gradient(cfg.meta.algorithm, model, spec.name, spec.type, episode, {**shared, **heads[spec.name]},
-                                  inner_steps=cfg.meta.inner_steps, inner_lr=cfg.meta.inner_lr)
+                                  inner_steps=cfg.meta.inner_steps, inner_lr=cfg.meta.inner_lr,
+                                  distance=cfg.meta.proto.distance, temperature=cfg.meta.proto.temperature)
                 g = layout.flatten({n: r.grads.get(n) for n in layout.names}, out=task_grad)
                 meta_grad.add_(g, alpha=weights[spec.name])
                 head_grads = {k: r.grads[k] for k in heads[spec.name] if k in r.grads}
@@ -110,7 +111,6 @@ def _ddp_worker(config: dict[str, Any]) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from .algorithms import _global_labels  # the multitask loss uses global class ids, as here
 
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
@@ -136,7 +136,7 @@ def _ddp_worker(config: dict[str, Any]) -> None:
         t0 = time.perf_counter()
         ep = task.episode(cfg.meta.episode, cfg.seed, step, stream=spec.name)
         torch.manual_seed(step_seed(cfg.seed, spec.name, step))
-        s, q = _global_labels(ep.support, ep.classes), _global_labels(ep.query, ep.classes)
+        s, q = global_labels(ep.support, ep.classes), global_labels(ep.query, ep.classes)
         losses = [head.loss(head(encoder(**model.encoder_inputs(b), return_dict=True).last_hidden_state, b), b) for b in (s, q)]
         ns, nq = int(s["input_ids"].shape[0]), int(q["input_ids"].shape[0])
         ((losses[0] * ns + losses[1] * nq) / (ns + nq)).backward()  # DDP all-reduces (averages) bucket by bucket

@@ -25,6 +25,7 @@ from .finetune import FinetuneSettings
 from .model import load_encoder, load_tokenizer
 from .report import plot_curves, plot_scores, results_table
 from .tasks.registry import task_from_entry
+from .validation import wants_best
 
 __all__ = ["run_benchmark", "quick_config", "gains"]
 
@@ -149,7 +150,10 @@ def run_benchmark(cfg: ExperimentConfig, out_dir: str | Path) -> dict[str, Any]:
                 inits[alg] = str(run_dir / "final")
             else:
                 inits[alg] = str(train(run_cfg))
-            recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            if wants_best(run_cfg):  # the step meta-validation chose (step 0, the pretrained model, included)
+                inits[alg] = str(run_dir / "best")
+            recs = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+                    if r.get("kind") != "validation"]
             timing[alg] = {"steps": len(recs), "train_s": round(sum(r["step_s"] for r in recs), 1),
                            "s_per_step": round(sum(r["step_s"] for r in recs) / len(recs), 2)}
             curves[alg] = run_dir / "metrics.jsonl"

@@ -2,8 +2,10 @@
 
 Layout of ``<output_dir>/checkpoints/step-00000050/``::
 
-    model/                      encoder via save_pretrained (safetensors) + tokenizer
-    trainer_state.safetensors   outer optimizer moments, heads, head optimizers
+    model/                      encoder via save_pretrained (safetensors) + tokenizer (LoRA: merged)
+    model/adapter/              model.trainable: lora only: the peft adapter + tokenizer
+    trainer_state.safetensors   outer optimizer moments, heads, head optimizers (and, unless
+                                model.trainable is full, the trainable parameters: ``shared.*``)
     trainer_state.json          step, scheduler, param groups, mixture, RNG note (written last)
     config.yaml                 the resolved config
 
@@ -29,10 +31,14 @@ from safetensors.torch import load_file, save_file
 
 from .config import ExperimentConfig, save_config
 from .errors import ModelError
+from .model_card import write_model_card
+from .trainable import is_peft, merged_copy
 
-__all__ = ["save_checkpoint", "latest_checkpoint", "load_checkpoint", "load_encoder_weights", "export_model", "atomic_dir"]
+__all__ = ["ADAPTER_DIR", "save_checkpoint", "latest_checkpoint", "load_checkpoint", "load_encoder_weights", "export_model",
+           "atomic_dir"]
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
+ADAPTER_DIR = "adapter"  # model.trainable: lora: the peft adapter, beside the merged model
 _COMPLETE = "trainer_state.json"  # written last: its presence marks a complete checkpoint
 
 
@@ -127,21 +133,37 @@ class atomic_dir:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _save_encoder(encoder: torch.nn.Module, path: Path) -> None:
-    # The trainer's parameters are views into one flat buffer; save_pretrained would take
-    # views of one storage for tied weights, so it gets independent copies.
+def _save_encoder(encoder: torch.nn.Module, path: Path, tokenizer: Any) -> None:
+    """A complete Hugging Face model directory at ``path``. Under ``model.trainable: lora`` the adapters are
+    merged into it (``AutoModel.from_pretrained`` needs no peft), and ``path/adapter`` holds the peft adapter
+    itself (``PeftModel.from_pretrained(base, path/adapter)``), with the tokenizer in both."""
     from transformers.utils import logging as hf_logging
 
-    sd = {k: v.detach().clone().contiguous() for k, v in encoder.state_dict().items()}
     hf_logging.disable_progress_bar()  # one bar per save is noise in a step log
-    encoder.save_pretrained(path, state_dict=sd, safe_serialization=True)
+    full = merged_copy(encoder)
+    # The trainer's parameters are views into one flat buffer; save_pretrained would take
+    # views of one storage for tied weights, so it gets independent copies.
+    sd = {k: v.detach().clone().contiguous() for k, v in full.state_dict().items()}
+    full.save_pretrained(path, state_dict=sd, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    if is_peft(encoder):
+        # the embeddings are not adapted: nothing to save of them (and no probe of the base's vocabulary)
+        encoder.save_pretrained(path / ADAPTER_DIR, safe_serialization=True, save_embedding_layers=False)
+        tokenizer.save_pretrained(path / ADAPTER_DIR)
 
 
-def export_model(target: Path, encoder: torch.nn.Module, tokenizer: Any) -> Path:
-    """A Hugging Face directory loadable by ``AutoModel.from_pretrained`` (atomic)."""
+def export_model(target: Path, encoder: torch.nn.Module, tokenizer: Any, *, files: dict[str, str] | None = None,
+                 cfg: ExperimentConfig | None = None, step: int | None = None, card: dict[str, Any] | None = None) -> Path:
+    """A Hugging Face directory loadable by ``AutoModel.from_pretrained`` (atomic); with LoRA, also
+    ``target/adapter`` (see :func:`_save_encoder`). ``files``: more text files to write into it (name -> text),
+    inside the same atomic rename (``best``'s score travels with its weights). With ``cfg``, the directory gets
+    a Hugging Face model card (``README.md``) of the run at ``step``; ``card``: its extra fields."""
     with atomic_dir(target) as tmp:
-        _save_encoder(encoder, tmp)
-        tokenizer.save_pretrained(tmp)
+        _save_encoder(encoder, tmp, tokenizer)
+        if cfg is not None:
+            write_model_card(tmp, cfg, step=int(step or 0), extra=card)
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
     return target
 
 
@@ -159,8 +181,8 @@ def save_checkpoint(
     for later in sorted(p for p in root.iterdir() if _STEP_DIR.match(p.name) and p.name > target.name):
         _remove_dir(later)
     with atomic_dir(target) as tmp:
-        _save_encoder(encoder, tmp / "model")
-        tokenizer.save_pretrained(tmp / "model")
+        _save_encoder(encoder, tmp / "model", tokenizer)
+        write_model_card(tmp / "model", cfg, step=step)
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "trainer_state.safetensors"))
         save_config(cfg, tmp)
         (tmp / _COMPLETE).write_text(json.dumps({**state, "step": step}, indent=1, sort_keys=True))

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .arglists import positive_ints
 from .errors import RaymetaError
 
 __all__ = ["main"]
@@ -41,6 +42,7 @@ def _cmd_tasks_list(args: argparse.Namespace) -> int:
     for name in catalog_names():
         t = task_config(name)
         src = t.source.name if t.source.kind == "builtin" else t.source.format or t.source.dataset
+        src = "+".join(map(str, t.source.corpus)) if t.source.kind == "smlmt" else src
         table.add_row(name, t.type, f"{t.source.kind}:{src}", t.description)
     Console(width=max(120, Console().width)).print(table)
     return 0
@@ -74,28 +76,29 @@ def _cmd_tasks_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    import json
+
     from .config import load_config
     from .trainer import train
+    from .validation import BEST_JSON, wants_best
 
     overrides = list(args.overrides)
     if args.address:
         overrides.append(f"resources.address={args.address}")
     cfg = load_config(args.config, overrides)
     final = train(cfg, resume=args.resume)
-    print(f"\nmeta-pretrained encoder: {final}\nload it with:\n"
+    best = final.parent / "best"
+    if wants_best(cfg) and (best / BEST_JSON).is_file():
+        chosen = json.loads((best / BEST_JSON).read_text())
+        print(f"\nbest on meta-validation (step {chosen['step']} of {cfg.meta.steps}, score {chosen['score']:.4f}): {best}"
+              f"\nlast step: {final}")
+        final = best
+    else:
+        print(f"\nmeta-pretrained encoder: {final}")
+    print(f"load it with:\n"
           f"    from transformers import AutoModel, AutoTokenizer\n"
           f"    model = AutoModel.from_pretrained('{final}'); tokenizer = AutoTokenizer.from_pretrained('{final}')")
     return 0
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        vals = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise RaymetaError(f"expected comma-separated integers such as 4,8,16, got '{text}'") from None
-    if not vals or min(vals) < 1:
-        raise RaymetaError(f"expected positive integers, got '{text}'")
-    return vals
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -107,13 +110,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or base.data_dir
     tasks = [resolve_eval_task(t) for t in args.task]
     if args.episodic:
-        out = evaluate_episodic(args.init, tasks, ways=args.ways, shots=_ints(args.shots), queries=args.queries,
+        out = evaluate_episodic(args.init, tasks, ways=args.ways, shots=positive_ints(args.shots), queries=args.queries,
                                 episodes=args.episodes, head_steps=args.head_steps, seed=args.seed,
                                 data_dir=data_dir, cache_dir=base.cache_dir, output=args.output)
     else:
         settings = FinetuneSettings(steps=args.steps, lr=args.lr, head_lr=args.head_lr, batch_size=args.batch_size,
                                     max_test=args.max_test or None)
-        out = evaluate(args.init, tasks, shots=_ints(args.shots), n_splits=args.splits, settings=settings,
+        out = evaluate(args.init, tasks, shots=positive_ints(args.shots), n_splits=args.splits, settings=settings,
                        seed=args.seed, data_dir=data_dir, cache_dir=base.cache_dir, output=args.output)
     print(format_results(out))
     print(f"\nwrote {args.output}")
@@ -224,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--warmup", type=int, help="untimed steps first (default 2; --quick: 1)")
     be.add_argument("--ddp-tasks", help="run (b), DDP, only at these N (default: every N; 'none': never)")
     be.add_argument("--no-reference", action="store_true", help="skip (a), the single-process reference")
+    be.add_argument("--trainable", help="model.trainable modes side by side: full, lora, top_layers (default: full; "
+                    "--quick: full,lora)")
     be.add_argument("--transfer-dtype", choices=["float32", "bfloat16"], help="meta.transfer_dtype of the trainer")
     be.add_argument("--torch-threads", type=int, help="torch threads per actor (default: its CPU share)")
     be.add_argument("--output", help="write the results as JSON here")

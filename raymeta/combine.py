@@ -19,7 +19,8 @@ import torch
 
 from .errors import RaymetaError
 
-__all__ = ["TaskGrad", "Reduced", "NonFiniteGradient", "normalise_weights", "reduce_gradients", "cosine_matrix", "pcgrad"]
+__all__ = ["TaskGrad", "Reduced", "NonFiniteGradient", "as_tensor", "normalise_weights", "reduce_gradients", "cosine_matrix",
+           "pcgrad"]
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class Reduced:
     cosine: np.ndarray | None = None  # pairwise cosine similarity of the used tasks' gradients
 
 
-def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+def as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     """Zero-copy view of a gradient; arrays from Ray's object store are read-only and only read here."""
     if isinstance(x, torch.Tensor):
         return x
@@ -152,7 +153,7 @@ def reduce_gradients(
     ``out``: a reusable buffer for the result (the driver keeps one: no 90 MB allocation per step)."""
     tensors: list[torch.Tensor] = []
     for r in results:
-        g = _as_tensor(r.grad)
+        g = as_tensor(r.grad)
         if g.dim() != 1 or g.numel() != numel or g.dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise RaymetaError(
                 f"task '{r.task}': gradient of shape {tuple(g.shape)} and dtype {g.dtype} does not match "

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .catalog import resolve_task_entry
 from .errors import ConfigError
 
 __all__ = [
@@ -25,12 +26,16 @@ __all__ = [
     "SourceConfig",
     "EpisodeConfig",
     "TaskConfig",
+    "ProtoConfig",
+    "LoraConfig",
     "ModelConfig",
     "FaultInjection",
     "MetaConfig",
     "OptimConfig",
     "ResourcesConfig",
     "CheckpointConfig",
+    "EarlyStopping",
+    "ValidationConfig",
     "EvalConfig",
     "BenchmarkConfig",
     "TuneSpaceConfig",
@@ -57,9 +62,10 @@ class _Strict(BaseModel):
 
 
 class SourceConfig(_Strict):
-    """Where a task's raw rows come from: a hub dataset, local files, or a built-in corpus."""
+    """Where a task's raw rows come from: a hub dataset, local files, a built-in corpus, or SMLMT
+    (self-supervised word classification over other sources' text; :mod:`raymeta.tasks.smlmt`)."""
 
-    kind: Literal["hub", "files", "builtin"]
+    kind: Literal["hub", "files", "builtin", "smlmt"]
     # hub
     dataset: str | None = None
     config_name: str | None = None
@@ -78,12 +84,24 @@ class SourceConfig(_Strict):
     test_fraction: float | None = Field(default=None, gt=0.0, lt=1.0)
     split_seed: int = 0
     max_rows: int | None = Field(default=None, gt=0)
+    # smlmt (Bansal et al. 2020): the text to read (written ``from:``): ready-made task names, task YAML files,
+    # or task entries ({use: NAME, ...} or {source: {...}, columns: {text: COL}}); their train splits' text.
+    corpus: list[str | dict[str, Any]] = Field(default_factory=list, validation_alias=AliasChoices("from", "corpus"))
+    vocab_size: int = Field(default=1000, ge=2)  # the most frequent eligible words become the classes
+    min_count: int = Field(default=10, ge=1)  # a word must occur in at least this many distinct sentences
+    max_sentences_per_word: int = Field(default=50, ge=1)  # rows per word (a seeded subsample beyond it)
+    min_word_length: int = Field(default=3, ge=1)
+    sentence_words: tuple[int, int] = (4, 64)  # sentences outside this range of words are skipped
+    exclude_words: list[str] = Field(default_factory=list)  # on top of scikit-learn's English stop words
+    placeholder: str = Field(default="___", min_length=1)  # replaces the word when the tokenizer has no mask token
+    # which words an episode asks about: uniform, or with probability ∝ log(1 + sentences with the word)
+    sampling: Literal["uniform", "log_frequency"] = "uniform"
 
     @model_validator(mode="after")
     def _kind_fields(self) -> "SourceConfig":
-        need = {"hub": "dataset", "files": "format", "builtin": "name"}[self.kind]
-        if getattr(self, need) in (None, ""):
-            raise ValueError(f"source kind '{self.kind}' needs '{need}'")
+        need = {"hub": "dataset", "files": "format", "builtin": "name", "smlmt": "corpus"}[self.kind]
+        if getattr(self, need) in (None, "", []):
+            raise ValueError(f"source kind '{self.kind}' needs '{'from' if need == 'corpus' else need}'")
         if self.kind == "files" and not self.files:
             raise ValueError("source kind 'files' needs 'files' (split -> path)")
         return self
@@ -120,6 +138,13 @@ class TaskConfig(_Strict):
     # (and head gradients) are averaged before the mixture weighting
     replicas: int = Field(default=1, ge=1)
 
+    @model_validator(mode="after")
+    def _smlmt_type(self) -> "TaskConfig":
+        # SMLMT rows are ordinary classification rows whose classes are words: nothing above tasks/ changes.
+        if self.source.kind == "smlmt" and self.type != "sequence_classification":
+            raise ValueError(f"source kind 'smlmt' makes a sequence_classification task, not {self.type}")
+        return self
+
     @field_validator("weight")
     @classmethod
     def _finite(cls, v: float) -> float:
@@ -136,6 +161,19 @@ class TaskConfig(_Strict):
         return v
 
 
+class LoraConfig(_Strict):
+    """LoRA adapters (Hu et al. 2022) through Hugging Face ``peft``: W + (alpha/r)·B·A with B = 0 at
+    the start, so step 0 is the pretrained model exactly."""
+
+    r: int = Field(default=8, ge=1)
+    alpha: float = Field(default=16.0, gt=0.0)
+    # 0 by default: with dropout the adapters draw random numbers in training mode, which shifts every later
+    # dropout mask of the encoder away from the pretrained model's (and it is a regulariser few-shot runs rarely need).
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    # None: the family's default (BERT-like: query, key, value, dense; GPT-2: c_attn, c_proj; others: peft's table)
+    target_modules: list[str] | None = Field(default=None, min_length=1)
+
+
 class ModelConfig(_Strict):
     """The shared encoder (``AutoModel``) and how heads read it."""
 
@@ -148,6 +186,18 @@ class ModelConfig(_Strict):
     from_config: dict[str, Any] | None = None
     pooling: Literal["mean", "cls", "last"] | None = None  # None: mean for encoders, last for GPT-style
     head_dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    # Which encoder parameters are meta-learned (the rest stay the pretrained ones and never travel):
+    # full: all; lora: LoRA adapters only (model.lora); top_layers: the top model.top_layers transformer layers.
+    trainable: Literal["full", "lora", "top_layers"] = "full"
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    top_layers: int | None = Field(default=None, ge=1)  # with trainable: top_layers
+    train_norms: bool = False  # lora / top_layers: also train every LayerNorm (weight and bias)
+
+    @model_validator(mode="after")
+    def _trainable_fields(self) -> "ModelConfig":
+        if self.trainable == "top_layers" and self.top_layers is None:
+            raise ValueError("trainable: top_layers needs model.top_layers (how many of the top layers train)")
+        return self
 
 
 class FaultInjection(_Strict):
@@ -160,6 +210,19 @@ class FaultInjection(_Strict):
     value: Literal["nan", "inf"] = "nan"
 
 
+class ProtoConfig(_Strict):
+    """The prototype metric of ``protonet`` and of the MAML family's episode head (Proto-MAML).
+
+    logits = -d(q, p) / temperature, with d the squared Euclidean distance (Snell et al. 2017), or
+    logits = cos(q, p) / temperature (cosine; a scaled cosine classifier, Chen et al. 2019, Oreshkin et
+    al. 2018's metric scaling). The temperature is configured, not learned: a learned one would be a shared
+    parameter in the flat layout. The default (euclidean, 1.0) is the original, unscaled metric; cosine
+    logits lie in [-1, 1], so it wants a small temperature (0.1 is common)."""
+
+    distance: Literal["euclidean", "cosine"] = "euclidean"
+    temperature: float = Field(default=1.0, gt=0.0)
+
+
 class MetaConfig(_Strict):
     """The meta-algorithm and its inner loop (Finn et al. 2017; Nichol et al. 2018)."""
 
@@ -168,6 +231,7 @@ class MetaConfig(_Strict):
     inner_steps: int = Field(default=1, ge=0)
     inner_lr: float = Field(default=1e-3, gt=0.0)
     episode: EpisodeConfig = Field(default_factory=EpisodeConfig)
+    proto: ProtoConfig = Field(default_factory=ProtoConfig)  # protonet's metric, and the Proto-MAML head's
     combine: Literal["mean", "pcgrad"] = "mean"
     reduce: Literal["driver", "collective"] = "driver"
     nan_policy: Literal["skip_task", "abort"] = "skip_task"
@@ -207,6 +271,29 @@ class CheckpointConfig(_Strict):
     # training goes back to the last checkpoint (or step 0) and replays; this many times per run, then
     # the run stops with a one-line error. 0: the first lost actor ends the run.
     max_actor_restarts: int = Field(default=3, ge=0)
+    # Export <output_dir>/best: the step (step 0, the starting model, included) that scores highest on
+    # eval.validation. None: whenever validation tasks are configured.
+    best: bool | None = None
+
+
+class EarlyStopping(_Strict):
+    patience: int = Field(ge=1)  # stop after this many validations in a row without a new best
+
+
+class ValidationConfig(_Strict):
+    """Meta-validation during meta-training: which checkpoint adapts best to *new* tasks, chosen on
+    validation tasks that are neither meta-trained on nor tested on (never the test tasks)."""
+
+    tasks: list[dict[str, Any]] = Field(min_length=1)  # {use: NAME} entries or task dicts; classification
+    method: Literal["prototype", "finetune"] = "prototype"  # episodic prototype accuracy, or K-shot fine-tuning
+    ways: int = Field(default=5, ge=2)  # prototype: N-way episodes
+    shots: int = Field(default=5, ge=1)  # prototype: per class in the support set; finetune: K per class
+    queries: int = Field(default=10, ge=1)  # prototype: per class
+    episodes: int = Field(default=200, ge=1)  # prototype: seeded episodes per task (the same at every validation)
+    splits: int = Field(default=2, ge=1)  # finetune: seeded K-shot splits per task
+    max_rows_per_class: int = Field(default=40, ge=2)  # rows embedded per class (a seeded subsample, fixed)
+    every_steps: int = Field(default=10, ge=1)  # and at step 0 and at the last step
+    early_stopping: EarlyStopping | None = None
 
 
 class EvalConfig(_Strict):
@@ -227,6 +314,7 @@ class EvalConfig(_Strict):
     queries: int = Field(default=15, ge=1)
     episodes: int = Field(default=500, ge=1)
     head_steps: int = Field(default=50, ge=0)
+    validation: ValidationConfig | None = None  # meta-validation during training: picks <output_dir>/best
 
 
 class BenchmarkConfig(_Strict):
@@ -434,8 +522,6 @@ def load_config(
         base = Path(path).parent
     apply_overrides(raw, parse_overrides(overrides or []))
     data_dir = str(raw.get("data_dir") or os.environ.get("RAYMETA_DATA_DIR", DEFAULT_DATA_DIR))
-    from .tasks.registry import resolve_task_entry  # local: tasks imports config
-
     if "tasks" in raw:
         if not isinstance(raw["tasks"], list):
             raise ConfigError("config key 'tasks': must be a list of task entries")

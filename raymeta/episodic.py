@@ -59,10 +59,12 @@ def embed_rows(model: MetaModel, task: Task, rows: dict[str, list[int] | None], 
                batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
     """Pooled embeddings of ``rows[split]`` (None: every row) of each split, concatenated, and their class ids."""
     embs, ids = [], []
+    device = next(model.parameters()).device  # a task actor's replica may sit on a GPU
     for split, chosen in rows.items():
         idx = list(range(len(task.features[split]))) if chosen is None else list(chosen)
         for start in range(0, len(idx), batch_size):
-            embs.append(model.embed(task.batch(idx[start:start + batch_size], split)).float().numpy())
+            batch = {k: v.to(device) for k, v in task.batch(idx[start:start + batch_size], split).items()}
+            embs.append(model.embed(batch).float().cpu().numpy())
         class_ids = task.class_ids(split)
         assert class_ids is not None, "embedding needs a classification task"
         ids.append(class_ids[idx])
@@ -76,11 +78,18 @@ def _summary(accs: list[float], ways: int, shots: int, queries: int) -> Episodic
 
 
 def _finetune_head(
-    xs: torch.Tensor, ys: torch.Tensor, protos: torch.Tensor, steps: int, lr: float
+    xs: torch.Tensor, ys: torch.Tensor, protos: torch.Tensor, steps: int, lr: float,
+    distance: str = "euclidean", temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A linear head initialised from the prototypes (W = 2p, b = -|p|^2), then trained on the support set."""
-    w = (2 * protos).clone().requires_grad_(True)
-    b = (-(protos**2).sum(-1)).clone().requires_grad_(True)
+    """A linear head initialised from the prototypes (W = 2p, b = -|p|^2; cosine: W = p/|p|, b = 0 over
+    unit-length features; both divided by the temperature, as the Proto-MAML head of :mod:`.algorithms`),
+    then trained on the support set."""
+    if distance == "cosine":
+        w0, b0 = torch.nn.functional.normalize(protos, dim=-1), protos.new_zeros(protos.shape[0])
+    else:
+        w0, b0 = 2 * protos, -(protos**2).sum(-1)
+    w = (w0 / temperature).clone().requires_grad_(True)
+    b = (b0 / temperature).clone().requires_grad_(True)
     opt = torch.optim.Adam([w, b], lr=lr)
     for _ in range(steps):
         loss = torch.nn.functional.cross_entropy(xs @ w.T + b, ys)
@@ -91,11 +100,16 @@ def _finetune_head(
 
 
 def episodic_accuracy(emb: np.ndarray, class_ids: np.ndarray, *, ways: int, shots: int, queries: int,
-                      episodes: int, seed: int = 0, head_steps: int = 0, head_lr: float = 1e-2) -> dict[str, EpisodicResult]:
+                      episodes: int, seed: int = 0, head_steps: int = 0, head_lr: float = 1e-2,
+                      distance: str = "euclidean", temperature: float = 1.0) -> dict[str, EpisodicResult]:
     """Mean query accuracy over seeded episodes of the prototype classifier (no training) and,
-    with ``head_steps > 0``, of a prototype-initialised linear head fine-tuned on each support set."""
+    with ``head_steps > 0``, of a prototype-initialised linear head fine-tuned on each support set.
+
+    ``distance`` (``meta.proto.distance``) changes which prototype is nearest; ``temperature`` cannot change
+    the prototype classifier's argmax, only the fine-tuned head's starting scale (so its training)."""
     cfg = EpisodeConfig(ways=ways, shots=shots, queries=queries)
     x = torch.from_numpy(emb)
+    xn = torch.nn.functional.normalize(x, dim=-1) if distance == "cosine" else x  # what the cosine head reads
     proto_accs, head_accs = [], []
     for e in range(episodes):
         s, q, classes = sample_episode(len(class_ids), class_ids, cfg, seed, "episodic-eval", e)
@@ -104,11 +118,11 @@ def episodic_accuracy(emb: np.ndarray, class_ids: np.ndarray, *, ways: int, shot
         ys = torch.tensor([local[int(class_ids[i])] for i in s])
         yq = torch.tensor([local[int(class_ids[i])] for i in q])
         protos = prototypes(x[s], ys, len(classes))
-        proto_accs.append(float((proto_logits(x[q], protos).argmax(-1) == yq).float().mean()))
+        proto_accs.append(float((proto_logits(x[q], protos, distance).argmax(-1) == yq).float().mean()))
         if head_steps > 0:
             with torch.enable_grad():
-                w, b = _finetune_head(x[s], ys, protos, head_steps, head_lr)
-            head_accs.append(float(((x[q] @ w.T + b).argmax(-1) == yq).float().mean()))
+                w, b = _finetune_head(xn[s], ys, protos, head_steps, head_lr, distance, temperature)
+            head_accs.append(float(((xn[q] @ w.T + b).argmax(-1) == yq).float().mean()))
     out = {"prototype": _summary(proto_accs, ways, shots, queries)}
     if head_accs:
         out["finetuned_head"] = _summary(head_accs, ways, shots, queries)
@@ -117,10 +131,10 @@ def episodic_accuracy(emb: np.ndarray, class_ids: np.ndarray, *, ways: int, shot
 
 def evaluate_init_episodic(init: str, task: TaskConfig, *, data_dir: str, cache_dir: str | None, ways: int = 5,
                            shots: tuple[int, ...] = (1, 5), queries: int = 15, episodes: int = 1000,
-                           seed: int = 0, head_steps: int = 0,
-                           splits: tuple[str, ...] = ("test",)) -> dict[int, dict[str, EpisodicResult]]:
+                           seed: int = 0, head_steps: int = 0, splits: tuple[str, ...] = ("test",),
+                           distance: str = "euclidean", temperature: float = 1.0) -> dict[int, dict[str, EpisodicResult]]:
     """Per K: the prototype classifier's result (and the fine-tuned head's, if ``head_steps``).
     Episodes are drawn from the rows of ``splits`` (default: the test split)."""
     emb, ids = embed_task(init, task, data_dir=data_dir, cache_dir=cache_dir, splits=splits)
     return {k: episodic_accuracy(emb, ids, ways=ways, shots=k, queries=queries, episodes=episodes, seed=seed,
-                                 head_steps=head_steps) for k in shots}
+                                 head_steps=head_steps, distance=distance, temperature=temperature) for k in shots}

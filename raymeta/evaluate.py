@@ -23,6 +23,7 @@ from .config import ModelConfig, TaskConfig
 from .errors import DataError, ModelError, RaymetaError
 from .finetune import FinetuneSettings, finetune_and_evaluate
 from .metrics import PRIMARY
+from .model import ADAPTER_CONFIG
 from .tasks import Task, load_task
 from .tasks.registry import catalog_names, task_config
 
@@ -40,6 +41,8 @@ def resolve_init(init: str) -> str:
         for cand in (p / "final", p / "model", p):
             if (cand / "config.json").is_file():
                 return str(cand)
+        if (p / ADAPTER_CONFIG).is_file():  # a LoRA adapter (raymeta's final/adapter): merged into its base on load
+            return str(p)
         ckpt = latest_checkpoint(p)
         if ckpt is not None:
             return str(ckpt / "model")

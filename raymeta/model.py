@@ -28,15 +28,17 @@ from transformers import (
 
 from .config import ModelConfig
 from .errors import ModelError
+from .trainable import apply_trainable, base_model
 
 __all__ = [
-    "CAUSAL_MODEL_TYPES", "OFFLINE_MINILM", "Head", "MetaModel", "MultipleChoiceHead",
+    "ADAPTER_CONFIG", "CAUSAL_MODEL_TYPES", "OFFLINE_MINILM", "Head", "MetaModel", "MultipleChoiceHead",
     "ParamLayout", "QuestionAnsweringHead", "SequenceClassificationHead",
     "TokenClassificationHead", "build_head", "default_pooling", "load_encoder",
     "load_tokenizer", "pool_hidden", "resolve_model_path",
 ]
 
 OFFLINE_MINILM = "offline:all-MiniLM-L6-v2"
+ADAPTER_CONFIG = "adapter_config.json"  # what marks a peft adapter directory
 
 # Decoder-only families: pooled with the last real token (the only one that has seen the
 # whole sequence under a causal mask), and never given token_type_ids (GPT-2 would add
@@ -108,6 +110,8 @@ def load_encoder(
             encoder = AutoModel.from_config(config, **extra)
         except (ValueError, TypeError, KeyError) as e:
             raise ModelError(f"model from_config {cfg.from_config}: {_short(e)}") from None
+    elif os.path.isfile(os.path.join(resolve_model_path(cfg.name_or_path), ADAPTER_CONFIG)):
+        encoder = _load_merged_adapter(resolve_model_path(cfg.name_or_path), cfg, extra)
     else:
         path = resolve_model_path(cfg.name_or_path)
         try:
@@ -126,7 +130,25 @@ def load_encoder(
     if getattr(encoder, "pooler", None) is not None:
         encoder.pooler.requires_grad_(False)
     encoder.config.use_cache = False  # no KV cache: we never generate
-    return encoder.to(torch.float32)
+    return apply_trainable(encoder.to(torch.float32), cfg)
+
+
+def _load_merged_adapter(path: str, cfg: ModelConfig, extra: dict[str, Any]) -> PreTrainedModel:
+    """A peft LoRA adapter directory (raymeta's ``final/adapter``): its base model with the adapter merged in."""
+    import json
+
+    from peft import PeftModel
+
+    base_name = json.loads(open(os.path.join(path, ADAPTER_CONFIG), encoding="utf-8").read()).get("base_model_name_or_path")
+    if not base_name:
+        raise ModelError(f"model '{path}': a LoRA adapter whose base model is not recorded "
+                         "(base_model_name_or_path); load it with PeftModel.from_pretrained(base, path)")
+    base = load_encoder(ModelConfig(name_or_path=base_name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code),
+                        attn_implementation=extra.get("attn_implementation"))
+    try:
+        return PeftModel.from_pretrained(base, path).merge_and_unload()
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
+        raise ModelError(f"model '{path}': not a LoRA adapter of {base_name} ({_short(e)})") from None
 
 
 def default_pooling(config: PretrainedConfig) -> str:
@@ -299,7 +321,7 @@ class MetaModel(nn.Module):
         self.pooling = pooling or default_pooling(encoder.config)
         self.head_dropout = head_dropout
         self.hidden_size = int(encoder.config.hidden_size)
-        accepted = inspect.signature(encoder.forward).parameters
+        accepted = inspect.signature(base_model(encoder).forward).parameters  # a PeftModel's forward takes **kwargs
         self._inputs = ["input_ids", "attention_mask"]
         # Only segment-aware encoders (BERT: type_vocab_size 2) get token_type_ids.
         if (

@@ -87,8 +87,9 @@ def plot_curves(runs: dict[str, Path], out: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, path in runs.items():
-        recs = [json.loads(x) for x in Path(path).read_text().splitlines()]
-        ax.plot([r["step"] + 1 for r in recs], [sum(r["loss"].values()) / len(r["loss"]) for r in recs], label=name)
+        recs = [r for r in map(json.loads, Path(path).read_text().splitlines()) if r.get("kind") != "validation"]
+        loss = [[float("nan") if v is None else v for v in r["loss"].values()] for r in recs]  # null: non-finite
+        ax.plot([r["step"] + 1 for r in recs], [sum(x) / len(x) for x in loss], label=name)
     ax.set_xlabel("meta-step")
     ax.set_ylabel("mean task loss (each algorithm's own outer loss)")
     ax.set_title("meta-training curves")

@@ -33,7 +33,9 @@ def _decode_rows(task: Task, rows: list[int], batch: dict, classes: list[int] | 
         t = task.config.type
         if t == "sequence_classification":
             label = task.labels[classes[int(batch["labels"][i])]] if classes else str(int(batch["labels"][i]))
-            out.append((label, tok.decode(f["input_ids"], skip_special_tokens=True)))
+            # special tokens left out, except the mask: an SMLMT row shows where its word (the label) was
+            hide = set(tok.all_special_ids) - {tok.mask_token_id}
+            out.append((label, tok.decode([x for x in f["input_ids"] if x not in hide])))
         elif t == "token_classification":
             assert task.labels is not None
             words = tok.convert_ids_to_tokens(f["input_ids"])
@@ -62,7 +64,8 @@ def show_tasks(
         task = load_task(spec, tok, data_dir, cache_dir)
         loaded.append(task)
         src = spec.source
-        where = {"hub": f"hub dataset {src.dataset}", "builtin": f"built-in {src.name}"}.get(
+        where = {"hub": f"hub dataset {src.dataset}", "builtin": f"built-in {src.name}",
+                 "smlmt": "SMLMT (masked-word classes) over the text of " + ", ".join(map(str, src.corpus))}.get(
             src.kind, f"{src.format} files: " + ", ".join(f"{k}={v}" for k, v in src.files.items())
         ).replace("${data_dir}", data_dir)
         console.rule(f"[bold]{spec.name}[/bold]  ({spec.type})")

@@ -5,15 +5,38 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Tracker"]
+__all__ = ["Tracker", "strict_json_record"]
 
 log = logging.getLogger("raymeta.train")
+
+
+def strict_json_record(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` as strict JSON allows it: every NaN or ±Inf number becomes ``null``, and ``"nonfinite"``
+    lists where they were as dotted keys (``["loss.cls", "grad_norm"]``). Python's json would write a bare
+    ``NaN``, which other JSON readers (jq, JavaScript, pandas' strict mode) reject."""
+    where: list[str] = []
+
+    def clean(x: Any, path: str) -> Any:
+        if isinstance(x, dict):
+            return {k: clean(v, f"{path}.{k}" if path else str(k)) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v, f"{path}.{i}") for i, v in enumerate(x)]
+        if isinstance(x, (float, np.floating)) and not math.isfinite(x):
+            where.append(path)
+            return None
+        return x
+
+    out = clean(record, "")
+    if where:
+        out["nonfinite"] = where
+    return out
 
 
 def _logged_affinity(record: dict[str, Any]) -> tuple[list[str], np.ndarray]:
@@ -22,7 +45,8 @@ def _logged_affinity(record: dict[str, Any]) -> tuple[list[str], np.ndarray]:
     cosine = np.eye(len(used))
     for i, a in enumerate(used):
         for j in range(i + 1, len(used)):
-            cosine[i, j] = cosine[j, i] = record["affinity"][f"{a}|{used[j]}"]
+            c = record["affinity"][f"{a}|{used[j]}"]
+            cosine[i, j] = cosine[j, i] = math.nan if c is None else c  # null: written from a NaN
     return used, cosine
 
 
@@ -70,7 +94,8 @@ class Tracker:
             self._add_affinity([self.tasks.index(t) for t in used], cosine)
             record["affinity"] = {f"{a}|{b}": round(float(cosine[i, j]), 5)
                                   for i, a in enumerate(used) for j, b in enumerate(used) if i < j}
-        self.jsonl.write(json.dumps(record) + "\n")
+        # allow_nan=False: a non-finite number left in would be an error here, never a bare NaN in the file
+        self.jsonl.write(json.dumps(strict_json_record(record), allow_nan=False) + "\n")
         self.jsonl.flush()
         for task, loss in record["loss"].items():
             self.tb.add_scalar(f"loss/{task}", loss, step)
@@ -86,6 +111,21 @@ class Tracker:
         log.info("step %d/%d | loss %s | |g| %.3f | lr %.2e | %.2fs (slowest actor %.2fs)%s",
                  step + 1, record["steps"], losses, record["grad_norm"], record["lr"], record["step_s"],
                  record["compute_max_s"], skipped)
+
+    def validation(self, record: dict[str, Any]) -> None:
+        """A meta-validation record (``kind: validation``; its ``step`` counts the meta-steps done before it)."""
+        step = record["step"]
+        self.jsonl.write(json.dumps(strict_json_record(record), allow_nan=False) + "\n")
+        self.jsonl.flush()
+        self.tb.add_scalar("val/score", record["score"], step)
+        self.tb.add_scalar("val/seconds", record["seconds"], step)
+        for task, v in record["tasks"].items():
+            self.tb.add_scalar(f"val/{task}", v, step)
+        self.tb.flush()
+        tasks = " ".join(f"{k}={v:.3f}" for k, v in record["tasks"].items())
+        best = "new best" if record["improved"] else f"best {record['best_score']:.4f} at step {record['best_step']}"
+        log.info("validation at step %d: score %.4f ± %.4f (%s) | %s | %.1fs", step, record["score"], record["ci95"], tasks,
+                 best, record["seconds"])
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         """Extra TensorBoard scalars, e.g. a Tune trial's meta-validation score."""

@@ -15,10 +15,11 @@ parameters and optimizer state from rank 0 when it checkpoints.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +33,8 @@ from .model import load_encoder, load_tokenizer
 from .optim import optimizer_from_tensors, optimizer_tensors, outer_optimizer
 from .runtime import actor_options, bundle_options, connect, feasible, get
 from .tracking import Tracker
+from .trainable import frozen_fingerprint, layout_signature, trainable_summary
+from .validation import BEST_JSON, Validator, wants_best
 
 __all__ = ["MetaTrainer", "StepHook", "train"]
 
@@ -46,6 +49,7 @@ def _validate(cfg: ExperimentConfig) -> None:
     if cfg.meta.reduce == "collective" and cfg.meta.combine == "pcgrad":
         raise ConfigError("config key 'meta.combine': pcgrad needs every task's gradient in one place; "
                           "use meta.reduce=driver")
+    wants_best(cfg)  # checkpoint.best without validation tasks: one line, before anything starts
     fault = cfg.meta.fault_injection
     keys = [t.name if r == 0 else f"{t.name}#{r}" for t in cfg.tasks for r in range(t.replicas)]
     if fault is not None and fault.task not in keys:
@@ -61,10 +65,13 @@ class StepHook(Protocol):
 
 class MetaTrainer:
     def __init__(self, cfg: ExperimentConfig, *, resume: bool = False, resume_from: Path | None = None,
-                 hooks: Sequence[StepHook] = (), config_lr: bool = False):
+                 hooks: Sequence[StepHook] = (), config_lr: bool = False, actors: Mapping[str, Any] | None = None):
         """``resume``: continue from the latest checkpoint in ``output_dir``; ``resume_from``: from this
         checkpoint directory. ``config_lr``: after restoring, use ``optim.lr`` from the config instead of
-        the checkpoint's (PBT changes the learning rate between a checkpoint and its restore)."""
+        the checkpoint's (PBT changes the learning rate between a checkpoint and its restore).
+        ``actors``: already started ``TaskActor`` handles keyed like the trainer's actors (``<task>`` or
+        ``<task>#<r>``) to reuse instead of starting new ones; they are reset to this config, and stay
+        alive at shutdown (their owner ends them)."""
         _validate(cfg)
         self.cfg, self.resume, self.resume_from = cfg, resume, resume_from
         self.hooks, self.config_lr = list(hooks), config_lr
@@ -80,19 +87,47 @@ class MetaTrainer:
             self.actor_weights.update({key: w / k for key in keys})
         self.pending_head: dict[str, Any] = {}  # replicas: averaged head gradient, applied with the next call
         self.actors: dict[str, Any] = {}
+        self.reused = dict(actors) if actors is not None else None
         self.step = 0
         self.collective = cfg.meta.reduce == "collective"
         self.local = False
         self.last_checkpoint: Path | None = None  # written or restored by this run: where a recovery goes back to
         self.restarts = 0  # actor-crash recoveries so far (checkpoint.max_actor_restarts)
+        # meta-validation (eval.validation): scores steps on held-out tasks, keeps <output_dir>/best
+        self.validator = Validator(cfg, self.out) if cfg.eval.validation is not None else None
 
     # -- set-up ---------------------------------------------------------------------------
+
+    def setup(self, *, local: bool | None = None, resume_point: Path | None = None) -> None:
+        """Everything before the first meta-step: the driver's encoder, flat buffer and optimizer, then the
+        task actors (started, or the ones given to reuse, reset), checked against the driver's layout, in a
+        process group under ``reduce: collective``. :meth:`run` starts with it; ``raymeta bench`` and tests
+        call it, then :meth:`meta_step` / :meth:`collective_step`, to time or check exactly what training runs.
+        ``local``: this process started the Ray instance (fixed size: infeasible requests fail at once).
+        ``resume_point``: a checkpoint to be restored next; its layout is checked before any actor starts."""
+        if local is not None:
+            self.local = local
+        self._build_driver_model()
+        if resume_point is not None:
+            self._check_layout(resume_point, load_checkpoint(resume_point)[1])
+        self._start_actors()
+
+    def use_collective(self) -> None:
+        """After :meth:`setup` under ``reduce: driver``: the same actors form a process group and the next
+        steps go through :meth:`collective_step` (``raymeta bench`` times both modes on one set of actors)."""
+        if not self.collective:
+            self.collective = True
+            self._form_group()
 
     def _build_driver_model(self) -> None:
         self.tokenizer = load_tokenizer(self.cfg.model)
         torch.manual_seed(self.cfg.seed)  # a from_config encoder starts from the seed
         self.encoder = load_encoder(self.cfg.model, len(self.tokenizer))
         named = {f"encoder.{n}": p for n, p in self.encoder.named_parameters() if p.requires_grad}
+        total = sum(p.numel() for p in self.encoder.parameters())
+        log.info("trainable (model.trainable): %s, %s of %s encoder parameters (%.2f%%)",
+                 trainable_summary(self.cfg.model), f"{sum(p.numel() for p in named.values()):,}", f"{total:,}",
+                 100.0 * sum(p.numel() for p in named.values()) / total)
         self.layout, self.flat = bind_flat(named)
         self.grad_buf = torch.zeros_like(self.flat)  # the meta-gradient; .grad of every parameter views it
         self.named = named
@@ -109,6 +144,9 @@ class MetaTrainer:
             self._torch_threads = torch.get_num_threads()
             torch.set_num_threads(1)
 
+        if self.reused is not None:
+            self._reuse_actors()
+            return self._check_actors()
         group = ray.util.get_current_placement_group()  # inside a Ray Tune trial: its bundles
         if group is not None:
             placed = bundle_options(group, len(self.actor_weights))
@@ -129,11 +167,30 @@ class MetaTrainer:
                             feasible(task_opts, f"task '{name}'")
                 self.actors[key] = remote.options(**task_opts).remote(cfg_json, name, threads, device, r)
                 i += 1
+        self._check_actors()
+
+    def _reuse_actors(self) -> None:
+        assert self.reused is not None
+        missing = [k for keys in self.replicas_of.values() for k in keys if k not in self.reused]
+        if missing:
+            raise RaymetaError(f"task '{missing[0]}': no actor among the ones given to reuse ({', '.join(self.reused)})")
+        cfg_json = self.cfg.model_dump_json()
+        self.actors = {k: self.reused[k] for keys in self.replicas_of.values() for k in keys}
+        get([self.actors[k].reset.remote(cfg_json, name, r)
+             for name, keys in self.replicas_of.items() for r, k in enumerate(keys)])
+
+    def _check_actors(self) -> None:
+        """Every actor computes for the driver's layout and loaded the same frozen weights."""
         described = get([a.describe.remote() for a in self.actors.values()])
+        frozen = frozen_fingerprint(self.encoder)
         for d in described:
             if d["names"] != list(self.layout.names) or d["shapes"] != [list(s) for s in self.layout.shapes]:
                 raise RaymetaError(f"task '{d['task']}': its model's shared parameters differ from the driver's "
                                    f"({d['numel']} vs {self.layout.numel} values)")
+            # Frozen parameters never travel: each process loaded them, and they must be the same weights.
+            if abs(d["frozen"] - frozen) > 1e-6 * max(1.0, abs(frozen)):
+                raise RaymetaError(f"task '{d['task']}': its frozen encoder weights differ from the driver's "
+                                   f"(Σ|w| {d['frozen']:.6g} vs {frozen:.6g}): every node must load the same model")
             log.info("task '%s' (%s): actor pid %s on %s, %d threads, %d train rows",
                      d["task"], d["type"], d["pid"], d["node"], d["threads"], d["train_rows"])
         self.placement = {d["task"]: d["node"] for d in described}
@@ -180,21 +237,31 @@ class MetaTrainer:
         heads = {}
         for name, st in zip(self.actors, ray.get([a.get_state.remote() for a in self.actors.values()])):
             for key, arr in st["tensors"].items():
-                tensors[f"task.{name}.{key}"] = torch.from_numpy(np.ascontiguousarray(arr))
+                # a copy: arrays from the object store are read-only, which torch.from_numpy warns about
+                tensors[f"task.{name}.{key}"] = torch.from_numpy(np.array(arr))
             heads[name] = st["param_groups"]
         state = {
             "optim_param_groups": groups, "scheduler": self.sched.state_dict(),
             "head_param_groups": heads, "weights": self.actor_weights, "seed": self.cfg.seed,
             # Every random draw derives from (seed, task, step): nothing else to restore.
             "rng": "stateless: episodes and dropout are seeded from (seed, task, step)",
+            "layout": layout_signature(self.cfg.model, self.layout.names, self.layout.numel),
         }
+        if self.cfg.model.trainable != "full":  # model/ holds merged or partly frozen weights: keep the trainable ones
+            tensors.update({f"shared.{k}": v.detach().clone() for k, v in self.named.items()})
         return tensors, state
 
     def _restore(self, path: Path) -> None:
         import ray
 
-        load_encoder_weights(self.encoder, path / "model")
         tensors, state = load_checkpoint(path)
+        self._check_layout(path, state)
+        if self.cfg.model.trainable == "full":
+            load_encoder_weights(self.encoder, path / "model")
+        else:  # the frozen weights are the pretrained ones this process loaded; the trainable ones come back
+            with torch.no_grad():
+                for k, p in self.named.items():
+                    p.copy_(tensors[f"shared.{k}"])
         optimizer_from_tensors(self.opt, tensors, state["optim_param_groups"])
         self.sched.load_state_dict(state["scheduler"])
         if self.config_lr:  # keep the schedule's position, rescale it to the config's peak rate
@@ -214,6 +281,15 @@ class MetaTrainer:
         self.step = int(state["step"])
         self.last_checkpoint = path
         log.info("resumed from %s at step %d", path, self.step)
+
+    def _check_layout(self, path: Path, state: dict[str, Any]) -> None:
+        """The checkpoint holds exactly the parameters this run trains (same mode, names, shapes)."""
+        mine = layout_signature(self.cfg.model, self.layout.names, self.layout.numel)
+        theirs = state.get("layout", {"trainable": "full", "numel": None, "names_crc32": None})  # older checkpoints
+        if theirs["trainable"] != mine["trainable"] or theirs.get("names_crc32") not in (None, mine["names_crc32"]):
+            raise ConfigError(f"checkpoint {path}: its trainable layout ({theirs['trainable']}, {theirs['numel']} values) "
+                              f"differs from this run's ({mine['trainable']}, {mine['numel']} values); resume with the "
+                              "checkpoint's model.trainable / model.lora / model.top_layers")
 
     def _average_heads(self, results: list[dict[str, Any]]) -> None:
         """Replicas of a task: the mean of their finite head gradients, for every replica's next call."""
@@ -327,15 +403,38 @@ class MetaTrainer:
     def _recover(self, err: Exception, tracker: Tracker) -> None:
         """A task actor died: restart every actor, go back to this run's last checkpoint (or to the
         initial weights) and let the loop replay the lost steps. Replays are bit-exact: every random
-        draw derives from (seed, task, step). A Ray error with every actor alive is re-raised as it is."""
+        draw derives from (seed, task, step). A Ray error with every actor alive is re-raised as it is.
+        An actor that dies while the actors restart costs one more restart (the same limit), not a traceback."""
+        import ray
+
         lost = self._lost_actors()
         if not lost:
             raise err
         names, failed, limit = ", ".join(f"'{k}'" for k in lost), self.step, self.cfg.checkpoint.max_actor_restarts
-        if self.restarts >= limit:
-            raise RaymetaError(f"task {names}: actor died at step {failed}, no restarts left "
-                               f"(checkpoint.max_actor_restarts={limit})") from None
-        self.restarts += 1
+        latest = names  # the actors lost last: the first ones, or ones that died while the actors restarted
+        while True:
+            if self.restarts >= limit:
+                raise RaymetaError(f"task {latest}: actor died at step {failed}, no restarts left "
+                                   f"(checkpoint.max_actor_restarts={limit})") from None
+            self.restarts += 1
+            try:
+                self._restart_actors()
+                break
+            except ray.exceptions.RayError as again:
+                lost = self._lost_actors()
+                if not lost:
+                    raise again
+                latest = ", ".join(f"'{k}'" for k in lost)
+                log.warning("task %s: actor died while the task actors restarted (restart %d of %d)",
+                            latest, self.restarts, limit)
+        tracker.rewind(self.step)
+        back = f"checkpoint step {self.step} ({self.last_checkpoint})" if self.last_checkpoint else \
+            "the initial weights (step 0: no checkpoint yet)"
+        log.warning("task %s: actor died at step %d; restarted every task actor from %s (restart %d of %d)",
+                    names, failed, back, self.restarts, limit)
+
+    def _restart_actors(self) -> None:
+        """Every actor anew, back at the last checkpoint (or the initial weights, step 0)."""
         # Every actor, not only the lost one: a process group cannot re-form around a lost rank, and the
         # survivors' heads have moved past the checkpoint.
         self.shutdown()
@@ -346,11 +445,6 @@ class MetaTrainer:
         self._start_actors()
         if self.last_checkpoint is not None:
             self._restore(self.last_checkpoint)
-        tracker.rewind(self.step)
-        back = f"checkpoint step {self.step} ({self.last_checkpoint})" if self.last_checkpoint else \
-            "the initial weights (step 0: no checkpoint yet)"
-        log.warning("task %s: actor died at step %d; restarted every task actor from %s (restart %d of %d)",
-                    names, failed, back, self.restarts, limit)
 
     def run(self) -> Path:
         """Meta-train to ``meta.steps``; returns ``<output_dir>/final`` (an HF model directory)."""
@@ -359,20 +453,18 @@ class MetaTrainer:
         started = connect(self.cfg.resources.address)
         self.local = started  # our own fixed-size instance: infeasible requests fail at once
         try:
-            self._build_driver_model()
-            self._start_actors()
-            if self.resume_from is not None:
-                self._restore(Path(self.resume_from))
-            elif self.resume:
-                ckpt = latest_checkpoint(self.out)
-                if ckpt is None:
-                    log.warning("--resume: no checkpoint under %s; starting from step 0", self.out)
-                else:
-                    self._restore(ckpt)
+            ckpt = Path(self.resume_from) if self.resume_from is not None else \
+                latest_checkpoint(self.out) if self.resume else None
+            if self.resume and self.resume_from is None and ckpt is None:
+                log.warning("--resume: no checkpoint under %s; starting from step 0", self.out)
+            self.setup(resume_point=ckpt)
+            if ckpt is not None:
+                self._restore(ckpt)
             save_config(self.cfg, self.out)
             self.tracker = tracker = Tracker(self.out, list(self.actor_weights), start_step=self.step)
             try:
-                while self.step < self.cfg.meta.steps:
+                stop = self._validate_after_restore()  # step 0: the starting model is a candidate for best
+                while self.step < self.cfg.meta.steps and not stop:
                     try:
                         if self.collective:  # no task affinity: no process holds every task's gradient
                             record = self.collective_step()
@@ -383,25 +475,69 @@ class MetaTrainer:
                         ckpt = None
                         if self.step % self.cfg.checkpoint.every_steps == 0 or self.step == self.cfg.meta.steps:
                             ckpt = self._checkpoint()
+                        if self.validator is not None and self.validator.due(self.step, self.cfg.meta.steps):
+                            stop = self._validate()
+                            if stop and ckpt is None:  # early stopping: the run ends at a checkpoint
+                                ckpt = self._checkpoint()
                     except ray.exceptions.RayError as e:  # a lost actor: back to the last checkpoint, replay
                         self._recover(e, tracker)
+                        stop = self._validate_after_restore()
                         continue
                     for hook in self.hooks:
                         hook(self, record, ckpt)
-                if self.collective:
-                    self._pull_from_rank0()
-                final = export_model(self.out / "final", self.encoder, self.tokenizer)
+                # No actor is asked anything from here on (one that dies now changes nothing): the last step always
+                # checkpoints, which under reduce: collective pulled rank 0's parameters into the driver, and a resume
+                # at the last step restored them there.
+                final = export_model(self.out / "final", self.encoder, self.tokenizer, cfg=self.cfg, step=self.step)
                 tracker.affinity_png()
+                if self.validator is not None:
+                    self._log_validation_summary(stop)
             finally:
                 tracker.close()
             return final
         finally:
             self.shutdown(stop_ray=started)
 
+    # -- meta-validation: which step becomes <output_dir>/best ------------------------------------
+
+    def _validate(self) -> bool:
+        """Score the current parameters on the validation tasks; export ``best`` when they beat every step before.
+        Returns True when early stopping says stop."""
+        assert self.validator is not None
+        record = self.validator(self, self.step)
+        self.tracker.validation(record)
+        if record["improved"] and self.validator.export_best:
+            if self.collective:
+                self._pull_from_rank0()  # the actors hold the current parameters
+            best = {k: record[k] for k in ("step", "score", "ci95", "tasks", "n", "method")}
+            card = {"validation_score": record["score"], "validation_step": record["step"],
+                    "validation_tasks": list(record["tasks"]),
+                    "validation_metric": f"mean accuracy ({record['method']}, eval.validation)"}
+            export_model(self.validator.best_dir, self.encoder, self.tokenizer, cfg=self.cfg, step=self.step, card=card,
+                         files={BEST_JSON: json.dumps({**best, "validation": self.cfg.eval.validation.model_dump()}, indent=1)})
+        return bool(record["stop"])
+
+    def _validate_after_restore(self) -> bool:
+        """At step 0, or after a resume or a recovery at step s: the best so far comes back from ``best/``, and the
+        validation due at s (whose record the rewind dropped) runs again."""
+        if self.validator is None:
+            return False
+        self.validator.resume(self.step)
+        return self._validate() if self.validator.due(self.step, self.cfg.meta.steps) else False
+
+    def _log_validation_summary(self, stopped: bool) -> None:
+        assert self.validator is not None
+        st, spent = self.validator.state, sum(r["seconds"] for r in self.validator.state.history)
+        how = f"stopped early at step {self.step} (no new best for {self.validator.v.early_stopping.patience} " \
+              "validations); " if stopped and self.validator.v.early_stopping else ""
+        where = f"{self.validator.best_dir}" if self.validator.export_best else "not exported (checkpoint.best: false)"
+        log.info("%sbest step %s, validation score %.4f: %s (%d validations, %.1f s)", how, st.best_step, st.best_score,
+                 where, len(st.history), spent)
+
     def shutdown(self, stop_ray: bool = False) -> None:
         import ray
 
-        for a in self.actors.values():
+        for a in self.actors.values() if self.reused is None else ():  # reused actors belong to their owner
             try:
                 ray.kill(a)  # also ends a process group: its members go together
             except Exception:  # already dead

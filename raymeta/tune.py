@@ -21,89 +21,20 @@ from typing import Any
 
 import numpy as np
 
-from .config import ExperimentConfig, TaskConfig
-from .errors import ConfigError, DataError, RaymetaError
+from .config import ExperimentConfig
+from .errors import ConfigError, RaymetaError
 from .evaluate import write_json_atomic
+from .tune_scoring import METRIC, FewShotScorer, task_specs
 from .tune_space import WEIGHT_PREFIX, search_space
 
-__all__ = ["FewShotScorer", "run_tune", "experiment_path", "METRIC"]
+__all__ = ["FewShotScorer", "run_tune", "experiment_path", "METRIC"]  # (the scorer and METRIC: re-exported)
 
 log = logging.getLogger("raymeta.tune")
-
-METRIC = "val_score"
-
 
 def experiment_path(cfg: ExperimentConfig) -> str:
     """Where Tune keeps the experiment: ``tune.storage_path`` (a URI on clusters) / name."""
     storage = cfg.tune.storage_path or str(Path(cfg.output_dir, "tune").resolve())
     return f"{storage.rstrip('/')}/{cfg.name}"
-
-
-def _task_specs(cfg: ExperimentConfig, entries: list[dict[str, Any]]) -> list[TaskConfig]:
-    from .tasks.registry import task_from_entry
-
-    return [task_from_entry(e, data_dir=cfg.data_dir) for e in entries]
-
-
-class FewShotScorer:
-    """Mean prototype accuracy over seeded N-way K-shot episodes of each meta-validation task.
-
-    Rows are a seeded subsample of at most ``tune.max_rows_per_class`` per class (every split of the
-    task), chosen once, so every trial and every report is scored on the same rows and episodes."""
-
-    def __init__(self, cfg: ExperimentConfig, specs: list[TaskConfig]):
-        from .model import load_tokenizer
-        from .tasks import load_task
-
-        t = cfg.tune
-        self.cfg, self.tasks, self.rows = cfg, [], []
-        tok = load_tokenizer(cfg.model)
-        rng = np.random.default_rng(cfg.seed)
-        for spec in specs:
-            if spec.type != "sequence_classification":
-                raise DataError(spec.name, f"a meta-validation task must be sequence_classification (got {spec.type})")
-            task = load_task(spec, tok, cfg.data_dir, cfg.cache_dir)
-            rows: dict[str, list[int]] = {}
-            per_class: dict[int, int] = {}
-            for split in sorted(task.features):
-                ids = task.class_ids(split)
-                assert ids is not None
-                chosen = []
-                for c in np.unique(ids):
-                    room = t.max_rows_per_class - per_class.get(int(c), 0)
-                    if room > 0:
-                        pick = rng.permutation(np.flatnonzero(ids == c))[:room]
-                        chosen += pick.tolist()
-                        per_class[int(c)] = per_class.get(int(c), 0) + len(pick)
-                rows[split] = sorted(chosen)
-            enough = sum(1 for n in per_class.values() if n >= t.shots + t.queries)
-            if enough < t.ways:
-                raise DataError(spec.name, f"meta-validation needs {t.ways} classes with {t.shots + t.queries} rows "
-                                f"(tune.shots + tune.queries); {enough} have that many")
-            self.tasks.append(task)
-            self.rows.append(rows)
-
-    def __call__(self, encoder: Any) -> dict[str, float]:
-        """Mean accuracy per task."""
-        return {name: r.mean for name, r in self.episodes(encoder).items()}
-
-    def episodes(self, encoder: Any) -> dict[str, Any]:
-        """Per task, the :class:`~raymeta.episodic.EpisodicResult` (per-episode values for paired CIs)."""
-        from .episodic import embed_rows, episodic_accuracy
-        from .model import MetaModel
-
-        t = self.cfg.tune
-        model = MetaModel(encoder, self.cfg.model.pooling).eval()
-        try:
-            out = {}
-            for task, rows in zip(self.tasks, self.rows):
-                emb, ids = embed_rows(model, task, rows)
-                res = episodic_accuracy(emb, ids, ways=t.ways, shots=t.shots, queries=t.queries, episodes=t.episodes,
-                                        seed=self.cfg.seed)
-                out[task.name] = res["prototype"]
-            return out
-        finally:
-            encoder.train()
 
 
 def _trial(params: dict[str, Any], *, base_json: str, pbt: bool) -> None:
@@ -122,7 +53,7 @@ def _trial(params: dict[str, Any], *, base_json: str, pbt: bool) -> None:
     # A failed actor fails the trial: Tune's FailureConfig retries it from its last reported checkpoint
     # (and gives it a fresh placement group), instead of the trainer restarting actors in place.
     cfg.checkpoint.max_actor_restarts = 0
-    scorer = FewShotScorer(cfg, _task_specs(cfg, cfg.tune.validation_tasks))
+    scorer = FewShotScorer(cfg, task_specs(cfg, cfg.tune.validation_tasks))
     resume_from = None
     restored = tune.get_checkpoint()
     if restored is not None:  # a retry after a failure, a PBT exploit, or Tuner.restore
@@ -185,8 +116,8 @@ def _validate(cfg: ExperimentConfig) -> None:
     if not t.validation_tasks:
         raise ConfigError("config key 'tune.validation_tasks': give the meta-validation tasks that score each trial")
     train = {x.name for x in cfg.tasks}
-    val = {s.name for s in _task_specs(cfg, t.validation_tasks)}
-    test = {s.name for s in _task_specs(cfg, t.test_tasks)}
+    val = {s.name for s in task_specs(cfg, t.validation_tasks)}
+    test = {s.name for s in task_specs(cfg, t.test_tasks)}
     for key, names in (("tune.validation_tasks", val), ("tune.test_tasks", test)):
         if names & train:
             raise ConfigError(f"config key '{key}': task '{sorted(names & train)[0]}' is also a meta-training task")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ExperimentConfig, ModelConfig, save_config
+from .tune_scoring import METRIC, FewShotScorer, task_specs
 from .tune_space import apply_params, heuristic_of, mixture, search_space
 
 __all__ = ["finish", "summary_table"]
@@ -23,8 +24,6 @@ log = logging.getLogger("raymeta.tune")
 
 
 def _trial_rows(cfg: ExperimentConfig, grid: Any, sizes: dict[str, int]) -> list[dict[str, Any]]:
-    from .tune import METRIC
-
     _, points = search_space(cfg, sizes)
     named = dict(zip(cfg.tune.heuristics, points)) if cfg.tune.space.weights else {}
     max_t = max(1, cfg.meta.steps // cfg.tune.eval_every)
@@ -70,12 +69,11 @@ def _test_scores(cfg: ExperimentConfig, inits: dict[str, str]) -> dict[str, dict
     from transformers.utils import logging as hf_logging
 
     from .model import load_encoder
-    from .tune import FewShotScorer, _task_specs
 
     hf_logging.disable_progress_bar()  # a "Loading weights" bar per init is noise in the report
-    scorers = {"val": FewShotScorer(cfg, _task_specs(cfg, cfg.tune.validation_tasks))}
+    scorers = {"val": FewShotScorer(cfg, task_specs(cfg, cfg.tune.validation_tasks))}
     if cfg.tune.test_tasks:
-        scorers["test"] = FewShotScorer(cfg, _task_specs(cfg, cfg.tune.test_tasks))
+        scorers["test"] = FewShotScorer(cfg, task_specs(cfg, cfg.tune.test_tasks))
     episodes: dict[str, dict[str, list[float]]] = {}
     out: dict[str, dict[str, Any]] = {}
     for name, path in inits.items():

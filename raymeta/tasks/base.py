@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerBase
 from ..config import TaskConfig
 from ..errors import DataError
 
-__all__ = ["TaskProcessor", "Prepared", "require_columns", "natural_sort", "bad_row"]
+__all__ = ["TaskProcessor", "Prepared", "require_columns", "natural_sort", "bad_row", "strip_bookkeeping"]
 
 Batch = dict[str, torch.Tensor]
 
@@ -67,3 +67,8 @@ def natural_sort(values: set[str] | list[str]) -> list[str]:
     if all(v.lstrip("-").isdigit() for v in vals):
         return sorted(vals, key=int)
     return sorted(vals)
+
+
+def strip_bookkeeping(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Feature rows without the ``_row`` / ``_file`` columns kept for error messages: collators pad every column."""
+    return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]

@@ -8,7 +8,7 @@ import datasets
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from ..config import TaskConfig
-from .base import Batch, bad_row, natural_sort
+from .base import Batch, bad_row, natural_sort, strip_bookkeeping
 
 __all__ = ["SequenceClassification"]
 
@@ -46,8 +46,4 @@ class SequenceClassification:
         return feats, {"truncated": truncated, "dropped": 0}
 
     def collate(self, rows: list[dict[str, Any]], tok: PreTrainedTokenizerBase) -> Batch:
-        return dict(DataCollatorWithPadding(tok, return_tensors="pt")(_strip(rows)))
-
-
-def _strip(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+        return dict(DataCollatorWithPadding(tok, return_tensors="pt")(strip_bookkeeping(rows)))

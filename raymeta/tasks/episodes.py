@@ -48,13 +48,15 @@ def eligible_classes(class_ids: np.ndarray, need: int) -> np.ndarray:
 
 
 def sample_episode(
-    n_rows: int, class_ids: np.ndarray | None, cfg: EpisodeConfig, seed: int, task: str, step: int
+    n_rows: int, class_ids: np.ndarray | None, cfg: EpisodeConfig, seed: int, task: str, step: int,
+    class_weights: np.ndarray | None = None,
 ) -> tuple[list[int], list[int], list[int] | None]:
     """Row indices of the support and query sets, and the episode's classes (or None).
 
     Classification: ``ways`` classes (all when None or when the task has fewer), ``shots`` support and ``queries``
     query rows per class, support ordered by class. Other types: ``support_size`` and
-    ``query_size`` distinct rows.
+    ``query_size`` distinct rows. ``class_weights`` (indexed by class id; None: uniform) makes some classes
+    likelier to be drawn (SMLMT's ``sampling: log_frequency``).
     """
     rng = episode_rng(seed, task, step)
     if class_ids is None:
@@ -69,7 +71,8 @@ def sample_episode(
         raise ValueError(f"an episode needs 2 classes with at least {need} rows (shots + queries); {len(pool)} have that many")
     # A task with fewer classes than ``ways`` (SST-2, AG News) runs with all of them, as in LEOPARD.
     ways = len(pool) if cfg.ways is None else min(cfg.ways, len(pool))
-    classes = np.sort(rng.choice(pool, size=ways, replace=False))
+    p = None if class_weights is None else class_weights[pool] / class_weights[pool].sum()
+    classes = np.sort(rng.choice(pool, size=ways, replace=False, p=p))
     support: list[int] = []
     query: list[int] = []
     for c in classes:

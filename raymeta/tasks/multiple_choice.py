@@ -9,8 +9,7 @@ from typing import Any
 from transformers import DataCollatorForMultipleChoice, PreTrainedTokenizerBase
 
 from ..config import TaskConfig
-from .base import Batch, bad_row
-from .classification import _strip
+from .base import Batch, bad_row, strip_bookkeeping
 
 __all__ = ["MultipleChoice"]
 
@@ -57,4 +56,4 @@ class MultipleChoice:
         return feats, {"truncated": truncated, "dropped": 0}
 
     def collate(self, rows: list[dict[str, Any]], tok: PreTrainedTokenizerBase) -> Batch:
-        return dict(DataCollatorForMultipleChoice(tok, return_tensors="pt")(_strip(rows)))
+        return dict(DataCollatorForMultipleChoice(tok, return_tensors="pt")(strip_bookkeeping(rows)))

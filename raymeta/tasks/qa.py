@@ -10,8 +10,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ..config import TaskConfig
-from .base import Batch, bad_row
-from .classification import _strip
+from .base import Batch, bad_row, strip_bookkeeping
 
 __all__ = ["ExtractiveQA"]
 
@@ -89,6 +88,6 @@ class ExtractiveQA:
         return feats, {"windows": windows, "dropped": len(no_answer) if train else 0, "truncated": lost}
 
     def collate(self, rows: list[dict[str, Any]], tok: PreTrainedTokenizerBase) -> Batch:
-        rows = _strip(rows)
+        rows = strip_bookkeeping(rows)
         keys = [k for k in rows[0] if k != "offset_mapping"]
         return {k: torch.tensor([r[k] for r in rows]) for k in keys}

@@ -3,7 +3,8 @@
 Every row carries ``_file`` and ``_row`` (1-based) so that a bad row can be named in the
 error. Generic formats go through ``datasets``' own builders (csv, json, parquet); the few
 formats with no builder (CoNLL, SQuAD JSON, CLINC150, TREC, FewRel) are parsed here into
-``Dataset.from_dict``. Built-in corpora live in :mod:`raymeta.tasks.builtin`.
+``Dataset.from_dict``. Built-in corpora live in :mod:`raymeta.tasks.builtin`; SMLMT rows (words masked in
+other sources' text) in :mod:`raymeta.tasks.smlmt`.
 """
 
 from __future__ import annotations
@@ -257,6 +258,10 @@ def load_raw(task: TaskConfig, data_dir: str, cache_dir: str | None = None) -> d
         splits = _load_hub(src, task.name, cache_dir)
     elif src.kind == "files":
         splits = _load_files(src, task.name, data_dir, cache_dir)
+    elif src.kind == "smlmt":  # reads its inputs through this function: passed in, so the modules import one way
+        from .smlmt import load_smlmt
+
+        splits = load_smlmt(task, data_dir, cache_dir, read=load_raw)
     else:
         from .builtin import load_builtin
 

@@ -23,6 +23,7 @@ from .classification import SequenceClassification
 from .episodes import Episode, sample_episode
 from .multiple_choice import MultipleChoice
 from .qa import ExtractiveQA
+from .smlmt import apply_mask_token, check_words, word_weights
 from .sources import load_raw
 from .token_classification import TokenClassification
 
@@ -50,6 +51,8 @@ class Task:
     features: dict[str, datasets.Dataset]
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     _class_ids: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    _words_checked: set[tuple[Any, ...]] = field(default_factory=set, repr=False)  # SMLMT: once per split and N, K, Q
+    _class_weights: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # SMLMT: sampling: log_frequency
 
     @property
     def name(self) -> str:
@@ -84,9 +87,18 @@ class Task:
         """The deterministic episode of ``(seed, task, step)``; labels are episode-local.
         ``stream`` (default: the task name) gives a replica of the task its own episodes."""
         cfg = self.config.episode or cfg
+        checked = (split, cfg.ways, cfg.shots, cfg.queries)
+        if self.config.source.kind == "smlmt" and checked not in self._words_checked:
+            check_words(self.config, self.class_ids(split), cfg, split)  # too few words: one line naming the setting
+            self._words_checked.add(checked)
+        if self.config.source.kind == "smlmt" and self.config.source.sampling == "log_frequency" \
+                and split not in self._class_weights:
+            assert self.labels is not None
+            self._class_weights[split] = word_weights(self.labels, self.raw[split])
         try:
             s_rows, q_rows, classes = sample_episode(
-                len(self.features[split]), self.class_ids(split), cfg, seed, stream or self.name, step
+                len(self.features[split]), self.class_ids(split), cfg, seed, stream or self.name, step,
+                self._class_weights.get(split),
             )
         except ValueError as e:
             raise DataError(self.name, f"split '{split}': {e}") from None
@@ -148,6 +160,8 @@ def load_task(
     datasets.disable_progress_bars() if not log.isEnabledFor(logging.DEBUG) else None
     proc = PROCESSORS[task.type]
     raw = load_raw(task, data_dir, cache_dir)
+    if task.source.kind == "smlmt":  # the cached rows hold a neutral mask: this tokenizer's own mask token goes in
+        raw = apply_mask_token(raw, tokenizer, task)
     for split, ds in raw.items():
         require_columns(ds, task, proc.required, split)
     if task.include_labels is not None:

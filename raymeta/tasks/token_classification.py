@@ -8,8 +8,7 @@ from typing import Any
 from transformers import DataCollatorForTokenClassification, PreTrainedTokenizerBase
 
 from ..config import TaskConfig
-from .base import Batch, bad_row, natural_sort
-from .classification import _strip
+from .base import Batch, bad_row, natural_sort, strip_bookkeeping
 
 __all__ = ["TokenClassification"]
 
@@ -58,4 +57,4 @@ class TokenClassification:
         return feats, {"truncated": truncated, "dropped": 0}
 
     def collate(self, rows: list[dict[str, Any]], tok: PreTrainedTokenizerBase) -> Batch:
-        return dict(DataCollatorForTokenClassification(tok, return_tensors="pt")(_strip(rows)))
+        return dict(DataCollatorForTokenClassification(tok, return_tensors="pt")(strip_bookkeeping(rows)))

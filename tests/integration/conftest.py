@@ -20,6 +20,35 @@ def ray_local():
         ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def task_actors(ray_local):
+    """Task actors shared by one test module's trainers: ``MetaTrainer(cfg, actors=task_actors(cfg))`` (or
+    ``train(cfg, actors=...)``) resets them to ``cfg`` (``TaskActor.reset``) instead of starting new worker
+    processes, which costs seconds each (importing torch and transformers) on 2 CPUs. Keyed like the
+    trainer's actors (``<task>``, ``<task>#<r>``); one is started the first time a key is asked for.
+
+    They reserve no CPU (num_cpus=0), so idle ones never keep other work off the instance (a trainer with
+    its own actors sizes them to every CPU of the cluster), and run one torch thread, as the trainer's own
+    actors do here whenever there are two or more of them. Tests that kill actors, or need the trainer's
+    own resource sizing, start their own."""
+    from raymeta.actor import TaskActor
+
+    pool: dict[str, object] = {}
+    remote = ray_local.remote(TaskActor).options(num_cpus=0, max_restarts=0)
+
+    def for_config(cfg) -> dict[str, object]:
+        keys = [(t.name, r, t.name if r == 0 else f"{t.name}#{r}") for t in cfg.tasks if t.weight > 0
+                for r in range(t.replicas)]
+        for name, r, key in keys:
+            if key not in pool:
+                pool[key] = remote.remote(cfg.model_dump_json(), name, 1, "cpu", r)
+        return {key: pool[key] for _, _, key in keys}
+
+    yield for_config
+    for actor in pool.values():
+        ray_local.kill(actor)
+
+
 @pytest.fixture(scope="session")
 def mixed_data(tmp_path_factory):
     """Three small raw files, one per task type the exactness test covers: csv, CoNLL, SQuAD."""

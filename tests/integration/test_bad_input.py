@@ -5,12 +5,12 @@ no hang, and no checkpoint or results file left behind."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from ..cli_forks import CliForks
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
@@ -76,6 +76,10 @@ CASES = [
     ("empty-split", lambda t, f: ["train", "--config", cfg_with(t, tasks=[task(f["good.csv"]) | {
         "source": {"kind": "files", "format": "csv", "files": {"train": f["good.csv"], "test": f["empty.csv"]}}}])],
      "split 'test' is empty"),
+    ("lora-targets-absent", lambda t, f: ["train", "--config", cfg_with(t), "model.trainable=lora", "model.lora.target_modules=[c_attn]"],
+     "config key 'model.lora.target_modules': no module named 'c_attn' in this bert (its projections: dense"),
+    ("top-layers-too-many", lambda t, f: ["train", "--config", cfg_with(t), "model.trainable=top_layers", "model.top_layers=7"],
+     "config key 'model.top_layers': 7 is more than the model's 2 layers"),
     ("unreachable-address", lambda t, f: ["train", "--config", cfg_with(t), "--address", "127.0.0.9:6399"], "no Ray cluster answers"),
     ("infeasible-resources", lambda t, f: ["train", "--config", cfg_with(t), "resources.num_gpus_per_actor=1"],
      "asks for GPU=1, but no node has that much"),
@@ -90,11 +94,18 @@ CASES = [
 ]
 
 
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory):
+    """Each case is its own `raymeta` process, forked from one that has imported the CLI's dependencies."""
+    forks = CliForks(tmp_path_factory.mktemp("cli"))
+    yield forks
+    forks.close()
+
+
 @pytest.mark.parametrize("name, argv, expect", CASES, ids=[c[0] for c in CASES])
-def test_bad_input(name, argv, expect, tmp_path):
+def test_bad_input(name, argv, expect, tmp_path, cli):
     f = files(tmp_path)
-    r = subprocess.run([sys.executable, "-m", "raymeta.cli", *argv(tmp_path, f)], cwd=REPO, capture_output=True,
-                       text=True, timeout=180)
+    r = cli.run(argv(tmp_path, f), cwd=REPO, timeout=180)
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("raymeta: error:")]
     assert r.returncode == 2, r.stderr[-2000:]
     assert "Traceback" not in r.stderr, r.stderr[-2000:]

@@ -12,17 +12,17 @@ from raymeta.bench import TINY_BERT, BenchSettings, check_targets, format_table,
 from ..conftest import TINY_BERT as TEST_TINY_BERT
 
 
-def tiny_param_bytes() -> int:
+def tiny_param_bytes(trainable: str = "full") -> int:
     from raymeta.config import ModelConfig
     from raymeta.model import load_encoder
 
-    encoder = load_encoder(ModelConfig(from_config=TINY_BERT))
+    encoder = load_encoder(ModelConfig(from_config=TINY_BERT, trainable=trainable))
     return 4 * sum(p.numel() for p in encoder.parameters() if p.requires_grad)
 
 
 @pytest.fixture(scope="module")
 def result(ray_local):
-    return run_bench(BenchSettings(models=["tiny"], tasks=[2], steps=2, warmup=1, ddp_tasks=[]))
+    return run_bench(BenchSettings(models=["tiny"], tasks=[2], steps=2, warmup=1, ddp_tasks=[], trainable=["full", "lora"]))
 
 
 def test_the_tiny_model_is_the_test_suites():
@@ -30,7 +30,8 @@ def test_the_tiny_model_is_the_test_suites():
 
 
 def test_rows_ratios_and_breakdown(result):
-    (row,) = result["rows"]
+    row, lora = result["rows"]
+    assert (row["trainable"], lora["trainable"]) == ("full", "lora")
     assert row["model"] == "tiny" and row["tasks"] == 2 and "ddp" not in row
     for mode in ("driver", "collective"):
         m = row[mode]
@@ -45,12 +46,19 @@ def test_rows_ratios_and_breakdown(result):
 
 
 def test_bytes_are_counted_from_the_arrays_moved(result):
-    (row,) = result["rows"]
+    row, lora = result["rows"]
     assert row["shared_bytes"] == tiny_param_bytes()
     d, c = row["driver"], row["collective"]
     assert d["bytes_counted"] == "measured"
     assert d["bytes_per_actor"] == 2 * row["shared_bytes"]  # float32 parameters in, float32 gradient out
     assert c["bytes_ratio"] == pytest.approx(1.0)  # ring all-reduce, N = 2: 2(N-1)/N
+    # LoRA: only the adapters travel, so the same ratios hold for far fewer bytes
+    assert lora["shared_bytes"] == tiny_param_bytes(trainable="lora") < row["shared_bytes"] / 50
+    assert lora["encoder_bytes"] > row["shared_bytes"]  # all of the encoder's parameters, frozen ones included
+    assert lora["driver"]["bytes_per_actor"] == 2 * lora["shared_bytes"]
+    assert lora["driver"]["bytes_vs_all_params"] == pytest.approx(2 * lora["shared_bytes"] / lora["encoder_bytes"])
+    assert lora["collective"]["bytes_ratio"] == pytest.approx(1.0)
+    assert "reference" not in lora and "ddp" not in lora  # baselines: the full rows only
 
 
 def test_reference_computes_the_actors_gradient(result):
@@ -64,7 +72,8 @@ def test_targets_and_table(result):
     assert t["value"] == pytest.approx(2.0) and t["met"] is True
     assert targets[("step / slowest-actor compute", "minilm N=2 driver")]["met"] is None  # not measured here
     table = format_table(result)
-    assert "| tiny | 2 | driver |" in table and "| tiny | 2 | collective |" in table and "not measured" in table
+    assert "| tiny | 2 | full | driver |" in table and "| tiny | 2 | lora | collective |" in table and "not measured" in table
+    assert targets[("lora: bytes per actor, full ÷ lora", "minilm N=2 driver")]["met"] is None  # MiniLM not run here
 
 
 def test_bfloat16_transfer_halves_the_gradient_bytes(ray_local):

@@ -105,10 +105,11 @@ def assert_all_dead(handles: list, within_s: float = 15.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(ray_local, mixed_data, tmp_path_factory) -> dict[str, torch.Tensor]:
-    """Final parameters of an uninterrupted run of :func:`run_config` (reduce: driver)."""
-    data = run_config(tmp_path_factory.mktemp("straight"), mixed_data)
-    return final_tensors(train(load_config(data=data)).parent)
+def uninterrupted(task_actors, mixed_data, tmp_path_factory) -> dict[str, torch.Tensor]:
+    """Final parameters of an uninterrupted run of :func:`run_config` (reduce: driver), on reused actors: a
+    reset actor computes exactly what a new one does (test_trainer.py::test_deterministic_for_a_seed)."""
+    cfg = load_config(data=run_config(tmp_path_factory.mktemp("straight"), mixed_data))
+    return final_tensors(MetaTrainer(cfg, actors=task_actors(cfg)).run().parent)
 
 
 # -- 1. a task actor SIGKILLed mid-training ----------------------------------------------------------
@@ -117,8 +118,9 @@ def uninterrupted(ray_local, mixed_data, tmp_path_factory) -> dict[str, torch.Te
 def kill_actors_at(monkeypatch, kills: list[tuple[str, str, int]]) -> list[int]:
     """SIGKILL the process of a task's actor once for each (task, when, n) of ``kills``, in order: when the
     driver has just finished step n (``"step"``: the actor's next call, the checkpoint of that step, is
-    the one that fails) or the checkpoint at step n (``"checkpoint"``: the next step fails, in its
-    compute or its all-reduce). Returns the pids killed."""
+    the one that fails), the checkpoint at step n (``"checkpoint"``: the next step fails, in its
+    compute or its all-reduce), or the n-th start of the task actors (``"start"``: 1 is the first, 2 the
+    first restart of a recovery, which then fails restoring the checkpoint). Returns the pids killed."""
     import ray
 
     pending, killed = list(kills), []
@@ -146,6 +148,14 @@ def kill_actors_at(monkeypatch, kills: list[tuple[str, str, int]]) -> list[int]:
         return path
 
     monkeypatch.setattr(MetaTrainer, "_checkpoint", checkpoint_then_kill)
+    original_start, starts = MetaTrainer._start_actors, [0]
+
+    def start_then_kill(self):
+        original_start(self)
+        starts[0] += 1
+        kill_if(self, "start", starts[0])
+
+    monkeypatch.setattr(MetaTrainer, "_start_actors", start_then_kill)
     return killed
 
 
@@ -175,13 +185,18 @@ def test_killed_task_actor_in_a_collective_group_recovers(uninterrupted, ray_loc
                                                           caplog):
     """reduce: collective. Killed after the checkpoint at step 3, so step 3 finds it: the survivor's all-reduce
     fails on its lost peer. Every actor and the process group are made afresh. Collective and driver
-    reduction agree to float rounding (test_trainer.py); a step replayed wrongly would be off by far more."""
+    reduction agree to float rounding (test_trainer.py); a step replayed wrongly would be off by far more.
+    Then rank 0 is killed while the actors restart (its checkpoint restore fails: one more restart, not a
+    traceback), and again after the last checkpoint (the final export needs no actor)."""
     data = run_config(tmp_path, mixed_data, reduce="collective")
-    kill_actors_at(monkeypatch, [("ner", "checkpoint", 3)])
+    killed = kill_actors_at(monkeypatch, [("ner", "checkpoint", 3), ("cls", "start", 2), ("cls", "checkpoint", STEPS)])
     with caplog.at_level(logging.WARNING, logger="raymeta"):
         final = train(load_config(data=data))
-    [warning] = warnings_with(caplog, "actor died")
+    assert len(killed) == 3
+    during, warning = warnings_with(caplog, "actor died")
+    assert during == "task 'cls': actor died while the task actors restarted (restart 1 of 3)"
     assert warning.startswith("task 'ner': actor died at step 3; restarted every task actor from checkpoint step 3 ")
+    assert warning.endswith("(restart 2 of 3)")
     got = final_tensors(final.parent)
     assert all(torch.allclose(got[k], v, rtol=1e-5, atol=1e-6) for k, v in uninterrupted.items())
     assert [r["step"] for r in records(data["output_dir"])] == list(range(STEPS))
@@ -392,11 +407,12 @@ def test_checkpoint_writers_killed_mid_save_never_leave_a_partial_checkpoint(tmp
 
 
 @pytest.mark.parametrize("reduce", ["driver", "collective"])
-def test_non_finite_gradient_skip_task_drops_the_task_for_that_step(reduce, ray_local, mixed_data, tmp_path, caplog):
+def test_non_finite_gradient_skip_task_drops_the_task_for_that_step(reduce, task_actors, mixed_data, tmp_path, caplog):
     data = run_config(tmp_path, mixed_data, reduce=reduce, fault_injection={"task": "ner", "steps": [1, 3]})
     data["checkpoint"]["keep_last"] = STEPS  # every checkpoint stays, to be checked
+    cfg = load_config(data=data)
     with caplog.at_level(logging.WARNING, logger="raymeta"):
-        final = train(load_config(data=data))
+        final = MetaTrainer(cfg, actors=task_actors(cfg)).run()
     out = Path(data["output_dir"])
     recs = records(out)
     assert {r["step"]: r["skipped"] for r in recs} == {s: ["ner"] if s in (1, 3) else [] for s in range(STEPS)}

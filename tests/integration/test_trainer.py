@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,8 @@ def reference_meta_gradient(cfg: ExperimentConfig, shared: dict[str, torch.Tenso
             torch.manual_seed(step_seed(cfg.seed, stream, step))
             params = {**model.shared_named_parameters(), **model.head_named_parameters(spec.name)}
             r = task_gradient(cfg.meta.algorithm, model, spec.name, spec.type, episode, params,
-                              inner_steps=cfg.meta.inner_steps, inner_lr=cfg.meta.inner_lr)
+                              inner_steps=cfg.meta.inner_steps, inner_lr=cfg.meta.inner_lr,
+                              distance=cfg.meta.proto.distance, temperature=cfg.meta.proto.temperature)
             names = list(model.shared_named_parameters())
             per_replica.append(torch.cat([r.grads[n].reshape(-1) if n in r.grads else torch.zeros(shared[n].numel())
                                           for n in names]))
@@ -65,15 +67,14 @@ CASES = [(a, "mean", 1) for a in ALGORITHMS] + [("fomaml", "pcgrad", 1), ("fomam
 
 
 @pytest.mark.parametrize("algorithm, combine, replicas", CASES, ids=[f"{a}-{c}-x{r}" for a, c, r in CASES])
-def test_meta_gradient_equals_single_process_reference(algorithm, combine, replicas, ray_local, mixed_data, tmp_path):
+def test_meta_gradient_equals_single_process_reference(algorithm, combine, replicas, task_actors, mixed_data, tmp_path):
     data = tiny_config(tmp_path, mixed_data, algorithm=algorithm, combine=combine)
     for t in data["tasks"][:2]:
         t["replicas"] = replicas  # x2: data parallelism within the classification and the NER task
     data["optim"]["max_grad_norm"] = None  # clipping rescales .grad in place; compare the raw meta-gradient
     cfg = load_config(data=data)
-    trainer = MetaTrainer(cfg)
-    trainer._build_driver_model()
-    trainer._start_actors()
+    trainer = MetaTrainer(cfg, actors=task_actors(cfg))  # the module's actors, reset to this case's config
+    trainer.setup()
     try:
         for _ in range(2):  # step 1 also checks that actor state (heads) evolves like the reference's
             shared = {k: v.detach().clone() for k, v in trainer.named.items()}
@@ -94,15 +95,21 @@ def final_tensors(out: Path) -> dict[str, torch.Tensor]:
     return load_file(str(out / "final" / "model.safetensors"))
 
 
-def test_deterministic_for_a_seed(ray_local, mixed_data, tmp_path):
+def train_reusing(cfg: ExperimentConfig, task_actors, **kw) -> Path:
+    """``train(cfg)`` on the module's task actors (reset to ``cfg``) instead of new ones."""
+    return MetaTrainer(cfg, actors=task_actors(cfg), **kw).run()
+
+
+def test_deterministic_for_a_seed(task_actors, mixed_data, tmp_path):
     a = tiny_config(tmp_path / "a", mixed_data, algorithm="fomaml")
     b = tiny_config(tmp_path / "b", mixed_data, algorithm="fomaml")
-    ta, tb = final_tensors(train(load_config(data=a)).parent), final_tensors(train(load_config(data=b)).parent)
+    ta = final_tensors(train_reusing(load_config(data=a), task_actors).parent)
+    tb = final_tensors(train(load_config(data=b)).parent)  # new actors: reused ones must not remember anything
     assert ta.keys() == tb.keys()
     assert all(torch.equal(ta[k], tb[k]) for k in ta)
     init = tiny_config(tmp_path / "c", mixed_data, algorithm="fomaml")
     init["seed"] = 4
-    tc = final_tensors(train(load_config(data=init)).parent)
+    tc = final_tensors(train_reusing(load_config(data=init), task_actors).parent)
     assert not all(torch.equal(ta[k], tc[k]) for k in ta)
 
 
@@ -110,9 +117,10 @@ class Interrupt(Exception):
     pass
 
 
-def test_resume_reaches_the_same_parameters_bit_for_bit(ray_local, mixed_data, tmp_path, monkeypatch):
+def test_resume_reaches_the_same_parameters_bit_for_bit(task_actors, mixed_data, tmp_path, monkeypatch):
     steps = {"steps": 4, "algorithm": "maml"}
-    straight = final_tensors(train(load_config(data=tiny_config(tmp_path / "a", mixed_data, **steps))).parent)
+    straight = final_tensors(train_reusing(load_config(data=tiny_config(tmp_path / "a", mixed_data, **steps)),
+                                           task_actors).parent)
 
     cfg = load_config(data=tiny_config(tmp_path / "b", mixed_data, **steps))
     original = MetaTrainer.meta_step
@@ -124,19 +132,23 @@ def test_resume_reaches_the_same_parameters_bit_for_bit(ray_local, mixed_data, t
 
     monkeypatch.setattr(MetaTrainer, "meta_step", crash_after_two)
     with pytest.raises(Interrupt):
-        train(cfg)
+        train_reusing(cfg, task_actors)
     ckpt = latest_checkpoint(cfg.output_dir)
     assert ckpt is not None and ckpt.name == "step-00000002"
     monkeypatch.setattr(MetaTrainer, "meta_step", original)
-    resumed = final_tensors(train(cfg, resume=True).parent)
+    resumed = final_tensors(train_reusing(cfg, task_actors, resume=True).parent)
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     lines = (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()
     assert [__import__("json").loads(x)["step"] for x in lines] == [0, 1, 2, 3]  # no step twice, none skipped
 
 
-def test_checkpoint_layout_and_hf_export(ray_local, mixed_data, tmp_path):
+def test_checkpoint_layout_and_hf_export(task_actors, mixed_data, tmp_path):
     cfg = load_config(data=tiny_config(tmp_path, mixed_data, algorithm="protonet"))
-    final = train(cfg)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        final = train_reusing(cfg, task_actors)
+    # the heads' arrays come back read-only from the object store: checkpointing copies them, without a warning
+    assert not [str(w.message) for w in caught if "not writable" in str(w.message)]
     from transformers import AutoModel, AutoTokenizer
 
     model = AutoModel.from_pretrained(final)
@@ -174,14 +186,14 @@ def test_cli_train_end_to_end(mixed_data, tmp_path):
 
 
 @pytest.mark.parametrize("algorithm, replicas", [("fomaml", 1), ("maml", 1), ("multitask", 2)])
-def test_collective_reduce_matches_driver_reduce(algorithm, replicas, ray_local, mixed_data, tmp_path):
+def test_collective_reduce_matches_driver_reduce(algorithm, replicas, task_actors, mixed_data, tmp_path):
     """reduce: collective (gloo all-reduce between the actors, the outer step on every rank) reaches
     the parameters of reduce: driver after several steps; second-order MAML and task replicas included."""
     finals = {}
     for mode in ("driver", "collective"):
         data = tiny_config(tmp_path / mode, mixed_data, algorithm=algorithm, reduce=mode, steps=3)
         data["tasks"][1]["replicas"] = replicas  # NER: its replicas must keep one head between them
-        finals[mode] = final_tensors(train(load_config(data=data)).parent)
+        finals[mode] = final_tensors(train_reusing(load_config(data=data), task_actors).parent)
         if replicas > 1:
             heads = load_file(str(latest_checkpoint(data["output_dir"]) / "trainer_state.safetensors"))
             a = {k.split(".", 2)[2]: v for k, v in heads.items() if k.startswith("task.ner.head.")}

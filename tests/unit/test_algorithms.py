@@ -68,6 +68,35 @@ def test_reptile_one_step_is_the_multitask_gradient(tasks):
     assert close(rep.grads, mt.grads, tol=2e-3)  # float32 difference quotient
 
 
+def test_reptile_one_step_on_sequence_classification_is_the_episode_head_gradient(tasks):
+    """Sequence classification has no persistent head in the MAML family: k = 1 gives the gradient of the
+    support ∪ query N-way loss under the Proto-MAML episode head (prototypes as constants), as documented,
+    and that is not the multitask gradient (the task's own head over every class)."""
+    rep, model, params, ep = grad("reptile", tasks["cls"], inner_steps=1, inner_lr=1e-3)
+    mt, *_ = grad("multitask", tasks["cls"])
+    enc = {k: v for k, v in params.items() if k.startswith("encoder.")}
+    with torch.no_grad():
+        p = prototypes(model.embed(ep.support), ep.support["labels"], len(ep.classes))
+    w, b = 2 * p, -(p**2).sum(-1)
+    losses = [F.cross_entropy(F.linear(model.embed(x), w, b), x["labels"]) for x in (ep.support, ep.query)]
+    ns, nq = (int(x["input_ids"].shape[0]) for x in (ep.support, ep.query))
+    loss = (losses[0] * ns + losses[1] * nq) / (ns + nq)
+    want = {k: g for k, g in zip(enc, torch.autograd.grad(loss, list(enc.values()), allow_unused=True)) if g is not None}
+    assert close(rep.grads, want, keys=list(want), tol=2e-3)  # float32 difference quotient
+    assert not close(rep.grads, mt.grads, keys=list(want), tol=0.1)
+
+
+@pytest.mark.parametrize("alg", ["fomaml", "reptile", "maml", "anil", "protonet"])
+def test_an_unused_persistent_head_gets_no_gradient(alg, tasks):
+    """The episode head stands in for the task's own head: no gradient for it at all (not a zero one,
+    which the actor's AdamW would still decay). NER keeps its head and its gradient."""
+    r, model, *_ = grad(alg, tasks["cls"], inner_steps=2, inner_lr=0.05)
+    assert not [k for k in r.grads if k.startswith(model.head_prefix("cls"))]
+    if alg != "protonet":
+        r, model, *_ = grad(alg, tasks["ner"], inner_steps=2, inner_lr=0.05)
+        assert [k for k in r.grads if k.startswith(model.head_prefix("ner"))]
+
+
 def test_maml_and_fomaml_without_inner_steps_are_the_query_gradient(tasks):
     m, model, params, ep = grad("maml", tasks["ner"], inner_steps=0)
     f, *_ = grad("fomaml", tasks["ner"], inner_steps=0)
@@ -143,9 +172,9 @@ def test_proto_maml_head_equals_prototype_classifier():
 def test_multitask_uses_global_labels(tasks):
     """An N-way episode's local labels map back to the task's classes for the task's own head."""
     r, model, params, ep = grad("multitask", tasks["cls"])
-    from raymeta.algorithms import _global_labels
+    from raymeta.algorithms import global_labels
 
-    s = _global_labels(ep.support, ep.classes)
+    s = global_labels(ep.support, ep.classes)
     assert s["labels"].tolist() == [ep.classes[i] for i in ep.support["labels"].tolist()]
     assert [k for k in r.grads if k.startswith("heads.cls")]
 

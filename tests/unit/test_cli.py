@@ -1,18 +1,25 @@
-"""The console script: real subprocesses, exit codes, one-line errors with no traceback."""
+"""The console script: real processes (forked from one that has done the imports: ``tests/cli_forks.py``),
+exit codes, one-line errors with no traceback."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import os
+from pathlib import Path
 
 import pytest
 
-
-def raymeta(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "raymeta.cli", *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+from ..cli_forks import CliForks
 
 
-def test_tasks_list_names_every_ready_made_task():
+@pytest.fixture(scope="module")
+def raymeta(tmp_path_factory):
+    """``raymeta(*args, cwd=None)``: one ``raymeta`` command line in a process of its own."""
+    forks = CliForks(tmp_path_factory.mktemp("cli"))
+    yield lambda *args, cwd=None: forks.run(list(args), cwd=Path(cwd or os.getcwd()), timeout=120)
+    forks.close()
+
+
+def test_tasks_list_names_every_ready_made_task(raymeta):
     from raymeta.tasks import catalog_names
 
     r = raymeta("tasks", "list")
@@ -21,7 +28,7 @@ def test_tasks_list_names_every_ready_made_task():
         assert name in r.stdout
 
 
-def test_tasks_show_prints_labels_lengths_and_episode():
+def test_tasks_show_prints_labels_lengths_and_episode(raymeta):
     r = raymeta("tasks", "show", "bbc_news")
     assert r.returncode == 0, r.stderr
     out = r.stdout
@@ -37,7 +44,7 @@ def test_tasks_show_prints_labels_lengths_and_episode():
         (("tasks", "show", "--config", "missing.yaml"), "config file missing.yaml: not found"),
     ],
 )
-def test_user_errors_are_one_line_without_traceback(args, expect):
+def test_user_errors_are_one_line_without_traceback(args, expect, raymeta):
     r = raymeta(*args)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
@@ -45,7 +52,7 @@ def test_user_errors_are_one_line_without_traceback(args, expect):
     assert lines == [f"raymeta: error: {lines[0].removeprefix('raymeta: error: ')}"] and expect in lines[0]
 
 
-def test_bad_row_from_task_yaml(tmp_path):
+def test_bad_row_from_task_yaml(tmp_path, raymeta):
     (tmp_path / "d.csv").write_text("text,label\nfine,a\nalso fine,b\nbad,zzz\n")
     (tmp_path / "t.yaml").write_text(
         "name: mine\ntype: sequence_classification\nlabels: [a, b]\n"

@@ -52,3 +52,28 @@ def test_skipped_tasks_are_a_scalar(tmp_path):
     t.step(record(1, skipped=["b"]), None, ["a"])
     t.close()
     assert tensorboard_scalars(tmp_path / "tensorboard")["train/skipped_tasks"] == [(0, 0.0), (1, 1.0)]
+
+
+def test_a_nonfinite_loss_is_strict_json_null_with_a_flag(tmp_path):
+    """A NaN loss (meta.nan_policy=skip_task keeps the run going) is written as null and named in
+    "nonfinite": strict JSON that any reader accepts, never a bare NaN."""
+    t = Tracker(tmp_path, ["a", "b"])
+    rec = record(0, skipped=["b"])
+    rec["loss"]["b"] = float("nan")
+    rec["metrics"] = {"b": {"acc": float("inf")}}
+    t.step(rec, None, ["a"])
+    t.step(record(1), np.array([[1.0, np.nan], [np.nan, 1.0]]), ["a", "b"])
+    t.step(record(2), np.array([[1.0, 0.5], [0.5, 1.0]]), ["a", "b"])
+    t.close()
+
+    def no_constants(name):
+        raise AssertionError(f"non-standard JSON constant {name} in metrics.jsonl")
+
+    lines = [json.loads(ln, parse_constant=no_constants) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["loss"] == {"a": 1.0, "b": None} and lines[0]["metrics"] == {"b": {"acc": None}}
+    assert lines[0]["nonfinite"] == ["loss.b", "metrics.b.acc"]
+    assert lines[1]["affinity"] == {"a|b": None} and lines[1]["nonfinite"] == ["affinity.a|b"]
+    assert "nonfinite" not in lines[2]  # the flag only where something was non-finite
+    resumed = Tracker(tmp_path, ["a", "b"], start_step=3)  # a resume reads the nulls back
+    assert np.isnan(resumed.cos_sum[0, 1]) and resumed.cos_n[0, 1] == 2
+    resumed.close()

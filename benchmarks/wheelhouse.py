@@ -1,0 +1,114 @@
+"""``make wheelhouse``: every wheel raymeta needs beyond a stock CUDA PyTorch image, for an air-gapped node.
+
+    python benchmarks/wheelhouse.py --dest wheelhouse --python-version 312 --platform manylinux_2_28_x86_64 manylinux2014_x86_64
+
+Run on a connected machine (any OS: nothing is installed here). Three pip calls:
+
+1. ``pip wheel --no-deps``: raymeta itself as a wheel (so the node needs no build backend), and
+   any dependency published as a source archive only (seqeval), built here;
+2. ``pip install --dry-run --report``: resolve ``raymeta[extras]`` for the target Python and
+   platforms (binary wheels only), without downloading the wheels themselves;
+3. ``pip download --no-deps``: exactly the resolved versions, less what the image already has
+   (torch and the CUDA runtime it ships: ``--exclude``), which would be gigabytes.
+
+On the node: ``pip install --no-index --find-links wheelhouse 'raymeta[offline,test]'`` (``make
+install-offline``): pip keeps the image's torch, which satisfies ``torch>=2.3``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# What a CUDA PyTorch image (pytorch/pytorch, NGC) already has: torch and the CUDA libraries it pulls in.
+DEFAULT_EXCLUDE = ["torch", "triton", "nvidia-*", "cuda-*", "pytorch-triton*"]
+
+
+def _pip(*args: str) -> None:
+    cmd = [sys.executable, "-m", "pip", *args]
+    print("+ pip " + " ".join(args), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def _target(args: argparse.Namespace) -> list[str]:
+    out = ["--only-binary=:all:", "--python-version", args.python_version, "--implementation", "cp"]
+    for p in args.platform:
+        out += ["--platform", p]
+    return out
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _resolve(args: argparse.Namespace, dest: Path, wheel: Path, report: Path, tmp: str) -> str | None:
+    """Resolve raymeta[extras] for the target into ``report``; None, or the requirement that has no wheel."""
+    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report),
+           "--target", str(Path(tmp) / "t"), "--find-links", str(dest), *_target(args),
+           f"raymeta[{args.extras}] @ {wheel.as_uri()}"]
+    print("+ pip install --dry-run --report ... " + " ".join(_target(args)), flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode == 0:
+        return None
+    found = re.search(r"No matching distribution found for (\S+)", proc.stderr)
+    if found is None:
+        sys.stderr.write(proc.stderr)
+        raise SystemExit(f"wheelhouse: error: pip could not resolve raymeta[{args.extras}] (above)")
+    return found.group(1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dest", default=str(REPO / "wheelhouse"))
+    p.add_argument("--python-version", default="312", help="target Python, as pip spells it (312 = 3.12)")
+    p.add_argument("--platform", nargs="+", default=["manylinux_2_28_x86_64", "manylinux2014_x86_64"],
+                   help="target platform tags (numpy and pyarrow publish manylinux_2_28 wheels only)")
+    p.add_argument("--extras", default="offline,test", help="raymeta extras to include")
+    p.add_argument("--exclude", nargs="*", default=DEFAULT_EXCLUDE, help="names (globs) the image already has")
+    args = p.parse_args(argv)
+    dest = Path(args.dest).resolve()
+    dest.mkdir(parents=True, exist_ok=True)
+
+    _pip("wheel", "--no-deps", "--quiet", "--wheel-dir", str(dest), str(REPO))
+    wheel = max(dest.glob("raymeta-*.whl"), key=lambda f: f.stat().st_mtime)
+    built: set[str] = set()
+    with tempfile.TemporaryDirectory(prefix="raymeta-wheelhouse-") as tmp:
+        report = Path(tmp) / "report.json"
+        for _ in range(10):  # a dependency published as a source archive only gets a wheel built here, then resolve again
+            missing = _resolve(args, dest, wheel, report, tmp)
+            if missing is None:
+                break
+            if missing in built:
+                raise SystemExit(f"wheelhouse: error: {missing}: no wheel for Python {args.python_version} on "
+                                 f"{' '.join(args.platform)}, and the one built here does not fit it")
+            built.add(missing)
+            _pip("wheel", "--no-deps", "--quiet", "--wheel-dir", str(dest), missing)
+        resolved = json.loads(report.read_text())["install"]
+    have = {_norm(f.name.split("-")[0]) for f in dest.glob("*.whl")}  # raymeta and the wheels built here
+    pins, skipped = [], []
+    for item in resolved:
+        name, version = item["metadata"]["name"], item["metadata"]["version"]
+        if _norm(name) in have:
+            continue
+        if any(fnmatch.fnmatch(name.lower().replace("_", "-"), pat) for pat in args.exclude):
+            skipped.append(f"{name}=={version}")
+        else:
+            pins.append(f"{name}=={version}")
+    (dest / "requirements.txt").write_text("# resolved by benchmarks/wheelhouse.py; the image provides: "
+                                           + " ".join(sorted(skipped)) + "\n" + "\n".join(sorted(pins)) + "\n")
+    _pip("download", "--no-deps", "--quiet", "--dest", str(dest), *_target(args), *pins)
+    size = sum(f.stat().st_size for f in dest.glob("*.whl")) / 2**20
+    left = ", ".join(sorted(skipped)) or "none"
+    print(f"wheelhouse: {len(pins) + 1} wheels, {size:.0f} MB in {dest} (left to the image: {left})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

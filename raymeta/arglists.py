@@ -1,0 +1,26 @@
+"""Comma-separated command-line values (``--shots 4,8,16``, ``--models minilm,tiny``), one-line errors.
+
+Its own module, below both :mod:`raymeta.cli` and :mod:`raymeta.bench`, so that neither imports the other.
+"""
+
+from __future__ import annotations
+
+from .errors import RaymetaError
+
+__all__ = ["positive_ints", "names"]
+
+
+def positive_ints(text: str) -> list[int]:
+    """``"4,8,16"`` → ``[4, 8, 16]``; anything else (empty, non-integer, < 1) is a :class:`RaymetaError`."""
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise RaymetaError(f"expected comma-separated integers such as 4,8,16, got '{text}'") from None
+    if not vals or min(vals) < 1:
+        raise RaymetaError(f"expected positive integers, got '{text}'")
+    return vals
+
+
+def names(text: str) -> list[str]:
+    """``"minilm, tiny"`` → ``["minilm", "tiny"]`` (blanks dropped)."""
+    return [x.strip() for x in text.split(",") if x.strip()]

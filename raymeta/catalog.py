@@ -1,0 +1,71 @@
+"""Ready-made tasks and config task entries as raw dicts, before validation.
+
+The YAML files live in ``raymeta/tasks/catalog/`` (shipped with the package, so ``raymeta tasks
+list`` works after a plain ``pip install``). This module only reads and merges them; it imports
+nothing but :mod:`raymeta.errors`, so :mod:`raymeta.config` can resolve ``{use: NAME, ...}`` entries
+while :mod:`raymeta.tasks.registry` validates them against the config's schema (arrows one way:
+``tasks.registry`` → ``config`` → ``catalog``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+__all__ = ["CATALOG_DIR", "catalog_names", "read_task", "merge_keys", "resolve_task_entry"]
+
+CATALOG_DIR = Path(__file__).parent / "tasks" / "catalog"
+
+
+def catalog_names() -> list[str]:
+    return sorted(p.stem for p in CATALOG_DIR.glob("*.yaml"))
+
+
+def _yaml_file(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"task file {path}:{where}: YAML does not parse: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"task file {path}: must be a mapping of task keys")
+    return data
+
+
+def read_task(name_or_file: str, base: Path) -> tuple[dict[str, Any], str]:
+    """A ready-made task's dict, or a task YAML file's (``base``: where relative paths start), and
+    where it came from, for error messages."""
+    if name_or_file in catalog_names():
+        return _yaml_file(CATALOG_DIR / f"{name_or_file}.yaml"), f"task '{name_or_file}'"
+    for cand in (Path(name_or_file), base / name_or_file):
+        if cand.suffix in (".yaml", ".yml") and cand.is_file():
+            return _yaml_file(cand), f"task file {cand}"
+    raise ConfigError(
+        f"task '{name_or_file}': not a ready-made task ({', '.join(catalog_names())}) nor a task YAML file"
+    )
+
+
+def merge_keys(raw: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with ``over``'s keys set, nested mappings merged key by key (a new dict; ``raw`` is kept)."""
+    out = dict(raw)
+    for k, v in over.items():
+        out[k] = merge_keys(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def resolve_task_entry(entry: Any, *, data_dir: str, base: Path) -> dict[str, Any]:
+    """A config's task entry -> a task dict: ``NAME`` | ``{use: NAME_OR_FILE, ...overrides}`` | full dict."""
+    if isinstance(entry, str):
+        entry = {"use": entry}
+    if not isinstance(entry, dict):
+        raise ConfigError(f"config key 'tasks': entries are names or mappings, got {entry!r}")
+    if "use" not in entry:
+        return entry
+    over = {k: v for k, v in entry.items() if k != "use"}
+    raw, _ = read_task(str(entry["use"]), base)
+    return merge_keys(raw, over)

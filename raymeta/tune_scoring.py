@@ -1,0 +1,82 @@
+"""Meta-validation scoring for ``raymeta tune``: prototype accuracy of seeded N-way K-shot episodes
+(no Ray). Its own module, below both :mod:`raymeta.tune` (which scores each trial's checkpoints with
+it) and :mod:`raymeta.tune_report` (which scores the best inits again on validation and test after
+the search), so neither of those imports the other's internals.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .config import ExperimentConfig, TaskConfig
+from .episodic import embed_rows, episodic_accuracy
+from .errors import DataError
+from .model import MetaModel, load_tokenizer
+from .tasks import load_task
+from .tasks.registry import task_from_entry
+
+__all__ = ["METRIC", "FewShotScorer", "task_specs"]
+
+METRIC = "val_score"  # what each trial reports and the search maximises
+
+
+def task_specs(cfg: ExperimentConfig, entries: list[dict[str, Any]]) -> list[TaskConfig]:
+    """Validated task configs of ``tune.validation_tasks`` / ``tune.test_tasks`` entries."""
+    return [task_from_entry(e, data_dir=cfg.data_dir) for e in entries]
+
+
+class FewShotScorer:
+    """Mean prototype accuracy over seeded N-way K-shot episodes of each meta-validation task.
+
+    Rows are a seeded subsample of at most ``tune.max_rows_per_class`` per class (every split of the
+    task), chosen once, so every trial and every report is scored on the same rows and episodes."""
+
+    def __init__(self, cfg: ExperimentConfig, specs: list[TaskConfig]):
+        t = cfg.tune
+        self.cfg, self.tasks, self.rows = cfg, [], []
+        tok = load_tokenizer(cfg.model)
+        rng = np.random.default_rng(cfg.seed)
+        for spec in specs:
+            if spec.type != "sequence_classification":
+                raise DataError(spec.name, f"a meta-validation task must be sequence_classification (got {spec.type})")
+            task = load_task(spec, tok, cfg.data_dir, cfg.cache_dir)
+            rows: dict[str, list[int]] = {}
+            per_class: dict[int, int] = {}
+            for split in sorted(task.features):
+                ids = task.class_ids(split)
+                assert ids is not None
+                chosen = []
+                for c in np.unique(ids):
+                    room = t.max_rows_per_class - per_class.get(int(c), 0)
+                    if room > 0:
+                        pick = rng.permutation(np.flatnonzero(ids == c))[:room]
+                        chosen += pick.tolist()
+                        per_class[int(c)] = per_class.get(int(c), 0) + len(pick)
+                rows[split] = sorted(chosen)
+            enough = sum(1 for n in per_class.values() if n >= t.shots + t.queries)
+            if enough < t.ways:
+                raise DataError(spec.name, f"meta-validation needs {t.ways} classes with {t.shots + t.queries} rows "
+                                f"(tune.shots + tune.queries); {enough} have that many")
+            self.tasks.append(task)
+            self.rows.append(rows)
+
+    def __call__(self, encoder: Any) -> dict[str, float]:
+        """Mean accuracy per task."""
+        return {name: r.mean for name, r in self.episodes(encoder).items()}
+
+    def episodes(self, encoder: Any) -> dict[str, Any]:
+        """Per task, the :class:`~raymeta.episodic.EpisodicResult` (per-episode values for paired CIs)."""
+        t = self.cfg.tune
+        model = MetaModel(encoder, self.cfg.model.pooling).eval()
+        try:
+            out = {}
+            for task, rows in zip(self.tasks, self.rows):
+                emb, ids = embed_rows(model, task, rows)
+                res = episodic_accuracy(emb, ids, ways=t.ways, shots=t.shots, queries=t.queries, episodes=t.episodes,
+                                        seed=self.cfg.seed)
+                out[task.name] = res["prototype"]
+            return out
+        finally:
+            encoder.train()

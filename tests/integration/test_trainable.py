@@ -1,0 +1,148 @@
+"""model.trainable on a local Ray instance: the distributed meta-gradient equals the single-process reference
+for {full, lora, top_layers} × every algorithm × {driver, collective}; only trainable parameters travel;
+a LoRA run exports a merged model and its adapter, resumes bit for bit, and refuses another layout.
+
+Every case reuses one set of task actors (the ``task_actors`` fixture: ``MetaTrainer(cfg, actors=...)`` resets
+them), so the 30 cases cost three process start-ups, not 90."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from raymeta.algorithms import ALGORITHMS
+from raymeta.checkpoint import ADAPTER_DIR, latest_checkpoint
+from raymeta.config import load_config
+from raymeta.errors import ConfigError
+from raymeta.trainer import MetaTrainer
+
+from .conftest import tiny_config, write_config
+from .test_trainer import reference_meta_gradient
+
+MODES = {
+    "full": {},
+    "lora": {"trainable": "lora", "lora": {"r": 2, "alpha": 4.0}},
+    "top_layers": {"trainable": "top_layers", "top_layers": 1, "train_norms": True},
+}
+CASES = [(m, a, r) for m in MODES for a in ALGORITHMS for r in ("driver", "collective")]
+# full × driver × every algorithm is tests/integration/test_trainer.py's exactness test (with PCGrad, replicas)
+CASES = [c for c in CASES if not (c[0] == "full" and c[2] == "driver")]
+
+
+def config(tmp_path, data_dir, mode: str, **meta):
+    data = tiny_config(tmp_path, data_dir, **meta)
+    data["model"].update(MODES[mode])
+    data["optim"]["max_grad_norm"] = None  # clipping rescales the gradient in place: compare the raw meta-gradient
+    return data
+
+
+@pytest.mark.parametrize("mode, algorithm, reduce", CASES, ids=[f"{m}-{a}-{r}" for m, a, r in CASES])
+def test_meta_gradient_equals_reference_for_every_trainable_mode(mode, algorithm, reduce, task_actors, mixed_data, tmp_path):
+    import ray
+
+    cfg = load_config(data=config(tmp_path, mixed_data, mode, algorithm=algorithm, reduce=reduce))
+    trainer = MetaTrainer(cfg, actors=task_actors(cfg))
+    trainer.setup()
+    try:
+        if mode != "full":  # only the trainable parameters are in the layout, published and reduced
+            total = sum(p.numel() for p in trainer.encoder.parameters())
+            assert 0 < trainer.layout.numel < total / 2
+            assert all(".lora_" in n for n in trainer.layout.names) == (mode == "lora")
+        shared = {k: v.detach().clone() for k, v in trainer.named.items()}
+        if reduce == "collective":
+            trainer.collective_step()
+            got = torch.tensor(ray.get(next(iter(trainer.actors.values())).meta_gradient.remote()))
+        else:
+            record = trainer.meta_step()
+            got = trainer.last_meta_grad
+            assert set(record["grad_bytes"].values()) == {trainer.layout.nbytes}  # no frozen value travels
+        ref = reference_meta_gradient(cfg, shared, 0, pcgrad=False)
+        assert float(got.norm()) > 0
+        rel = float((got - ref).norm() / ref.norm())
+        assert rel <= 1e-5, f"{mode}/{algorithm}/{reduce}: relative error {rel:.2e}"
+    finally:
+        trainer.shutdown()
+
+
+def _adapters(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / ADAPTER_DIR / "adapter_model.safetensors"))
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_lora_run_exports_merged_model_and_adapter_and_resumes_bit_for_bit(task_actors, mixed_data, tmp_path, monkeypatch):
+    from peft import PeftModel
+    from transformers import AutoModel
+
+    from raymeta.model import MetaModel, load_encoder, load_tokenizer
+
+    straight_cfg = load_config(data=config(tmp_path / "a", mixed_data, "lora", algorithm="fomaml", steps=4))
+    final = MetaTrainer(straight_cfg, actors=task_actors(straight_cfg)).run()
+    straight = _adapters(final)
+
+    # the merged model loads without peft and equals base + adapter (1e-5); the adapter moved away from B = 0
+    tok = load_tokenizer(straight_cfg.model)
+    batch = dict(tok(["Alice met Bob in New York"], ["Where?"], return_tensors="pt"))
+    torch.manual_seed(straight_cfg.seed)
+    from raymeta.config import ModelConfig
+
+    base = load_encoder(ModelConfig(name_or_path=straight_cfg.model.name_or_path,
+                                    from_config=straight_cfg.model.from_config), len(tok))
+    with_adapter = MetaModel(PeftModel.from_pretrained(base, final / ADAPTER_DIR)).eval()
+    merged = MetaModel(AutoModel.from_pretrained(final)).eval()
+    with torch.no_grad():
+        a, b = with_adapter.encode(batch), merged.encode(batch)
+    assert float((a - b).norm() / b.norm()) <= 1e-5  # relative, as in tests/unit/test_trainable.py
+    assert any(float(v.abs().sum()) > 0 for k, v in straight.items() if "lora_B" in k)
+    state = json.loads((latest_checkpoint(straight_cfg.output_dir) / "trainer_state.json").read_text())
+    assert state["layout"]["trainable"].startswith("lora r=2")
+
+    # interrupted after two steps, then resumed: the same adapters, bit for bit
+    cfg = load_config(data=config(tmp_path / "b", mixed_data, "lora", algorithm="fomaml", steps=4))
+    original = MetaTrainer.meta_step
+
+    def crash_after_two(self):
+        if self.step == 2:
+            raise Interrupt("driver killed")
+        return original(self)
+
+    monkeypatch.setattr(MetaTrainer, "meta_step", crash_after_two)
+    with pytest.raises(Interrupt):
+        MetaTrainer(cfg, actors=task_actors(cfg)).run()
+    monkeypatch.setattr(MetaTrainer, "meta_step", original)
+    resumed = _adapters(MetaTrainer(cfg, actors=task_actors(cfg), resume=True).run())
+    assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+    # another layout (full, or another rank) cannot resume it: one line, nothing written
+    for change in ({"trainable": "full"}, {"lora": {"r": 4, "alpha": 4.0}}):
+        data = config(tmp_path / "b", mixed_data, "lora", algorithm="fomaml", steps=6)
+        data["model"].update(change)
+        before = sorted(p.name for p in (tmp_path / "b" / "run" / "checkpoints").iterdir())
+        with pytest.raises(ConfigError, match="its trainable layout .* differs from this run's"):
+            MetaTrainer(load_config(data=data), actors=task_actors(cfg), resume=True).run()
+        assert sorted(p.name for p in (tmp_path / "b" / "run" / "checkpoints").iterdir()) == before
+
+
+def test_cli_resume_with_another_layout_is_one_line_exit_2(task_actors, mixed_data, tmp_path):
+    """The same refusal through `raymeta train --resume`: exit 2, one line, no traceback, before any actor starts."""
+    data = config(tmp_path, mixed_data, "lora", algorithm="multitask", steps=1)
+    path = write_config(tmp_path, data)
+    cfg = load_config(path)
+    MetaTrainer(cfg, actors=task_actors(cfg)).run()
+    assert (tmp_path / "run" / "final" / ADAPTER_DIR / "adapter_config.json").is_file()
+    r = subprocess.run([sys.executable, "-m", "raymeta.cli", "train", "--config", path, "--resume", "model.trainable=full",
+                        "meta.steps=2"], capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("raymeta: error:")]
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert len(lines) == 1 and "trainable layout (lora r=2" in lines[0] and "this run's (full" in lines[0], r.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if not p.name.startswith(".")) == \
+        ["LATEST", "step-00000001"]

@@ -1,0 +1,169 @@
+"""The package's shape, read with ``ast`` (nothing is imported): no import circles between raymeta's
+modules, no module importing another's ``_private`` names, and every third-party package the code
+imports declared in pyproject.toml's ``dependencies``."""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the `test` extra installs tomli there
+    import tomli as tomllib
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGE = REPO / "raymeta"
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for p in sorted(PACKAGE.rglob("*.py")):
+        parts = list(p.relative_to(REPO).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = p
+    return out
+
+
+MODULES = _modules()
+
+
+def _imports(module: str, path: Path) -> list[tuple[str, str | None, int]]:
+    """Every import in the module, function-local ones included: (absolute module, imported name or None, line)."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    out: list[tuple[str, str | None, int]] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out += [(a.name, None, node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            out += [(target, a.name, node.lineno) for a in node.names]
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    """raymeta module -> the raymeta modules it imports. Importing ``a.b.c`` also runs ``a.b``'s
+    ``__init__``, so a module outside a subpackage that imports from it depends on the subpackage too
+    (the top-level ``raymeta`` package itself is left out: every module would depend on it)."""
+    graph: dict[str, set[str]] = {m: set() for m in MODULES}
+    for module, path in MODULES.items():
+        for target, name, _ in _imports(module, path):
+            if name is not None and f"{target}.{name}" in MODULES:  # `from . import x`: the submodule x
+                target = f"{target}.{name}"
+            if target not in MODULES:
+                continue
+            parts = target.split(".")
+            for i in range(2, len(parts) + 1):  # the target and its parent packages below the top level
+                dep = ".".join(parts[:i])
+                if dep != module and not module.startswith(dep + "."):
+                    graph[module].add(dep)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_checker_finds_a_circle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_circles():
+    graph = import_graph()
+    assert len(graph) > 30 and "raymeta.trainer" in graph["raymeta.cli"]  # function-local imports count too
+    found = cycles(graph)
+    detail = [" ↔ ".join(c) + ": " + "; ".join(f"{m} imports {sorted(graph[m] & set(c))}" for m in c) for c in found]
+    assert not found, "import circles: " + " | ".join(detail)
+
+
+def test_no_module_imports_another_modules_private_names():
+    bad = []
+    for module, path in MODULES.items():
+        for target, name, line in _imports(module, path):
+            if target.startswith("raymeta") and target != module and name and name.startswith("_") \
+                    and not name.startswith("__") and f"{target}.{name}" not in MODULES:
+                bad.append(f"{path.relative_to(REPO)}:{line}: from {target} import {name}")
+    assert not bad, "private names imported across modules:\n" + "\n".join(bad)
+
+
+# Import names whose distribution is named differently, for when the package is not installed here
+# (installed ones are looked up in their metadata).
+KNOWN = {"yaml": "pyyaml", "sklearn": "scikit-learn", "tensorboardX": "tensorboardx", "PIL": "pillow"}
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _declared() -> set[str]:
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
+    return {_normalise(re.match(r"[A-Za-z0-9_.\-]+", d).group(0)) for d in deps}
+
+
+def third_party_imports() -> dict[str, list[str]]:
+    """Top-level import name -> the files importing it, for everything neither stdlib nor raymeta."""
+    out: dict[str, list[str]] = {}
+    for module, path in MODULES.items():
+        for target, _, line in _imports(module, path):
+            top = target.split(".")[0]
+            if top and top != "raymeta" and top not in sys.stdlib_module_names and top != "__future__":
+                out.setdefault(top, []).append(f"{path.relative_to(REPO)}:{line}")
+    return out
+
+
+def test_every_imported_package_is_declared():
+    installed = packages_distributions()
+    declared = _declared()
+    missing = []
+    for top, where in sorted(third_party_imports().items()):
+        dists = {_normalise(d) for d in installed.get(top, [])} | {_normalise(KNOWN.get(top, top))}
+        if not dists & declared:
+            missing.append(f"{top} (distribution {' or '.join(sorted(dists))}; imported at {where[0]})")
+    assert not missing, "imported by raymeta/ but not in pyproject.toml's dependencies: " + ", ".join(missing)
+
+
+def test_the_dependency_check_sees_the_usual_suspects():
+    # the checker itself: these are imported by raymeta and must be found (and mapped) by it
+    found = third_party_imports()
+    assert {"yaml", "pydantic", "torch", "ray", "sklearn"} <= set(found)
+    assert {"pyyaml", "pydantic", "scikit-learn"} <= _declared()

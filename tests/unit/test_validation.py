@@ -1,0 +1,80 @@
+"""eval.validation's checks and arithmetic, without Ray: overlap with meta-training tasks, best without
+validation, the score summary, and where a resumed run's best stands."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from raymeta.config import load_config
+from raymeta.errors import ConfigError
+from raymeta.trainer import MetaTrainer
+from raymeta.validation import BEST_JSON, Validator, summarise_scores, validation_specs, wants_best
+
+
+def cfg_with(tmp_path, validation=None, **top):
+    csv = tmp_path / "a.csv"
+    csv.write_text("text,label\n" + "".join(f"t{i},{'abc'[i % 3]}\n" for i in range(12)))
+    data = {"output_dir": str(tmp_path / "run"),
+            "tasks": [{"name": "mine", "type": "sequence_classification",
+                       "source": {"kind": "files", "format": "csv", "files": {"train": str(csv)}}}], **top}
+    if validation is not None:
+        data["eval"] = {"validation": validation}
+    return load_config(data=data)
+
+
+def val_task(path, name="held", **kw):
+    return {"name": name, "type": "sequence_classification", "source": {"kind": "files", "format": "csv",
+                                                                           "files": {"train": str(path)}}, **kw}
+
+
+def test_validation_on_a_meta_training_task_is_one_line(tmp_path):
+    cfg = cfg_with(tmp_path, {"tasks": [val_task(tmp_path / "a.csv", name="mine")]})
+    with pytest.raises(ConfigError, match="task 'mine' overlaps the meta-training task 'mine' .same name"):
+        MetaTrainer(cfg)
+    cfg = cfg_with(tmp_path, {"tasks": [val_task(tmp_path / "a.csv")]})
+    with pytest.raises(ConfigError, match="task 'held' overlaps the meta-training task 'mine' .same files and classes"):
+        validation_specs(cfg)
+
+
+def test_class_disjoint_splits_of_one_file_are_allowed(tmp_path):
+    cfg = cfg_with(tmp_path, {"tasks": [val_task(tmp_path / "a.csv", include_labels=["c"])]})
+    cfg.tasks[0].include_labels = ["a", "b"]
+    assert [s.name for s in validation_specs(cfg)] == ["held"]
+    cfg.tasks[0].include_labels = ["b", "c"]
+    with pytest.raises(ConfigError, match="overlaps"):
+        validation_specs(cfg)
+
+
+def test_best_needs_validation_tasks(tmp_path):
+    with pytest.raises(ConfigError, match="config key 'checkpoint.best': choosing the best step needs validation tasks"):
+        MetaTrainer(cfg_with(tmp_path, checkpoint={"best": True}))
+    assert not wants_best(cfg_with(tmp_path))
+    other = tmp_path / "b.csv"
+    other.write_text("text,label\nx,a\n")
+    assert wants_best(cfg_with(tmp_path, {"tasks": [val_task(other)]}))
+    assert not wants_best(cfg_with(tmp_path, {"tasks": [val_task(other)]}, checkpoint={"best": False}))
+    with pytest.raises(ConfigError, match="eval.validation.tasks"):
+        cfg_with(tmp_path, {"tasks": []})
+
+
+def test_score_is_the_mean_of_task_means():
+    s = summarise_scores({"a": [1.0, 0.0], "b": [1.0, 1.0, 1.0, 1.0]})
+    assert s["score"] == 0.75 and s["tasks"] == {"a": 0.5, "b": 1.0} and s["n"] == 6 and s["ci95"] > 0
+
+
+@pytest.mark.parametrize("best_step, resumed_at, since", [(0, 6, 2), (4, 6, 0), (4, 8, 1), (8, 8, None), (10, 8, None)])
+def test_resume_counts_validations_since_the_best(tmp_path, best_step, resumed_at, since):
+    """every_steps 2; the validation at the resumed step runs again, so it is not counted here, and a best from
+    that step or later (another timeline) is forgotten: the re-run validation finds it again."""
+    other = tmp_path / "b.csv"
+    other.write_text("text,label\nx,a\n")
+    v = Validator(cfg_with(tmp_path, {"tasks": [val_task(other)], "every_steps": 2}), tmp_path / "run")
+    v.best_dir.mkdir(parents=True)
+    (v.best_dir / BEST_JSON).write_text(json.dumps({"step": best_step, "score": 0.5}))
+    v.resume(resumed_at)
+    if since is None:
+        assert v.state.best_step is None
+    else:
+        assert (v.state.best_step, v.state.since_best, v.state.best_score) == (best_step, since, 0.5)
