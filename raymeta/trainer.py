@@ -504,10 +504,14 @@ class MetaTrainer:
         """Score the current parameters on the validation tasks; export ``best`` when they beat every step before.
         Returns True when early stopping says stop."""
         assert self.validator is not None
+        pulled = False
+        if self.collective and self.validator.v.method == "finetune":  # it fine-tunes an export of the driver's copy
+            self._pull_from_rank0()
+            pulled = True
         record = self.validator(self, self.step)
         self.tracker.validation(record)
         if record["improved"] and self.validator.export_best:
-            if self.collective:
+            if self.collective and not pulled:
                 self._pull_from_rank0()  # the actors hold the current parameters
             best = {k: record[k] for k in ("step", "score", "ci95", "tasks", "n", "method")}
             card = {"validation_score": record["score"], "validation_step": record["step"],

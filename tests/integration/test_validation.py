@@ -92,3 +92,21 @@ def test_early_stopping_and_resume_keep_the_best(task_actors, mixed_data, val_fi
     assert [v["step"] for v in vals] == [0, 2, 4]
     assert vals[1]["score"] == stopped[1]["score"] and vals[0] == stopped[0]
     assert json.loads((out / "best" / BEST_JSON).read_text())["step"] == before["step"] == 0
+
+
+def test_finetune_validation_under_collective_reduce(task_actors, mixed_data, val_file, tmp_path):
+    """method finetune: K-shot fine-tuning of each validated step as Ray tasks (no CPU reserved: the actors hold
+    it), on the driver's copy of the parameters, which under reduce: collective is pulled from rank 0 first."""
+    data = config(tmp_path, mixed_data, val_file, reduce="collective", steps=2)
+    v = data["eval"]["validation"]
+    v["tasks"][0]["source"]["test_fraction"] = 0.3  # fine-tuning scores a test split
+    v.update({"method": "finetune", "shots": 2, "splits": 2})
+    data["eval"].update({"finetune_steps": 2, "max_test_examples": 12})
+    cfg = load_config(data=data)
+    MetaTrainer(cfg, actors=task_actors(cfg)).run()
+    out = Path(cfg.output_dir)
+    vals = validations(out)
+    assert [v["step"] for v in vals] == [0, 2] and all(v["method"] == "finetune" and v["n"] == 2 for v in vals)
+    assert all(0.0 <= v["score"] <= 1.0 for v in vals)
+    assert json.loads((out / "best" / BEST_JSON).read_text())["step"] == max(vals, key=lambda v: v["score"])["step"]
+    assert not (out / ".validation").exists() or not any((out / ".validation").iterdir())  # temporary exports removed
