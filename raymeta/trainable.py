@@ -134,7 +134,7 @@ def apply_trainable(encoder: nn.Module, cfg: ModelConfig) -> nn.Module:
             for m in norms.values():
                 m.requires_grad_(True)
         return encoder
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # imported here: full and top_layers runs never need peft
 
     targets = lora_target_modules(cfg, encoder)
     # BERT's pooler.dense is never used (heads pool the hidden states): an adapter there would get no gradient.
