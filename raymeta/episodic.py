@@ -21,7 +21,7 @@ from .model import MetaModel, load_encoder, load_tokenizer
 from .tasks import Task, load_task
 from .tasks.episodes import sample_episode
 
-__all__ = ["EpisodicResult", "embed_task", "embed_rows", "episodic_accuracy", "evaluate_init_episodic"]
+__all__ = ["EpisodicResult", "embed_task", "embed_rows", "episodic_accuracy", "evaluate_init_episodic", "subsample_per_class"]
 
 
 @dataclass
@@ -69,6 +69,26 @@ def embed_rows(model: MetaModel, task: Task, rows: dict[str, list[int] | None], 
         assert class_ids is not None, "embedding needs a classification task"
         ids.append(class_ids[idx])
     return np.concatenate(embs), np.concatenate(ids)
+
+
+def subsample_per_class(task: Task, max_per_class: int, rng: np.random.Generator) -> tuple[dict[str, list[int]], dict[int, int]]:
+    """At most ``max_per_class`` rows of each class over all of ``task``'s splits (in split-name order), drawn with
+    ``rng``: the fixed row set that meta-validation scores at every step. Returns the rows per split and the count
+    per class id."""
+    rows: dict[str, list[int]] = {}
+    per_class: dict[int, int] = {}
+    for split in sorted(task.features):
+        ids = task.class_ids(split)
+        assert ids is not None, "subsampling per class needs a classification task"
+        chosen: list[int] = []
+        for c in np.unique(ids):
+            room = max_per_class - per_class.get(int(c), 0)
+            if room > 0:
+                pick = rng.permutation(np.flatnonzero(ids == c))[:room]
+                chosen += pick.tolist()
+                per_class[int(c)] = per_class.get(int(c), 0) + len(pick)
+        rows[split] = sorted(chosen)
+    return rows, per_class
 
 
 def _summary(accs: list[float], ways: int, shots: int, queries: int) -> EpisodicResult:

@@ -21,7 +21,6 @@ Pure torch + transformers + peft: no Ray here.
 from __future__ import annotations
 
 import copy
-import logging
 import warnings
 import zlib
 from typing import Any
@@ -36,8 +35,6 @@ __all__ = [
     "apply_trainable", "base_model", "frozen_fingerprint", "is_peft", "layout_signature", "lora_target_modules",
     "merged_copy", "trainable_summary", "transformer_layers",
 ]
-
-log = logging.getLogger(__name__)
 
 # Families whose attention and feed-forward projections are nn.Linear named like BERT's.
 _BERT_LIKE = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie", "mpnet", "data2vec-text",

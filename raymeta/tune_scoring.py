@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .config import ExperimentConfig, TaskConfig
-from .episodic import embed_rows, episodic_accuracy
+from .episodic import embed_rows, episodic_accuracy, subsample_per_class
 from .errors import DataError
 from .model import MetaModel, load_tokenizer
 from .tasks import load_task
@@ -42,19 +42,7 @@ class FewShotScorer:
             if spec.type != "sequence_classification":
                 raise DataError(spec.name, f"a meta-validation task must be sequence_classification (got {spec.type})")
             task = load_task(spec, tok, cfg.data_dir, cfg.cache_dir)
-            rows: dict[str, list[int]] = {}
-            per_class: dict[int, int] = {}
-            for split in sorted(task.features):
-                ids = task.class_ids(split)
-                assert ids is not None
-                chosen = []
-                for c in np.unique(ids):
-                    room = t.max_rows_per_class - per_class.get(int(c), 0)
-                    if room > 0:
-                        pick = rng.permutation(np.flatnonzero(ids == c))[:room]
-                        chosen += pick.tolist()
-                        per_class[int(c)] = per_class.get(int(c), 0) + len(pick)
-                rows[split] = sorted(chosen)
+            rows, per_class = subsample_per_class(task, t.max_rows_per_class, rng)  # one rng across the tasks
             enough = sum(1 for n in per_class.values() if n >= t.shots + t.queries)
             if enough < t.ways:
                 raise DataError(spec.name, f"meta-validation needs {t.ways} classes with {t.shots + t.queries} rows "

@@ -20,7 +20,6 @@ The pure pieces (row choice, scoring a model, summaries, the overlap check) need
 from __future__ import annotations
 
 import json
-import logging
 import math
 import shutil
 import time
@@ -32,7 +31,7 @@ import numpy as np
 
 from .checkpoint import export_model
 from .config import ExperimentConfig, TaskConfig, ValidationConfig
-from .episodic import embed_rows, episodic_accuracy
+from .episodic import embed_rows, episodic_accuracy, subsample_per_class
 from .errors import ConfigError, DataError
 from .evaluate import evaluate
 from .finetune import FinetuneSettings
@@ -42,8 +41,6 @@ from .tasks.registry import task_from_entry
 
 __all__ = ["BEST_JSON", "Validator", "ValidationState", "choose_rows", "score_prototype", "summarise_scores",
            "validation_specs", "wants_best"]
-
-log = logging.getLogger("raymeta.train")
 
 BEST_JSON = "raymeta_best.json"  # beside the model in <output_dir>/best: which step, which score
 
@@ -91,20 +88,7 @@ def validation_specs(cfg: ExperimentConfig) -> list[TaskConfig]:
 def choose_rows(task: Task, v: ValidationConfig, seed: int) -> dict[str, list[int]]:
     """A seeded subsample of at most ``max_rows_per_class`` rows per class over all of the task's splits, chosen
     once: every validation of a run scores the same rows and the same episodes (paired across steps)."""
-    rng = np.random.default_rng([seed, 7])
-    rows: dict[str, list[int]] = {}
-    per_class: dict[int, int] = {}
-    for split in sorted(task.features):
-        ids = task.class_ids(split)
-        assert ids is not None
-        chosen: list[int] = []
-        for c in np.unique(ids):
-            room = v.max_rows_per_class - per_class.get(int(c), 0)
-            if room > 0:
-                pick = rng.permutation(np.flatnonzero(ids == c))[:room]
-                chosen += pick.tolist()
-                per_class[int(c)] = per_class.get(int(c), 0) + len(pick)
-        rows[split] = sorted(chosen)
+    rows, per_class = subsample_per_class(task, v.max_rows_per_class, np.random.default_rng([seed, 7]))
     need = v.shots + v.queries if v.method == "prototype" else v.shots
     enough = sum(1 for n in per_class.values() if n >= need)
     if v.method == "prototype" and enough < v.ways:
