@@ -19,15 +19,17 @@ from typing import Any
 import torch
 
 from .checkpoint import export_model
-from .config import ExperimentConfig, apply_overrides
-from .evaluate import evaluate, evaluate_episodic, summarise, write_json_atomic
+from .config import ExperimentConfig, apply_overrides, load_config
+from .errors import ConfigError
+from .evaluate import check_methods, evaluate, evaluate_episodic, summarise, write_json_atomic
 from .finetune import FinetuneSettings
 from .model import load_encoder, load_tokenizer
-from .report import plot_curves, plot_scores, results_table
+from .report import kshot_label, kshot_results, plot_curves, plot_scores, results_table
+from .setfit_eval import SetfitSettings
 from .tasks.registry import task_from_entry
-from .validation import wants_best
+from .validation import BEST_JSON, validation_specs, wants_best
 
-__all__ = ["run_benchmark", "quick_config", "gains"]
+__all__ = ["run_benchmark", "quick_config", "gains", "run_configs"]
 
 log = logging.getLogger("raymeta.benchmark")
 
@@ -37,6 +39,42 @@ def quick_config(cfg: ExperimentConfig) -> ExperimentConfig:
     data = cfg.model_dump(mode="json")
     apply_overrides(data, list(cfg.benchmark.quick.items()))
     return ExperimentConfig.model_validate(data)
+
+
+def run_configs(cfg: ExperimentConfig, out: Path) -> dict[str, ExperimentConfig]:
+    """Init name -> the meta-training config of that run, all built (and validated) before any run starts.
+
+    Without ``benchmark.variants``: one run per algorithm, named after it. With variants: every variant x
+    every algorithm, named ``variant/algorithm``, the variant's dotted overrides applied on top of the
+    config (tasks entries resolved like the config's own). A bad override is one line naming the variant."""
+    variants = cfg.benchmark.variants or {"": {}}
+    runs: dict[str, ExperimentConfig] = {}
+    for variant, overrides in variants.items():
+        base = cfg
+        if variant:
+            data = cfg.model_dump(mode="json")
+            try:
+                base = load_config(data=apply_overrides(data, list(overrides.items())))
+            except ConfigError as e:
+                raise ConfigError(f"config key 'benchmark.variants.{variant}': {e}") from None
+        for alg in cfg.benchmark.algorithms:
+            run_cfg = base.model_copy(deep=True)
+            run_cfg.meta.algorithm = alg
+            name = f"{variant}/{alg}" if variant else alg
+            run_cfg.output_dir = str(out / "runs" / name)
+            if run_cfg.eval.validation is not None:
+                validation_specs(run_cfg)  # disjoint from this variant's tasks and the tests, before any run
+            runs[name] = run_cfg
+    return runs
+
+
+def _validation_summary(run_dir: Path) -> dict[str, Any] | None:
+    """Which step meta-validation chose for a run, and its score (``best/raymeta_best.json``)."""
+    f = run_dir / "best" / BEST_JSON
+    if not f.is_file():
+        return None
+    best = json.loads(f.read_text())
+    return {"best_step": best.get("step"), "score": best.get("score")}
 
 
 def _tasks(entries: list[dict[str, Any]], cfg: ExperimentConfig):
@@ -78,7 +116,9 @@ def _paired(a: list[float], b: list[float]) -> dict[str, Any]:
 
 
 def gains(results: dict[str, dict[str, Any]], baseline: str) -> dict[str, Any]:
-    """Per init, task and setting: paired difference to ``baseline`` (mean and 95% CI)."""
+    """Per init, task and setting: paired difference to ``baseline`` (mean and 95% CI). K-shot settings are
+    ``K=8`` (fine-tuning) and ``K=8 setfit`` (another ``eval.methods`` entry): each method against the same
+    method on the baseline, split by split."""
     out: dict[str, Any] = {}
     base = results.get(baseline)
     if base is None:
@@ -90,8 +130,11 @@ def gains(results: dict[str, dict[str, Any]], baseline: str) -> dict[str, Any]:
             b = base["tasks"].get(task)
             if b is None:
                 continue
-            for k, r in entry.get("shots", {}).items():
-                out.setdefault(init, {}).setdefault(task, {})[f"K={k}"] = _paired(r["values"], b["shots"][k]["values"])
+            base_kshot = {(m, k): r for m, k, r in kshot_results(b)}  # every eval method, paired with itself
+            for m, k, r in kshot_results(entry):
+                if (m, k) in base_kshot:
+                    out.setdefault(init, {}).setdefault(task, {})[kshot_label(m, k)] = _paired(
+                        r["values"], base_kshot[m, k]["values"])
             for setting, kinds in entry.get("episodic", {}).items():
                 for kind, r in kinds.items():
                     out.setdefault(init, {}).setdefault(task, {})[f"{setting} {kind}"] = _paired(
@@ -118,6 +161,20 @@ def _gains_table(g: dict[str, Any], baseline: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _baselines(cfg: ExperimentConfig, results: dict[str, Any]) -> dict[str, list[str]]:
+    """Which inits each baseline is compared with (paired): everything with the pretrained model and with
+    ``multitask``; with variants, each later variant with the first one, algorithm by algorithm."""
+    out = {"pretrained": [k for k in results if k != "pretrained"]}
+    if "multitask" in results:
+        out["multitask"] = [k for k in results if k != "multitask"]
+    names = list(cfg.benchmark.variants)
+    for alg in cfg.benchmark.algorithms if len(names) > 1 else []:
+        others = [f"{v}/{alg}" for v in names[1:] if f"{v}/{alg}" in results]
+        if f"{names[0]}/{alg}" in results and others:
+            out[f"{names[0]}/{alg}"] = others
+    return out
+
+
 def _merge(kshot: dict[str, Any] | None, episodic: dict[str, Any] | None) -> dict[str, Any]:
     merged: dict[str, Any] = {"tasks": {}}
     for part in (kshot, episodic):  # a task can have both K-shot and episodic results
@@ -134,39 +191,42 @@ def run_benchmark(cfg: ExperimentConfig, out_dir: str | Path) -> dict[str, Any]:
     from .trainer import train
 
     out = Path(out_dir)
+    runs = run_configs(cfg, out)  # every variant's config checked before anything starts
+    check_methods(_tasks(cfg.eval.tasks, cfg), cfg.eval.methods)  # eval.methods too (setfit installed?), not after training
     out.mkdir(parents=True, exist_ok=True)
     started = connect(cfg.resources.address)
     try:
         inits: dict[str, str] = {"pretrained": _pretrained_init(cfg, out)}
         timing: dict[str, Any] = {}
         curves: dict[str, Path] = {}
-        for alg in cfg.benchmark.algorithms:
-            run_cfg = cfg.model_copy(deep=True)
-            run_cfg.meta.algorithm = alg
-            run_cfg.output_dir = str(out / "runs" / alg)
+        for name, run_cfg in runs.items():
             run_dir = Path(run_cfg.output_dir)
             if _finished(run_cfg):  # an interrupted benchmark resumes without re-training what is done
                 log.info("reusing the finished meta-training run %s", run_dir)
-                inits[alg] = str(run_dir / "final")
+                inits[name] = str(run_dir / "final")
             else:
-                inits[alg] = str(train(run_cfg))
+                inits[name] = str(train(run_cfg))
             if wants_best(run_cfg):  # the step meta-validation chose (step 0, the pretrained model, included)
-                inits[alg] = str(run_dir / "best")
+                inits[name] = str(run_dir / "best")
             recs = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
                     if r.get("kind") != "validation"]
-            timing[alg] = {"steps": len(recs), "train_s": round(sum(r["step_s"] for r in recs), 1),
-                           "s_per_step": round(sum(r["step_s"] for r in recs) / len(recs), 2)}
-            curves[alg] = run_dir / "metrics.jsonl"
-            log.info("meta-trained %s: %d steps, %.0fs of meta-steps", alg, len(recs), timing[alg]["train_s"])
+            timing[name] = {"steps": len(recs), "train_s": round(sum(r["step_s"] for r in recs), 1),
+                            "s_per_step": round(sum(r["step_s"] for r in recs) / len(recs), 2)}
+            if (val := _validation_summary(run_dir)) is not None:
+                timing[name]["validation"] = val
+            curves[name] = run_dir / "metrics.jsonl"
+            log.info("meta-trained %s: %d steps, %.0fs of meta-steps", name, len(recs), timing[name]["train_s"])
         ev = cfg.eval
         kshot_tasks, episodic_tasks = _tasks(ev.tasks, cfg), _tasks(ev.episodic_tasks, cfg)
         settings = FinetuneSettings(steps=ev.finetune_steps, lr=ev.finetune_lr, head_lr=ev.head_lr,
                                     batch_size=ev.batch_size, max_test=ev.max_test_examples)
+        setfit = SetfitSettings(**ev.setfit.model_dump())
         results: dict[str, dict[str, Any]] = {}
         for name, init in inits.items():
             t0 = time.perf_counter()
             k = evaluate(init, kshot_tasks, shots=ev.shots, n_splits=ev.splits, settings=settings, seed=cfg.seed,
-                         data_dir=cfg.data_dir, cache_dir=cfg.cache_dir, progress=False) if kshot_tasks else None
+                         data_dir=cfg.data_dir, cache_dir=cfg.cache_dir, progress=False, method=ev.methods,
+                         setfit=setfit) if kshot_tasks else None
             e = evaluate_episodic(init, episodic_tasks, ways=ev.ways, shots=ev.episodic_shots, queries=ev.queries,
                                   episodes=ev.episodes, head_steps=ev.head_steps, seed=cfg.seed, data_dir=cfg.data_dir,
                                   cache_dir=cfg.cache_dir) if episodic_tasks else None
@@ -177,18 +237,23 @@ def run_benchmark(cfg: ExperimentConfig, out_dir: str | Path) -> dict[str, Any]:
             import ray
 
             ray.shutdown()
+    baselines = _baselines(cfg, results)
     report = {"config": cfg.model_dump(mode="json"), "meta_training": timing, "inits": inits, "results": results,
-              "gain_over_pretrained": gains(results, "pretrained"), "gain_over_multitask": gains(results, "multitask")}
+              "gain_over_pretrained": gains(results, "pretrained"), "gain_over_multitask": gains(results, "multitask"),
+              "gain_over": {b: gains({k: results[k] for k in [b, *others]}, b) for b, others in baselines.items()}}
     write_json_atomic(out / "results.json", report)
     plots = plot_scores(results, out)
     if curves:
         plots.append(plot_curves(curves, out / "meta_training_curves.png"))
-    md = [f"# raymeta benchmark: {cfg.name}\n", "Meta-training (same steps and episodes for every algorithm):\n",
-          "| algorithm | meta-steps | seconds in meta-steps | s / step |", "|---|---|---|---|"]
-    md += [f"| {a} | {t['steps']} | {t['train_s']} | {t['s_per_step']} |" for a, t in timing.items()]
-    md += ["", results_table(results), _gains_table(report["gain_over_pretrained"], "pretrained")]
-    if "multitask" in results:
-        md.append(_gains_table(report["gain_over_multitask"], "multitask"))
+    md = [f"# raymeta benchmark: {cfg.name}\n", "Meta-training (same steps and episodes for every run):\n",
+          "| run | meta-steps | seconds in meta-steps | s / step | best step (validation) | validation score |",
+          "|---|---|---|---|---|---|"]
+    for a, t in timing.items():
+        val = t.get("validation") or {}
+        score = f"{100 * val['score']:.1f}" if val.get("score") is not None else "—"
+        md.append(f"| {a} | {t['steps']} | {t['train_s']} | {t['s_per_step']} | {val.get('best_step', '—')} | {score} |")
+    md += ["", results_table(results)]
+    md += [_gains_table(report["gain_over"][b], b) for b in baselines if report["gain_over"][b]]
     md += [f"![{p.stem}]({p.name})" for p in plots]
     (out / "results.md").write_text("\n".join(md) + "\n")
     (out / "config.json").write_text(json.dumps(report["config"], indent=1))

@@ -105,9 +105,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .config import ExperimentConfig
     from .evaluate import evaluate, evaluate_episodic, resolve_eval_task
     from .finetune import FinetuneSettings
+    from .setfit_eval import SetfitSettings
 
     base = ExperimentConfig()
     data_dir = args.data_dir or base.data_dir
+    setfit_flags = {"--setfit-iterations": args.setfit_iterations, "--setfit-epochs": args.setfit_epochs,
+                    "--setfit-batch-size": args.setfit_batch_size, "--setfit-lr": args.setfit_lr}
+    given = [flag for flag, v in setfit_flags.items() if v is not None]
+    if args.episodic and args.method is not None:
+        raise RaymetaError(f"--method {args.method} scores K-shot splits; --episodic scores N-way K-shot episodes "
+                           "(prototype classifier and fine-tuned head): use one of them")
+    if given and args.method != "setfit":
+        raise RaymetaError(f"{given[0]} applies to --method setfit only")
+    for flag in given:
+        if not setfit_flags[flag] > 0:
+            raise RaymetaError(f"{flag} must be positive, got {setfit_flags[flag]}")
     tasks = [resolve_eval_task(t) for t in args.task]
     if args.episodic:
         out = evaluate_episodic(args.init, tasks, ways=args.ways, shots=positive_ints(args.shots), queries=args.queries,
@@ -116,8 +128,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         settings = FinetuneSettings(steps=args.steps, lr=args.lr, head_lr=args.head_lr, batch_size=args.batch_size,
                                     max_test=args.max_test or None)
+        flags = {"iterations": args.setfit_iterations, "epochs": args.setfit_epochs,
+                 "batch_size": args.setfit_batch_size, "body_lr": args.setfit_lr}
+        # the config schema's eval.setfit defaults, where a flag is not given
+        setfit = SetfitSettings(**{**base.eval.setfit.model_dump(), **{k: v for k, v in flags.items() if v is not None}})
         out = evaluate(args.init, tasks, shots=positive_ints(args.shots), n_splits=args.splits, settings=settings,
-                       seed=args.seed, data_dir=data_dir, cache_dir=base.cache_dir, output=args.output)
+                       seed=args.seed, data_dir=data_dir, cache_dir=base.cache_dir, output=args.output,
+                       method=args.method or "finetune", setfit=setfit)
     print(format_results(out))
     print(f"\nwrote {args.output}")
     return 0
@@ -167,6 +184,8 @@ def format_results(out: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import EVAL_METHODS
+
     p = argparse.ArgumentParser(prog="raymeta", description="Meta-learning pretraining of NLP transformers on Ray.")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     sub = p.add_subparsers(dest="command", required=True)
@@ -190,13 +209,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. meta.steps=20")
     tr.set_defaults(func=_cmd_train)
 
-    ev = sub.add_parser("evaluate", help="few-shot fine-tuning (or episodic) evaluation of an init on held-out tasks")
+    ev = sub.add_parser("evaluate", help="few-shot evaluation (fine-tuning, prototypes, SetFit, or episodes) of an init "
+                        "on held-out tasks")
     ev.add_argument("--init", required=True, help="raymeta run/checkpoint dir, Hugging Face model dir, or hub name")
     ev.add_argument("--task", action="append", required=True,
                     help="ready-made task, task YAML, or a directory with train.jsonl/test.jsonl (text, label); repeatable")
     ev.add_argument("--shots", default="4,8,16", help="K values (episodic: shots per class), e.g. 4,8,16")
     ev.add_argument("--splits", type=int, default=10, help="seeded K-shot splits per K")
     ev.add_argument("--output", default="results.json")
+    ev.add_argument("--method", choices=EVAL_METHODS, default=None,
+                    help="finetune (default): encoder + head fine-tuned on each split; prototype: nearest class mean, "
+                    "no training (Snell et al. 2017); setfit: SetFit (Tunstall et al. 2022; pip install 'raymeta[setfit]')")
     ev.add_argument("--steps", type=int, default=30, help="fine-tuning steps per split")
     ev.add_argument("--lr", type=float, default=5e-5, help="encoder learning rate")
     ev.add_argument("--head-lr", type=float, default=1e-3)
@@ -209,6 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--queries", type=int, default=15)
     ev.add_argument("--episodes", type=int, default=1000)
     ev.add_argument("--head-steps", type=int, default=50, help="episodic: steps of the fine-tuned linear head")
+    ev.add_argument("--setfit-iterations", type=int, help="setfit: contrastive pairs = 2 x this x training rows "
+                    "(default 20)")
+    ev.add_argument("--setfit-epochs", type=int, help="setfit: epochs over the pairs (default 1)")
+    ev.add_argument("--setfit-batch-size", type=int, help="setfit: pairs per step (default 16)")
+    ev.add_argument("--setfit-lr", type=float, help="setfit: the body's learning rate (default 2e-5)")
     ev.set_defaults(func=_cmd_evaluate)
 
     bm = sub.add_parser("benchmark", help="meta-train every algorithm at equal budget and compare the inits")

@@ -1,9 +1,22 @@
-"""``raymeta evaluate``: few-shot fine-tuning on held-out tasks, with honest confidence intervals.
+"""``raymeta evaluate``: few-shot evaluation on held-out tasks, with honest confidence intervals.
 
-For every task, K and split, the init is fine-tuned on K examples per class (classification)
-or K examples (NER, QA, multiple choice) for a fixed step budget and scored on the test
-split. The K-shot splits are drawn from ``(seed, task, K, split)`` and saved in the results,
-so every init sees exactly the same examples. Runs go out as parallel Ray tasks.
+For every task, K and split, the init learns from K examples per class (classification)
+or K examples (NER, QA, multiple choice) and is scored on the test split, by one or more methods:
+
+- ``finetune`` (the default): encoder + a new head fine-tuned for a fixed step budget (:mod:`raymeta.finetune`);
+- ``prototype``: no training, the nearest class mean of the K examples' embeddings (Snell et al. 2017;
+  :mod:`raymeta.prototype_eval`), classification only;
+- ``setfit``: SetFit, contrastive fine-tuning + a logistic-regression head (Tunstall et al. 2022;
+  :mod:`raymeta.setfit_eval`, the optional ``setfit`` extra), classification only.
+
+The K-shot splits are drawn from ``(seed, task, K, split)`` and saved in the results, so every
+init and every method sees exactly the same examples, and is scored on the same test rows.
+Runs go out as parallel Ray tasks: one per (task, K, split) for ``finetune`` and ``setfit``, one per
+task for ``prototype`` (which embeds the test rows once for all of its splits).
+
+Results: ``tasks[name]["shots"][K]`` holds ``finetune``'s scores, as it always has; every other method's
+go to ``tasks[name]["methods"][method][K]``, with the same fields (``all``: every metric per split;
+``values``, ``mean``, ``std``, ``ci95``, ``n``: the task's primary metric, :func:`summarise`).
 Many-class data sets also get episodic N-way K-shot evaluation (:mod:`raymeta.episodic`).
 """
 
@@ -19,15 +32,18 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .config import ModelConfig, TaskConfig
+from .config import EVAL_METHODS, ModelConfig, TaskConfig
 from .errors import DataError, ModelError, RaymetaError
 from .finetune import FinetuneSettings, finetune_and_evaluate
 from .metrics import PRIMARY
 from .model import ADAPTER_CONFIG
+from .prototype_eval import check_prototype_task, prototype_evaluate
+from .setfit_eval import SetfitSettings, check_setfit_task, require_setfit, setfit_and_evaluate
 from .tasks import Task, load_task
 from .tasks.registry import catalog_names, task_config
 
-__all__ = ["resolve_init", "resolve_eval_task", "kshot_splits", "summarise", "evaluate", "write_json_atomic"]
+__all__ = ["resolve_init", "resolve_eval_task", "kshot_splits", "summarise", "check_methods", "evaluate",
+           "write_json_atomic"]
 
 log = logging.getLogger("raymeta.evaluate")
 
@@ -117,17 +133,37 @@ def write_json_atomic(path: str | Path, data: Any) -> Path:
     return p
 
 
+def check_methods(tasks: Sequence[TaskConfig], method: str | Sequence[str]) -> list[str]:
+    """The evaluation methods as a list, after the checks that need no model or data: known names, each once;
+    ``prototype`` and ``setfit`` only on classification tasks; ``setfit`` installed. One-line errors."""
+    methods = [method] if isinstance(method, str) else list(method)
+    if not methods or any(m not in EVAL_METHODS for m in methods) or len(set(methods)) != len(methods):
+        raise RaymetaError(f"--method {','.join(methods)}: expected one or more of {', '.join(EVAL_METHODS)}, each once")
+    if "setfit" in methods:
+        require_setfit()
+    for spec in tasks:
+        if "prototype" in methods:
+            check_prototype_task(spec)
+        if "setfit" in methods:
+            check_setfit_task(spec)
+    return methods
+
+
 def evaluate(
     init: str, tasks: Sequence[TaskConfig], *, shots: Sequence[int], n_splits: int, settings: FinetuneSettings,
     seed: int = 0, data_dir: str, cache_dir: str | None, output: str | Path | None = None, pooling: str | None = None,
-    num_cpus_per_run: float = 1.0, progress: bool = True,
+    num_cpus_per_run: float = 1.0, progress: bool = True, method: str | Sequence[str] = "finetune",
+    setfit: SetfitSettings | None = None,
 ) -> dict[str, Any]:
-    """Fine-tune and score ``init`` on every (task, K, split); write ``output`` only when all succeed."""
+    """Score ``init`` with each of ``method`` (``finetune``, ``prototype``, ``setfit``) on every (task, K, split),
+    all on the same splits and test rows (``settings.max_test``); write ``output`` only when all succeed."""
     import ray
 
     from .model import load_encoder, load_tokenizer
     from .runtime import connect
 
+    methods = check_methods(tasks, method)  # before any model or data is read
+    setfit = setfit or SetfitSettings()
     model_path = resolve_init(init)
     # Fail fast, before any run is launched or any file written, if the init is not a loadable model.
     tok = load_tokenizer(ModelConfig(name_or_path=model_path))
@@ -138,6 +174,8 @@ def evaluate(
         task = load_task(spec, tok, data_dir, cache_dir)  # validates: bad rows/labels fail here, not in a worker
         if "test" not in task.features:
             raise DataError(spec.name, "has no test split (add one, or set source.test_fraction)")
+        if "setfit" in methods:
+            check_setfit_task(spec, task)
         splits[spec.name] = {}
         for k in shots:
             rows = kshot_splits(task, k, n_splits, seed)
@@ -145,25 +183,55 @@ def evaluate(
             plan += [(spec, k, i, r) for i, r in enumerate(rows)]
     started = connect()
     try:
-        run = ray.remote(num_cpus=num_cpus_per_run)(finetune_and_evaluate)
         threads = max(1, int(num_cpus_per_run))
-        refs = [run.remote(model_path, spec.model_dump_json(), rows, settings=settings, seed=seed * 1000 + i,
-                           data_dir=data_dir, cache_dir=cache_dir, pooling=pooling, threads=threads)
-                for spec, _, i, rows in plan]
-        results = _gather(refs, progress, desc=f"fine-tuning {Path(model_path).name}")
+        common = {"data_dir": data_dir, "cache_dir": cache_dir, "pooling": pooling, "threads": threads}
+        refs: list[Any] = []
+        covers: list[tuple[str, list[int]]] = []  # per ref: its method and the plan entries it scores, in order
+        for m in methods:
+            if m == "finetune":
+                run = ray.remote(num_cpus=num_cpus_per_run)(finetune_and_evaluate)
+                refs += [run.remote(model_path, spec.model_dump_json(), rows, settings=settings, seed=seed * 1000 + i,
+                                    **common) for spec, _, i, rows in plan]
+                covers += [(m, [j]) for j in range(len(plan))]
+            elif m == "setfit":
+                run = ray.remote(num_cpus=num_cpus_per_run)(setfit_and_evaluate)
+                refs += [run.remote(model_path, spec.model_dump_json(), rows, settings=setfit, seed=seed * 1000 + i,
+                                    max_test=settings.max_test, eval_batch=settings.eval_batch, **common)
+                         for spec, _, i, rows in plan]
+                covers += [(m, [j]) for j in range(len(plan))]
+            else:  # prototype: one run per task, which embeds the test rows once for all of its splits
+                run = ray.remote(num_cpus=num_cpus_per_run)(prototype_evaluate)
+                for spec in tasks:
+                    mine = [j for j, p in enumerate(plan) if p[0].name == spec.name]
+                    refs.append(run.remote(model_path, spec.model_dump_json(), [plan[j][3] for j in mine],
+                                           max_test=settings.max_test, eval_batch=settings.eval_batch, **common))
+                    covers.append((m, mine))
+        desc = f"{'+'.join(methods)} {Path(model_path).name}"
+        results = _gather(refs, progress, desc=desc)
     finally:
         if started:
             ray.shutdown()
-    out: dict[str, Any] = {"init": init, "model_path": model_path, "seed": seed, "settings": settings.__dict__,
-                           "tasks": {}, "splits": splits}
-    for (spec, k, _, _), metrics in zip(plan, results):
-        entry = out["tasks"].setdefault(spec.name, {"type": spec.type, "metric": PRIMARY[spec.type], "shots": {}})
-        entry["shots"].setdefault(str(k), {"all": {}})
-        for name, v in metrics.items():
-            entry["shots"][str(k)]["all"].setdefault(name, []).append(v)
+    out: dict[str, Any] = {"init": init, "model_path": model_path, "seed": seed, "methods": methods,
+                           "settings": settings.__dict__, "tasks": {}, "splits": splits}
+    if "setfit" in methods:
+        out["setfit_settings"] = setfit.__dict__
+    for spec in tasks:
+        entry = out["tasks"].setdefault(spec.name, {"type": spec.type, "metric": PRIMARY[spec.type]})
+        for m in methods:  # finetune under "shots" (as ever), the others under "methods"; K in the order of ``shots``
+            by_k = entry.setdefault("shots", {}) if m == "finetune" else entry.setdefault("methods", {}).setdefault(m, {})
+            for k in shots:
+                by_k[str(k)] = {"all": {}}
+    for (m, entries), metrics in zip(covers, results):
+        for j, values in zip(entries, metrics if m == "prototype" else [metrics]):
+            spec, k, _, _ = plan[j]
+            entry = out["tasks"][spec.name]
+            res = entry["shots"][str(k)] if m == "finetune" else entry["methods"][m][str(k)]
+            for name, v in values.items():
+                res["all"].setdefault(name, []).append(v)
     for entry in out["tasks"].values():
-        for res in entry["shots"].values():
-            res.update({"metric": entry["metric"], **summarise(res["all"][entry["metric"]])})
+        for by_k in [entry.get("shots", {}), *entry.get("methods", {}).values()]:
+            for res in by_k.values():
+                res.update({"metric": entry["metric"], **summarise(res["all"][entry["metric"]])})
     if output is not None:
         write_json_atomic(output, out)
     return out

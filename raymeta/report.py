@@ -6,7 +6,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["results_table", "plot_scores", "plot_curves"]
+__all__ = ["kshot_label", "kshot_results", "results_table", "plot_scores", "plot_curves"]
+
+
+def kshot_results(entry: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(method, K, result)`` for every K-shot result of one task entry of ``raymeta evaluate``'s results:
+    ``finetune``'s under ``shots`` (where they have always been), every other method's under ``methods``."""
+    out = [("finetune", k, r) for k, r in entry.get("shots", {}).items()]
+    return out + [(m, k, r) for m, by_k in entry.get("methods", {}).items() for k, r in by_k.items()]
+
+
+def kshot_label(method: str, k: str | int) -> str:
+    """A K-shot result's column (and gain) name: ``K=8`` for ``finetune``, ``K=8 setfit`` for another method."""
+    return f"K={k}" if method == "finetune" else f"K={k} {method}"
 
 
 def _cell(r: dict[str, Any]) -> str:
@@ -14,17 +26,21 @@ def _cell(r: dict[str, Any]) -> str:
     return f"{100 * r['mean']:.1f} ± {100 * ci:.1f}" if ci == ci and ci is not None else f"{100 * r['mean']:.1f}"
 
 
+def _columns(entry: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Column name -> result, for one task entry: K-shot results (every method), then episodic ones."""
+    cols = {kshot_label(m, k): r for m, k, r in kshot_results(entry)}
+    cols.update({f"{s} {kind}": r for s, kinds in entry.get("episodic", {}).items() for kind, r in kinds.items()})
+    return cols
+
+
 def results_table(by_init: dict[str, dict[str, Any]]) -> str:
-    """One Markdown table per task: rows are inits, columns K (or episodic settings); mean ± 95% CI, in %."""
+    """One Markdown table per task: rows are inits, columns K (``K=8``: fine-tuning; ``K=8 setfit``: another
+    method) or episodic settings; mean ± 95% CI, in %."""
     tasks: dict[str, list[str]] = {}
     for res in by_init.values():
         for name, entry in res["tasks"].items():
             cols = tasks.setdefault(name, [])
-            if "shots" in entry:
-                keys = [f"K={k}" for k in entry["shots"]]
-            else:
-                keys = [f"{s} {kind}" for s, kinds in entry["episodic"].items() for kind in kinds]
-            cols += [k for k in keys if k not in cols]
+            cols += [c for c in _columns(entry) if c not in cols]
     out = []
     for name, cols in tasks.items():
         metric = next(r["tasks"][name]["metric"] for r in by_init.values() if name in r["tasks"])
@@ -32,42 +48,36 @@ def results_table(by_init: dict[str, dict[str, Any]]) -> str:
         out.append("| init | " + " | ".join(cols) + " |")
         out.append("|---|" + "---|" * len(cols))
         for init, res in by_init.items():
-            entry = res["tasks"].get(name)
-            cells = []
-            for c in cols:
-                r = None
-                if entry and c.startswith("K="):
-                    r = entry.get("shots", {}).get(c[2:])
-                elif entry:
-                    setting, _, kind = c.rpartition(" ")
-                    r = entry.get("episodic", {}).get(setting, {}).get(kind)
-                cells.append(_cell(r) if r else "—")
-            out.append(f"| {init} | " + " | ".join(cells) + " |")
+            have = _columns(res["tasks"].get(name) or {})
+            out.append(f"| {init} | " + " | ".join(_cell(have[c]) if c in have else "—" for c in cols) + " |")
         out.append("")
     return "\n".join(out)
 
 
 def plot_scores(by_init: dict[str, dict[str, Any]], out_dir: Path) -> list[Path]:
-    """Score against K for each init, one PNG per K-shot task."""
+    """Score against K for each init and method (one line each), one PNG per K-shot task."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     paths = []
-    names = sorted({n for r in by_init.values() for n, e in r["tasks"].items() if "shots" in e})
+    names = sorted({n for r in by_init.values() for n, e in r["tasks"].items() if kshot_results(e)})
+    styles = {"finetune": "-", "setfit": "--", "prototype": ":"}
     for name in names:
         fig, ax = plt.subplots(figsize=(6, 4))
         for init, res in by_init.items():
-            entry = res["tasks"].get(name)
-            if not entry or "shots" not in entry:
-                continue
-            ks = sorted(entry["shots"], key=int)
-            ax.errorbar([int(k) for k in ks], [100 * entry["shots"][k]["mean"] for k in ks],
-                        yerr=[100 * (entry["shots"][k]["ci95"] or 0) for k in ks], marker="o", capsize=3, label=init)
+            lines: dict[str, dict[int, dict[str, Any]]] = {}
+            for m, k, r in kshot_results(res["tasks"].get(name) or {}):
+                lines.setdefault(m, {})[int(k)] = r
+            for m, by_k in lines.items():
+                ks = sorted(by_k)
+                ax.errorbar(ks, [100 * by_k[k]["mean"] for k in ks], yerr=[100 * (by_k[k]["ci95"] or 0) for k in ks],
+                            marker="o", capsize=3, linestyle=styles.get(m, "-"),
+                            label=init if m == "finetune" else f"{init} ({m})")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("K (examples per class)")
-        ax.set_ylabel(f"{next(iter(by_init.values()))['tasks'][name]['metric']} (%)")
+        ax.set_ylabel(f"{next(r['tasks'][name]['metric'] for r in by_init.values() if name in r['tasks'])} (%)")
         ax.set_title(name)
         ax.legend(fontsize=7)
         fig.tight_layout()

@@ -64,24 +64,35 @@ def _files(spec: TaskConfig) -> set[str]:
     return {str(Path(x).resolve()) if not x.startswith(("hub:", "builtin:")) else x for x in out}
 
 
+def _overlap(spec: TaskConfig, other: TaskConfig) -> str | None:
+    """Why ``spec`` and ``other`` share data (same name; or same files and classes that meet), else None."""
+    if spec.name == other.name:
+        return "same name"
+    classes_meet = spec.include_labels is None or other.include_labels is None or \
+        bool(set(map(str, spec.include_labels)) & set(map(str, other.include_labels)))
+    return "same files and classes" if _files(spec) & _files(other) and classes_meet else None
+
+
 def validation_specs(cfg: ExperimentConfig) -> list[TaskConfig]:
-    """The validation tasks, checked: classification, and disjoint from every meta-training task (not the
-    same name; not the same files unless both keep disjoint classes, as ``huffpost_meta_{train,val}`` do)."""
+    """The validation tasks, checked: classification, and disjoint from every meta-training task and every
+    task the run evaluates on (``eval.tasks``, ``eval.episodic_tasks``): not the same name, and not the same
+    files unless both keep disjoint classes, as ``huffpost_meta_{train,val,test}`` do. A choice made on a test
+    task would make its test score optimistic."""
     v = cfg.eval.validation
     assert v is not None
     specs = [task_from_entry(e, data_dir=cfg.data_dir) for e in v.tasks]
+    tests = [task_from_entry(e, data_dir=cfg.data_dir) for e in [*cfg.eval.tasks, *cfg.eval.episodic_tasks]]
     for spec in specs:
         if spec.type != "sequence_classification":
             raise ConfigError(f"config key 'eval.validation.tasks': task '{spec.name}' is {spec.type}; "
                               "validation scores classification tasks")
-        for train in cfg.tasks:
-            same_files = bool(_files(spec) & _files(train))
-            classes_meet = spec.include_labels is None or train.include_labels is None or \
-                bool(set(spec.include_labels) & set(train.include_labels))
-            if spec.name == train.name or (same_files and classes_meet):
-                raise ConfigError(f"config key 'eval.validation.tasks': task '{spec.name}' overlaps the meta-training "
-                                  f"task '{train.name}' ({'same name' if spec.name == train.name else 'same files and classes'}); "
-                                  "validation must be on tasks the run never trains on")
+        for role, others in (("meta-training", cfg.tasks), ("evaluation (test)", tests)):
+            for other in others:
+                why = _overlap(spec, other)
+                if why:
+                    raise ConfigError(f"config key 'eval.validation.tasks': task '{spec.name}' overlaps the {role} "
+                                      f"task '{other.name}' ({why}); validation must be on tasks the run never "
+                                      "trains or tests on")
     return specs
 
 

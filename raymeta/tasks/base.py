@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerBase
 from ..config import TaskConfig
 from ..errors import DataError
 
-__all__ = ["TaskProcessor", "Prepared", "require_columns", "natural_sort", "bad_row", "strip_bookkeeping"]
+__all__ = ["TaskProcessor", "Prepared", "require_columns", "natural_sort", "bad_row", "strip_bookkeeping", "columns"]
 
 Batch = dict[str, torch.Tensor]
 
@@ -44,6 +44,12 @@ class TaskProcessor(Protocol):
 
     def collate(self, rows: list[dict[str, Any]], tok: PreTrainedTokenizerBase) -> Batch:
         """Pad a list of feature rows into a batch of tensors."""
+
+
+def columns(ds: datasets.Dataset, *names: str) -> dict[str, list[Any]]:
+    """Whole columns of ``ds`` as Python lists, in one columnar read. Iterating (or indexing) a ``datasets``
+    column goes through Arrow's formatting row by row: 6 s instead of 0.01 s for SST-2's 67k rows."""
+    return ds.select_columns(list(names)).to_dict()
 
 
 def require_columns(ds: datasets.Dataset, task: TaskConfig, cols: tuple[str, ...], split: str) -> None:

@@ -8,7 +8,7 @@ import datasets
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from ..config import TaskConfig
-from .base import Batch, bad_row, natural_sort, strip_bookkeeping
+from .base import Batch, bad_row, columns, natural_sort, strip_bookkeeping
 
 __all__ = ["SequenceClassification"]
 
@@ -18,12 +18,13 @@ class SequenceClassification:
     class_column = "labels"
 
     def infer_labels(self, train: datasets.Dataset, task: TaskConfig) -> list[str]:
-        return natural_sort({str(v) for v in train["label"]})
+        return natural_sort({str(v) for v in columns(train, "label")["label"]})
 
     def validate(self, ds: datasets.Dataset, task: TaskConfig, labels: list[str] | None) -> None:
         assert labels is not None
         known = set(labels)
-        for i, (text, lab) in enumerate(zip(ds["text"], ds["label"])):
+        col = columns(ds, "text", "label")
+        for i, (text, lab) in enumerate(zip(col["text"], col["label"])):
             if str(lab) not in known:
                 shown = ", ".join(labels[:8]) + (", ..." if len(labels) > 8 else "")
                 raise bad_row(task, ds, i, f"label '{lab}' is not in the label set ({shown})")
@@ -42,7 +43,7 @@ class SequenceClassification:
         keep = {"_row", "_file"}
         feats = ds.map(fn, batched=True, remove_columns=[c for c in ds.column_names if c not in keep],
                        desc=f"{task.name}/{split}: tokenize")
-        truncated = sum(1 for ids in feats["input_ids"] if len(ids) >= task.max_length)
+        truncated = sum(1 for ids in columns(feats, "input_ids")["input_ids"] if len(ids) >= task.max_length)
         return feats, {"truncated": truncated, "dropped": 0}
 
     def collate(self, rows: list[dict[str, Any]], tok: PreTrainedTokenizerBase) -> Batch:

@@ -9,7 +9,7 @@ from typing import Any
 from transformers import DataCollatorForMultipleChoice, PreTrainedTokenizerBase
 
 from ..config import TaskConfig
-from .base import Batch, bad_row, strip_bookkeeping
+from .base import Batch, bad_row, columns, strip_bookkeeping
 
 __all__ = ["MultipleChoice"]
 
@@ -23,7 +23,8 @@ class MultipleChoice:
 
     def validate(self, ds, task: TaskConfig, labels) -> None:
         width = None
-        for i, (choices, lab) in enumerate(zip(ds["choices"], ds["label"])):
+        col = columns(ds, "choices", "label")
+        for i, (choices, lab) in enumerate(zip(col["choices"], col["label"])):
             if not isinstance(choices, list) or len(choices) < 2:
                 raise bad_row(task, ds, i, "choices must be a list of at least 2 strings")
             width = width or len(choices)
@@ -52,7 +53,7 @@ class MultipleChoice:
 
         feats = ds.map(fn, batched=True, remove_columns=[c for c in ds.column_names if c not in ("_row", "_file")],
                        desc=f"{task.name}/{split}: tokenize")
-        truncated = sum(1 for ids in feats["input_ids"] if any(len(x) >= task.max_length for x in ids))
+        truncated = sum(1 for ids in columns(feats, "input_ids")["input_ids"] if any(len(x) >= task.max_length for x in ids))
         return feats, {"truncated": truncated, "dropped": 0}
 
     def collate(self, rows: list[dict[str, Any]], tok: PreTrainedTokenizerBase) -> Batch:

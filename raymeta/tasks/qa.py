@@ -10,7 +10,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ..config import TaskConfig
-from .base import Batch, bad_row, strip_bookkeeping
+from .base import Batch, bad_row, columns, strip_bookkeeping
 
 __all__ = ["ExtractiveQA"]
 
@@ -23,7 +23,8 @@ class ExtractiveQA:
         return None
 
     def validate(self, ds, task: TaskConfig, labels) -> None:
-        for i, (ctx, ans) in enumerate(zip(ds["context"], ds["answers"])):
+        col = columns(ds, "context", "answers")
+        for i, (ctx, ans) in enumerate(zip(col["context"], col["answers"])):
             if not isinstance(ans, dict) or "text" not in ans or "answer_start" not in ans:
                 raise bad_row(task, ds, i, "answers must be {text: [...], answer_start: [...]}")
             if not ans["text"]:
@@ -79,9 +80,10 @@ class ExtractiveQA:
 
         feats = ds.map(fn, batched=True, remove_columns=ds.column_names, desc=f"{task.name}/{split}: tokenize")
         windows = len(feats)
-        no_answer = [i for i, s in enumerate(feats["start_positions"]) if s == 0]
-        answered = set(r for r, s in zip(feats["_row"], feats["start_positions"]) if s != 0)
-        lost = len(set(ds["_row"]) - answered)
+        col = columns(feats, "_row", "start_positions")
+        no_answer = [i for i, s in enumerate(col["start_positions"]) if s == 0]
+        answered = set(r for r, s in zip(col["_row"], col["start_positions"]) if s != 0)
+        lost = len(set(columns(ds, "_row")["_row"]) - answered)
         if train and no_answer:  # few-shot episodes learn nothing from windows that lack the answer
             keep = sorted(set(range(windows)) - set(no_answer))
             feats = feats.select(keep)

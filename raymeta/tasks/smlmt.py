@@ -27,6 +27,7 @@ Not implemented: Bansal et al. 2021's word clustering (tasks over clusters of re
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -38,12 +39,12 @@ from typing import Any, Callable, Iterator
 
 import datasets
 import numpy as np
-from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 from transformers import PreTrainedTokenizerBase
 
 from ..catalog import resolve_task_entry
 from ..config import EpisodeConfig, SourceConfig, TaskConfig, validate_task
 from ..errors import DataError
+from .base import columns
 from .episodes import eligible_classes
 
 __all__ = ["MASK", "load_smlmt", "build_rows", "split_sentences", "sentence_words", "mask_word", "apply_mask_token",
@@ -75,9 +76,18 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
 
 
+@functools.lru_cache(maxsize=8)
+def _stop_words(exclude: tuple[str, ...]) -> frozenset[str]:
+    # Imported here, not at the top: scikit-learn (with SciPy) costs about a second of start-up, and every task
+    # actor and CLI process imports this module while only a corpus build needs the list.
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return ENGLISH_STOP_WORDS.union(w.lower() for w in exclude)
+
+
 def sentence_words(sentence: str, src: SourceConfig) -> set[str]:
     """The lower-cased words of a sentence that may be classes: long enough, no stop words, not excluded."""
-    stop = ENGLISH_STOP_WORDS.union(w.lower() for w in src.exclude_words)
+    stop = _stop_words(tuple(src.exclude_words))
     return {w for w in (m.group().lower() for m in _WORD.finditer(sentence)) if len(w) >= src.min_word_length and w not in stop}
 
 
@@ -160,9 +170,11 @@ def _texts(spec: TaskConfig, ds: datasets.Dataset, owner: str) -> Iterator[tuple
         shown = ", ".join(c for c in ds.column_names if not c.startswith("_"))
         raise DataError(owner, f"source.from '{spec.name}' has no '{_TEXT_COLUMNS[spec.type][0]}' column "
                         f"(map it with columns.{_TEXT_COLUMNS[spec.type][0]}: <source column>; columns present: {shown})")
-    files = ds["_file"] if "_file" in ds.column_names else [spec.name] * len(ds)
-    rows = ds["_row"] if "_row" in ds.column_names else list(range(1, len(ds) + 1))
-    values = [ds[c] for c in cols]
+    # whole columns, read once (base.columns): indexing a datasets column row by row took a minute here
+    data = columns(ds, *[c for c in (*cols, "_file", "_row") if c in ds.column_names])
+    files = data.get("_file") or [spec.name] * len(ds)
+    rows = data.get("_row") or list(range(1, len(ds) + 1))
+    values = [data[c] for c in cols]
     for j, (file, row) in enumerate(zip(files, rows)):
         for col in values:
             v = col[j]
@@ -180,7 +192,7 @@ def _key(task: TaskConfig, inputs: list[tuple[TaskConfig, datasets.Dataset]]) ->
     parts = []
     for spec, ds in inputs:
         stats = []
-        for f in sorted(set(ds["_file"])) if "_file" in ds.column_names else []:
+        for f in sorted(set(columns(ds, "_file")["_file"])) if "_file" in ds.column_names else []:
             p = Path(f)
             stats.append([f, p.stat().st_size, p.stat().st_mtime_ns] if p.is_file() else [f])
         parts.append({"task": spec.model_dump(mode="json", exclude={"weight", "episode", "description"}),
@@ -228,7 +240,8 @@ def word_weights(labels: list[str], raw: datasets.Dataset) -> np.ndarray:
     rows per word are capped, so their count would flatten the frequent words)."""
     index = {w: i for i, w in enumerate(labels)}
     weights = np.zeros(len(labels))
-    for word, count in zip(raw["label"], raw["_count"]):
+    col = columns(raw, "label", "_count")
+    for word, count in zip(col["label"], col["_count"]):
         weights[index[str(word)]] = np.log1p(count)
     return weights
 

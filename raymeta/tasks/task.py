@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ..config import EpisodeConfig, TaskConfig
 from ..errors import DataError
-from .base import TaskProcessor, require_columns
+from .base import TaskProcessor, columns, require_columns
 from .classification import SequenceClassification
 from .episodes import Episode, sample_episode
 from .multiple_choice import MultipleChoice
@@ -74,7 +74,7 @@ class Task:
         if col is None:
             return None
         if split not in self._class_ids:
-            self._class_ids[split] = np.asarray(self.features[split][col], dtype=np.int64)
+            self._class_ids[split] = np.asarray(self.features[split].with_format("numpy")[col], dtype=np.int64)
         return self._class_ids[split]
 
     def batch(self, rows: list[int], split: str = "train") -> dict[str, Any]:
@@ -112,7 +112,7 @@ class Task:
 
 
 def _fingerprint(task: TaskConfig, tok: PreTrainedTokenizerBase, raw: dict[str, datasets.Dataset]) -> str:
-    files = sorted({f for ds in raw.values() for f in set(ds["_file"])})
+    files = sorted({f for ds in raw.values() for f in set(columns(ds, "_file")["_file"])})
     stats = []
     for f in files:
         p = Path(f)

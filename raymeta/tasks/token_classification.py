@@ -8,7 +8,7 @@ from typing import Any
 from transformers import DataCollatorForTokenClassification, PreTrainedTokenizerBase
 
 from ..config import TaskConfig
-from .base import Batch, bad_row, natural_sort, strip_bookkeeping
+from .base import Batch, bad_row, columns, natural_sort, strip_bookkeeping
 
 __all__ = ["TokenClassification"]
 
@@ -18,13 +18,14 @@ class TokenClassification:
     class_column = None
 
     def infer_labels(self, train, task: TaskConfig) -> list[str]:
-        tags = natural_sort({str(t) for seq in train["tags"] for t in seq})
+        tags = natural_sort({str(t) for seq in columns(train, "tags")["tags"] for t in seq})
         return ["O"] + [t for t in tags if t != "O"] if "O" in tags else tags
 
     def validate(self, ds, task: TaskConfig, labels: list[str] | None) -> None:
         assert labels is not None
         known = set(labels)
-        for i, (toks, tags) in enumerate(zip(ds["tokens"], ds["tags"])):
+        col = columns(ds, "tokens", "tags")
+        for i, (toks, tags) in enumerate(zip(col["tokens"], col["tags"])):
             if len(toks) != len(tags):
                 raise bad_row(task, ds, i, f"token/tag length mismatch: {len(toks)} tokens, {len(tags)} tags")
             if not toks:
@@ -53,7 +54,7 @@ class TokenClassification:
 
         feats = ds.map(fn, batched=True, remove_columns=[c for c in ds.column_names if c not in ("_row", "_file")],
                        desc=f"{task.name}/{split}: tokenize")
-        truncated = sum(1 for n in feats["_words_lost"] if n > 0)
+        truncated = sum(1 for n in columns(feats, "_words_lost")["_words_lost"] if n > 0)
         return feats, {"truncated": truncated, "dropped": 0}
 
     def collate(self, rows: list[dict[str, Any]], tok: PreTrainedTokenizerBase) -> Batch:

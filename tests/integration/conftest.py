@@ -1,4 +1,6 @@
-"""One local Ray instance (on a loopback address) shared by the integration tests."""
+"""One local Ray instance (on a loopback address) shared by the integration tests of a pytest process (under
+``make test``'s pytest-xdist, one per worker; ``--dist loadfile`` keeps a file's tests, and so its module-scoped
+actors, in one worker)."""
 
 from __future__ import annotations
 

@@ -512,6 +512,11 @@ def plasma_usage(gcs_address: str, settle_s: float = 3.0, floor: int = 1) -> tup
         time.sleep(0.2)
 
 
+class _FormatAndDrop(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        self.format(record)
+
+
 def test_no_per_step_growth_of_driver_memory_or_ray_objects_over_200_steps(ray_local, mixed_data, tmp_path, monkeypatch):
     import collections
     import gc
@@ -538,8 +543,19 @@ def test_no_per_step_growth_of_driver_memory_or_ray_objects_over_200_steps(ray_l
         return record
 
     monkeypatch.setattr(MetaTrainer, "meta_step", step_and_measure)
-    plasma_usage(worker.node.gcs_address, settle_s=0)  # its first query imports and starts things: not per step
-    train(load_config(data=data))
+    # The per-step INFO lines are made and formatted (that path runs), then dropped: pytest's log capture on the
+    # root logger keeps every record it is handed, one per step, which is the harness's memory, not the driver's.
+    # Pinned to INFO, so the test does not depend on which earlier test in this process configured logging.
+    lg = logging.getLogger("raymeta")
+    monkeypatch.setattr(lg, "propagate", False)
+    monkeypatch.setattr(lg, "handlers", [_FormatAndDrop()])
+    level = lg.level
+    lg.setLevel(logging.INFO)  # setLevel, not an attribute: it also resets the loggers' cached levels
+    try:
+        plasma_usage(worker.node.gcs_address, settle_s=0)  # its first query imports and starts things: not per step
+        train(load_config(data=data))
+    finally:
+        lg.setLevel(level)
     assert at[200]["rss"] - at[50]["rss"] < 4 * 2**20, at  # a leaked 4 MB parameter buffer per step: 600 MB
     assert at[200]["python_objects"] - at[50]["python_objects"] < 150, (kinds[200] - kinds[50]).most_common(8)
     assert at[200]["refs"] <= at[50]["refs"], at  # object references held by the driver

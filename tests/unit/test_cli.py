@@ -42,6 +42,14 @@ def test_tasks_show_prints_labels_lengths_and_episode(raymeta):
     [
         (("tasks", "show", "no_such_task"), "task 'no_such_task': not a ready-made task"),
         (("tasks", "show", "--config", "missing.yaml"), "config file missing.yaml: not found"),
+        (("evaluate", "--init", "x", "--task", "bbc_news", "--method", "setfit", "--episodic"),
+         "--method setfit scores K-shot splits; --episodic scores N-way K-shot episodes"),
+        (("evaluate", "--init", "x", "--task", "bbc_news", "--setfit-epochs", "2"),
+         "--setfit-epochs applies to --method setfit only"),
+        (("evaluate", "--init", "x", "--task", "bbc_news", "--method", "setfit", "--setfit-lr", "0"),
+         "--setfit-lr must be positive, got 0.0"),
+        (("evaluate", "--init", "x", "--task", "wnut17", "--method", "prototype"),
+         "task 'wnut17': --method prototype needs a sequence_classification task; the task is token_classification"),
     ],
 )
 def test_user_errors_are_one_line_without_traceback(args, expect, raymeta):

@@ -38,8 +38,9 @@ def setup(task):
     return model, params, task.episode(EP, seed=1, step=0)
 
 
-def test_config_default_is_the_unscaled_euclidean_metric():
-    assert load_config().meta.proto == ProtoConfig(distance="euclidean", temperature=1.0)
+def test_config_default_is_the_euclidean_metric_scaled_by_ten():
+    # chosen on validation tasks (configs/proto_metric.yaml, benchmarks/RESULTS.md §9)
+    assert load_config().meta.proto == ProtoConfig(distance="euclidean", temperature=10.0)
     assert load_config(overrides=["meta.proto.distance=cosine", "meta.proto.temperature=0.1"]).meta.proto.temperature == 0.1
     with pytest.raises(ConfigError, match="meta.proto.temperature"):
         load_config(overrides=["meta.proto.temperature=0"])

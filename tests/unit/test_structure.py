@@ -1,6 +1,7 @@
 """The package's shape, read with ``ast`` (nothing is imported): no import circles between raymeta's
 modules, no module importing another's ``_private`` names, and every third-party package the code
-imports declared in pyproject.toml's ``dependencies``."""
+imports declared in pyproject.toml: in ``dependencies``, or in an optional extra (``setfit``) when every
+import of it is inside a function, so that raymeta imports and runs without the extra."""
 
 from __future__ import annotations
 
@@ -135,9 +136,26 @@ def _normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _declared() -> set[str]:
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
+def _names(deps: list[str]) -> set[str]:
     return {_normalise(re.match(r"[A-Za-z0-9_.\-]+", d).group(0)) for d in deps}
+
+
+def _declared() -> set[str]:
+    return _names(tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"])
+
+
+def _declared_extras() -> set[str]:
+    """Every distribution of pyproject.toml's optional extras (``raymeta[...]`` self-references left out)."""
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    return _names([d for deps in extras.values() for d in deps if not d.startswith("raymeta")])
+
+
+def _top_level_lines(path: Path) -> set[int]:
+    """Lines of the imports that run when the module is imported (not inside a function)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    local = {n.lineno for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+             for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))}
+    return {n.lineno for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))} - local
 
 
 def third_party_imports() -> dict[str, list[str]]:
@@ -153,13 +171,26 @@ def third_party_imports() -> dict[str, list[str]]:
 
 def test_every_imported_package_is_declared():
     installed = packages_distributions()
-    declared = _declared()
-    missing = []
+    declared, extras = _declared(), _declared_extras()
+    top_level = {str(p.relative_to(REPO)): _top_level_lines(p) for p in MODULES.values()}
+    missing, eager = [], []
     for top, where in sorted(third_party_imports().items()):
         dists = {_normalise(d) for d in installed.get(top, [])} | {_normalise(KNOWN.get(top, top))}
-        if not dists & declared:
+        if dists & declared:
+            continue
+        if not dists & extras:
             missing.append(f"{top} (distribution {' or '.join(sorted(dists))}; imported at {where[0]})")
+        eager += [w for w in where if int(w.rpartition(":")[2]) in top_level[w.rpartition(":")[0]]]
     assert not missing, "imported by raymeta/ but not in pyproject.toml's dependencies: " + ", ".join(missing)
+    assert not eager, "an optional extra's package imported at module level (import it inside the function): " + \
+        ", ".join(eager)
+
+
+def test_the_extras_check_tells_lazy_from_eager_imports(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("import a\ntry:\n    import b\nexcept ImportError:\n    pass\n\ndef g():\n    import c\n")
+    assert _top_level_lines(f) == {1, 3}
+    assert {"setfit", "sentence-transformers"} <= _declared_extras() and "setfit" not in _declared()
 
 
 def test_the_dependency_check_sees_the_usual_suspects():

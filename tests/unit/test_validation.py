@@ -47,6 +47,21 @@ def test_class_disjoint_splits_of_one_file_are_allowed(tmp_path):
         validation_specs(cfg)
 
 
+def test_validation_on_a_test_task_is_one_line(tmp_path):
+    """Choosing on a task the run also tests on would make its test score optimistic."""
+    other = tmp_path / "b.csv"
+    other.write_text("text,label\nx,a\ny,b\n")
+    cfg = cfg_with(tmp_path, {"tasks": [val_task(other, include_labels=["a"])]})
+    cfg.eval.episodic_tasks = [val_task(other, name="test_part", include_labels=["b"])]
+    assert [s.name for s in validation_specs(cfg)] == ["held"]  # class-disjoint: allowed
+    cfg.eval.episodic_tasks = [val_task(other, name="test_part")]
+    with pytest.raises(ConfigError, match="task 'held' overlaps the evaluation .test. task 'test_part' .same files"):
+        validation_specs(cfg)
+    cfg.eval.episodic_tasks, cfg.eval.tasks = [], [val_task(tmp_path / "c.csv")]
+    with pytest.raises(ConfigError, match="overlaps the evaluation .test. task 'held' .same name"):
+        validation_specs(cfg)
+
+
 def test_best_needs_validation_tasks(tmp_path):
     with pytest.raises(ConfigError, match="config key 'checkpoint.best': choosing the best step needs validation tasks"):
         MetaTrainer(cfg_with(tmp_path, checkpoint={"best": True}))
