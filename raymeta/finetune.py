@@ -18,7 +18,7 @@ from .metrics import classification_metrics, ner_metrics, qa_metrics, qa_predict
 from .model import MetaModel, load_encoder, load_tokenizer
 from .tasks import Task, load_task
 
-__all__ = ["FinetuneSettings", "finetune_and_evaluate", "test_rows"]
+__all__ = ["FinetuneSettings", "finetune_and_evaluate", "test_rows", "run_setup"]
 
 
 @dataclass(frozen=True)
@@ -105,11 +105,10 @@ def _evaluate(model: MetaModel, task: Task, rows: list[int], eval_batch: int) ->
     return classification_metrics(torch.cat(logits_all).tolist(), torch.cat(gold_all).tolist())
 
 
-def finetune_and_evaluate(
-    init: str, task_json: str, train_rows: list[int], *, settings: FinetuneSettings, seed: int, data_dir: str,
-    cache_dir: str | None, pooling: str | None = None, threads: int | None = None, task: Task | None = None,
-) -> dict[str, Any]:
-    """Fine-tune ``init`` (encoder + a new head) on ``train_rows`` and score the test split."""
+def run_setup(init: str, task_json: str, *, pooling: str | None, threads: int | None, data_dir: str,
+              cache_dir: str | None, task: Task | None) -> tuple[ModelConfig, Task]:
+    """What every K-shot evaluation run does first, in its Ray worker: quiet the per-load progress bars, size
+    torch's threads, and load the task (unless the caller passes it) with the init's tokenizer."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per run is noise
@@ -118,6 +117,16 @@ def finetune_and_evaluate(
     mcfg = ModelConfig(name_or_path=init, pooling=pooling)
     if task is None:
         task = load_task(TaskConfig.model_validate_json(task_json), load_tokenizer(mcfg), data_dir, cache_dir)
+    return mcfg, task
+
+
+def finetune_and_evaluate(
+    init: str, task_json: str, train_rows: list[int], *, settings: FinetuneSettings, seed: int, data_dir: str,
+    cache_dir: str | None, pooling: str | None = None, threads: int | None = None, task: Task | None = None,
+) -> dict[str, Any]:
+    """Fine-tune ``init`` (encoder + a new head) on ``train_rows`` and score the test split."""
+    mcfg, task = run_setup(init, task_json, pooling=pooling, threads=threads, data_dir=data_dir, cache_dir=cache_dir,
+                           task=task)
     torch.manual_seed(seed)
     model = MetaModel(load_encoder(mcfg), mcfg.pooling)
     model.add_head(task.name, task.config.type, task.num_labels)

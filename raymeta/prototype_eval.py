@@ -17,13 +17,13 @@ from typing import Sequence
 import torch
 
 from .algorithms import proto_logits, prototypes
-from .config import ModelConfig, TaskConfig
+from .config import TaskConfig
 from .episodic import embed_rows
 from .errors import DataError
-from .finetune import test_rows
+from .finetune import run_setup, test_rows
 from .metrics import classification_metrics
-from .model import MetaModel, load_encoder, load_tokenizer
-from .tasks import Task, load_task
+from .model import MetaModel, load_encoder
+from .tasks import Task
 
 __all__ = ["check_prototype_task", "prototype_evaluate"]
 
@@ -42,16 +42,9 @@ def prototype_evaluate(
 ) -> list[dict[str, float]]:
     """Score ``init`` with the prototype classifier of each K-shot training set in ``splits`` (train-split row
     indices, K per class); one metrics dict (accuracy, macro-F1) per split, in order."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    if threads:
-        torch.set_num_threads(threads)
-    spec = TaskConfig.model_validate_json(task_json)
-    check_prototype_task(spec)
-    mcfg = ModelConfig(name_or_path=init, pooling=pooling)
-    if task is None:
-        task = load_task(spec, load_tokenizer(mcfg), data_dir, cache_dir)
+    check_prototype_task(TaskConfig.model_validate_json(task_json))
+    mcfg, task = run_setup(init, task_json, pooling=pooling, threads=threads, data_dir=data_dir, cache_dir=cache_dir,
+                           task=task)
     model = MetaModel(load_encoder(mcfg), mcfg.pooling).eval()
     test_x, test_y = embed_rows(model, task, {"test": test_rows(task, max_test, seed=0)}, batch_size=eval_batch)
     support = sorted({int(r) for rows in splits for r in rows})  # every split's rows, embedded once

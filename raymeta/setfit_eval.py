@@ -25,14 +25,12 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import torch
-
-from .config import ModelConfig, TaskConfig
+from .config import TaskConfig
 from .errors import DataError, RaymetaError
-from .finetune import test_rows
+from .finetune import run_setup, test_rows
 from .metrics import classification_metrics
 from .model import ADAPTER_CONFIG, default_pooling, load_encoder, load_tokenizer, resolve_model_path
-from .tasks import Task, load_task
+from .tasks import Task
 
 __all__ = ["SetfitSettings", "check_setfit_task", "require_setfit", "setfit_and_evaluate"]
 
@@ -106,18 +104,13 @@ def setfit_and_evaluate(
     import datasets
     from sklearn.linear_model import LogisticRegression
     from transformers.trainer_callback import ProgressCallback
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
     setfit.logging.set_verbosity_warning()  # setfit turns its own INFO logging on at import
     datasets.disable_progress_bars()
-    if threads:
-        torch.set_num_threads(threads)
     spec = TaskConfig.model_validate_json(task_json)
     check_setfit_task(spec)
-    mcfg = ModelConfig(name_or_path=init, pooling=pooling)
-    if task is None:
-        task = load_task(spec, load_tokenizer(mcfg), data_dir, cache_dir)
+    mcfg, task = run_setup(init, task_json, pooling=pooling, threads=threads, data_dir=data_dir, cache_dir=cache_dir,
+                           task=task)
     check_setfit_task(spec, task)
     train_ids = task.class_ids("train")
     assert train_ids is not None
