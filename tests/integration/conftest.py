@@ -4,6 +4,7 @@ actors, in one worker)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -100,3 +101,29 @@ def write_config(tmp_path, cfg: dict) -> str:
     p = tmp_path / "exp.yaml"
     p.write_text(yaml.safe_dump(cfg))
     return str(p)
+
+
+class Interrupt(Exception):
+    """The driver "killed" mid-run by :func:`driver_killed_at`."""
+
+
+@contextlib.contextmanager
+def driver_killed_at(monkeypatch, step: int):
+    """Within the block, ``MetaTrainer.meta_step`` raises :class:`Interrupt` when the trainer reaches ``step``
+    (the checkpoints before it are written); the real ``meta_step`` is back after it, for the resume."""
+    from raymeta.trainer import MetaTrainer
+
+    original = MetaTrainer.meta_step
+
+    def crash(self):
+        if self.step == step:
+            raise Interrupt("driver killed")
+        return original(self)
+
+    monkeypatch.setattr(MetaTrainer, "meta_step", crash)
+    try:
+        with pytest.raises(Interrupt):
+            yield
+    finally:
+        monkeypatch.setattr(MetaTrainer, "meta_step", original)
+

@@ -21,7 +21,7 @@ from raymeta.config import load_config
 from raymeta.errors import ConfigError
 from raymeta.trainer import MetaTrainer
 
-from .conftest import tiny_config, write_config
+from .conftest import driver_killed_at, tiny_config, write_config
 from .test_trainer import reference_meta_gradient
 
 MODES = {
@@ -75,10 +75,6 @@ def _adapters(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path / ADAPTER_DIR / "adapter_model.safetensors"))
 
 
-class Interrupt(Exception):
-    pass
-
-
 def test_lora_run_exports_merged_model_and_adapter_and_resumes_bit_for_bit(task_actors, mixed_data, tmp_path, monkeypatch):
     from peft import PeftModel
     from transformers import AutoModel
@@ -108,17 +104,8 @@ def test_lora_run_exports_merged_model_and_adapter_and_resumes_bit_for_bit(task_
 
     # interrupted after two steps, then resumed: the same adapters, bit for bit
     cfg = load_config(data=config(tmp_path / "b", mixed_data, "lora", algorithm="fomaml", steps=4))
-    original = MetaTrainer.meta_step
-
-    def crash_after_two(self):
-        if self.step == 2:
-            raise Interrupt("driver killed")
-        return original(self)
-
-    monkeypatch.setattr(MetaTrainer, "meta_step", crash_after_two)
-    with pytest.raises(Interrupt):
+    with driver_killed_at(monkeypatch, 2):
         MetaTrainer(cfg, actors=task_actors(cfg)).run()
-    monkeypatch.setattr(MetaTrainer, "meta_step", original)
     resumed = _adapters(MetaTrainer(cfg, actors=task_actors(cfg), resume=True).run())
     assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
 

@@ -21,7 +21,7 @@ from raymeta.model import load_tokenizer
 from raymeta.tasks import load_task
 from raymeta.trainer import MetaTrainer, train
 
-from .conftest import tiny_config, write_config
+from .conftest import driver_killed_at, tiny_config, write_config
 
 
 def reference_meta_gradient(cfg: ExperimentConfig, shared: dict[str, torch.Tensor], step: int, pcgrad: bool) -> torch.Tensor:
@@ -113,29 +113,16 @@ def test_deterministic_for_a_seed(task_actors, mixed_data, tmp_path):
     assert not all(torch.equal(ta[k], tc[k]) for k in ta)
 
 
-class Interrupt(Exception):
-    pass
-
-
 def test_resume_reaches_the_same_parameters_bit_for_bit(task_actors, mixed_data, tmp_path, monkeypatch):
     steps = {"steps": 4, "algorithm": "maml"}
     straight = final_tensors(train_reusing(load_config(data=tiny_config(tmp_path / "a", mixed_data, **steps)),
                                            task_actors).parent)
 
     cfg = load_config(data=tiny_config(tmp_path / "b", mixed_data, **steps))
-    original = MetaTrainer.meta_step
-
-    def crash_after_two(self):
-        if self.step == 2:
-            raise Interrupt("driver killed")
-        return original(self)
-
-    monkeypatch.setattr(MetaTrainer, "meta_step", crash_after_two)
-    with pytest.raises(Interrupt):
+    with driver_killed_at(monkeypatch, 2):
         train_reusing(cfg, task_actors)
     ckpt = latest_checkpoint(cfg.output_dir)
     assert ckpt is not None and ckpt.name == "step-00000002"
-    monkeypatch.setattr(MetaTrainer, "meta_step", original)
     resumed = final_tensors(train_reusing(cfg, task_actors, resume=True).parent)
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     lines = (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()
