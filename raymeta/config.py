@@ -306,8 +306,18 @@ class ValidationConfig(_Strict):
     episodes: int = Field(default=200, ge=1)  # prototype: seeded episodes per task (the same at every validation)
     splits: int = Field(default=2, ge=1)  # finetune: seeded K-shot splits per task
     max_rows_per_class: int = Field(default=40, ge=2)  # rows embedded per class (a seeded subsample, fixed)
+    # rows scored: every split of a validation task, or only its test split. "test" allows in-domain selection on
+    # a meta-training task's held-back rows (meta-training reads train splits only; prototype method only).
+    split: Literal["all", "test"] = "all"
     every_steps: int = Field(default=10, ge=1)  # and at step 0 and at the last step
     early_stopping: EarlyStopping | None = None
+
+    @model_validator(mode="after")
+    def _held_out_rows_are_prototype_only(self) -> "ValidationConfig":
+        if self.split == "test" and self.method != "prototype":
+            raise ValueError("split: test scores held-out rows with prototype episodes (method: prototype); "
+                             "finetune validation draws its K-shot splits from train")
+        return self
 
 
 class SetfitConfig(_Strict):
@@ -381,14 +391,17 @@ class TuneSpaceConfig(_Strict):
     inner_lr: tuple[float, float] | None = None  # log-uniform, e.g. [1e-3, 1e-1] for the MAML family
     inner_steps: tuple[int, int] | None = None  # inclusive integer range
     algorithms: list[Algorithm] | None = None  # a categorical choice; None keeps meta.algorithm
+    temperature: tuple[float, float] | None = None  # meta.proto.temperature, log-uniform
+    trainable: list[Literal["full", "lora", "top_layers"]] | None = Field(default=None, min_length=1)  # model.trainable
+    lora_r: tuple[int, int] | None = None  # model.lora.r, log-uniform integers (with trainable: lora)
 
     @model_validator(mode="after")
     def _ordered(self) -> "TuneSpaceConfig":
-        for key in ("log_weight_range", "lr", "inner_lr", "inner_steps"):
+        for key in ("log_weight_range", "lr", "inner_lr", "inner_steps", "temperature", "lora_r"):
             r = getattr(self, key)
             if r is not None and not r[0] <= r[1]:
                 raise ValueError(f"{key}: expected [low, high] with low <= high, got {list(r)}")
-            if r is not None and key in ("lr", "inner_lr") and r[0] <= 0:
+            if r is not None and key in ("lr", "inner_lr", "temperature", "lora_r") and r[0] <= 0:
                 raise ValueError(f"{key}: a log-uniform range must be positive, got {list(r)}")
         return self
 

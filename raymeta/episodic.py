@@ -71,13 +71,14 @@ def embed_rows(model: MetaModel, task: Task, rows: dict[str, list[int] | None], 
     return np.concatenate(embs), np.concatenate(ids)
 
 
-def subsample_per_class(task: Task, max_per_class: int, rng: np.random.Generator) -> tuple[dict[str, list[int]], dict[int, int]]:
-    """At most ``max_per_class`` rows of each class over all of ``task``'s splits (in split-name order), drawn with
-    ``rng``: the fixed row set that meta-validation scores at every step. Returns the rows per split and the count
-    per class id."""
+def subsample_per_class(task: Task, max_per_class: int, rng: np.random.Generator,
+                        splits: tuple[str, ...] | None = None) -> tuple[dict[str, list[int]], dict[int, int]]:
+    """At most ``max_per_class`` rows of each class over ``splits`` of ``task`` (None: all of them; in split-name
+    order), drawn with ``rng``: the fixed row set that meta-validation scores at every step. Returns the rows per
+    split and the count per class id."""
     rows: dict[str, list[int]] = {}
     per_class: dict[int, int] = {}
-    for split in sorted(task.features):
+    for split in sorted(task.features if splits is None else splits):
         ids = task.class_ids(split)
         assert ids is not None, "subsampling per class needs a classification task"
         chosen: list[int] = []

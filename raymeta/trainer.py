@@ -463,7 +463,7 @@ class MetaTrainer:
             save_config(self.cfg, self.out)
             self.tracker = tracker = Tracker(self.out, list(self.actor_weights), start_step=self.step)
             try:
-                stop = self._validate_after_restore()  # step 0: the starting model is a candidate for best
+                stop = self._revalidate(tracker)  # step 0: the starting model is a candidate for best
                 while self.step < self.cfg.meta.steps and not stop:
                     try:
                         if self.collective:  # no task affinity: no process holds every task's gradient
@@ -481,7 +481,7 @@ class MetaTrainer:
                                 ckpt = self._checkpoint()
                     except ray.exceptions.RayError as e:  # a lost actor: back to the last checkpoint, replay
                         self._recover(e, tracker)
-                        stop = self._validate_after_restore()
+                        stop = self._revalidate(tracker)
                         continue
                     for hook in self.hooks:
                         hook(self, record, ckpt)
@@ -528,6 +528,17 @@ class MetaTrainer:
             return False
         self.validator.resume(self.step)
         return self._validate() if self.validator.due(self.step, self.cfg.meta.steps) else False
+
+    def _revalidate(self, tracker: Tracker) -> bool:
+        """:meth:`_validate_after_restore`, which asks the task actors: one that dies meanwhile is recovered from
+        like one lost in a step (same restart limit), then the validation runs again."""
+        import ray
+
+        while True:
+            try:
+                return self._validate_after_restore()
+            except ray.exceptions.RayError as e:
+                self._recover(e, tracker)
 
     def _log_validation_summary(self, stopped: bool) -> None:
         assert self.validator is not None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -195,6 +196,10 @@ def run_tune(cfg: ExperimentConfig, *, num_samples: int | None = None, resume: b
     from .tune_report import finish
 
     _validate(cfg)
+    # Tune runs each trial in its own directory unless told not to (Ray propagates this variable to trials).
+    # A relative path in the config (data_dir, task files) means the directory `raymeta tune` started in, as it
+    # does for `raymeta train`; trials write only under absolute paths (their trial directory).
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     started = connect(cfg.resources.address)
     try:
         sizes = _task_sizes(cfg)

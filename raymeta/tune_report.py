@@ -104,7 +104,8 @@ def _plot(rows: list[dict[str, Any]], tasks: list[str], path: Path) -> Path | No
     ok = [r for r in rows if not math.isnan(r["val_score"])]
     if not ok:
         return None
-    dims = [k for k in ("lr", "inner_lr", "inner_steps", "algorithm") if k in ok[0]["params"]]
+    dims = [k for k in ("lr", "inner_lr", "inner_steps", "algorithm", "temperature", "trainable", "lora_r")
+            if k in ok[0]["params"]]
     dims += [f"w:{t}" for t in tasks if ok[0]["mixture"]]
     fig, axes = plt.subplots(1, len(dims), figsize=(3.2 * len(dims), 3.2), squeeze=False)
     best = max(ok, key=lambda r: r["val_score"])
@@ -118,7 +119,7 @@ def _plot(rows: list[dict[str, Any]], tasks: list[str], path: Path) -> Path | No
             if r["heuristic"]:
                 ax.annotate(r["heuristic"], (value(r), r["val_score"]), fontsize=7)
         ax.scatter([value(best)], [best["val_score"]], marker="*", s=160, c="tab:red")
-        if dim in ("lr", "inner_lr"):
+        if dim in ("lr", "inner_lr", "temperature"):
             ax.set_xscale("log")
         ax.tick_params(axis="x", labelrotation=30, labelsize=7)
         ax.set_xlabel("mixture weight of " + dim[2:] if dim.startswith("w:") else dim)

@@ -1,4 +1,5 @@
-"""What ``raymeta tune`` searches: mixture weights on the simplex, learning rates, inner steps, algorithm.
+"""What ``raymeta tune`` searches: mixture weights on the simplex, learning rates, inner steps, algorithm,
+ProtoNet's temperature, and what trains (``model.trainable``, LoRA rank).
 
 Pure functions over the config (no Ray): the Tune wiring is in :mod:`raymeta.tune`.
 
@@ -55,6 +56,12 @@ def _defaults(cfg: ExperimentConfig) -> dict[str, Any]:
         point["inner_steps"] = min(max(cfg.meta.inner_steps, s.inner_steps[0]), s.inner_steps[1])
     if s.algorithms:
         point["algorithm"] = cfg.meta.algorithm if cfg.meta.algorithm in s.algorithms else s.algorithms[0]
+    if s.temperature is not None:
+        point["temperature"] = min(max(cfg.meta.proto.temperature, s.temperature[0]), s.temperature[1])
+    if s.trainable:
+        point["trainable"] = cfg.model.trainable if cfg.model.trainable in s.trainable else s.trainable[0]
+    if s.lora_r is not None:
+        point["lora_r"] = min(max(cfg.model.lora.r, s.lora_r[0]), s.lora_r[1])
     return point
 
 
@@ -80,6 +87,12 @@ def search_space(cfg: ExperimentConfig, sizes: dict[str, int]) -> tuple[dict[str
         space["inner_steps"] = tune.randint(s.inner_steps[0], s.inner_steps[1] + 1)
     if s.algorithms:
         space["algorithm"] = tune.choice(list(s.algorithms))
+    if s.temperature is not None:
+        space["temperature"] = tune.loguniform(*s.temperature)
+    if s.trainable:
+        space["trainable"] = tune.choice(list(s.trainable))
+    if s.lora_r is not None:  # ranks span powers of two: 2, 4, ..., 64 equally likely per octave
+        space["lora_r"] = tune.lograndint(s.lora_r[0], s.lora_r[1] + 1)
     if not space:
         raise ConfigError("config key 'tune.space': nothing to search (weights off and no ranges given)")
     base = _defaults(cfg)
@@ -103,6 +116,12 @@ def apply_params(cfg: ExperimentConfig, params: dict[str, Any]) -> ExperimentCon
         data["meta"]["inner_steps"] = int(params["inner_steps"])
     if "algorithm" in params:
         data["meta"]["algorithm"] = str(params["algorithm"])
+    if "temperature" in params:
+        data["meta"]["proto"]["temperature"] = float(params["temperature"])
+    if "trainable" in params:
+        data["model"]["trainable"] = str(params["trainable"])
+    if "lora_r" in params:
+        data["model"]["lora"]["r"] = int(params["lora_r"])
     return ExperimentConfig.model_validate(data)
 
 

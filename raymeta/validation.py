@@ -64,6 +64,13 @@ def _files(spec: TaskConfig) -> set[str]:
     return {str(Path(x).resolve()) if not x.startswith(("hub:", "builtin:")) else x for x in out}
 
 
+def _held_back(spec: TaskConfig, other: TaskConfig) -> bool:
+    """Whether ``spec``'s test split holds rows that meta-training on ``other`` never reads: the same source, carved
+    the same way, with a test split (meta-training samples train splits only)."""
+    has_test = spec.source.test_fraction is not None or "test" in spec.source.files
+    return has_test and spec.source == other.source and spec.include_labels == other.include_labels
+
+
 def _overlap(spec: TaskConfig, other: TaskConfig) -> str | None:
     """Why ``spec`` and ``other`` share data (same name; or same files and classes that meet), else None."""
     if spec.name == other.name:
@@ -88,18 +95,25 @@ def validation_specs(cfg: ExperimentConfig) -> list[TaskConfig]:
                               "validation scores classification tasks")
         for role, others in (("meta-training", cfg.tasks), ("evaluation (test)", tests)):
             for other in others:
+                if role == "meta-training" and v.split == "test" and _held_back(spec, other):
+                    continue  # in-domain selection on the rows that meta-training holds back
                 why = _overlap(spec, other)
                 if why:
                     raise ConfigError(f"config key 'eval.validation.tasks': task '{spec.name}' overlaps the {role} "
                                       f"task '{other.name}' ({why}); validation must be on tasks the run never "
-                                      "trains or tests on")
+                                      "trains or tests on" + (" (or its held-back rows: eval.validation.split=test)"
+                                                              if role == "meta-training" and v.split != "test" else ""))
     return specs
 
 
 def choose_rows(task: Task, v: ValidationConfig, seed: int) -> dict[str, list[int]]:
-    """A seeded subsample of at most ``max_rows_per_class`` rows per class over all of the task's splits, chosen
+    """A seeded subsample of at most ``max_rows_per_class`` rows per class over the task's splits (all of them, or
+    the test split with ``eval.validation.split: test``), chosen
     once: every validation of a run scores the same rows and the same episodes (paired across steps)."""
-    rows, per_class = subsample_per_class(task, v.max_rows_per_class, np.random.default_rng([seed, 7]))
+    if v.split == "test" and "test" not in task.features:
+        raise DataError(task.name, "eval.validation.split=test needs a test split (source.test_fraction or a test file)")
+    rows, per_class = subsample_per_class(task, v.max_rows_per_class, np.random.default_rng([seed, 7]),
+                                          splits=("test",) if v.split == "test" else None)
     need = v.shots + v.queries if v.method == "prototype" else v.shots
     enough = sum(1 for n in per_class.values() if n >= need)
     if v.method == "prototype" and enough < v.ways:

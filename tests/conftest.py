@@ -7,6 +7,12 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download: fail fast instead of hanging
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# One intra-op thread per process (before torch is imported; Ray workers started from here inherit it). The
+# suite runs two xdist workers, each with its own Ray instance and actors, on 2 CPUs: with torch's default
+# (a thread per core in every process), busy OpenMP threads outnumber the cores and a step can take 10x as
+# long (measured: 0.6 s -> 7.5 s per MiniLM step when two 2-thread actors shared 2 CPUs). Tests that set a
+# count themselves (resources.torch_threads, bench) still do.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 from pathlib import Path
 
 import pytest

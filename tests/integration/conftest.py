@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -73,6 +74,29 @@ def mixed_data(tmp_path_factory):
         paras.append({"context": ctx, "qas": qas})
     (d / "qa.json").write_text(json.dumps({"data": [{"title": "rivers", "paragraphs": paras}]}))
     return d
+
+
+# Classes told apart by their words alone: even the tiny random BERT's mean-pooled embeddings separate them
+# at step 0, and a destructive learning rate can only make that worse.
+TOPICS = {"fruit": "apple banana cherry grape", "vehicle": "car truck bus train", "weather": "rain snow wind storm",
+          "music": "guitar piano drum violin"}
+
+
+@pytest.fixture(scope="session")
+def val_file(tmp_path_factory) -> Path:
+    """A validation task (eval.validation) disjoint from :func:`mixed_data`'s tasks: 10 rows of each of 4 topics."""
+    p = tmp_path_factory.mktemp("val") / "topics.csv"
+    words = {k: v.split() for k, v in TOPICS.items()}
+    p.write_text("text,label\n" + "".join(f"{' '.join(w[i % 4:] + w[:i % 4])} {w[i % 3]},{k}\n"
+                                          for i in range(10) for k, w in words.items()))
+    return p
+
+
+def validation_on(val_file: Path, **settings) -> dict:
+    """An ``eval.validation`` block scoring :func:`val_file` with 3-way 2-shot prototype episodes."""
+    return {"tasks": [{"name": "topics", "type": "sequence_classification", "max_length": 16,
+                       "source": {"kind": "files", "format": "csv", "files": {"train": str(val_file)}}}],
+            "ways": 3, "shots": 2, "queries": 3, "episodes": 30, **settings}
 
 
 def tiny_config(tmp_path, data_dir, **meta) -> dict:

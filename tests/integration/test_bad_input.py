@@ -85,6 +85,8 @@ CASES = [
      "asks for GPU=1, but no node has that much"),
     ("init-not-a-model", lambda t, f: ["evaluate", "--init", f["notamodel"], "--task", "chatterbot_topics",
                                        "--output", str(t / "out" / "r.json")], "notamodel"),
+    ("init-does-not-exist", lambda t, f: ["evaluate", "--init", str(t / "nope"), "--task", "chatterbot_topics",
+                                          "--output", str(t / "out" / "r.json")], "not a model directory"),
     ("truncated-safetensors", lambda t, f: ["evaluate", "--init", f["trunc"], "--task", "chatterbot_topics",
                                             "--output", str(t / "out" / "r.json")], "trunc"),
     ("k-larger-than-class", lambda t, f: ["evaluate", "--init", "offline:all-MiniLM-L6-v2", "--task", "chatterbot_topics",

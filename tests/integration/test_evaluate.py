@@ -129,11 +129,7 @@ def test_cli_evaluate(tiny_init, tmp_path):
                         "--shots", "2", "--splits", "2", "--steps", "2", "--max-test", "20",
                         "--output", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "K=2" in r.stdout and (tmp_path / "r.json").is_file()
-    bad = subprocess.run([sys.executable, "-m", "raymeta.cli", "evaluate", "--init", str(tmp_path / "nope"),
-                          "--task", str(d), "--output", str(tmp_path / "b.json")], capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "not a model directory" in bad.stderr
-    assert not (tmp_path / "b.json").exists()
+    assert "K=2" in r.stdout and (tmp_path / "r.json").is_file()  # a missing --init: test_bad_input.py
 
 
 @pytest.mark.slow

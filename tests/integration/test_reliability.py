@@ -33,7 +33,7 @@ from raymeta.trainer import MetaTrainer, train
 
 from ..tb_events import tensorboard_scalars
 from .cluster import default_sigint, env, head, wait_for
-from .conftest import tiny_config
+from .conftest import tiny_config, validation_on
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 8
@@ -119,8 +119,9 @@ def kill_actors_at(monkeypatch, kills: list[tuple[str, str, int]]) -> list[int]:
     """SIGKILL the process of a task's actor once for each (task, when, n) of ``kills``, in order: when the
     driver has just finished step n (``"step"``: the actor's next call, the checkpoint of that step, is
     the one that fails), the checkpoint at step n (``"checkpoint"``: the next step fails, in its
-    compute or its all-reduce), or the n-th start of the task actors (``"start"``: 1 is the first, 2 the
-    first restart of a recovery, which then fails restoring the checkpoint). Returns the pids killed."""
+    compute or its all-reduce), the n-th start of the task actors (``"start"``: 1 is the first, 2 the
+    first restart of a recovery, which then fails restoring the checkpoint), or just before a validation
+    at step n (``"validate"``: the validation fails). Returns the pids killed."""
     import ray
 
     pending, killed = list(kills), []
@@ -156,6 +157,13 @@ def kill_actors_at(monkeypatch, kills: list[tuple[str, str, int]]) -> list[int]:
         kill_if(self, "start", starts[0])
 
     monkeypatch.setattr(MetaTrainer, "_start_actors", start_then_kill)
+    original_validate = MetaTrainer._validate
+
+    def kill_then_validate(self):
+        kill_if(self, "validate", self.step)
+        return original_validate(self)
+
+    monkeypatch.setattr(MetaTrainer, "_validate", kill_then_validate)
     return killed
 
 
@@ -200,6 +208,24 @@ def test_killed_task_actor_in_a_collective_group_recovers(uninterrupted, ray_loc
     got = final_tensors(final.parent)
     assert all(torch.allclose(got[k], v, rtol=1e-5, atol=1e-6) for k, v in uninterrupted.items())
     assert [r["step"] for r in records(data["output_dir"])] == list(range(STEPS))
+
+
+def test_actor_killed_during_a_validation_and_again_during_its_rerun_after_the_recovery(ray_local, mixed_data, val_file,
+                                                                                       tmp_path, monkeypatch, caplog):
+    """Meta-validation asks the task actors too. One lost there is recovered from like one lost in a step,
+    and one lost again in the validation that the recovery runs once more costs one more restart, not a
+    traceback. Each validation is recorded once."""
+    data = run_config(tmp_path, mixed_data, tasks=1, steps=4)
+    data["eval"] = {"validation": validation_on(val_file, every_steps=2)}
+    killed = kill_actors_at(monkeypatch, [("cls", "validate", 2), ("cls", "validate", 2)])
+    with caplog.at_level(logging.WARNING, logger="raymeta"):
+        final = train(load_config(data=data))
+    assert len(killed) == 2
+    ckpt = f"checkpoint step 2 ({data['output_dir']}/checkpoints/step-00000002)"
+    assert warnings_with(caplog, "actor died") == [
+        f"task 'cls': actor died at step 2; restarted every task actor from {ckpt} (restart {n} of 3)" for n in (1, 2)]
+    assert [r["step"] for r in records(data["output_dir"]) if r.get("kind") == "validation"] == [0, 2, 4]
+    assert (final.parent / "best" / "model.safetensors").is_file()
 
 
 def test_lost_actor_beyond_max_actor_restarts_is_one_line_and_leaves_no_actor(ray_local, mixed_data, tmp_path,

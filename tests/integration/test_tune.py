@@ -40,7 +40,8 @@ def tune_data(tmp_path_factory):
 
 
 def tune_config(tmp_path: Path, d: Path, **tune) -> dict:
-    data = tiny_config(tmp_path, d)
+    # data_dir relative to the directory tune starts in, as users write it (../shared/data): trials must read there
+    data = tiny_config(tmp_path, Path(os.path.relpath(d)))
 
     def task(name: str, file: str, **kw) -> dict:
         return {"name": name, "type": "sequence_classification", "max_length": 24,

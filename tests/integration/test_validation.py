@@ -14,31 +14,14 @@ from raymeta.trainer import MetaTrainer
 from raymeta.validation import BEST_JSON
 
 from ..tb_events import tensorboard_scalars
-from .conftest import tiny_config
-
-# Classes told apart by their words alone: even the tiny random BERT's mean-pooled embeddings separate them
-# at step 0, and a destructive learning rate can only make that worse.
-TOPICS = {"fruit": "apple banana cherry grape", "vehicle": "car truck bus train", "weather": "rain snow wind storm",
-          "music": "guitar piano drum violin"}
-
-
-@pytest.fixture(scope="module")
-def val_file(tmp_path_factory) -> Path:
-    p = tmp_path_factory.mktemp("val") / "topics.csv"
-    words = {k: v.split() for k, v in TOPICS.items()}
-    p.write_text("text,label\n" + "".join(f"{' '.join(w[i % 4:] + w[:i % 4])} {w[i % 3]},{k}\n"
-                                          for i in range(10) for k, w in words.items()))
-    return p
+from .conftest import tiny_config, validation_on
 
 
 def config(tmp_path, mixed_data, val_file, *, reduce="driver", lr=10.0, steps=4, patience=None) -> dict:
     data = tiny_config(tmp_path, mixed_data, algorithm="multitask", reduce=reduce, steps=steps)
     data["optim"] = {"lr": lr, "warmup_steps": 0, "max_grad_norm": None}  # lr 10: every step wrecks the encoder
-    data["eval"] = {"validation": {
-        "tasks": [{"name": "topics", "type": "sequence_classification", "max_length": 16,
-                   "source": {"kind": "files", "format": "csv", "files": {"train": str(val_file)}}}],
-        "ways": 3, "shots": 2, "queries": 3, "episodes": 30, "every_steps": 2,
-        **({"early_stopping": {"patience": patience}} if patience else {})}}
+    data["eval"] = {"validation": validation_on(val_file, every_steps=2,
+                                                **({"early_stopping": {"patience": patience}} if patience else {}))}
     return data
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from raymeta.episodic import episodic_accuracy
+from raymeta.episodic import episodic_accuracy, subsample_per_class
 
 
 def test_separable_classes_are_perfect_and_noise_is_chance():
@@ -39,3 +39,22 @@ def test_finetuned_head_learns_what_prototypes_miss():
     emb[:, 1] = rng.normal(size=200) * 20
     r = episodic_accuracy(emb, ids, ways=5, shots=5, queries=5, episodes=40, head_steps=100, head_lr=1.0)
     assert r["finetuned_head"].mean > r["prototype"].mean + 0.05
+
+
+class _Rows:
+    """What subsample_per_class reads of a task: its splits and their class ids."""
+
+    def __init__(self, **splits: list[int]):
+        self.features = {k: list(v) for k, v in splits.items()}
+
+    def class_ids(self, split: str) -> np.ndarray:
+        return np.asarray(self.features[split])
+
+
+def test_subsample_per_class_over_all_splits_or_only_the_given_ones():
+    task = _Rows(train=[0, 1] * 10, test=[0, 1] * 3)
+    rows, per_class = subsample_per_class(task, 8, np.random.default_rng(0))
+    # splits in name order: every test row (3 per class), then train rows up to 8 per class
+    assert len(rows["test"]) == 6 and len(rows["train"]) == 10 and per_class == {0: 8, 1: 8}
+    rows, per_class = subsample_per_class(task, 8, np.random.default_rng(0), splits=("test",))
+    assert set(rows) == {"test"} and sorted(rows["test"]) == list(range(6)) and per_class == {0: 3, 1: 3}

@@ -59,6 +59,20 @@ def test_apply_params_sets_weights_and_rates():
     assert (cfg.optim.lr, cfg.meta.inner_lr, cfg.meta.inner_steps, cfg.meta.algorithm) == (5e-5, 0.01, 2, "maml")
 
 
+def test_temperature_trainable_and_lora_rank_are_searched_and_applied():
+    cfg = _cfg(temperature=[1.0, 30.0], trainable=["lora", "full"], lora_r=[2, 32], lr=None)
+    space, points = search_space(cfg, {"a": 10, "b": 10})
+    assert {"temperature", "trainable", "lora_r"} <= set(space)
+    assert space["trainable"].categories == ["lora", "full"]
+    assert (space["lora_r"].lower, space["lora_r"].upper) == (2, 33)  # upper bound exclusive: 32 is drawn
+    # the config's own values (temperature 10, full, r 8) start every heuristic point
+    assert all((p["temperature"], p["trainable"], p["lora_r"]) == (10.0, "full", 8) for p in points)
+    got = apply_params(cfg, {"temperature": 3.0, "trainable": "lora", "lora_r": 16})
+    assert (got.meta.proto.temperature, got.model.trainable, got.model.lora.r) == (3.0, "lora", 16)
+    with pytest.raises(ConfigError, match=r"tune.space.*temperature.*positive"):
+        _cfg(temperature=[0.0, 1.0])
+
+
 def test_bad_space_is_a_one_line_config_error():
     with pytest.raises(ConfigError, match=r"tune.space.*lr.*low <= high"):
         _cfg(lr=[1e-3, 1e-5])

@@ -47,6 +47,29 @@ def test_class_disjoint_splits_of_one_file_are_allowed(tmp_path):
         validation_specs(cfg)
 
 
+def test_held_back_rows_of_a_meta_training_task_are_allowed_only_with_split_test(tmp_path):
+    """In-domain selection (e.g. FewRel's 8 meta-training relations): validation on the test split that
+    meta-training never reads, which needs the same source carved the same way."""
+    held = {"tasks": [val_task(tmp_path / "a.csv", name="mine")], "split": "test"}
+    cfg = cfg_with(tmp_path, held)
+    cfg.tasks[0].source.test_fraction = 0.25
+    with pytest.raises(ConfigError, match="overlaps the meta-training task 'mine'"):  # the spec has no test split
+        validation_specs(cfg)
+    held["tasks"][0]["source"]["test_fraction"] = 0.25
+    cfg = cfg_with(tmp_path, held)
+    cfg.tasks[0].source.test_fraction = 0.25
+    assert [s.name for s in validation_specs(cfg)] == ["mine"]
+    cfg.tasks[0].source.split_seed = 1  # carved differently: its held-back rows are not these
+    with pytest.raises(ConfigError, match="overlaps the meta-training task 'mine'"):
+        validation_specs(cfg)
+    cfg.tasks[0].source.split_seed = 0
+    cfg.eval.validation.split = "all"  # every split would include rows that meta-training reads
+    with pytest.raises(ConfigError, match=r"\(or its held-back rows: eval.validation.split=test\)"):
+        validation_specs(cfg)
+    with pytest.raises(ConfigError, match="eval.validation.*split: test scores held-out rows"):
+        cfg_with(tmp_path, {**held, "method": "finetune"})
+
+
 def test_validation_on_a_test_task_is_one_line(tmp_path):
     """Choosing on a task the run also tests on would make its test score optimistic."""
     other = tmp_path / "b.csv"
@@ -93,3 +116,31 @@ def test_resume_counts_validations_since_the_best(tmp_path, best_step, resumed_a
         assert v.state.best_step is None
     else:
         assert (v.state.best_step, v.state.since_best, v.state.best_score) == (best_step, since, 0.5)
+
+
+class _Rows:
+    """What choose_rows reads of a task: its name, its splits and their class ids."""
+
+    name = "rel"
+
+    def __init__(self, **splits: list[int]):
+        self.features = splits
+
+    def class_ids(self, split: str):
+        import numpy as np
+
+        return np.asarray(self.features[split])
+
+
+def test_split_test_scores_only_the_held_back_rows():
+    from raymeta.config import ValidationConfig
+    from raymeta.errors import DataError
+    from raymeta.validation import choose_rows
+
+    v = ValidationConfig(tasks=[{"use": "x"}], ways=2, shots=1, queries=2, split="test")
+    rows = choose_rows(_Rows(train=[0, 1] * 20, test=[0, 1, 1, 0, 0, 1]), v, seed=0)
+    assert set(rows) == {"test"} and sorted(rows["test"]) == list(range(6))
+    with pytest.raises(DataError, match="task 'rel'.*split=test needs a test split"):
+        choose_rows(_Rows(train=[0, 1] * 20), v, seed=0)
+    v.split = "all"
+    assert set(choose_rows(_Rows(train=[0, 1] * 20, test=[0, 1]), v, seed=0)) == {"test", "train"}
