@@ -421,6 +421,9 @@ class TuneConfig(_Strict):
     queries: int = Field(default=10, ge=1)
     episodes: int = Field(default=200, ge=1)
     max_rows_per_class: int = Field(default=40, ge=2)  # rows embedded per class (seeded subsample)
+    # validation rows: every split, or only each task's test split, which meta-training never reads: then a
+    # validation task may be a meta-training task itself (in-domain selection; like eval.validation.split)
+    validation_split: Literal["all", "test"] = "all"
     search: Literal["optuna", "random"] = "optuna"
     scheduler: Literal["asha", "pbt", "fifo"] = "asha"
     grace_period: int = Field(default=1, ge=1)  # ASHA: reports before a trial may be stopped

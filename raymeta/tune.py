@@ -25,8 +25,9 @@ import numpy as np
 from .config import ExperimentConfig
 from .errors import ConfigError, RaymetaError
 from .evaluate import write_json_atomic
-from .tune_scoring import METRIC, FewShotScorer, task_specs
+from .tune_scoring import METRIC, FewShotScorer, task_specs, validation_scorer
 from .tune_space import WEIGHT_PREFIX, search_space
+from .validation import held_back
 
 __all__ = ["FewShotScorer", "run_tune", "experiment_path", "METRIC"]  # (the scorer and METRIC: re-exported)
 
@@ -54,7 +55,7 @@ def _trial(params: dict[str, Any], *, base_json: str, pbt: bool) -> None:
     # A failed actor fails the trial: Tune's FailureConfig retries it from its last reported checkpoint
     # (and gives it a fresh placement group), instead of the trainer restarting actors in place.
     cfg.checkpoint.max_actor_restarts = 0
-    scorer = FewShotScorer(cfg, task_specs(cfg, cfg.tune.validation_tasks))
+    scorer = validation_scorer(cfg)
     resume_from = None
     restored = tune.get_checkpoint()
     if restored is not None:  # a retry after a failure, a PBT exploit, or Tuner.restore
@@ -116,12 +117,16 @@ def _validate(cfg: ExperimentConfig) -> None:
     t = cfg.tune
     if not t.validation_tasks:
         raise ConfigError("config key 'tune.validation_tasks': give the meta-validation tasks that score each trial")
-    train = {x.name for x in cfg.tasks}
-    val = {s.name for s in task_specs(cfg, t.validation_tasks)}
+    train = {x.name: x for x in cfg.tasks}
+    val_specs = task_specs(cfg, t.validation_tasks)
+    val = {s.name for s in val_specs}
     test = {s.name for s in task_specs(cfg, t.test_tasks)}
-    for key, names in (("tune.validation_tasks", val), ("tune.test_tasks", test)):
-        if names & train:
-            raise ConfigError(f"config key '{key}': task '{sorted(names & train)[0]}' is also a meta-training task")
+    for spec in val_specs:  # a meta-training task validates only on the rows it holds back
+        if spec.name in train and not (t.validation_split == "test" and held_back(spec, train[spec.name])):
+            raise ConfigError(f"config key 'tune.validation_tasks': task '{spec.name}' is also a meta-training task "
+                              "(validate on its held-back rows with tune.validation_split=test)")
+    if test & set(train):
+        raise ConfigError(f"config key 'tune.test_tasks': task '{sorted(test & set(train))[0]}' is also a meta-training task")
     if val & test:
         raise ConfigError(f"config key 'tune.test_tasks': task '{sorted(val & test)[0]}' is also a meta-validation task")
     if t.eval_every > cfg.meta.steps:

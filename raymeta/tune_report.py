@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ExperimentConfig, ModelConfig, save_config
-from .tune_scoring import METRIC, FewShotScorer, task_specs
+from .tune_scoring import METRIC, FewShotScorer, task_specs, validation_scorer
 from .tune_space import apply_params, heuristic_of, mixture, search_space
 
 __all__ = ["finish", "summary_table"]
@@ -71,7 +71,7 @@ def _test_scores(cfg: ExperimentConfig, inits: dict[str, str]) -> dict[str, dict
     from .model import load_encoder
 
     hf_logging.disable_progress_bar()  # a "Loading weights" bar per init is noise in the report
-    scorers = {"val": FewShotScorer(cfg, task_specs(cfg, cfg.tune.validation_tasks))}
+    scorers = {"val": validation_scorer(cfg)}
     if cfg.tune.test_tasks:
         scorers["test"] = FewShotScorer(cfg, task_specs(cfg, cfg.tune.test_tasks))
     episodes: dict[str, dict[str, list[float]]] = {}

@@ -17,7 +17,7 @@ from .model import MetaModel, load_tokenizer
 from .tasks import load_task
 from .tasks.registry import task_from_entry
 
-__all__ = ["METRIC", "FewShotScorer", "task_specs"]
+__all__ = ["METRIC", "FewShotScorer", "task_specs", "validation_scorer"]
 
 METRIC = "val_score"  # what each trial reports and the search maximises
 
@@ -31,9 +31,9 @@ class FewShotScorer:
     """Mean prototype accuracy over seeded N-way K-shot episodes of each meta-validation task.
 
     Rows are a seeded subsample of at most ``tune.max_rows_per_class`` per class (every split of the
-    task), chosen once, so every trial and every report is scored on the same rows and episodes."""
+    task, or only ``splits``), chosen once, so every trial and every report is scored on the same rows and episodes."""
 
-    def __init__(self, cfg: ExperimentConfig, specs: list[TaskConfig]):
+    def __init__(self, cfg: ExperimentConfig, specs: list[TaskConfig], splits: tuple[str, ...] | None = None):
         t = cfg.tune
         self.cfg, self.tasks, self.rows = cfg, [], []
         tok = load_tokenizer(cfg.model)
@@ -42,7 +42,10 @@ class FewShotScorer:
             if spec.type != "sequence_classification":
                 raise DataError(spec.name, f"a meta-validation task must be sequence_classification (got {spec.type})")
             task = load_task(spec, tok, cfg.data_dir, cfg.cache_dir)
-            rows, per_class = subsample_per_class(task, t.max_rows_per_class, rng)  # one rng across the tasks
+            if splits is not None and not set(splits) <= set(task.features):
+                raise DataError(spec.name, f"meta-validation reads its {', '.join(splits)} split(s), which it does not "
+                                "have (tune.validation_split=test needs source.test_fraction or a test file)")
+            rows, per_class = subsample_per_class(task, t.max_rows_per_class, rng, splits)  # one rng across the tasks
             enough = sum(1 for n in per_class.values() if n >= t.shots + t.queries)
             if enough < t.ways:
                 raise DataError(spec.name, f"meta-validation needs {t.ways} classes with {t.shots + t.queries} rows "
@@ -68,3 +71,9 @@ class FewShotScorer:
             return out
         finally:
             encoder.train()
+
+
+def validation_scorer(cfg: ExperimentConfig) -> FewShotScorer:
+    """The scorer of ``tune.validation_tasks``, on the rows ``tune.validation_split`` names."""
+    return FewShotScorer(cfg, task_specs(cfg, cfg.tune.validation_tasks),
+                         splits=("test",) if cfg.tune.validation_split == "test" else None)

@@ -40,7 +40,7 @@ from .tasks import Task
 from .tasks.registry import task_from_entry
 
 __all__ = ["BEST_JSON", "Validator", "ValidationState", "choose_rows", "score_prototype", "summarise_scores",
-           "validation_specs", "wants_best"]
+           "held_back", "validation_specs", "wants_best"]
 
 BEST_JSON = "raymeta_best.json"  # beside the model in <output_dir>/best: which step, which score
 
@@ -64,7 +64,7 @@ def _files(spec: TaskConfig) -> set[str]:
     return {str(Path(x).resolve()) if not x.startswith(("hub:", "builtin:")) else x for x in out}
 
 
-def _held_back(spec: TaskConfig, other: TaskConfig) -> bool:
+def held_back(spec: TaskConfig, other: TaskConfig) -> bool:
     """Whether ``spec``'s test split holds rows that meta-training on ``other`` never reads: the same source, carved
     the same way, with a test split (meta-training samples train splits only)."""
     has_test = spec.source.test_fraction is not None or "test" in spec.source.files
@@ -95,7 +95,7 @@ def validation_specs(cfg: ExperimentConfig) -> list[TaskConfig]:
                               "validation scores classification tasks")
         for role, others in (("meta-training", cfg.tasks), ("evaluation (test)", tests)):
             for other in others:
-                if role == "meta-training" and v.split == "test" and _held_back(spec, other):
+                if role == "meta-training" and v.split == "test" and held_back(spec, other):
                     continue  # in-domain selection on the rows that meta-training holds back
                 why = _overlap(spec, other)
                 if why:

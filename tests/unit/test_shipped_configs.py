@@ -19,7 +19,8 @@ CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
 
 def test_the_recipes_are_shipped():
     names = {p.relative_to(REPO / "configs").as_posix() for p in CONFIGS}
-    assert {"recipes/huffpost.yaml", "recipes/huffpost_tune.yaml", "recipes/fewrel.yaml", "recipes/general.yaml"} <= names
+    assert {"recipes/huffpost.yaml", "recipes/huffpost_tune.yaml", "recipes/fewrel.yaml", "recipes/fewrel_tune.yaml",
+            "recipes/general.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.relative_to(REPO / "configs").as_posix() for p in CONFIGS])

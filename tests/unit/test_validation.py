@@ -144,3 +144,20 @@ def test_split_test_scores_only_the_held_back_rows():
         choose_rows(_Rows(train=[0, 1] * 20), v, seed=0)
     v.split = "all"
     assert set(choose_rows(_Rows(train=[0, 1] * 20, test=[0, 1]), v, seed=0)) == {"test", "train"}
+
+
+def test_tune_validates_on_a_meta_training_task_only_through_its_held_back_rows(tmp_path):
+    from raymeta.tune import _validate as validate_tune
+
+    csv = tmp_path / "a.csv"
+    csv.write_text("text,label\n" + "".join(f"t{i},{'abc'[i % 3]}\n" for i in range(12)))
+    mine = val_task(csv, name="mine")
+    mine["source"]["test_fraction"] = 0.25
+    data = {"tasks": [mine], "tune": {"validation_tasks": [mine], "space": {"weights": False}}}
+    with pytest.raises(ConfigError, match="task 'mine' is also a meta-training task .validate on its held-back rows"):
+        validate_tune(load_config(data=data))
+    data["tune"]["validation_split"] = "test"
+    validate_tune(load_config(data=data))
+    data["tune"]["validation_tasks"] = [{**mine, "source": {**mine["source"], "split_seed": 1}}]  # carved otherwise
+    with pytest.raises(ConfigError, match="also a meta-training task"):
+        validate_tune(load_config(data=data))
