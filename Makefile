@@ -11,18 +11,22 @@ install: $(VENV)/.installed
 
 # torch is installed FIRST from requirements/cpu.txt (a pinned CPU build), so that resolving
 # the package never pulls a multi-GB CUDA build. GPU users: see README "Install".
+# --no-compile: pip would byte-compile every module of every package (torch, ray, transformers: tens of thousands),
+# most of which never run; Python compiles the imported ones on first use (about 1 s more, once). A clean install
+# took 1 min 45 s with it and 1 min 6 s without, one after the other under the same load on this 2-CPU machine.
 $(VENV)/.installed: pyproject.toml requirements/cpu.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -r requirements/cpu.txt $(QUIET_PIP)
-	$(PY) -m pip install -q -c requirements/cpu.txt -e '.[offline,tune,test,setfit]' $(QUIET_PIP)
+	$(PY) -m pip install -q --no-compile -r requirements/cpu.txt $(QUIET_PIP)
+	$(PY) -m pip install -q --no-compile -c requirements/cpu.txt -e '.[offline,tune,test,setfit]' $(QUIET_PIP)
 	touch $@
 
 demo: install
 	$(VENV)/bin/raymeta train --config configs/starter.yaml
 
 # The default suite (markers gpu and slow off: pyproject.toml's addopts); the 25 slowest tests are listed at
-# the end so that a test that grows slow shows. Two xdist workers (10.5 min instead of 15.7 on 2 CPUs; three
-# were slower): a file's tests stay in one worker, which shares one Ray instance and its module's actors.
+# the end so that a test that grows slow shows. Two xdist workers (15.7 min serially, once): a file's tests stay
+# in one worker, which shares one Ray instance, its module's actors and one CLI fork server. Both CPUs are busy
+# (96% over a run), so a third worker would only share them.
 test: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -n 2 --dist loadfile --durations=25
 

@@ -187,14 +187,22 @@ def _merge(kshot: dict[str, Any] | None, episodic: dict[str, Any] | None) -> dic
 
 def run_benchmark(cfg: ExperimentConfig, out_dir: str | Path) -> dict[str, Any]:
     """Meta-train each algorithm, evaluate every init, write results.json, results.md and plots."""
-    from .runtime import connect
-    from .trainer import train
+    import ray
+
+    from .runtime import connect, kill
+    from .trainer import MetaTrainer, actor_keys
 
     out = Path(out_dir)
     runs = run_configs(cfg, out)  # every variant's config checked before anything starts
     check_methods(_tasks(cfg.eval.tasks, cfg), cfg.eval.methods)  # eval.methods too (setfit installed?), not after training
     out.mkdir(parents=True, exist_ok=True)
     started = connect(cfg.resources.address)
+    # The runs train one after another, mostly on the same tasks: the next run resets the previous run's task actors
+    # (TaskActor.reset) instead of starting new ones, which costs seconds each (importing torch and transformers,
+    # loading the model). Only when it asks for the same actors with the same resources; a reset actor computes what
+    # a new one does (tests/integration/test_trainer.py::test_deterministic_for_a_seed).
+    kept: dict[str, Any] = {}
+    kept_for: Any = None
     try:
         inits: dict[str, str] = {"pretrained": _pretrained_init(cfg, out)}
         timing: dict[str, Any] = {}
@@ -205,7 +213,14 @@ def run_benchmark(cfg: ExperimentConfig, out_dir: str | Path) -> dict[str, Any]:
                 log.info("reusing the finished meta-training run %s", run_dir)
                 inits[name] = str(run_dir / "final")
             else:
-                inits[name] = str(train(run_cfg))
+                shape = (actor_keys(run_cfg), run_cfg.resources.model_dump(),
+                         {t.name: t.resources for t in run_cfg.tasks})
+                if kept and shape != kept_for:
+                    kill(kept.values())
+                    kept = {}
+                trainer = MetaTrainer(run_cfg, actors=kept or None, keep_actors=True)
+                inits[name] = str(trainer.run())
+                kept, kept_for = dict(trainer.actors), shape
             if wants_best(run_cfg):  # the step meta-validation chose (step 0, the pretrained model, included)
                 inits[name] = str(run_dir / "best")
             recs = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
@@ -216,6 +231,8 @@ def run_benchmark(cfg: ExperimentConfig, out_dir: str | Path) -> dict[str, Any]:
                 timing[name]["validation"] = val
             curves[name] = run_dir / "metrics.jsonl"
             log.info("meta-trained %s: %d steps, %.0fs of meta-steps", name, len(recs), timing[name]["train_s"])
+        kill(kept.values())  # their CPUs (or GPUs) go to the evaluation's runs
+        kept = {}
         ev = cfg.eval
         kshot_tasks, episodic_tasks = _tasks(ev.tasks, cfg), _tasks(ev.episodic_tasks, cfg)
         settings = FinetuneSettings(steps=ev.finetune_steps, lr=ev.finetune_lr, head_lr=ev.head_lr,
@@ -233,9 +250,8 @@ def run_benchmark(cfg: ExperimentConfig, out_dir: str | Path) -> dict[str, Any]:
             results[name] = _merge(k, e)
             log.info("evaluated %s in %.0fs", name, time.perf_counter() - t0)
     finally:
+        kill(kept.values())
         if started:
-            import ray
-
             ray.shutdown()
     baselines = _baselines(cfg, results)
     report = {"config": cfg.model_dump(mode="json"), "meta_training": timing, "inits": inits, "results": results,

@@ -112,6 +112,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     setfit_flags = {"--setfit-iterations": args.setfit_iterations, "--setfit-epochs": args.setfit_epochs,
                     "--setfit-batch-size": args.setfit_batch_size, "--setfit-lr": args.setfit_lr}
     given = [flag for flag, v in setfit_flags.items() if v is not None]
+    if args.episodic and args.address:
+        raise RaymetaError("--address: --episodic scores its episodes in this process, without Ray")
     if args.episodic and args.method is not None:
         raise RaymetaError(f"--method {args.method} scores K-shot splits; --episodic scores N-way K-shot episodes "
                            "(prototype classifier and fine-tuned head): use one of them")
@@ -134,7 +136,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         setfit = SetfitSettings(**{**base.eval.setfit.model_dump(), **{k: v for k, v in flags.items() if v is not None}})
         out = evaluate(args.init, tasks, shots=positive_ints(args.shots), n_splits=args.splits, settings=settings,
                        seed=args.seed, data_dir=data_dir, cache_dir=base.cache_dir, output=args.output,
-                       method=args.method or "finetune", setfit=setfit)
+                       method=args.method or "finetune", setfit=setfit, address=args.address)
     print(format_results(out))
     print(f"\nwrote {args.output}")
     return 0
@@ -144,7 +146,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     from .benchmark import quick_config, run_benchmark
     from .config import load_config
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides + ([f"resources.address={args.address}"] if args.address else []))
     if args.quick:
         cfg = quick_config(cfg)
     out = Path(args.output or Path(cfg.output_dir) / ("benchmark-quick" if args.quick else "benchmark"))
@@ -227,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-test", type=int, default=1000, help="test examples scored (seeded subsample); 0 = all")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--data-dir")
+    ev.add_argument("--address", help="Ray cluster address for the K-shot runs (default: $RAY_ADDRESS, else a local "
+                    "instance)")
     ev.add_argument("--episodic", action="store_true", help="N-way K-shot episodes on the test classes instead")
     ev.add_argument("--ways", type=int, default=5)
     ev.add_argument("--queries", type=int, default=15)
@@ -243,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     bm.add_argument("--config", required=True)
     bm.add_argument("--quick", action="store_true", help="the small budget of benchmark.quick (minutes on 2 CPUs)")
     bm.add_argument("--output", help="directory for results.json, results.md and plots (default: <output_dir>/benchmark)")
+    bm.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local instance)")
     bm.add_argument("overrides", nargs="*", metavar="key=value")
     bm.set_defaults(func=_cmd_benchmark)
 

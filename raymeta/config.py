@@ -432,6 +432,9 @@ class TuneConfig(_Strict):
         default_factory=lambda: ["equal", "proportional", "temperature2"])
     max_concurrent_trials: int | None = Field(default=None, ge=1)  # None: as many as the bundles fit
     max_failures: int = Field(default=2, ge=0)  # a failed trial restarts from its last checkpoint
+    # a finished trial's driver process, placement group and task actors serve the next trial (Ray Tune's
+    # reuse_actors; the task actors are reset to the new trial's config): no process start-ups between trials
+    reuse_actors: bool = True
     storage_path: str | None = None  # None: <output_dir>/tune (local); s3://... or gs://... on clusters
     driver_cpus: float = Field(default=0.5, gt=0.0)  # the trial's own bundle (it also scores validation)
     space: TuneSpaceConfig = Field(default_factory=TuneSpaceConfig)

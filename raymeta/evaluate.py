@@ -153,10 +153,11 @@ def evaluate(
     init: str, tasks: Sequence[TaskConfig], *, shots: Sequence[int], n_splits: int, settings: FinetuneSettings,
     seed: int = 0, data_dir: str, cache_dir: str | None, output: str | Path | None = None, pooling: str | None = None,
     num_cpus_per_run: float = 1.0, progress: bool = True, method: str | Sequence[str] = "finetune",
-    setfit: SetfitSettings | None = None,
+    setfit: SetfitSettings | None = None, address: str | None = None,
 ) -> dict[str, Any]:
     """Score ``init`` with each of ``method`` (``finetune``, ``prototype``, ``setfit``) on every (task, K, split),
-    all on the same splits and test rows (``settings.max_test``); write ``output`` only when all succeed."""
+    all on the same splits and test rows (``settings.max_test``); write ``output`` only when all succeed.
+    The runs are Ray tasks on the cluster at ``address`` (default: ``$RAY_ADDRESS``, else a local instance)."""
     import ray
 
     from .model import load_encoder, load_tokenizer
@@ -181,7 +182,7 @@ def evaluate(
             rows = kshot_splits(task, k, n_splits, seed)
             splits[spec.name][str(k)] = rows
             plan += [(spec, k, i, r) for i, r in enumerate(rows)]
-    started = connect()
+    started = connect(address)
     try:
         threads = max(1, int(num_cpus_per_run))
         common = {"data_dir": data_dir, "cache_dir": cache_dir, "pooling": pooling, "threads": threads}

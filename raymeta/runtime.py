@@ -10,7 +10,7 @@ from typing import Any
 from .config import ResourcesConfig
 from .errors import RaymetaError
 
-__all__ = ["connect", "actor_options", "bundle_options", "get", "LOCAL_NODE_IP"]
+__all__ = ["connect", "actor_options", "bundle_options", "get", "kill", "LOCAL_NODE_IP"]
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> bool:
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address:
-        os.environ.setdefault("RAY_AUTH_MODE", "token")  # a joining client needs the cluster's token
+        _token_auth_for_joining()
         _probe(address)
         try:
             ray.init(address=address, **kwargs)
@@ -42,6 +42,20 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> bool:
         ray.init(address="local", _node_ip_address=LOCAL_NODE_IP, dashboard_host="127.0.0.1", num_cpus=num_cpus,
                  include_dashboard=False, **kwargs)
     return True
+
+
+def _token_auth_for_joining() -> None:
+    """A client that joins a cluster with token authentication (Ray 2.60's default) must say so: Ray turns token
+    mode on by itself only for an instance it starts, never for an explicit address. ``RAY_AUTH_MODE`` set by
+    the user wins (``disabled`` for a cluster without tokens). Ray reads the mode into its cached config when
+    ``ray`` is imported, which in ``raymeta`` has happened by now, so the cache is refreshed too, as Ray's own
+    ``ray.init()`` does when it enables token mode for a new local instance."""
+    if os.environ.get("RAY_AUTH_MODE") is not None:
+        return
+    from ray._raylet import Config
+
+    os.environ["RAY_AUTH_MODE"] = "token"  # also for the processes this one starts
+    Config.initialize("")
 
 
 def _probe(address: str, timeout_s: float = 3.0) -> None:
@@ -148,4 +162,16 @@ def _read_all(refs: list[Any], timeout_s: float = 10.0) -> None:
         try:
             ray.get(ref)
         except ray.exceptions.RayError:
+            pass
+
+
+def kill(actors: Any) -> None:
+    """``ray.kill`` each of ``actors`` (an iterable of handles), the ones already dead included. A process group
+    ends with its members."""
+    import ray
+
+    for a in list(actors):
+        try:
+            ray.kill(a)
+        except Exception:  # already dead
             pass

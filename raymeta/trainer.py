@@ -31,12 +31,12 @@ from .config import ExperimentConfig, save_config
 from .errors import ConfigError, RaymetaError
 from .model import load_encoder, load_tokenizer
 from .optim import optimizer_from_tensors, optimizer_tensors, outer_optimizer
-from .runtime import actor_options, bundle_options, connect, feasible, get
+from .runtime import actor_options, bundle_options, connect, feasible, get, kill
 from .tracking import Tracker
 from .trainable import frozen_fingerprint, layout_signature, trainable_summary
 from .validation import BEST_JSON, Validator, wants_best
 
-__all__ = ["MetaTrainer", "StepHook", "train"]
+__all__ = ["MetaTrainer", "StepHook", "actor_keys", "train"]
 
 log = logging.getLogger("raymeta.train")
 
@@ -63,31 +63,37 @@ class StepHook(Protocol):
     def __call__(self, trainer: MetaTrainer, record: dict[str, Any], checkpoint: Path | None) -> None: ...
 
 
+def actor_keys(cfg: ExperimentConfig) -> dict[str, list[str]]:
+    """Task name -> the keys of its task actors, ``<task>`` then ``<task>#<r>`` for replicas r = 1, 2, ...; a task
+    with mixture weight 0 gets none."""
+    return {t.name: [t.name] + [f"{t.name}#{r}" for r in range(1, t.replicas)] for t in cfg.tasks if t.weight > 0}
+
+
 class MetaTrainer:
     def __init__(self, cfg: ExperimentConfig, *, resume: bool = False, resume_from: Path | None = None,
-                 hooks: Sequence[StepHook] = (), config_lr: bool = False, actors: Mapping[str, Any] | None = None):
+                 hooks: Sequence[StepHook] = (), config_lr: bool = False, actors: Mapping[str, Any] | None = None,
+                 keep_actors: bool = False):
         """``resume``: continue from the latest checkpoint in ``output_dir``; ``resume_from``: from this
         checkpoint directory. ``config_lr``: after restoring, use ``optim.lr`` from the config instead of
         the checkpoint's (PBT changes the learning rate between a checkpoint and its restore).
         ``actors``: already started ``TaskActor`` handles keyed like the trainer's actors (``<task>`` or
         ``<task>#<r>``) to reuse instead of starting new ones; they are reset to this config, and stay
-        alive at shutdown (their owner ends them)."""
+        alive at shutdown (their owner ends them). ``keep_actors``: when :meth:`run` returns normally, the actors
+        stay alive and in ``self.actors`` for the caller to reuse or end (a Ray Tune trial hands them to the next
+        trial of its process), also when a hook ends the run with ``SystemExit``; on an error they are ended."""
         _validate(cfg)
         self.cfg, self.resume, self.resume_from = cfg, resume, resume_from
         self.hooks, self.config_lr = list(hooks), config_lr
         self.out = Path(cfg.output_dir)
         self.weights = normalise_weights({t.name: t.weight for t in cfg.tasks})
         # one actor per task replica, keyed "<task>" or "<task>#<r>"; a replica carries w / replicas
-        self.actor_weights: dict[str, float] = {}
-        self.replicas_of: dict[str, list[str]] = {}
-        for name, w in self.weights.items():
-            k = cfg.task(name).replicas
-            keys = [name] + [f"{name}#{r}" for r in range(1, k)]
-            self.replicas_of[name] = keys
-            self.actor_weights.update({key: w / k for key in keys})
+        self.replicas_of = actor_keys(cfg)
+        self.actor_weights = {key: self.weights[name] / len(keys) for name, keys in self.replicas_of.items()
+                              for key in keys}
         self.pending_head: dict[str, Any] = {}  # replicas: averaged head gradient, applied with the next call
         self.actors: dict[str, Any] = {}
         self.reused = dict(actors) if actors is not None else None
+        self.keep_actors = keep_actors
         self.step = 0
         self.collective = cfg.meta.reduce == "collective"
         self.local = False
@@ -107,10 +113,17 @@ class MetaTrainer:
         ``resume_point``: a checkpoint to be restored next; its layout is checked before any actor starts."""
         if local is not None:
             self.local = local
+        self.prepare(resume_point=resume_point)
+        self._start_actors()
+
+    def prepare(self, *, resume_point: Path | None = None) -> None:
+        """The part of :meth:`setup` that needs no Ray: the driver's encoder, flat buffer and optimizer, and the
+        layout check of ``resume_point``. :meth:`run` calls it before connecting, so that a model that cannot be
+        built as configured (LoRA targets, top layers) or a checkpoint of another layout fails in a second, not
+        after a local Ray instance has started."""
         self._build_driver_model()
         if resume_point is not None:
             self._check_layout(resume_point, load_checkpoint(resume_point)[1])
-        self._start_actors()
 
     def use_collective(self) -> None:
         """After :meth:`setup` under ``reduce: driver``: the same actors form a process group and the next
@@ -450,14 +463,16 @@ class MetaTrainer:
         """Meta-train to ``meta.steps``; returns ``<output_dir>/final`` (an HF model directory)."""
         import ray
 
+        ckpt = Path(self.resume_from) if self.resume_from is not None else \
+            latest_checkpoint(self.out) if self.resume else None
+        if self.resume and self.resume_from is None and ckpt is None:
+            log.warning("--resume: no checkpoint under %s; starting from step 0", self.out)
+        self.prepare(resume_point=ckpt)  # config mistakes that need no Ray fail before Ray starts
         started = connect(self.cfg.resources.address)
         self.local = started  # our own fixed-size instance: infeasible requests fail at once
+        done = False
         try:
-            ckpt = Path(self.resume_from) if self.resume_from is not None else \
-                latest_checkpoint(self.out) if self.resume else None
-            if self.resume and self.resume_from is None and ckpt is None:
-                log.warning("--resume: no checkpoint under %s; starting from step 0", self.out)
-            self.setup(resume_point=ckpt)
+            self._start_actors()
             if ckpt is not None:
                 self._restore(ckpt)
             save_config(self.cfg, self.out)
@@ -494,9 +509,13 @@ class MetaTrainer:
                     self._log_validation_summary(stop)
             finally:
                 tracker.close()
+            done = True
             return final
+        except SystemExit:  # a hook ended the run at a step's end (Ray Tune stopping a trial in tune.report): the
+            done = True     # actors are idle and sound, and may be kept
+            raise
         finally:
-            self.shutdown(stop_ray=started)
+            self.shutdown(stop_ray=started, keep_actors=done and self.keep_actors)
 
     # -- meta-validation: which step becomes <output_dir>/best ------------------------------------
 
@@ -549,15 +568,14 @@ class MetaTrainer:
         log.info("%sbest step %s, validation score %.4f: %s (%d validations, %.1f s)", how, st.best_step, st.best_score,
                  where, len(st.history), spent)
 
-    def shutdown(self, stop_ray: bool = False) -> None:
+    def shutdown(self, stop_ray: bool = False, keep_actors: bool = False) -> None:
+        """End the task actors this trainer started (not reused ones: they belong to their owner), unless
+        ``keep_actors``; then Ray too when ``stop_ray`` (this process started it)."""
         import ray
 
-        for a in self.actors.values() if self.reused is None else ():  # reused actors belong to their owner
-            try:
-                ray.kill(a)  # also ends a process group: its members go together
-            except Exception:  # already dead
-                pass
-        self.actors.clear()
+        if not keep_actors:
+            kill(self.actors.values() if self.reused is None else ())
+            self.actors.clear()
         if hasattr(self, "_torch_threads"):
             torch.set_num_threads(self._torch_threads)
         if stop_ray:

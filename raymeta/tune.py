@@ -39,11 +39,26 @@ def experiment_path(cfg: ExperimentConfig) -> str:
     return f"{storage.rstrip('/')}/{cfg.name}"
 
 
+# The task actors of the last trial that ran in this process, keyed like the trainer's (``tune.reuse_actors``). Ray
+# Tune hands a finished trial's driver, with its placement group, to the next trial that asks for the same resources;
+# that trial resets these actors (``TaskActor.reset``) instead of starting new ones, each of which costs seconds
+# (importing torch and transformers, loading the model; on a GPU, a CUDA context too). They sit in the bundles of
+# that same placement group, and die with this process (their owner) when Tune ends it.
+_kept: dict[str, Any] = {}
+
+
+def _release_kept() -> None:
+    from .runtime import kill
+
+    kill(_kept.values())
+    _kept.clear()
+
+
 def _trial(params: dict[str, Any], *, base_json: str, pbt: bool) -> None:
     """One Tune trial: meta-train with the sampled mixture and rates; report validation and checkpoints."""
     from ray import tune
 
-    from .trainer import MetaTrainer
+    from .trainer import MetaTrainer, actor_keys
     from .tune_space import apply_params
 
     base = ExperimentConfig.model_validate_json(base_json)
@@ -62,6 +77,10 @@ def _trial(params: dict[str, Any], *, base_json: str, pbt: bool) -> None:
         # a scratch copy, not the trial dir: artifacts there are synced to storage
         resume_from = Path(restored.to_directory(tempfile.mkdtemp(prefix="raymeta-restore-")))
     resumed_at = 0
+    keys = sorted(k for ks in actor_keys(cfg).values() for k in ks)
+    reused = dict(_kept) if cfg.tune.reuse_actors and sorted(_kept) == keys else None
+    if reused is None:
+        _release_kept()
 
     def report(trainer: MetaTrainer, record: dict[str, Any], ckpt: Path | None) -> None:
         if ckpt is None:
@@ -69,6 +88,7 @@ def _trial(params: dict[str, Any], *, base_json: str, pbt: bool) -> None:
         per_task = scorer(trainer.encoder)
         score = float(np.mean(list(per_task.values())))
         metrics = {METRIC: score, "step": trainer.step, "resumed_at": resumed_at, "grad_norm": record["grad_norm"],
+                   "reused_actors": reused is not None,
                    **{f"val/{k}": v for k, v in per_task.items()},
                    **{f"loss/{k}": v for k, v in record["loss"].items()},
                    **{f"mixture/{k}": v for k, v in trainer.weights.items()}}
@@ -76,11 +96,20 @@ def _trial(params: dict[str, Any], *, base_json: str, pbt: bool) -> None:
         log.info("step %d: meta-validation %.4f %s", trainer.step, score, per_task)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ckpt)))
 
-    trainer = MetaTrainer(cfg, resume_from=resume_from, hooks=[report], config_lr=pbt)
+    trainer = MetaTrainer(cfg, resume_from=resume_from, hooks=[report], config_lr=pbt, actors=reused,
+                          keep_actors=cfg.tune.reuse_actors)
     try:
         if resume_from is not None:
             resumed_at = int(json.loads((resume_from / "trainer_state.json").read_text())["step"])
         trainer.run()
+    except SystemExit:  # Tune ended the trial in tune.report (a scheduler's stop, or its last result): sound actors
+        _kept.update(trainer.actors)
+        raise
+    except BaseException:  # a lost or failed actor: the next trial here starts afresh
+        _release_kept()
+        raise
+    else:
+        _kept.update(trainer.actors)  # the same ones when reused; else the ones this trial started
     finally:
         if resume_from is not None:
             shutil.rmtree(resume_from, ignore_errors=True)
@@ -171,7 +200,8 @@ def _tuner(cfg: ExperimentConfig, trainable: Any, sizes: dict[str, int], num_sam
     if num_samples < len(points):
         log.warning("--num-samples %d < %d seeded heuristics: only the first %d run", num_samples, len(points), num_samples)
     tune_config = tune.TuneConfig(metric=METRIC, mode="max", search_alg=search, scheduler=scheduler,
-                                  num_samples=num_samples, max_concurrent_trials=t.max_concurrent_trials)
+                                  num_samples=num_samples, max_concurrent_trials=t.max_concurrent_trials,
+                                  reuse_actors=t.reuse_actors)
     return tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=_run_config(cfg))
 
 

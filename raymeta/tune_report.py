@@ -38,7 +38,8 @@ def _trial_rows(cfg: ExperimentConfig, grid: Any, sizes: dict[str, int]) -> list
         rows.append({
             "trial": Path(result.path).name, "heuristic": heuristic_of(params, named), "val_score": best,
             "reports": reports, "stopped_early": reports < max_t, "last_step": last.get("step"),
-            "resumed_at": last.get("resumed_at"), "error": str(result.error).splitlines()[0] if result.error else None,
+            "resumed_at": last.get("resumed_at"), "reused_actors": last.get("reused_actors"),
+            "error": str(result.error).splitlines()[0] if result.error else None,
             "params": params, "mixture": mixture(params, list(sizes)) if cfg.tune.space.weights and params else None,
             "checkpoint": ckpt,
         })

@@ -20,10 +20,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CliForks", "Completed"]
+__all__ = ["CliForks", "Completed", "Started"]
 
 SERVER = r"""
-import json, os, sys, traceback
+import json, os, signal, sys, traceback
 
 import raymeta.cli  # noqa: F401  what every command imports, paid once
 import raymeta.config, raymeta.evaluate, raymeta.trainer  # noqa: E401,F401
@@ -32,6 +32,9 @@ for line in sys.stdin:
     req = json.loads(line)
     pid = os.fork()
     if pid == 0:
+        # Ctrl-C raises KeyboardInterrupt, as in a fresh `python -m` (a shell without job control, CI under nohup,
+        # starts background jobs with SIGINT ignored, and this server inherited that)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         os.dup2(os.open(req["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 1)
         os.dup2(os.open(req["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
         os.chdir(req["cwd"])
@@ -52,6 +55,17 @@ for line in sys.stdin:
 
 
 @dataclass
+class Started:
+    """What :meth:`CliForks.start` started: its output is in the files while it runs."""
+
+    pid: int  # the command's own process (to signal)
+    argv: list[str]
+    stdout: Path
+    stderr: Path
+    returncode: int | None = None  # once it has exited (CliForks.poll / finish)
+
+
+@dataclass
 class Completed:
     returncode: int
     stdout: str
@@ -65,7 +79,14 @@ class CliForks:
         self.workdir = workdir
         self.n = 0
         self.proc = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     bufsize=0, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     bufsize=0, env=self.environment())
+
+    @staticmethod
+    def environment() -> dict[str, str]:
+        """This process's environment less what Ray put there when this process started its instance
+        (``RAY_AUTH_MODE``) or a caller's ``RAY_ADDRESS``: a command line runs as from a user's shell."""
+        return {**{k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")},
+                "PYTHONUNBUFFERED": "1"}
 
     def _line(self, timeout: float) -> str:
         """One line from the server, read a byte at a time: a buffered reader could take the next line too,
@@ -82,20 +103,41 @@ class CliForks:
         return line.decode()
 
     def run(self, argv: list[str], *, cwd: Path, timeout: float = 180) -> Completed:
+        return self.finish(self.start(argv, cwd=cwd), timeout=timeout)
+
+    def start(self, argv: list[str], *, cwd: Path) -> Started:
+        """Start one command line and return at once (one at a time: :meth:`finish` it before the next)."""
         self.n += 1
         out, err = self.workdir / f"cli-{self.n}.out", self.workdir / f"cli-{self.n}.err"
         request = {"argv": argv, "cwd": str(cwd), "stdout": str(out), "stderr": str(err)}
         self.proc.stdin.write((json.dumps(request) + "\n").encode())
-        pid = int(self._line(60))
+        return Started(int(self._line(60)), argv, out, err)
+
+    def poll(self, started: Started) -> int | None:
+        """``started``'s exit code once it has exited (the server has reaped it), else None, at once."""
+        if started.returncode is None and select.select([self.proc.stdout.fileno()], [], [], 0)[0]:
+            started.returncode = int(self._line(60))  # the server writes the whole line at once
+        return started.returncode
+
+    def kill(self, started: Started) -> int:
+        """SIGKILL ``started`` unless it has exited; its exit code."""
+        if self.poll(started) is None:
+            with contextlib.suppress(ProcessLookupError):  # (it may have ended just now)
+                os.kill(started.pid, signal.SIGKILL)
+        return self.finish(started, timeout=60).returncode
+
+    def finish(self, started: Started, *, timeout: float = 180) -> Completed:
+        """Wait for ``started`` to exit; one still running after ``timeout`` is killed and fails the test."""
         try:
-            code = int(self._line(timeout))
+            code = started.returncode if started.returncode is not None else int(self._line(timeout))
+            started.returncode = code
         except TimeoutError:  # a hang is a failure, as subprocess.run(timeout=...) makes it one
             with contextlib.suppress(ProcessLookupError):  # (it may have ended just now)
-                os.kill(pid, signal.SIGKILL)
+                os.kill(started.pid, signal.SIGKILL)
             self._line(60)  # the server reaps it and reports its exit: the next request starts clean
-            raise AssertionError(f"raymeta {' '.join(argv)}: no exit within {timeout:g} s; stderr: "
-                                 f"{err.read_text()[-2000:]}") from None
-        return Completed(code, out.read_text(), err.read_text())
+            raise AssertionError(f"raymeta {' '.join(started.argv)}: no exit within {timeout:g} s; stderr: "
+                                 f"{started.stderr.read_text()[-2000:]}") from None
+        return Completed(code, started.stdout.read_text(), started.stderr.read_text())
 
     def close(self) -> None:
         self.proc.stdin.close()

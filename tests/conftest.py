@@ -43,6 +43,18 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def cli(tmp_path_factory):
+    """`raymeta` command lines as processes of their own (``cli.run`` / ``start``, tests/cli_forks.py), forked from one
+    server per pytest process that has paid the imports once: a Python start-up with torch and transformers costs
+    seconds on 2 CPUs, and the suite runs a few dozen command lines."""
+    from .cli_forks import CliForks
+
+    forks = CliForks(tmp_path_factory.mktemp("cli"))
+    yield forks
+    forks.close()
+
+
+@pytest.fixture(scope="session")
 def feature_cache(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("feature-cache"))
 

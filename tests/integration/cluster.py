@@ -31,13 +31,6 @@ def env() -> dict[str, str]:
     return e
 
 
-def default_sigint() -> None:
-    """In the child: SIGINT back to its default. A shell without job control starts background jobs (CI
-    under nohup, `make test &`) with SIGINT ignored, children inherit that, and Python then installs no
-    KeyboardInterrupt handler: the Ctrl-C tests would send a signal nobody hears."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def wait_for(predicate, timeout: float, what: str) -> None:
     end = time.time() + timeout
     while time.time() < end:

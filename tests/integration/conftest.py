@@ -118,6 +118,10 @@ def tiny_config(tmp_path, data_dir, **meta) -> dict:
                  "episode": {"ways": 3, "shots": 2, "queries": 2, "support_size": 3, "query_size": 3}, **meta},
         "optim": {"lr": 1e-3, "warmup_steps": 1},
         "checkpoint": {"every_steps": 1, "keep_last": 5},
+        # One torch thread per task actor, as every test process has (tests/conftest.py): a trainer sizes its own
+        # actors' threads to their CPU share, which is 2 for a lone actor on a 2-CPU instance, while the suite's
+        # other xdist worker keeps the second CPU busy: the OpenMP threads then wait on each other.
+        "resources": {"torch_threads": 1},
     }
 
 

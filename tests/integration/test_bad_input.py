@@ -10,8 +10,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ..cli_forks import CliForks
-
 REPO = Path(__file__).resolve().parents[2]
 TINY = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
 
@@ -91,23 +89,30 @@ CASES = [
                                             "--output", str(t / "out" / "r.json")], "trunc"),
     ("k-larger-than-class", lambda t, f: ["evaluate", "--init", "offline:all-MiniLM-L6-v2", "--task", "chatterbot_topics",
                                           "--shots", "500", "--output", str(t / "out" / "r.json")], "K=500 but class"),
+    ("episodic-with-address", lambda t, f: ["evaluate", "--init", "offline:all-MiniLM-L6-v2", "--task", "chatterbot_topics",
+                                            "--episodic", "--address", "127.0.0.9:6399", "--output", str(t / "out" / "r.json")],
+     "--episodic scores its episodes in this process"),
     ("bad-shots", lambda t, f: ["evaluate", "--init", "offline:all-MiniLM-L6-v2", "--task", "chatterbot_topics",
                                 "--shots", "4,x", "--output", str(t / "out" / "r.json")], "comma-separated integers"),
 ]
 
 
+# Cases whose error comes from a task actor (reading the data): their command joins this test process's Ray
+# instance (`--address`) instead of starting one of its own, seconds each. The embedded default's own instance
+# is still exercised by the cases that need it (infeasible resources, evaluate) and by test_trainer's CLI run.
+JOIN = {"missing-file", "missing-column", "label-outside-set", "empty-split"}
+
+
 @pytest.fixture(scope="module")
-def cli(tmp_path_factory):
-    """Each case is its own `raymeta` process, forked from one that has imported the CLI's dependencies."""
-    forks = CliForks(tmp_path_factory.mktemp("cli"))
-    yield forks
-    forks.close()
+def ray_address(ray_local) -> str:
+    return ray_local.get_runtime_context().gcs_address
 
 
 @pytest.mark.parametrize("name, argv, expect", CASES, ids=[c[0] for c in CASES])
-def test_bad_input(name, argv, expect, tmp_path, cli):
+def test_bad_input(name, argv, expect, tmp_path, cli, request):
     f = files(tmp_path)
-    r = cli.run(argv(tmp_path, f), cwd=REPO, timeout=180)
+    join = ["--address", request.getfixturevalue("ray_address")] if name in JOIN else []
+    r = cli.run(argv(tmp_path, f) + join, cwd=REPO, timeout=180)
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("raymeta: error:")]
     assert r.returncode == 2, r.stderr[-2000:]
     assert "Traceback" not in r.stderr, r.stderr[-2000:]

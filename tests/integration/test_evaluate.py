@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -108,12 +108,16 @@ def test_episodic_prototype_and_finetuned_head(ray_local, tiny_init, tmp_path):
         assert set(res) == {"prototype", "finetuned_head"} and res["prototype"]["n"] == 20
 
 
-def test_benchmark_quick_end_to_end(ray_local, tmp_path):
+def test_benchmark_quick_end_to_end(ray_local, tmp_path, caplog):
     from raymeta.benchmark import quick_config, run_benchmark
 
     cfg = quick_config(load_config("configs/tiny_benchmark.yaml", [f"output_dir={tmp_path}",
                                                                    "benchmark.algorithms=[multitask,protonet]"]))
-    report = run_benchmark(cfg, tmp_path / "bench")
+    with caplog.at_level(logging.INFO, logger="raymeta.train"):
+        report = run_benchmark(cfg, tmp_path / "bench")
+    # multitask, then protonet on the same two tasks: the second run reset the first run's task actors
+    pids = [re.search(r"actor pid (\d+)", r.getMessage())[1] for r in caplog.records if "actor pid" in r.getMessage()]
+    assert len(pids) == 4 and pids[:2] == pids[2:], pids
     assert set(report["results"]) == {"pretrained", "multitask", "protonet"}
     for f in ("results.json", "results.md", "meta_training_curves.png", "scores_chatterbot_topics.png"):
         assert (tmp_path / "bench" / f).is_file(), f
@@ -123,11 +127,12 @@ def test_benchmark_quick_end_to_end(ray_local, tmp_path):
     assert "gain over pretrained" in md and "gain over multitask" in md
 
 
-def test_cli_evaluate(tiny_init, tmp_path):
+def test_cli_evaluate(ray_local, cli, tiny_init, tmp_path):
+    """Its runs go to this test's Ray instance (`--address`; raymeta turns token mode on itself)."""
     d = jsonl_dir(tmp_path / "cli")
-    r = subprocess.run([sys.executable, "-m", "raymeta.cli", "evaluate", "--init", tiny_init, "--task", str(d),
-                        "--shots", "2", "--splits", "2", "--steps", "2", "--max-test", "20",
-                        "--output", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=300)
+    r = cli.run(["evaluate", "--init", tiny_init, "--task", str(d), "--shots", "2", "--splits", "2", "--steps", "2",
+                 "--max-test", "20", "--address", ray_local.get_runtime_context().gcs_address,
+                 "--output", str(tmp_path / "r.json")], cwd=Path.cwd(), timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "K=2" in r.stdout and (tmp_path / "r.json").is_file()  # a missing --init: test_bad_input.py
 

@@ -1,6 +1,7 @@
 """``benchmarks/gpu_check.py --cpu-smoke``: every step of the GPU check runs on CPU, so the script cannot rot
-while no GPU is around. One subprocess (it starts its own Ray instance); the structure and sanity of what it
-writes are checked, never its speed."""
+while no GPU is around. One subprocess; its meta-steps run on this test process's Ray instance (``$RAY_ADDRESS``,
+as under ``ray job submit``), which saves starting one. The structure and sanity of what it writes are checked,
+never its speed."""
 
 from __future__ import annotations
 
@@ -19,14 +20,15 @@ ALGORITHMS = {"multitask", "fomaml", "maml", "anil", "protonet", "reptile"}
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local instance, never ours
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # none but the one a test gives
     return {**env, "CUDA_VISIBLE_DEVICES": ""}  # CPU smoke mode even on a machine with a GPU
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
+def smoke(ray_local, tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu-check")
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--cpu-smoke", "--out", str(out)], cwd=REPO, env=_env(),
+    env = _env() | {"RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--cpu-smoke", "--out", str(out)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads((out / "gpu_check.json").read_text()), (out / "gpu_check.md").read_text(), proc.stdout

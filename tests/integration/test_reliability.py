@@ -31,8 +31,9 @@ from raymeta.config import load_config
 from raymeta.errors import RaymetaError
 from raymeta.trainer import MetaTrainer, train
 
+from ..cli_forks import CliForks, Started
 from ..tb_events import tensorboard_scalars
-from .cluster import default_sigint, env, head, wait_for
+from .cluster import head, wait_for
 from .conftest import tiny_config, validation_on
 
 REPO = Path(__file__).resolve().parents[2]
@@ -246,25 +247,14 @@ def test_lost_actor_beyond_max_actor_restarts_is_one_line_and_leaves_no_actor(ra
 
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
-    """A separate Ray head for `raymeta train` subprocesses: it outlives them, to be inspected after."""
+    """A separate Ray head for `raymeta train` command lines: it outlives them, to be inspected after."""
     with head(tmp_path_factory.mktemp("head")) as h:
         yield h
 
 
-def cli_train(config: Path, address: str, *extra: str) -> subprocess.Popen:
-    """`raymeta train` against ``address``; its output goes to files (a full pipe would block it)."""
-    n = len(list(config.parent.glob("train-*.err")))
-    out, err = config.parent / f"train-{n}.out", config.parent / f"train-{n}.err"
-    with out.open("w") as o, err.open("w") as e:
-        proc = subprocess.Popen([sys.executable, "-m", "raymeta.cli", "train", "--config", str(config),
-                                 "--address", address, *extra], cwd=REPO, env=env(), stdout=o, stderr=e,
-                                preexec_fn=default_sigint)
-    proc.err_path = err  # type: ignore[attr-defined]
-    return proc
-
-
-def stderr_of(proc: subprocess.Popen) -> str:
-    return proc.err_path.read_text()  # type: ignore[attr-defined]
+def cli_train(cli: CliForks, config: Path, address: str, *extra: str) -> Started:
+    """`raymeta train` against ``address``, started; its output goes to files."""
+    return cli.start(["train", "--config", str(config), "--address", address, *extra], cwd=REPO)
 
 
 def task_actor_processes(node: subprocess.Popen) -> list[int]:
@@ -297,35 +287,33 @@ def assert_released(h: dict) -> None:
     wait_for(lambda: not task_actor_processes(h["proc"]), 15, "the task actors to go")
 
 
-def wait_until(predicate, timeout: float, what: str, proc: subprocess.Popen) -> None:
+def wait_until(predicate, timeout: float, what: str, cli: CliForks, proc: Started) -> None:
     end = time.time() + timeout
     while not predicate():
-        assert proc.poll() is None, f"`raymeta train` ended (exit {proc.returncode}) before {what}"
+        assert cli.poll(proc) is None, f"`raymeta train` ended (exit {proc.returncode}) before {what}"
         assert time.time() < end, f"timed out waiting for {what}"
         time.sleep(0.01)
 
 
-def test_driver_sigkilled_then_resume_reaches_the_same_parameters(uninterrupted, ray_head, mixed_data, tmp_path):
+def test_driver_sigkilled_then_resume_reaches_the_same_parameters(uninterrupted, ray_head, cli, mixed_data, tmp_path):
     data = run_config(tmp_path, mixed_data)
     config = write_yaml(tmp_path / "exp.yaml", data)
     out = Path(data["output_dir"])
-    proc = cli_train(config, ray_head["address"])
+    proc = cli_train(cli, config, ray_head["address"])
     try:
-        wait_until(lambda: (out / "checkpoints" / "step-00000002").is_dir(), 240, "the checkpoint at step 2", proc)
+        wait_until(lambda: (out / "checkpoints" / "step-00000002").is_dir(), 240, "the checkpoint at step 2", cli, proc)
         assert len(task_actor_processes(ray_head["proc"])) == 2  # what assert_released looks for, seen
         os.kill(proc.pid, signal.SIGKILL)  # with a checkpoint after every step: often in the middle of one
     finally:
-        proc.kill()
-        proc.wait()
+        cli.kill(proc)
     assert proc.returncode == -signal.SIGKILL and not (out / "final").exists()
     killed_at = max(checkpoint_steps(out))
     assert killed_at < STEPS
     assert_released(ray_head)  # the driver owned its actors: Ray ends them with it
 
-    resumed = cli_train(config, ray_head["address"], "--resume")
-    assert resumed.wait(timeout=300) == 0, stderr_of(resumed)[-3000:]
-    err = stderr_of(resumed)
-    assert re.search(r"resumed from \S+/step-0000000\d at step \d", err), err[-3000:]
+    resumed = cli.finish(cli_train(cli, config, ray_head["address"], "--resume"), timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert re.search(r"resumed from \S+/step-0000000\d at step \d", resumed.stderr), resumed.stderr[-3000:]
     assert_same_parameters(final_tensors(out), uninterrupted)
     assert [r["step"] for r in records(out)] == list(range(STEPS))
     assert not [p.name for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]  # leftovers cleaned
@@ -474,13 +462,13 @@ def test_non_finite_gradient_abort_in_a_collective_group(ray_local, mixed_data, 
     assert not [r.getMessage()[:200] for r in caplog.records if "Unhandled error" in r.getMessage()]
 
 
-def test_cli_abort_on_non_finite_gradient_is_one_line_and_releases_actors(ray_head, mixed_data, tmp_path):
+def test_cli_abort_on_non_finite_gradient_is_one_line_and_releases_actors(ray_head, cli, mixed_data, tmp_path):
     data = run_config(tmp_path, mixed_data, tasks=1, nan_policy="abort", fault_injection={"task": "cls", "steps": [2]})
-    proc = cli_train(write_yaml(tmp_path / "exp.yaml", data), ray_head["address"])
-    assert proc.wait(timeout=300) == 2
-    err = stderr_of(proc)
-    assert err.rstrip().splitlines()[-1] == "raymeta: error: task 'cls': non-finite gradient at step 2 (meta.nan_policy=abort)"
-    assert "Traceback" not in err, err[-3000:]
+    r = cli.finish(cli_train(cli, write_yaml(tmp_path / "exp.yaml", data), ray_head["address"]), timeout=300)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert r.stderr.rstrip().splitlines()[-1] == \
+        "raymeta: error: task 'cls': non-finite gradient at step 2 (meta.nan_policy=abort)"
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
     assert checkpoint_steps(data["output_dir"]) == [1, 2]
     assert_released(ray_head)
 
@@ -488,20 +476,19 @@ def test_cli_abort_on_non_finite_gradient_is_one_line_and_releases_actors(ray_he
 # -- 7. resource hygiene -----------------------------------------------------------------------------
 
 
-def test_ctrl_c_exits_130_in_one_line_and_releases_actors(ray_head, mixed_data, tmp_path):
+def test_ctrl_c_exits_130_in_one_line_and_releases_actors(ray_head, cli, mixed_data, tmp_path):
     data = run_config(tmp_path, mixed_data, tasks=1, steps=2000)
     data["checkpoint"]["every_steps"] = 10_000
     out = Path(data["output_dir"])
-    proc = cli_train(write_yaml(tmp_path / "exp.yaml", data), ray_head["address"])
+    proc = cli_train(cli, write_yaml(tmp_path / "exp.yaml", data), ray_head["address"])
     try:
-        wait_until(lambda: (out / "metrics.jsonl").is_file() and len(records(out)) >= 2, 240, "two steps", proc)
+        wait_until(lambda: (out / "metrics.jsonl").is_file() and len(records(out)) >= 2, 240, "two steps", cli, proc)
         assert len(task_actor_processes(ray_head["proc"])) == 1  # what assert_released looks for, seen
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 130
+        os.kill(proc.pid, signal.SIGINT)
+        assert cli.finish(proc, timeout=60).returncode == 130
     finally:
-        proc.kill()
-        proc.wait()
-    err = stderr_of(proc)
+        cli.kill(proc)
+    err = proc.stderr.read_text()
     assert err.rstrip().splitlines()[-1] == "raymeta: interrupted"
     assert "Traceback" not in err, err[-3000:]
     assert_released(ray_head)
@@ -543,7 +530,8 @@ class _FormatAndDrop(logging.Handler):
         self.format(record)
 
 
-def test_no_per_step_growth_of_driver_memory_or_ray_objects_over_200_steps(ray_local, mixed_data, tmp_path, monkeypatch):
+def test_no_per_step_growth_of_driver_memory_or_ray_objects_over_200_steps(ray_local, task_actors, mixed_data, tmp_path,
+                                                                            monkeypatch):
     import collections
     import gc
 
@@ -579,7 +567,8 @@ def test_no_per_step_growth_of_driver_memory_or_ray_objects_over_200_steps(ray_l
     lg.setLevel(logging.INFO)  # setLevel, not an attribute: it also resets the loggers' cached levels
     try:
         plasma_usage(worker.node.gcs_address, settle_s=0)  # its first query imports and starts things: not per step
-        train(load_config(data=data))
+        cfg = load_config(data=data)
+        MetaTrainer(cfg, actors=task_actors(cfg)).run()  # the module's actor: what is measured is the driver
     finally:
         lg.setLevel(level)
     assert at[200]["rss"] - at[50]["rss"] < 4 * 2**20, at  # a leaked 4 MB parameter buffer per step: 600 MB

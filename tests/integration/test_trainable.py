@@ -8,8 +8,6 @@ them), so the 30 cases cost three process start-ups, not 90."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -119,15 +117,15 @@ def test_lora_run_exports_merged_model_and_adapter_and_resumes_bit_for_bit(task_
         assert sorted(p.name for p in (tmp_path / "b" / "run" / "checkpoints").iterdir()) == before
 
 
-def test_cli_resume_with_another_layout_is_one_line_exit_2(task_actors, mixed_data, tmp_path):
-    """The same refusal through `raymeta train --resume`: exit 2, one line, no traceback, before any actor starts."""
+def test_cli_resume_with_another_layout_is_one_line_exit_2(task_actors, cli, mixed_data, tmp_path):
+    """The same refusal through `raymeta train --resume`: exit 2, one line, no traceback, before Ray starts."""
     data = config(tmp_path, mixed_data, "lora", algorithm="multitask", steps=1)
     path = write_config(tmp_path, data)
     cfg = load_config(path)
     MetaTrainer(cfg, actors=task_actors(cfg)).run()
     assert (tmp_path / "run" / "final" / ADAPTER_DIR / "adapter_config.json").is_file()
-    r = subprocess.run([sys.executable, "-m", "raymeta.cli", "train", "--config", path, "--resume", "model.trainable=full",
-                        "meta.steps=2"], capture_output=True, text=True, timeout=300)
+    r = cli.run(["train", "--config", path, "--resume", "model.trainable=full", "meta.steps=2"], cwd=Path.cwd(),
+                timeout=300)
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("raymeta: error:")]
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert len(lines) == 1 and "trainable layout (lora r=2" in lines[0] and "this run's (full" in lines[0], r.stderr[-2000:]

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,7 +17,6 @@ from raymeta.trainer import train
 from raymeta.tune import run_tune
 from raymeta.tune_space import WEIGHT_PREFIX
 
-from .cluster import default_sigint
 from .conftest import tiny_config, write_config
 
 
@@ -58,6 +55,14 @@ def tune_config(tmp_path: Path, d: Path, **tune) -> dict:
     return data
 
 
+def one_task(data: dict) -> dict:
+    """A search over one meta-training task (the learning rate only): for the tests of how trials fail, stop and
+    resume, where a mixture is not the point and every task is one more actor to start per trial."""
+    data["tasks"] = data["tasks"][:1]
+    data["tune"]["space"] = {"weights": False, "lr": data["tune"]["space"]["lr"]}
+    return data
+
+
 def test_tiny_tune_finds_a_best_config_that_trains(ray_local, tune_data, tmp_path):
     t0 = time.time()
     cfg = load_config(data=tune_config(tmp_path, tune_data))
@@ -71,6 +76,10 @@ def test_tiny_tune_finds_a_best_config_that_trains(ray_local, tune_data, tmp_pat
     assert mixes["equal"]["big"] == pytest.approx(0.5)
     assert mixes["proportional"]["big"] == pytest.approx(96 / 120)
     assert mixes["temperature2"]["big"] == pytest.approx(96**0.5 / (96**0.5 + 24**0.5))
+    # Four trials, at most two at a time (two placement groups fit): a later trial ran in a finished one's process
+    # and reset its task actors (tune.reuse_actors) instead of starting new ones
+    print("reused_actors:", [t["reused_actors"] for t in trials])
+    assert any(t["reused_actors"] for t in trials)
     best = max((t for t in trials if t["reports"]), key=lambda t: t["val_score"])
     assert summary["best"]["trial"] == best["trial"]
     # validation only during the search; meta-test scored after it, for every compared init
@@ -108,7 +117,7 @@ def _kill_a_task_actor_after_a_report(storage: Path, killed: list[int]) -> None:
 
 
 def test_trial_whose_task_actor_dies_is_retried_from_its_checkpoint(ray_local, tune_data, tmp_path):
-    data = tune_config(tmp_path, tune_data, num_samples=1, scheduler="fifo", heuristics=["equal"], test_tasks=[])
+    data = one_task(tune_config(tmp_path, tune_data, num_samples=1, scheduler="fifo", test_tasks=[]))
     data["meta"]["steps"] = 6
     cfg = load_config(data=data)
     killed: list[int] = []
@@ -127,23 +136,26 @@ def test_trial_whose_task_actor_dies_is_retried_from_its_checkpoint(ray_local, t
     assert steps == list(range(6)), "a meta-step was skipped or logged twice"
 
 
-def test_interrupted_search_resumes(tune_data, tmp_path):
-    data = tune_config(tmp_path, tune_data, num_samples=2, scheduler="fifo", max_concurrent_trials=1, test_tasks=[])
-    path = write_config(tmp_path, data)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "raymeta.cli", "tune", "--config", path]
+def test_interrupted_search_resumes(ray_local, tune_data, cli, tmp_path):
+    """`raymeta tune`, Ctrl-C once the first trial has reported once, then `raymeta tune --resume`: both command lines are
+    processes of their own that join this test's Ray instance (`--address`), as on a cluster."""
+    data = one_task(tune_config(tmp_path, tune_data, num_samples=2, scheduler="fifo", max_concurrent_trials=1,
+                                test_tasks=[]))
+    cmd = ["tune", "--config", write_config(tmp_path, data), "--address", ray_local.get_runtime_context().gcs_address]
     storage = Path(data["tune"]["storage_path"])
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=default_sigint)
-    end = time.time() + 120
-    while time.time() < end and not list(storage.rglob("checkpoint_000001")) and proc.poll() is None:
-        time.sleep(0.2)
-    assert proc.poll() is None, proc.stdout.read()[-3000:]
-    proc.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves the experiment state and stops
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode != 0, out[-3000:]
+    proc = cli.start(cmd, cwd=Path.cwd())
+    try:
+        end = time.time() + 120
+        while time.time() < end and not list(storage.rglob("checkpoint_000000")) and cli.poll(proc) is None:
+            time.sleep(0.2)
+        assert cli.poll(proc) is None, proc.stderr.read_text()[-3000:]
+        os.kill(proc.pid, signal.SIGINT)  # Ctrl-C: Tune saves the experiment state and stops
+        first = cli.finish(proc, timeout=60)
+    finally:
+        cli.kill(proc)
+    assert first.returncode != 0, first.stderr[-3000:]
     assert not (Path(data["output_dir"]) / "best_config.yaml").exists()
-    again = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=240)
+    again = cli.run(cmd + ["--resume"], cwd=Path.cwd(), timeout=240)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     summary = json.loads((Path(data["output_dir"]) / "tune_summary.json").read_text())
     assert len(summary["trials"]) == 2 and all(t["reports"] == 2 and t["error"] is None for t in summary["trials"])

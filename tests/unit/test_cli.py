@@ -12,11 +12,9 @@ from ..cli_forks import CliForks
 
 
 @pytest.fixture(scope="module")
-def raymeta(tmp_path_factory):
+def raymeta(cli: CliForks):
     """``raymeta(*args, cwd=None)``: one ``raymeta`` command line in a process of its own."""
-    forks = CliForks(tmp_path_factory.mktemp("cli"))
-    yield lambda *args, cwd=None: forks.run(list(args), cwd=Path(cwd or os.getcwd()), timeout=120)
-    forks.close()
+    return lambda *args, cwd=None: cli.run(list(args), cwd=Path(cwd or os.getcwd()), timeout=120)
 
 
 def test_tasks_list_names_every_ready_made_task(raymeta):

@@ -206,3 +206,22 @@ def test_adapter_of_a_from_config_model_has_no_base_to_merge_into(tokenizer, tmp
     out = export_model(tmp_path / "final", enc, tokenizer)
     with pytest.raises(ModelError, match="base model is not recorded"):
         load_encoder(ModelConfig(name_or_path=str(out / ADAPTER_DIR)))
+
+
+@pytest.mark.parametrize("mode, match", [({"trainable": "lora", "lora": {"target_modules": ["c_attn"]}}, "no module named"),
+                                         ({"trainable": "top_layers", "top_layers": 7}, "more than the model's 2 layers")])
+def test_a_model_that_cannot_be_built_as_configured_fails_before_ray_starts(mode, match, tmp_path, monkeypatch):
+    """MetaTrainer.run builds the driver's model before it connects: the mistake is reported in a second, not after
+    a local Ray instance has started (which takes seconds, and is what `raymeta train` would do first)."""
+    from raymeta import trainer
+
+    def connect(*args, **kwargs):
+        raise AssertionError("connected to Ray before the model was built")
+
+    monkeypatch.setattr(trainer, "connect", connect)
+    cfg = load_config(data={"output_dir": str(tmp_path / "run"), "model": {"from_config": TINY_BERT, **mode},
+                            "tasks": [{"name": "t", "type": "sequence_classification",
+                                       "source": {"kind": "files", "format": "csv", "files": {"train": "x.csv"}}}]})
+    with pytest.raises(ModelError, match=match):
+        trainer.MetaTrainer(cfg).run()
+    assert not (tmp_path / "run").exists()

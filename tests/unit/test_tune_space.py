@@ -78,3 +78,21 @@ def test_bad_space_is_a_one_line_config_error():
         _cfg(lr=[1e-3, 1e-5])
     with pytest.raises(ConfigError, match="nothing to search"):
         search_space(_cfg(weights=False, lr=None), {"a": 1, "b": 2})
+
+
+def test_actor_keys_name_one_actor_per_replica_and_none_for_weight_zero(tmp_path):
+    """What a Tune trial compares with the task actors its process kept from the previous trial (tune.reuse_actors):
+    the trainer's own keys and weights, from the same function."""
+    from raymeta.trainer import MetaTrainer, actor_keys
+
+    def task(name, **kw):
+        return {"name": name, "type": "sequence_classification",
+                "source": {"kind": "files", "format": "csv", "files": {"train": "x.csv"}}, **kw}
+
+    cfg = load_config(data={"output_dir": str(tmp_path), "tasks": [task("a", weight=3.0, replicas=3), task("b"),
+                                                                    task("c", weight=0.0)]})
+    assert actor_keys(cfg) == {"a": ["a", "a#1", "a#2"], "b": ["b"]}
+    assert load_config(data={"tune": {}}).tune.reuse_actors is True
+    trainer = MetaTrainer(cfg)
+    assert trainer.replicas_of == actor_keys(cfg)
+    assert trainer.actor_weights == pytest.approx({"a": 0.25, "a#1": 0.25, "a#2": 0.25, "b": 0.25})
