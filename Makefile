@@ -11,13 +11,13 @@ install: $(VENV)/.installed
 
 # torch is installed FIRST from requirements/cpu.txt (a pinned CPU build), so that resolving
 # the package never pulls a multi-GB CUDA build. GPU users: see README "Install".
-# --no-compile: pip would byte-compile every module of every package (torch, ray, transformers: tens of thousands),
-# most of which never run; Python compiles the imported ones on first use (about 1 s more, once). A clean install
-# took 1 min 45 s with it and 1 min 6 s without, one after the other under the same load on this 2-CPU machine.
+# pip byte-compiles at install time, on purpose: where PYTHONDONTWRITEBYTECODE is set (CI here), Python never
+# writes .pyc files itself, and every process (each Ray worker) would compile torch and transformers from source
+# on import. `pip install --no-compile` made `make test` twice as slow here for that reason.
 $(VENV)/.installed: pyproject.toml requirements/cpu.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --no-compile -r requirements/cpu.txt $(QUIET_PIP)
-	$(PY) -m pip install -q --no-compile -c requirements/cpu.txt -e '.[offline,tune,test,setfit]' $(QUIET_PIP)
+	$(PY) -m pip install -q -r requirements/cpu.txt $(QUIET_PIP)
+	$(PY) -m pip install -q -c requirements/cpu.txt -e '.[offline,tune,test,setfit]' $(QUIET_PIP)
 	touch $@
 
 demo: install
