@@ -530,8 +530,7 @@ class _FormatAndDrop(logging.Handler):
         self.format(record)
 
 
-def test_no_per_step_growth_of_driver_memory_or_ray_objects_over_200_steps(ray_local, task_actors, mixed_data, tmp_path,
-                                                                            monkeypatch):
+def test_no_per_step_growth_of_driver_memory_or_ray_objects_over_200_steps(ray_local, mixed_data, tmp_path, monkeypatch):
     import collections
     import gc
 
@@ -541,6 +540,10 @@ def test_no_per_step_growth_of_driver_memory_or_ray_objects_over_200_steps(ray_l
                        episode={"ways": 2, "shots": 1, "queries": 1, "support_size": 2, "query_size": 2})
     data["tasks"] = data["tasks"][:1]
     data["checkpoint"] = {"every_steps": 1000}
+    # As this test has always run in CI: its own actor, sized by the trainer. With the module's reused one-thread
+    # actor the 150 steps ran in seconds, and a clean clone's CI measured +4.9 MB twice (a one-off allocation in
+    # that window, python objects flat); not understood yet, so not changed here.
+    data.pop("resources")
     worker = ray._private.worker.global_worker
     at: dict[int, dict[str, int]] = {}
     kinds: dict[int, collections.Counter] = {}
@@ -567,8 +570,7 @@ def test_no_per_step_growth_of_driver_memory_or_ray_objects_over_200_steps(ray_l
     lg.setLevel(logging.INFO)  # setLevel, not an attribute: it also resets the loggers' cached levels
     try:
         plasma_usage(worker.node.gcs_address, settle_s=0)  # its first query imports and starts things: not per step
-        cfg = load_config(data=data)
-        MetaTrainer(cfg, actors=task_actors(cfg)).run()  # the module's actor: what is measured is the driver
+        train(load_config(data=data))
     finally:
         lg.setLevel(level)
     assert at[200]["rss"] - at[50]["rss"] < 4 * 2**20, at  # a leaked 4 MB parameter buffer per step: 600 MB
