@@ -36,13 +36,13 @@ def task_actors(ray_local):
     actors do here whenever there are two or more of them. Tests that kill actors, or need the trainer's
     own resource sizing, start their own."""
     from raymeta.actor import TaskActor
+    from raymeta.trainer import actor_keys
 
     pool: dict[str, object] = {}
     remote = ray_local.remote(TaskActor).options(num_cpus=0, max_restarts=0)
 
     def for_config(cfg) -> dict[str, object]:
-        keys = [(t.name, r, t.name if r == 0 else f"{t.name}#{r}") for t in cfg.tasks if t.weight > 0
-                for r in range(t.replicas)]
+        keys = [(name, r, key) for name, ks in actor_keys(cfg).items() for r, key in enumerate(ks)]
         for name, r, key in keys:
             if key not in pool:
                 pool[key] = remote.remote(cfg.model_dump_json(), name, 1, "cpu", r)
