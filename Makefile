@@ -13,11 +13,13 @@ install: $(VENV)/.installed
 # the package never pulls a multi-GB CUDA build. GPU users: see README "Install".
 # pip byte-compiles at install time, on purpose: where PYTHONDONTWRITEBYTECODE is set (CI here), Python never
 # writes .pyc files itself, and every process (each Ray worker) would compile torch and transformers from source
-# on import. `pip install --no-compile` made `make test` twice as slow here for that reason.
+# on import. `pip install --no-compile` made `make test` twice as slow here for that reason. An editable install
+# is not compiled by pip, so raymeta is compiled here too (0.15 s less per process that imports it: every task actor).
 $(VENV)/.installed: pyproject.toml requirements/cpu.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements/cpu.txt $(QUIET_PIP)
 	$(PY) -m pip install -q -c requirements/cpu.txt -e '.[offline,tune,test,setfit]' $(QUIET_PIP)
+	$(PY) -m compileall -q raymeta
 	touch $@
 
 demo: install

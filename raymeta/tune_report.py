@@ -23,6 +23,14 @@ __all__ = ["finish", "summary_table"]
 log = logging.getLogger("raymeta.tune")
 
 
+def _reports(last: dict[str, Any]) -> int:
+    """How many validation scores a trial reported, along the line of checkpoints its last result continues:
+    Tune's ``training_iteration``, which a trial restored from a checkpoint takes over. Not the rows of Tune's
+    result log, which can hold a step twice (a trial started over because Ctrl-C came before Tune had registered
+    its checkpoint) or lose the rows before a checkpoint it was restored from on ``--resume`` (both seen here)."""
+    return int(last.get("training_iteration") or 0) if METRIC in last else 0
+
+
 def _trial_rows(cfg: ExperimentConfig, grid: Any, sizes: dict[str, int]) -> list[dict[str, Any]]:
     _, points = search_space(cfg, sizes)
     named = dict(zip(cfg.tune.heuristics, points)) if cfg.tune.space.weights else {}
@@ -30,11 +38,11 @@ def _trial_rows(cfg: ExperimentConfig, grid: Any, sizes: dict[str, int]) -> list
     rows = []
     for result in grid:
         df = result.metrics_dataframe
-        reports = 0 if df is None or METRIC not in df else int(df[METRIC].notna().sum())
-        best = float(df[METRIC].max()) if reports else float("nan")
+        last = result.metrics or {}
+        reports = _reports(last)
+        best = float(df[METRIC].max()) if reports and df is not None and METRIC in df else float("nan")
         ckpt = result.get_best_checkpoint(METRIC, "max") if reports and result.best_checkpoints else None
         params = dict(result.config or {})
-        last = result.metrics or {}
         rows.append({
             "trial": Path(result.path).name, "heuristic": heuristic_of(params, named), "val_score": best,
             "reports": reports, "stopped_early": reports < max_t, "last_step": last.get("step"),

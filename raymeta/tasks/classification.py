@@ -8,7 +8,7 @@ import datasets
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from ..config import TaskConfig
-from .base import Batch, bad_row, columns, natural_sort, strip_bookkeeping
+from .base import Batch, bad_row, columns, map_batched, natural_sort, strip_bookkeeping
 
 __all__ = ["SequenceClassification"]
 
@@ -31,7 +31,7 @@ class SequenceClassification:
             if text is None or not str(text).strip():
                 raise bad_row(task, ds, i, "empty text")
 
-    def tokenize(self, ds, tok: PreTrainedTokenizerBase, task: TaskConfig, labels, split):
+    def tokenize(self, ds, tok: PreTrainedTokenizerBase, task: TaskConfig, labels, split, fingerprint):
         index = {lab: i for i, lab in enumerate(labels)}
         pair = "text_pair" in ds.column_names
 
@@ -40,9 +40,7 @@ class SequenceClassification:
             enc["labels"] = [index[str(v)] for v in b["label"]]
             return enc
 
-        keep = {"_row", "_file"}
-        feats = ds.map(fn, batched=True, remove_columns=[c for c in ds.column_names if c not in keep],
-                       desc=f"{task.name}/{split}: tokenize")
+        feats = map_batched(ds, fn, fingerprint=fingerprint, keep=("_row", "_file"), desc=f"{task.name}/{split}: tokenize")
         truncated = sum(1 for ids in columns(feats, "input_ids")["input_ids"] if len(ids) >= task.max_length)
         return feats, {"truncated": truncated, "dropped": 0}
 

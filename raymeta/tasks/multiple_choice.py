@@ -9,7 +9,7 @@ from typing import Any
 from transformers import DataCollatorForMultipleChoice, PreTrainedTokenizerBase
 
 from ..config import TaskConfig
-from .base import Batch, bad_row, columns, strip_bookkeeping
+from .base import Batch, bad_row, columns, map_batched, strip_bookkeeping
 
 __all__ = ["MultipleChoice"]
 
@@ -37,7 +37,7 @@ class MultipleChoice:
             if not ok:
                 raise bad_row(task, ds, i, f"label '{lab}' is not a choice index 0..{len(choices) - 1}")
 
-    def tokenize(self, ds, tok: PreTrainedTokenizerBase, task: TaskConfig, labels, split):
+    def tokenize(self, ds, tok: PreTrainedTokenizerBase, task: TaskConfig, labels, split, fingerprint):
         def fn(b: dict[str, list[Any]]) -> dict[str, Any]:
             firsts = [q for q, ch in zip(b["question"], b["choices"]) for _ in ch]
             seconds = [c for ch in b["choices"] for c in ch]
@@ -51,8 +51,7 @@ class MultipleChoice:
             out["labels"] = [int(x) for x in b["label"]]
             return out
 
-        feats = ds.map(fn, batched=True, remove_columns=[c for c in ds.column_names if c not in ("_row", "_file")],
-                       desc=f"{task.name}/{split}: tokenize")
+        feats = map_batched(ds, fn, fingerprint=fingerprint, keep=("_row", "_file"), desc=f"{task.name}/{split}: tokenize")
         truncated = sum(1 for ids in columns(feats, "input_ids")["input_ids"] if any(len(x) >= task.max_length for x in ids))
         return feats, {"truncated": truncated, "dropped": 0}
 

@@ -10,7 +10,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ..config import TaskConfig
-from .base import Batch, bad_row, columns, strip_bookkeeping
+from .base import Batch, bad_row, columns, map_batched, strip_bookkeeping
 
 __all__ = ["ExtractiveQA"]
 
@@ -36,7 +36,7 @@ class ExtractiveQA:
                         f"(context has '{ctx[start:start + len(text)][:40]}')",
                     )
 
-    def tokenize(self, ds, tok: PreTrainedTokenizerBase, task: TaskConfig, labels, split):
+    def tokenize(self, ds, tok: PreTrainedTokenizerBase, task: TaskConfig, labels, split, fingerprint):
         pad_right = tok.padding_side == "right"
         train = split == "train"
 
@@ -78,7 +78,7 @@ class ExtractiveQA:
             enc["_file"] = [b["_file"][sample_map[i]] for i in range(len(starts))]
             return enc
 
-        feats = ds.map(fn, batched=True, remove_columns=ds.column_names, desc=f"{task.name}/{split}: tokenize")
+        feats = map_batched(ds, fn, fingerprint=fingerprint, keep=(), desc=f"{task.name}/{split}: tokenize")
         windows = len(feats)
         col = columns(feats, "_row", "start_positions")
         no_answer = [i for i, s in enumerate(col["start_positions"]) if s == 0]

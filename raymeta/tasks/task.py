@@ -132,13 +132,14 @@ def _tokenize_cached(
     labels: list[str] | None, cache_dir: str | None,
 ) -> tuple[dict[str, datasets.Dataset], dict[str, dict[str, int]]]:
     """Tokenise every split once; later loads memory-map the saved Arrow files."""
-    root = Path(cache_dir) / "features" / task.name / _fingerprint(task, tok, raw) if cache_dir else None
+    key = _fingerprint(task, tok, raw)
+    root = Path(cache_dir) / "features" / task.name / key if cache_dir else None
     if root is not None and (root / "counts.json").is_file():
         counts = json.loads((root / "counts.json").read_text())
         return {s: datasets.load_from_disk(str(root / s)) for s in counts}, counts
     feats, counts = {}, {}
     for split, ds in raw.items():
-        feats[split], counts[split] = proc.tokenize(ds, tok, task, labels, split)
+        feats[split], counts[split] = proc.tokenize(ds, tok, task, labels, split, fingerprint=f"{key}-{split}")
     if root is not None:  # write to a temp dir, then rename: a crash never leaves half a cache
         tmp = root.with_name(root.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)

@@ -8,7 +8,7 @@ from typing import Any
 from transformers import DataCollatorForTokenClassification, PreTrainedTokenizerBase
 
 from ..config import TaskConfig
-from .base import Batch, bad_row, columns, natural_sort, strip_bookkeeping
+from .base import Batch, bad_row, columns, map_batched, natural_sort, strip_bookkeeping
 
 __all__ = ["TokenClassification"]
 
@@ -34,7 +34,7 @@ class TokenClassification:
                 if str(t) not in known:
                     raise bad_row(task, ds, i, f"tag '{t}' is not in the label set ({', '.join(labels)})")
 
-    def tokenize(self, ds, tok: PreTrainedTokenizerBase, task: TaskConfig, labels, split):
+    def tokenize(self, ds, tok: PreTrainedTokenizerBase, task: TaskConfig, labels, split, fingerprint):
         index = {lab: i for i, lab in enumerate(labels)}
 
         def fn(b: dict[str, list[Any]]) -> dict[str, Any]:
@@ -52,8 +52,7 @@ class TokenClassification:
             enc["_words_lost"] = lost
             return enc
 
-        feats = ds.map(fn, batched=True, remove_columns=[c for c in ds.column_names if c not in ("_row", "_file")],
-                       desc=f"{task.name}/{split}: tokenize")
+        feats = map_batched(ds, fn, fingerprint=fingerprint, keep=("_row", "_file"), desc=f"{task.name}/{split}: tokenize")
         truncated = sum(1 for n in columns(feats, "_words_lost")["_words_lost"] if n > 0)
         return feats, {"truncated": truncated, "dropped": 0}
 

@@ -26,10 +26,10 @@ def ray_local():
 
 @pytest.fixture(scope="module")
 def task_actors(ray_local):
-    """Task actors shared by one test module's trainers: ``MetaTrainer(cfg, actors=task_actors(cfg))`` (or
-    ``train(cfg, actors=...)``) resets them to ``cfg`` (``TaskActor.reset``) instead of starting new worker
-    processes, which costs seconds each (importing torch and transformers) on 2 CPUs. Keyed like the
-    trainer's actors (``<task>``, ``<task>#<r>``); one is started the first time a key is asked for.
+    """Task actors shared by one test module's trainers: ``MetaTrainer(cfg, actors=task_actors(cfg))`` resets
+    them to ``cfg`` (``TaskActor.reset``) instead of starting new worker processes, which costs seconds each
+    (importing torch and transformers) on 2 CPUs. Keyed like the trainer's actors (``<task>``, ``<task>#<r>``);
+    one is started the first time a key is asked for.
 
     They reserve no CPU (num_cpus=0), so idle ones never keep other work off the instance (a trainer with
     its own actors sizes them to every CPU of the cluster), and run one torch thread, as the trainer's own

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -116,40 +115,27 @@ def _kill_a_task_actor_after_a_report(storage: Path, killed: list[int]) -> None:
         killed.append(a["Pid"])
 
 
-def test_trial_whose_task_actor_dies_is_retried_from_its_checkpoint(ray_local, tune_data, tmp_path):
-    data = one_task(tune_config(tmp_path, tune_data, num_samples=1, scheduler="fifo", test_tasks=[]))
-    data["meta"]["steps"] = 6
-    cfg = load_config(data=data)
-    killed: list[int] = []
-    watcher = threading.Thread(target=_kill_a_task_actor_after_a_report,
-                               args=(Path(cfg.tune.storage_path), killed), daemon=True)
-    watcher.start()
-    summary = run_tune(cfg)
-    watcher.join()
-    assert killed, "no task actor was killed"
-    (trial,) = summary["trials"]
-    assert trial["error"] is None and trial["last_step"] == 6
-    # the retry restored a reported checkpoint (step 2 or 4): it did not start over from step 0
-    assert trial["resumed_at"] in (2, 4)
-    trial_dir = next(Path(cfg.tune.storage_path).rglob(trial["trial"]))
-    steps = [json.loads(x)["step"] for x in (trial_dir / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(6)), "a meta-step was skipped or logged twice"
-
-
-def test_interrupted_search_resumes(ray_local, tune_data, cli, tmp_path):
-    """`raymeta tune`, Ctrl-C once the first trial has reported once, then `raymeta tune --resume`: both command lines are
-    processes of their own that join this test's Ray instance (`--address`), as on a cluster."""
+def test_search_retries_a_trial_whose_actor_dies_and_resumes_after_ctrl_c(ray_local, tune_data, cli, tmp_path):
+    """`raymeta tune`, a process of its own that joins this test's Ray instance (`--address`), as on a cluster.
+    Two faults in the first of two trials: its task actor is SIGKILLed once it has reported a checkpoint (Tune
+    retries the trial from that checkpoint), and Ctrl-C comes once the retried trial has reported again (Tune saves
+    the experiment and stops). Then `raymeta tune --resume` finishes the search."""
     data = one_task(tune_config(tmp_path, tune_data, num_samples=2, scheduler="fifo", max_concurrent_trials=1,
                                 test_tasks=[]))
+    data["meta"]["steps"] = 6
     cmd = ["tune", "--config", write_config(tmp_path, data), "--address", ray_local.get_runtime_context().gcs_address]
     storage = Path(data["tune"]["storage_path"])
+    killed: list[int] = []
     proc = cli.start(cmd, cwd=Path.cwd())
     try:
+        _kill_a_task_actor_after_a_report(storage, killed)
+        assert killed, "no task actor was killed: " + proc.stderr.read_text()[-3000:]
+        # one trial at a time: a second checkpoint directory is the retried trial's next report
         end = time.time() + 120
-        while time.time() < end and not list(storage.rglob("checkpoint_000000")) and cli.poll(proc) is None:
+        while time.time() < end and len(list(storage.rglob("checkpoint_0*"))) < 2 and cli.poll(proc) is None:
             time.sleep(0.2)
         assert cli.poll(proc) is None, proc.stderr.read_text()[-3000:]
-        os.kill(proc.pid, signal.SIGINT)  # Ctrl-C: Tune saves the experiment state and stops
+        os.kill(proc.pid, signal.SIGINT)  # Ctrl-C
         first = cli.finish(proc, timeout=60)
     finally:
         cli.kill(proc)
@@ -157,8 +143,15 @@ def test_interrupted_search_resumes(ray_local, tune_data, cli, tmp_path):
     assert not (Path(data["output_dir"]) / "best_config.yaml").exists()
     again = cli.run(cmd + ["--resume"], cwd=Path.cwd(), timeout=240)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    summary = json.loads((Path(data["output_dir"]) / "tune_summary.json").read_text())
-    assert len(summary["trials"]) == 2 and all(t["reports"] == 2 and t["error"] is None for t in summary["trials"])
+    trials = json.loads((Path(data["output_dir"]) / "tune_summary.json").read_text())["trials"]
+    assert len(trials) == 2 and all(t["error"] is None and t["reports"] == 3 and t["last_step"] == 6 for t in trials)
+    # The first trial went back to a reported checkpoint (step 2 or 4) after each fault: it never started over.
+    # The second one started only on --resume.
+    assert sorted(t["resumed_at"] for t in trials)[0] == 0 and sorted(t["resumed_at"] for t in trials)[1] in (2, 4)
+    for t in trials:
+        trial_dir = next(storage.rglob(t["trial"]))
+        steps = [json.loads(x)["step"] for x in (trial_dir / "run" / "metrics.jsonl").read_text().splitlines()]
+        assert steps == list(range(6)), f"{t['trial']}: a meta-step was skipped or logged twice"
     assert yaml.safe_load((Path(data["output_dir"]) / "best_config.yaml").read_text())["tasks"]
 
 

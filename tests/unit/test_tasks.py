@@ -189,6 +189,41 @@ def test_features_are_cached(tmp_path, tokenizer):
     assert b.features["train"].cache_files  # memory-mapped from the cache, not re-tokenised
 
 
+def test_tokenising_never_hashes_the_tokenizer(tmp_path, tokenizer, monkeypatch):
+    """``datasets`` names a ``map`` result by dill-hashing its function unless it is given a name; for a
+    tokenising function that pickles the tokenizer it closes over (twice per split: 85% of loading a small
+    task). Every task type names its features from the features key instead."""
+    import datasets.arrow_dataset
+    import datasets.fingerprint
+
+    hashed: list[str] = []
+    real = datasets.fingerprint.update_fingerprint
+
+    def spy(fingerprint, transform, transform_args):  # the function a map applies is one of transform_args
+        hashed.extend(getattr(x, "__qualname__", "") for x in [transform, *transform_args.values()])
+        return real(fingerprint, transform, transform_args)
+
+    for module in (datasets.fingerprint, datasets.arrow_dataset):
+        monkeypatch.setattr(module, "update_fingerprint", spy)
+    f = write_csv(tmp_path / "c.csv", ["text", "label"], [(f"t{i}", i % 2) for i in range(8)])
+    (tmp_path / "ner.conll").write_text("Ann\tB-person\nran\tO\n\n" * 4)
+    ctx = "The capital of France is Paris."
+    (tmp_path / "qa.json").write_text(json.dumps({"data": [{"title": "t", "paragraphs": [{"context": ctx, "qas": [
+        {"id": str(i), "question": "Capital?", "answers": [{"text": "Paris", "answer_start": ctx.index("Paris")}]}
+        for i in range(4)]}]}]}))
+    (tmp_path / "mc.jsonl").write_text("\n".join(json.dumps({"q": f"p{i}", "a": "y", "b": "n", "gold": i % 2})
+                                                  for i in range(4)))
+    for t in (spec("c", "sequence_classification", "csv", {"train": f}),
+              spec("ner", "token_classification", "conll", {"train": str(tmp_path / "ner.conll")}),
+              spec("qa", "extractive_qa", "squad", {"train": str(tmp_path / "qa.json")}),
+              spec("mc", "multiple_choice", "jsonl", {"train": str(tmp_path / "mc.jsonl")},
+                   columns={"question": "q", "choices": ["a", "b"], "label": "gold"})):
+        task = load_task(t, tokenizer, str(tmp_path), cache_dir=str(tmp_path / "cache"))
+        assert len(task.features["train"]) > 0
+    assert hashed, "the spy saw no datasets transform at all: it no longer watches the right function"
+    assert not [h for h in hashed if "tokenize" in h], hashed
+
+
 # ----------------------------------------------------------------------------- episodes
 
 
