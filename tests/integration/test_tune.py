@@ -147,7 +147,8 @@ def test_search_retries_a_trial_whose_actor_dies_and_resumes_after_ctrl_c(ray_lo
     assert len(trials) == 2 and all(t["error"] is None and t["reports"] == 3 and t["last_step"] == 6 for t in trials)
     # The first trial went back to a reported checkpoint (step 2 or 4) after each fault: it never started over.
     # The second one started only on --resume.
-    assert sorted(t["resumed_at"] for t in trials)[0] == 0 and sorted(t["resumed_at"] for t in trials)[1] in (2, 4)
+    second, first = sorted(t["resumed_at"] for t in trials)
+    assert second == 0 and first in (2, 4)
     for t in trials:
         trial_dir = next(storage.rglob(t["trial"]))
         steps = [json.loads(x)["step"] for x in (trial_dir / "run" / "metrics.jsonl").read_text().splitlines()]
