@@ -20,11 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from raymeta.actor import build_task_model, step_seed  # noqa: E402
-from raymeta.algorithms import task_gradient  # noqa: E402
-from raymeta.bench import MODELS, BenchSettings, bench_config  # noqa: E402
-from raymeta.model import load_tokenizer  # noqa: E402
+from raymeta.core.algorithms import task_gradient  # noqa: E402
+from raymeta.core.model import load_tokenizer  # noqa: E402
+from raymeta.speed.bench import MODELS, BenchSettings, bench_config  # noqa: E402
 from raymeta.tasks import load_task  # noqa: E402
+from raymeta.train.actor import build_task_model, step_seed  # noqa: E402
 
 
 def run(cfg, task, tok, steps: int, compiled: bool) -> tuple[list[float], dict[str, torch.Tensor]]:

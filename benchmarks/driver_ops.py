@@ -22,11 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from raymeta.actor import bind_flat  # noqa: E402
-from raymeta.bench import MODELS  # noqa: E402
-from raymeta.combine import TaskGrad, reduce_gradients  # noqa: E402
 from raymeta.config import ModelConfig  # noqa: E402
-from raymeta.model import load_encoder  # noqa: E402
+from raymeta.core.combine import TaskGrad, reduce_gradients  # noqa: E402
+from raymeta.core.model import load_encoder  # noqa: E402
+from raymeta.speed.bench import MODELS  # noqa: E402
+from raymeta.train.actor import bind_flat  # noqa: E402
 
 
 def timed(fn, repeat: int) -> float:

@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from raymeta.bench import BenchSettings, bench_config  # noqa: E402
-from raymeta.model import load_tokenizer  # noqa: E402
+from raymeta.core.model import load_tokenizer  # noqa: E402
+from raymeta.speed.bench import BenchSettings, bench_config  # noqa: E402
 from raymeta.tasks import load_task  # noqa: E402
 
 

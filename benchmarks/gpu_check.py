@@ -11,12 +11,12 @@ Writes ``gpu_check.json`` and ``gpu_check.md`` to ``--out``. The steps:
    its CUDA cases skip themselves: the check is that they are collected and import cleanly);
 3. for each model (a BERT-base-sized encoder built from config, and MiniLM-L6 from the offline
    package) and each algorithm, with bf16 autocast off and on: the time of one task gradient
-   (:func:`raymeta.algorithms.task_gradient`, the actors' real code path) on a synthetic 5-way
+   (:func:`raymeta.core.algorithms.task_gradient`, the actors' real code path) on a synthetic 5-way
    5-shot episode of 128-token sequences, its tokens/s, FLOPs (counted by
    ``torch.utils.flop_counter.FlopCounterMode`` on one call), TFLOP/s, MFU against the device's
    dense bf16 peak, and peak GPU memory;
 4. when Ray is importable: real meta-steps (``MetaTrainer`` + ``TaskActor``) with N task actors
-   sharing the GPU (fractional ``num_gpus``), measured and split by :mod:`raymeta.bench` (the
+   sharing the GPU (fractional ``num_gpus``), measured and split by :mod:`raymeta.speed.bench` (the
    breakdown ``raymeta bench`` prints), in ``reduce: driver``; ``reduce: collective`` only with
    one GPU per rank (NCCL cannot put two ranks on one device).
 
@@ -251,10 +251,10 @@ def import_core() -> tuple[dict[str, Any], str]:
     ``datasets`` is missing, the two packages are registered bare (their ``__path__`` only, no
     ``__init__``), so those modules load from the same files, unchanged."""
     try:
-        from raymeta.algorithms import task_gradient
         from raymeta.config import ModelConfig
+        from raymeta.core.algorithms import task_gradient
+        from raymeta.core.model import MetaModel
         from raymeta.errors import RaymetaError
-        from raymeta.model import MetaModel
         from raymeta.tasks.episodes import Episode
 
         mode = "normal"
@@ -270,10 +270,10 @@ def import_core() -> tuple[dict[str, Any], str]:
             module = types.ModuleType(pkg)
             module.__path__ = [str(path)]
             sys.modules[pkg] = module
-        from raymeta.algorithms import task_gradient
         from raymeta.config import ModelConfig
+        from raymeta.core.algorithms import task_gradient
+        from raymeta.core.model import MetaModel
         from raymeta.errors import RaymetaError
-        from raymeta.model import MetaModel
         from raymeta.tasks.episodes import Episode
 
         mode = "without datasets (raymeta and raymeta.tasks package initialisers skipped)"
@@ -307,7 +307,7 @@ def _sync(device: torch.device) -> None:
 
 
 def build_model(core: dict[str, Any], model: str, ways: int, eager: bool, device: torch.device) -> Any:
-    """The actor's replica (raymeta.actor.build_task_model without the data): encoder + this task's head.
+    """The actor's replica (raymeta.train.actor.build_task_model without the data): encoder + this task's head.
     Second-order MAML needs eager attention: SDPA kernels have no double backward."""
     torch.manual_seed(0)
     cfg = core["ModelConfig"](**MODELS[model])
@@ -437,13 +437,13 @@ def _ray_missing() -> str | None:
 
 
 def measure_meta_step(n: int, model: str, cuda: bool, steps: int, warmup: int, full_episode: bool) -> dict[str, Any]:
-    """Step 4: real meta-steps through raymeta.bench (bench_config, run_raymeta, format_table)."""
+    """Step 4: real meta-steps through raymeta.speed.bench (bench_config, run_raymeta, format_table)."""
     reason = _ray_missing()
     if reason:
         return {"status": reason, "collective": {"status": reason}}
     import ray
 
-    from raymeta import bench
+    from raymeta.speed import bench
     from raymeta.runtime import connect
 
     gpus = torch.cuda.device_count() if cuda else 0

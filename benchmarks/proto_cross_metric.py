@@ -16,10 +16,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from raymeta.config import ModelConfig, load_config  # noqa: E402
-from raymeta.model import MetaModel, load_encoder, load_tokenizer  # noqa: E402
+from raymeta.core.model import MetaModel, load_encoder, load_tokenizer  # noqa: E402
 from raymeta.tasks import load_task  # noqa: E402
 from raymeta.tasks.registry import task_from_entry  # noqa: E402
-from raymeta.validation import choose_rows, score_prototype, summarise_scores  # noqa: E402
+from raymeta.train.validation import choose_rows, score_prototype, summarise_scores  # noqa: E402
 
 RUNS = ["euclidean_t10/protonet/best", "euclidean_t10/fomaml/best", "cosine_t0.1/protonet/final",
         "euclidean_t1/protonet/final"]

@@ -18,9 +18,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from raymeta.config import load_config  # noqa: E402
-from raymeta.episodic import evaluate_init_episodic  # noqa: E402
+from raymeta.eval.episodic import evaluate_init_episodic  # noqa: E402
 from raymeta.tasks import task_config  # noqa: E402
-from raymeta.trainer import train  # noqa: E402
+from raymeta.train.trainer import train  # noqa: E402
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from raymeta.config import load_config  # noqa: E402
-from raymeta.trainer import train  # noqa: E402
+from raymeta.train.trainer import train  # noqa: E402
 
 TASKS = ["bbc_news", "chatterbot_language", "chatterbot_response", "chatterbot_topics"]
 

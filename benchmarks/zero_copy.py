@@ -21,10 +21,10 @@ import numpy as np  # noqa: E402
 import ray  # noqa: E402
 import torch  # noqa: E402
 
-from raymeta.actor import TaskActor, bind_flat  # noqa: E402
-from raymeta.bench import MODELS, BenchSettings, bench_config  # noqa: E402
-from raymeta.model import load_encoder, load_tokenizer  # noqa: E402
+from raymeta.core.model import load_encoder, load_tokenizer  # noqa: E402
 from raymeta.runtime import connect  # noqa: E402
+from raymeta.speed.bench import MODELS, BenchSettings, bench_config  # noqa: E402
+from raymeta.train.actor import TaskActor, bind_flat  # noqa: E402
 
 
 class CopyingActor(TaskActor):

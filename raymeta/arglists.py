@@ -1,6 +1,6 @@
 """Comma-separated command-line values (``--shots 4,8,16``, ``--models minilm,tiny``), one-line errors.
 
-Its own module, below both :mod:`raymeta.cli` and :mod:`raymeta.bench`, so that neither imports the other.
+Its own module, below both :mod:`raymeta.cli` and :mod:`raymeta.speed.bench`, so that neither imports the other.
 """
 
 from __future__ import annotations

@@ -18,16 +18,16 @@ from typing import Any
 
 import torch
 
-from .checkpoint import export_model
 from .config import ExperimentConfig, apply_overrides, load_config
+from .core.checkpoint import export_model
+from .core.model import load_encoder, load_tokenizer
 from .errors import ConfigError
-from .evaluate import check_methods, evaluate, evaluate_episodic, summarise, write_json_atomic
-from .finetune import FinetuneSettings
-from .model import load_encoder, load_tokenizer
-from .report import kshot_label, kshot_results, plot_curves, plot_scores, results_table
-from .setfit_eval import SetfitSettings
+from .eval.evaluate import check_methods, evaluate, evaluate_episodic, summarise, write_json_atomic
+from .eval.finetune import FinetuneSettings
+from .eval.report import kshot_label, kshot_results, plot_curves, plot_scores, results_table
+from .eval.setfit import SetfitSettings
 from .tasks.registry import task_from_entry
-from .validation import BEST_JSON, validation_specs, wants_best
+from .train.validation import BEST_JSON, validation_specs, wants_best
 
 __all__ = ["run_benchmark", "quick_config", "gains", "run_configs"]
 
@@ -190,7 +190,7 @@ def run_benchmark(cfg: ExperimentConfig, out_dir: str | Path) -> dict[str, Any]:
     import ray
 
     from .runtime import connect, kill
-    from .trainer import MetaTrainer, actor_keys
+    from .train.trainer import MetaTrainer, actor_keys
 
     out = Path(out_dir)
     runs = run_configs(cfg, out)  # every variant's config checked before anything starts

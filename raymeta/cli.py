@@ -79,8 +79,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import json
 
     from .config import load_config
-    from .trainer import train
-    from .validation import BEST_JSON, wants_best
+    from .train.trainer import train
+    from .train.validation import BEST_JSON, wants_best
 
     overrides = list(args.overrides)
     if args.address:
@@ -103,9 +103,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .config import ExperimentConfig
-    from .evaluate import evaluate, evaluate_episodic, resolve_eval_task
-    from .finetune import FinetuneSettings
-    from .setfit_eval import SetfitSettings
+    from .eval.evaluate import evaluate, evaluate_episodic, resolve_eval_task
+    from .eval.finetune import FinetuneSettings
+    from .eval.setfit import SetfitSettings
 
     base = ExperimentConfig()
     data_dir = args.data_dir or base.data_dir
@@ -158,8 +158,8 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .tune import run_tune
-    from .tune_report import summary_table
+    from .tune.report import summary_table
+    from .tune.search import run_tune
 
     overrides = list(args.overrides)
     if args.address:
@@ -174,13 +174,13 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run_from_args
+    from .speed.bench import run_from_args
 
     return run_from_args(args)
 
 
 def format_results(out: dict) -> str:
-    from .report import results_table
+    from .eval.report import results_table
 
     return results_table({out["init"]: out})
 

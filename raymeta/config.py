@@ -54,8 +54,8 @@ TaskType = Literal["sequence_classification", "token_classification", "extractiv
 Algorithm = Literal["multitask", "fomaml", "reptile", "maml", "anil", "protonet"]
 TASK_TYPES: tuple[str, ...] = TaskType.__args__  # type: ignore[attr-defined]
 ALGORITHMS: tuple[str, ...] = Algorithm.__args__  # type: ignore[attr-defined]
-# How an init is scored on a K-shot split: fine-tuning (raymeta.finetune), nearest class mean without training
-# (raymeta.prototype_eval, Snell et al. 2017) or SetFit (raymeta.setfit_eval, Tunstall et al. 2022).
+# How an init is scored on a K-shot split: fine-tuning (raymeta.eval.finetune), nearest class mean without training
+# (raymeta.eval.prototype, Snell et al. 2017) or SetFit (raymeta.eval.setfit, Tunstall et al. 2022).
 EvalMethod = Literal["finetune", "prototype", "setfit"]
 EVAL_METHODS: tuple[str, ...] = EvalMethod.__args__  # type: ignore[attr-defined]
 

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import EpisodeConfig, ModelConfig, TaskConfig
-from .model import load_tokenizer
+from .core.model import load_tokenizer
 from .tasks import Task, load_task
 
 __all__ = ["show_tasks", "length_stats"]

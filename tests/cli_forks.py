@@ -26,7 +26,7 @@ SERVER = r"""
 import json, os, signal, sys, traceback
 
 import raymeta.cli  # noqa: F401  what every command imports, paid once
-import raymeta.config, raymeta.evaluate, raymeta.trainer  # noqa: E401,F401
+import raymeta.config, raymeta.eval.evaluate, raymeta.train.trainer  # noqa: E401,F401
 
 for line in sys.stdin:
     req = json.loads(line)

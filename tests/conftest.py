@@ -30,7 +30,7 @@ TINY_BERT = {
 @pytest.fixture(scope="session")
 def tokenizer():
     from raymeta.config import ModelConfig
-    from raymeta.model import load_tokenizer
+    from raymeta.core.model import load_tokenizer
 
     return load_tokenizer(ModelConfig())
 

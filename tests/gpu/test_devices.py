@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from raymeta.actor import TaskActor
 from raymeta.config import load_config
+from raymeta.train.actor import TaskActor
 
 from ..conftest import TINY_BERT
 

@@ -35,8 +35,8 @@ def task_actors(ray_local):
     its own actors sizes them to every CPU of the cluster), and run one torch thread, as the trainer's own
     actors do here whenever there are two or more of them. Tests that kill actors, or need the trainer's
     own resource sizing, start their own."""
-    from raymeta.actor import TaskActor
-    from raymeta.trainer import actor_keys
+    from raymeta.train.actor import TaskActor
+    from raymeta.train.trainer import actor_keys
 
     pool: dict[str, object] = {}
     remote = ray_local.remote(TaskActor).options(num_cpus=0, max_restarts=0)
@@ -139,7 +139,7 @@ class Interrupt(Exception):
 def driver_killed_at(monkeypatch, step: int):
     """Within the block, ``MetaTrainer.meta_step`` raises :class:`Interrupt` when the trainer reaches ``step``
     (the checkpoints before it are written); the real ``meta_step`` is back after it, for the resume."""
-    from raymeta.trainer import MetaTrainer
+    from raymeta.train.trainer import MetaTrainer
 
     original = MetaTrainer.meta_step
 

@@ -7,14 +7,14 @@ import math
 
 import pytest
 
-from raymeta.bench import TINY_BERT, BenchSettings, check_targets, format_table, run_bench
+from raymeta.speed.bench import TINY_BERT, BenchSettings, check_targets, format_table, run_bench
 
 from ..conftest import TINY_BERT as TEST_TINY_BERT
 
 
 def tiny_param_bytes(trainable: str = "full") -> int:
     from raymeta.config import ModelConfig
-    from raymeta.model import load_encoder
+    from raymeta.core.model import load_encoder
 
     encoder = load_encoder(ModelConfig(from_config=TINY_BERT, trainable=trainable))
     return 4 * sum(p.numel() for p in encoder.parameters() if p.requires_grad)

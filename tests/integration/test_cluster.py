@@ -17,7 +17,7 @@ import yaml
 from safetensors.torch import load_file
 
 from raymeta.config import load_config
-from raymeta.trainer import train
+from raymeta.train.trainer import train
 
 from .cluster import env, head, wait_for, worker
 

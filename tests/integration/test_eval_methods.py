@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 from raymeta.config import ModelConfig
-from raymeta.evaluate import evaluate, kshot_splits, resolve_eval_task
-from raymeta.model import load_tokenizer
-from raymeta.report import results_table
-from raymeta.setfit_eval import SetfitSettings
+from raymeta.core.model import load_tokenizer
+from raymeta.eval.evaluate import evaluate, kshot_splits, resolve_eval_task
+from raymeta.eval.report import results_table
+from raymeta.eval.setfit import SetfitSettings
 from raymeta.tasks import load_task
 
 from .test_evaluate import QUICK, jsonl_dir, tiny_init  # noqa: F401  (tiny_init: the fixture)

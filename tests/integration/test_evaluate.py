@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from raymeta.checkpoint import export_model
 from raymeta.config import ModelConfig, load_config
+from raymeta.core.checkpoint import export_model
+from raymeta.core.model import load_encoder, load_tokenizer
 from raymeta.errors import DataError, ModelError
-from raymeta.evaluate import evaluate, evaluate_episodic, resolve_eval_task, resolve_init
-from raymeta.finetune import FinetuneSettings
-from raymeta.model import load_encoder, load_tokenizer
+from raymeta.eval.evaluate import evaluate, evaluate_episodic, resolve_eval_task, resolve_init
+from raymeta.eval.finetune import FinetuneSettings
 
 from ..conftest import TINY_BERT
 

@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 
 from raymeta.config import load_config
 from raymeta.errors import RaymetaError
-from raymeta.trainer import MetaTrainer, train
+from raymeta.train.trainer import MetaTrainer, train
 
 from ..cli_forks import CliForks, Started
 from ..tb_events import tensorboard_scalars
@@ -324,9 +324,9 @@ WRITER = r"""
 import json, os, sys
 import torch
 torch.set_num_threads(1)  # no thread pool before fork()
-from raymeta.checkpoint import latest_checkpoint, save_checkpoint
+from raymeta.core.checkpoint import latest_checkpoint, save_checkpoint
 from raymeta.config import ExperimentConfig, ModelConfig
-from raymeta.model import load_encoder, load_tokenizer
+from raymeta.core.model import load_encoder, load_tokenizer
 
 out, numel, tiny = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
 cfg = ExperimentConfig(model=ModelConfig(from_config=tiny))
@@ -359,7 +359,7 @@ if child:
 
 
 def assert_checkpoint_complete(path: Path) -> None:
-    from raymeta.checkpoint import load_checkpoint
+    from raymeta.core.checkpoint import load_checkpoint
 
     step = int(path.name[5:])
     tensors, state = load_checkpoint(path)
@@ -371,7 +371,7 @@ def assert_checkpoint_complete(path: Path) -> None:
 
 
 def test_checkpoint_writers_killed_mid_save_never_leave_a_partial_checkpoint(tmp_path):
-    from raymeta.checkpoint import latest_checkpoint, save_checkpoint
+    from raymeta.core.checkpoint import latest_checkpoint, save_checkpoint
 
     from ..conftest import TINY_BERT
 
@@ -403,7 +403,7 @@ def test_checkpoint_writers_killed_mid_save_never_leave_a_partial_checkpoint(tmp
     assert latest_checkpoint(out) is not None
     # The next save (here, by this process) removes what the killed writers left behind.
     from raymeta.config import ExperimentConfig, ModelConfig
-    from raymeta.model import load_encoder, load_tokenizer
+    from raymeta.core.model import load_encoder, load_tokenizer
 
     cfg = ExperimentConfig(model=ModelConfig(from_config=TINY_BERT))
     step = int(latest_checkpoint(out).name[5:]) + 1
@@ -444,7 +444,7 @@ def test_non_finite_gradient_skip_task_drops_the_task_for_that_step(reduce, task
 def test_non_finite_gradient_abort_in_a_collective_group(ray_local, mixed_data, tmp_path, monkeypatch, caplog):
     import gc
 
-    from raymeta.combine import NonFiniteGradient
+    from raymeta.core.combine import NonFiniteGradient
 
     data = run_config(tmp_path, mixed_data, reduce="collective", nan_policy="abort",
                       fault_injection={"task": "ner", "steps": [2]})

@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from raymeta.algorithms import ALGORITHMS
 from raymeta.config import load_config
-from raymeta.trainer import MetaTrainer
+from raymeta.core.algorithms import ALGORITHMS
+from raymeta.train.trainer import MetaTrainer
 
 from .conftest import tiny_config
 from .test_trainer import reference_meta_gradient

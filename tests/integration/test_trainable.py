@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from raymeta.algorithms import ALGORITHMS
-from raymeta.checkpoint import ADAPTER_DIR, latest_checkpoint
 from raymeta.config import load_config
+from raymeta.core.algorithms import ALGORITHMS
+from raymeta.core.checkpoint import ADAPTER_DIR, latest_checkpoint
 from raymeta.errors import ConfigError
-from raymeta.trainer import MetaTrainer
+from raymeta.train.trainer import MetaTrainer
 
 from .conftest import driver_killed_at, tiny_config, write_config
 from .test_trainer import reference_meta_gradient
@@ -77,7 +77,7 @@ def test_lora_run_exports_merged_model_and_adapter_and_resumes_bit_for_bit(task_
     from peft import PeftModel
     from transformers import AutoModel
 
-    from raymeta.model import MetaModel, load_encoder, load_tokenizer
+    from raymeta.core.model import MetaModel, load_encoder, load_tokenizer
 
     straight_cfg = load_config(data=config(tmp_path / "a", mixed_data, "lora", algorithm="fomaml", steps=4))
     final = MetaTrainer(straight_cfg, actors=task_actors(straight_cfg)).run()

@@ -11,13 +11,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from raymeta.actor import build_task_model, step_seed
-from raymeta.algorithms import ALGORITHMS, task_gradient
-from raymeta.checkpoint import latest_checkpoint
 from raymeta.config import ExperimentConfig, load_config
-from raymeta.model import load_tokenizer
+from raymeta.core.algorithms import ALGORITHMS, task_gradient
+from raymeta.core.checkpoint import latest_checkpoint
+from raymeta.core.model import load_tokenizer
 from raymeta.tasks import load_task
-from raymeta.trainer import MetaTrainer, train
+from raymeta.train.actor import build_task_model, step_seed
+from raymeta.train.trainer import MetaTrainer, train
 
 from .conftest import driver_killed_at, tiny_config, write_config
 
@@ -46,7 +46,7 @@ def reference_meta_gradient(cfg: ExperimentConfig, shared: dict[str, torch.Tenso
                                           for n in names]))
         grads.append(sum(per_replica) / len(per_replica))  # replicas: averaged before the mixture weighting
         weights.append(spec.weight / total)
-    if pcgrad:  # Yu et al. 2020, written out again here independently of raymeta.combine
+    if pcgrad:  # Yu et al. 2020, written out again here independently of raymeta.core.combine
         import zlib
 
         rng = np.random.default_rng(zlib.crc32(f"{cfg.seed}:{step}".encode()))
@@ -191,7 +191,7 @@ def test_collective_reduce_matches_driver_reduce(algorithm, replicas, task_actor
         assert torch.allclose(v, c, rtol=1e-5, atol=1e-6), k
     cfg = load_config(data=tiny_config(tmp_path, mixed_data))
     torch.manual_seed(cfg.seed)  # the trainer's initial encoder: the steps must have moved it
-    from raymeta.model import load_encoder
+    from raymeta.core.model import load_encoder
 
     init = load_encoder(cfg.model, len(load_tokenizer(cfg.model))).state_dict()
     assert any(not torch.equal(init[k], finals["collective"][k]) for k in finals["collective"])

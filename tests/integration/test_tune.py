@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from raymeta.config import load_config
-from raymeta.trainer import train
-from raymeta.tune import run_tune
-from raymeta.tune_space import WEIGHT_PREFIX
+from raymeta.train.trainer import train
+from raymeta.tune.search import run_tune
+from raymeta.tune.space import WEIGHT_PREFIX
 
 from .conftest import tiny_config, write_config
 
@@ -158,7 +158,7 @@ def test_search_retries_a_trial_whose_actor_dies_and_resumes_after_ctrl_c(ray_lo
 
 def test_tune_config_errors_are_one_line(tmp_path, tune_data):
     from raymeta.errors import ConfigError
-    from raymeta.tune import _validate
+    from raymeta.tune.search import _validate
 
     data = tune_config(tmp_path, tune_data)
     data["tune"]["validation_tasks"] = []
@@ -189,7 +189,7 @@ def test_pbt_clones_and_perturbs_trials_through_checkpoints(ray_local, tune_data
 
 def test_a_trial_that_can_never_fit_is_an_error_not_a_pending_trial(ray_local, tune_data, tmp_path):
     from raymeta.errors import RaymetaError
-    from raymeta.tune import _trial_resources
+    from raymeta.tune.search import _trial_resources
 
     cfg = load_config(data=tune_config(tmp_path, tune_data, driver_cpus=8))
     with pytest.raises(RaymetaError, match=r"one trial needs CPU=8\.5 \(driver \+ 2 task actors\)"):

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from raymeta.config import ModelConfig, load_config
-from raymeta.trainer import MetaTrainer
-from raymeta.validation import BEST_JSON
+from raymeta.train.trainer import MetaTrainer
+from raymeta.train.validation import BEST_JSON
 
 from ..tb_events import tensorboard_scalars
 from .conftest import tiny_config, validation_on
@@ -45,7 +45,7 @@ def test_validation_picks_step_zero_when_training_only_hurts(reduce, task_actors
     assert best["step"] == 0 and best["score"] == vals[0]["score"] and best["tasks"] == {"topics": vals[0]["score"]}
     # best is the starting model itself, and loads like any Hugging Face model
     torch.manual_seed(cfg.seed)
-    from raymeta.model import load_encoder, load_tokenizer
+    from raymeta.core.model import load_encoder, load_tokenizer
 
     init = load_encoder(ModelConfig(**cfg.model.model_dump()), len(load_tokenizer(cfg.model))).state_dict()
     loaded = AutoModel.from_pretrained(out / "best").state_dict()

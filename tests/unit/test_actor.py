@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from raymeta.actor import TaskActor
 from raymeta.config import load_config
+from raymeta.train.actor import TaskActor
 
 from ..conftest import TINY_BERT
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from raymeta.algorithms import ALGORITHMS, proto_logits, prototypes, task_gradient
 from raymeta.config import EpisodeConfig, ModelConfig, TaskConfig
-from raymeta.model import MetaModel
+from raymeta.core.algorithms import ALGORITHMS, proto_logits, prototypes, task_gradient
+from raymeta.core.model import MetaModel
 from raymeta.tasks import load_task
 
 from ..conftest import TINY_BERT
@@ -172,7 +172,7 @@ def test_proto_maml_head_equals_prototype_classifier():
 def test_multitask_uses_global_labels(tasks):
     """An N-way episode's local labels map back to the task's classes for the task's own head."""
     r, model, params, ep = grad("multitask", tasks["cls"])
-    from raymeta.algorithms import global_labels
+    from raymeta.core.algorithms import global_labels
 
     s = global_labels(ep.support, ep.classes)
     assert s["labels"].tolist() == [ep.classes[i] for i in ep.support["labels"].tolist()]
@@ -189,6 +189,7 @@ def test_algorithms_never_import_ray():
     import subprocess
     import sys
 
-    code = "import sys, raymeta.algorithms, raymeta.tasks, raymeta.model, raymeta.combine; print('ray' in sys.modules)"
+    code = ("import sys, raymeta.core.algorithms, raymeta.tasks, raymeta.core.model, raymeta.core.combine; "
+            "print('ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"

@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from raymeta.checkpoint import atomic_dir, latest_checkpoint, load_checkpoint, load_encoder_weights, save_checkpoint
 from raymeta.config import ExperimentConfig, ModelConfig
+from raymeta.core.checkpoint import atomic_dir, latest_checkpoint, load_checkpoint, load_encoder_weights, save_checkpoint
+from raymeta.core.model import load_encoder
 from raymeta.errors import ModelError
-from raymeta.model import load_encoder
 
 from ..conftest import TINY_BERT
 
@@ -49,7 +49,7 @@ def test_failure_mid_write_leaves_previous_checkpoint(tmp_path, encoder, tokeniz
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr("raymeta.checkpoint.save_file", boom)
+    monkeypatch.setattr("raymeta.core.checkpoint.save_file", boom)
     with pytest.raises(OSError):
         save(tmp_path, 2, encoder, tokenizer)
     assert latest_checkpoint(tmp_path) == good

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raymeta.combine import NonFiniteGradient, TaskGrad, cosine_matrix, normalise_weights, pcgrad, reduce_gradients
+from raymeta.core.combine import NonFiniteGradient, TaskGrad, cosine_matrix, normalise_weights, pcgrad, reduce_gradients
 from raymeta.errors import RaymetaError
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from raymeta.episodic import episodic_accuracy, subsample_per_class
+from raymeta.eval.episodic import episodic_accuracy, subsample_per_class
 
 
 def test_separable_classes_are_perfect_and_noise_is_chance():

@@ -12,9 +12,9 @@ import pytest
 from raymeta.benchmark import gains
 from raymeta.config import TaskConfig, load_config
 from raymeta.errors import ConfigError, DataError, RaymetaError
-from raymeta.evaluate import check_methods, summarise
-from raymeta.report import kshot_label, kshot_results, plot_scores, results_table
-from raymeta.setfit_eval import SetfitSettings, check_setfit_task, setfit_and_evaluate
+from raymeta.eval.evaluate import check_methods, summarise
+from raymeta.eval.report import kshot_label, kshot_results, plot_scores, results_table
+from raymeta.eval.setfit import SetfitSettings, check_setfit_task, setfit_and_evaluate
 
 CLS = TaskConfig.model_validate({"name": "topics", "type": "sequence_classification",
                                  "source": {"kind": "files", "format": "csv", "files": {"train": "x.csv"}}})

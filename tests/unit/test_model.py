@@ -1,4 +1,4 @@
-"""Unit tests of raymeta.model with tiny randomly initialised BERT/GPT-2 encoders."""
+"""Unit tests of raymeta.core.model with tiny randomly initialised BERT/GPT-2 encoders."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import torch
 from torch.func import functional_call
 
 from raymeta.config import ModelConfig
-from raymeta.errors import ModelError
-from raymeta.model import (
+from raymeta.core.model import (
     OFFLINE_MINILM,
     MetaModel,
     MultipleChoiceHead,
@@ -25,6 +24,7 @@ from raymeta.model import (
     pool_hidden,
     resolve_model_path,
 )
+from raymeta.errors import ModelError
 
 VOCAB = 100
 TINY_BERT = {

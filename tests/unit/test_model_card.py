@@ -5,7 +5,7 @@ from __future__ import annotations
 from huggingface_hub import ModelCard
 
 from raymeta.config import load_config
-from raymeta.model_card import write_model_card
+from raymeta.core.model_card import write_model_card
 
 from ..conftest import TINY_BERT
 

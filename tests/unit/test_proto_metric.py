@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from raymeta import algorithms
-from raymeta.algorithms import ALGORITHMS, proto_logits, prototypes, task_gradient
+from raymeta.core import algorithms
 from raymeta.config import EpisodeConfig, ModelConfig, ProtoConfig, TaskConfig, load_config
-from raymeta.episodic import episodic_accuracy
+from raymeta.core.algorithms import ALGORITHMS, proto_logits, prototypes, task_gradient
+from raymeta.core.model import MetaModel
 from raymeta.errors import ConfigError
-from raymeta.model import MetaModel
+from raymeta.eval.episodic import episodic_accuracy
 from raymeta.tasks import load_task
 
 from ..conftest import TINY_BERT

@@ -9,8 +9,8 @@ import pytest
 
 from raymeta.benchmark import run_configs
 from raymeta.config import load_config
-from raymeta.tune import _validate as validate_tune
-from raymeta.validation import validation_specs
+from raymeta.train.validation import validation_specs
+from raymeta.tune.search import _validate as validate_tune
 
 from ..conftest import REPO
 

@@ -111,7 +111,7 @@ def test_the_checker_finds_a_circle():
 
 def test_no_import_circles():
     graph = import_graph()
-    assert len(graph) > 30 and "raymeta.trainer" in graph["raymeta.cli"]  # function-local imports count too
+    assert len(graph) > 30 and "raymeta.train.trainer" in graph["raymeta.cli"]  # function-local imports count too
     found = cycles(graph)
     detail = [" ↔ ".join(c) + ": " + "; ".join(f"{m} imports {sorted(graph[m] & set(c))}" for m in c) for c in found]
     assert not found, "import circles: " + " | ".join(detail)
@@ -198,3 +198,52 @@ def test_the_dependency_check_sees_the_usual_suspects():
     found = third_party_imports()
     assert {"yaml", "pydantic", "torch", "ray", "sklearn"} <= set(found)
     assert {"pyyaml", "pydantic", "scikit-learn"} <= _declared()
+
+
+# The layers (README "Layout"): each folder, and what it must never import, function-local imports included.
+# ``core`` and ``tasks`` are pure (no Ray); ``eval`` scores inits and never reaches into training; the speed
+# benchmark sits apart from the library (only the CLI calls it).
+NEVER = {
+    "raymeta.core": {"ray", "raymeta.train", "raymeta.eval", "raymeta.tune", "raymeta.speed", "raymeta.benchmark",
+                     "raymeta.cli", "raymeta.runtime"},
+    "raymeta.tasks": {"ray", "raymeta.core", "raymeta.train", "raymeta.eval", "raymeta.tune", "raymeta.speed"},
+    "raymeta.eval": {"raymeta.train", "raymeta.tune", "raymeta.speed", "raymeta.benchmark", "raymeta.cli"},
+    "raymeta.train": {"raymeta.tune", "raymeta.speed", "raymeta.benchmark", "raymeta.cli"},
+    "raymeta.tune": {"raymeta.speed", "raymeta.benchmark", "raymeta.cli"},
+}
+
+
+def layer_violations(modules: dict[str, Path]) -> list[str]:
+    bad = []
+    for module, path in modules.items():
+        for layer, never in NEVER.items():
+            if module != layer and not module.startswith(layer + "."):
+                continue
+            for target, _, line in _imports(module, path):
+                hit = next((n for n in never if target == n or target.startswith(n + ".")), None)
+                if hit:
+                    bad.append(f"{path.relative_to(REPO)}:{line}: {layer} imports {target} ({hit} is not allowed)")
+    return bad
+
+
+def test_layers_import_only_downwards():
+    assert {"raymeta.core", "raymeta.train", "raymeta.eval", "raymeta.tune", "raymeta.speed"} <= set(MODULES)
+    bad = layer_violations(MODULES)
+    assert not bad, "layer rule broken:\n" + "\n".join(bad)
+
+
+def test_the_layer_check_sees_a_ray_import_in_core(tmp_path):
+    pkg = tmp_path / "raymeta" / "core"
+    pkg.mkdir(parents=True)
+    (pkg / "m.py").write_text("def f():\n    import ray\n    from ..train import trainer\n")
+    (tmp_path / "raymeta" / "eval").mkdir()
+    (tmp_path / "raymeta" / "eval" / "e.py").write_text("from raymeta.train.actor import TaskActor\n")
+    global REPO
+    saved, REPO = REPO, tmp_path
+    try:
+        found = layer_violations({"raymeta.core.m": pkg / "m.py", "raymeta.eval.e": tmp_path / "raymeta/eval/e.py"})
+    finally:
+        REPO = saved
+    assert any("core imports ray" in b for b in found)
+    assert any("core imports raymeta.train" in b for b in found)
+    assert any("eval imports raymeta.train.actor" in b for b in found)

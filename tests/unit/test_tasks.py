@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from raymeta.config import EpisodeConfig, ModelConfig, TaskConfig
+from raymeta.core.model import MetaModel
 from raymeta.errors import DataError
-from raymeta.model import MetaModel
 from raymeta.tasks import load_task, sample_episode
 
 from ..conftest import TINY_BERT

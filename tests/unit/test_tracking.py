@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from raymeta.tracking import Tracker
+from raymeta.train.tracking import Tracker
 
 from ..tb_events import tensorboard_scalars
 

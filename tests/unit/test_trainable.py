@@ -7,13 +7,13 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from raymeta.algorithms import ALGORITHMS, task_gradient
-from raymeta.checkpoint import ADAPTER_DIR, export_model
 from raymeta.config import EpisodeConfig, ModelConfig, TaskConfig, load_config
+from raymeta.core.algorithms import ALGORITHMS, task_gradient
+from raymeta.core.checkpoint import ADAPTER_DIR, export_model
+from raymeta.core.model import MetaModel, load_encoder
+from raymeta.core.trainable import is_peft, layout_signature, trainable_summary, transformer_layers
 from raymeta.errors import ConfigError, ModelError
-from raymeta.model import MetaModel, load_encoder
 from raymeta.tasks import load_task
-from raymeta.trainable import is_peft, layout_signature, trainable_summary, transformer_layers
 
 from ..conftest import TINY_BERT
 
@@ -182,8 +182,8 @@ def test_summary_and_layout_signature_tell_modes_apart():
 
 def test_evaluate_init_takes_the_adapter_directory(tokenizer, tmp_path):
     """`raymeta evaluate --init <run>/final/adapter`: the adapter is merged into its recorded base (MiniLM here)."""
-    from raymeta.evaluate import resolve_init
-    from raymeta.model import OFFLINE_MINILM
+    from raymeta.core.model import OFFLINE_MINILM
+    from raymeta.eval.evaluate import resolve_init
 
     enc = load_encoder(ModelConfig(name_or_path=OFFLINE_MINILM, trainable="lora"))
     torch.manual_seed(0)
@@ -213,7 +213,7 @@ def test_adapter_of_a_from_config_model_has_no_base_to_merge_into(tokenizer, tmp
 def test_a_model_that_cannot_be_built_as_configured_fails_before_ray_starts(mode, match, tmp_path, monkeypatch):
     """MetaTrainer.run builds the driver's model before it connects: the mistake is reported in a second, not after
     a local Ray instance has started (which takes seconds, and is what `raymeta train` would do first)."""
-    from raymeta import trainer
+    from raymeta.train import trainer
 
     def connect(*args, **kwargs):
         raise AssertionError("connected to Ray before the model was built")

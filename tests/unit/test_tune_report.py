@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from raymeta.tune_report import _reports
-from raymeta.tune_scoring import METRIC
+from raymeta.tune.report import _reports
+from raymeta.tune.scoring import METRIC
 
 
 def test_reports_count_along_the_checkpoints_the_last_result_continues():

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from raymeta.config import load_config
 from raymeta.errors import ConfigError
-from raymeta.tune_space import WEIGHT_PREFIX, apply_params, heuristic_log_weights, heuristic_of, mixture, search_space
+from raymeta.tune.space import WEIGHT_PREFIX, apply_params, heuristic_log_weights, heuristic_of, mixture, search_space
 
 
 def test_heuristics_are_the_published_rules():
@@ -83,7 +83,7 @@ def test_bad_space_is_a_one_line_config_error():
 def test_actor_keys_name_one_actor_per_replica_and_none_for_weight_zero(tmp_path):
     """What a Tune trial compares with the task actors its process kept from the previous trial (tune.reuse_actors):
     the trainer's own keys and weights, from the same function."""
-    from raymeta.trainer import MetaTrainer, actor_keys
+    from raymeta.train.trainer import MetaTrainer, actor_keys
 
     def task(name, **kw):
         return {"name": name, "type": "sequence_classification",

@@ -9,8 +9,8 @@ import pytest
 
 from raymeta.config import load_config
 from raymeta.errors import ConfigError
-from raymeta.trainer import MetaTrainer
-from raymeta.validation import BEST_JSON, Validator, summarise_scores, validation_specs, wants_best
+from raymeta.train.trainer import MetaTrainer
+from raymeta.train.validation import BEST_JSON, Validator, summarise_scores, validation_specs, wants_best
 
 
 def cfg_with(tmp_path, validation=None, **top):
@@ -135,7 +135,7 @@ class _Rows:
 def test_split_test_scores_only_the_held_back_rows():
     from raymeta.config import ValidationConfig
     from raymeta.errors import DataError
-    from raymeta.validation import choose_rows
+    from raymeta.train.validation import choose_rows
 
     v = ValidationConfig(tasks=[{"use": "x"}], ways=2, shots=1, queries=2, split="test")
     rows = choose_rows(_Rows(train=[0, 1] * 20, test=[0, 1, 1, 0, 0, 1]), v, seed=0)
@@ -147,7 +147,7 @@ def test_split_test_scores_only_the_held_back_rows():
 
 
 def test_tune_validates_on_a_meta_training_task_only_through_its_held_back_rows(tmp_path):
-    from raymeta.tune import _validate as validate_tune
+    from raymeta.tune.search import _validate as validate_tune
 
     csv = tmp_path / "a.csv"
     csv.write_text("text,label\n" + "".join(f"t{i},{'abc'[i % 3]}\n" for i in range(12)))

@@ -9,9 +9,9 @@ an encoder that validates worse than the one it started from.
 
 Two protocols, both the evaluation layer's own (no third copy):
 - ``prototype``: seeded N-way K-shot episodes, prototype classifier (Snell et al. 2017) over pooled
-  embeddings (:func:`raymeta.episodic.episodic_accuracy`), on a fixed seeded subsample of rows. It runs
+  embeddings (:func:`raymeta.eval.episodic.episodic_accuracy`), on a fixed seeded subsample of rows. It runs
   on the task actors, which already hold a replica of the model: each scores a share of the tasks.
-- ``finetune``: K-shot fine-tuning (:func:`raymeta.evaluate.evaluate`) of the exported step, as Ray tasks.
+- ``finetune``: K-shot fine-tuning (:func:`raymeta.eval.evaluate.evaluate`) of the exported step, as Ray tasks.
 
 The pure pieces (row choice, scoring a model, summaries, the overlap check) need no Ray; the
 :class:`Validator` that the trainer calls once per validation step does the Ray calls.
@@ -29,15 +29,15 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import export_model
-from .config import ExperimentConfig, TaskConfig, ValidationConfig
-from .episodic import embed_rows, episodic_accuracy, subsample_per_class
-from .errors import ConfigError, DataError
-from .evaluate import evaluate
-from .finetune import FinetuneSettings
-from .runtime import get
-from .tasks import Task
-from .tasks.registry import task_from_entry
+from ..config import ExperimentConfig, TaskConfig, ValidationConfig
+from ..core.checkpoint import export_model
+from ..errors import ConfigError, DataError
+from ..eval.episodic import embed_rows, episodic_accuracy, subsample_per_class
+from ..eval.evaluate import evaluate
+from ..eval.finetune import FinetuneSettings
+from ..runtime import get
+from ..tasks import Task
+from ..tasks.registry import task_from_entry
 
 __all__ = ["BEST_JSON", "Validator", "ValidationState", "choose_rows", "score_prototype", "summarise_scores",
            "held_back", "validation_specs", "wants_best"]

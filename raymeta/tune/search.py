@@ -1,13 +1,13 @@
 """``raymeta tune``: Ray Tune over task mixtures and learning rates, scored few-shot on meta-validation.
 
-Each trial is a full meta-training run (:class:`~raymeta.trainer.MetaTrainer`) with its own task
+Each trial is a full meta-training run (:class:`~raymeta.train.trainer.MetaTrainer`) with its own task
 actors. The trial reserves one placement group: bundle 0 for itself (it also scores validation),
 one bundle per task actor, so concurrent trials never compete for CPUs or GPUs, and trials that do
 not fit wait for a whole group instead of deadlocking half-started. Every ``tune.eval_every`` steps
 the trial checkpoints, scores prototype accuracy of seeded N-way K-shot episodes on the
 **meta-validation** tasks, and calls ``tune.report`` with the checkpoint, so ASHA (Li et al. 2020)
 can stop it and PBT (Jaderberg et al. 2017) can clone and perturb it. Meta-test tasks are never
-seen here: :mod:`raymeta.tune_report` scores them once, after the search.
+seen here: :mod:`raymeta.tune.report` scores them once, after the search.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from .config import ExperimentConfig
-from .errors import ConfigError, RaymetaError
-from .evaluate import write_json_atomic
-from .tune_scoring import METRIC, FewShotScorer, task_specs, validation_scorer
-from .tune_space import WEIGHT_PREFIX, search_space
-from .validation import held_back
+from ..config import ExperimentConfig
+from ..errors import ConfigError, RaymetaError
+from ..eval.evaluate import write_json_atomic
+from ..train.validation import held_back
+from .scoring import METRIC, FewShotScorer, task_specs, validation_scorer
+from .space import WEIGHT_PREFIX, search_space
 
 __all__ = ["FewShotScorer", "run_tune", "experiment_path", "METRIC"]  # (the scorer and METRIC: re-exported)
 
@@ -48,7 +48,7 @@ _kept: dict[str, Any] = {}
 
 
 def _release_kept() -> None:
-    from .runtime import kill
+    from ..runtime import kill
 
     kill(_kept.values())
     _kept.clear()
@@ -58,8 +58,8 @@ def _trial(params: dict[str, Any], *, base_json: str, pbt: bool) -> None:
     """One Tune trial: meta-train with the sampled mixture and rates; report validation and checkpoints."""
     from ray import tune
 
-    from .trainer import MetaTrainer, actor_keys
-    from .tune_space import apply_params
+    from ..train.trainer import MetaTrainer, actor_keys
+    from .space import apply_params
 
     base = ExperimentConfig.model_validate_json(base_json)
     cfg = apply_params(base, params)
@@ -166,8 +166,8 @@ def _validate(cfg: ExperimentConfig) -> None:
 
 def _task_sizes(cfg: ExperimentConfig) -> dict[str, int]:
     """Training rows per meta-training task (tokenised features; the cache is shared with the actors)."""
-    from .model import load_tokenizer
-    from .tasks import load_task
+    from ..core.model import load_tokenizer
+    from ..tasks import load_task
 
     tok = load_tokenizer(cfg.model)
     return {t.name: len(load_task(t, tok, cfg.data_dir, cfg.cache_dir).features["train"]) for t in cfg.tasks}
@@ -227,8 +227,8 @@ def run_tune(cfg: ExperimentConfig, *, num_samples: int | None = None, resume: b
     import ray
     from ray import tune
 
-    from .runtime import connect
-    from .tune_report import finish
+    from ..runtime import connect
+    from .report import finish
 
     _validate(cfg)
     # Tune runs each trial in its own directory unless told not to (Ray propagates this variable to trials).

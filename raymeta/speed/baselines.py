@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .actor import bind_flat, build_task_model, head_seed, step_seed
-from .algorithms import global_labels, task_gradient  # the multitask loss uses global class ids
-from .combine import normalise_weights
-from .config import ExperimentConfig
-from .model import load_encoder, load_tokenizer
-from .optim import outer_optimizer
-from .tasks import load_task
+from ..config import ExperimentConfig
+from ..core.algorithms import global_labels, task_gradient  # the multitask loss uses global class ids
+from ..core.combine import normalise_weights
+from ..core.model import load_encoder, load_tokenizer
+from ..core.optim import outer_optimizer
+from ..tasks import load_task
+from ..train.actor import bind_flat, build_task_model, head_seed, step_seed
 
 __all__ = ["run_reference", "run_ddp"]
 

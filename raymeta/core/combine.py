@@ -17,7 +17,7 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
-from .errors import RaymetaError
+from ..errors import RaymetaError
 
 __all__ = ["TaskGrad", "Reduced", "NonFiniteGradient", "as_tensor", "normalise_weights", "reduce_gradients", "cosine_matrix",
            "pcgrad"]

@@ -1,12 +1,12 @@
 """K-shot evaluation without training: the nearest class prototype (Snell et al. 2017).
 
 ``raymeta evaluate --method prototype``. On the same seeded K-shot splits
-(:func:`raymeta.evaluate.kshot_splits`) and the same test rows (:func:`raymeta.finetune.test_rows`) as
+(:func:`raymeta.eval.evaluate.kshot_splits`) and the same test rows (:func:`raymeta.eval.finetune.test_rows`) as
 fine-tuning, each class's prototype is the mean pooled embedding of its K training examples, and every test
 row goes to the class of the nearest prototype (squared Euclidean distance, Snell et al. 2017 eq. 2). Nothing
 is trained, so what is scored is the init's embedding space alone.
 
-Pure torch + transformers (no ray): :mod:`raymeta.evaluate` sends one of these per task out as a Ray task.
+Pure torch + transformers (no ray): :mod:`raymeta.eval.evaluate` sends one of these per task out as a Ray task.
 The test rows are embedded once for all of a task's K values and splits (they are the same for each).
 """
 
@@ -16,14 +16,14 @@ from typing import Sequence
 
 import torch
 
-from .algorithms import proto_logits, prototypes
-from .config import TaskConfig
+from ..config import TaskConfig
+from ..core.algorithms import proto_logits, prototypes
+from ..core.model import MetaModel, load_encoder
+from ..errors import DataError
+from ..tasks import Task
 from .episodic import embed_rows
-from .errors import DataError
 from .finetune import run_setup, test_rows
 from .metrics import classification_metrics
-from .model import MetaModel, load_encoder
-from .tasks import Task
 
 __all__ = ["check_prototype_task", "prototype_evaluate"]
 

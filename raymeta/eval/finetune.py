@@ -1,6 +1,6 @@
 """Few-shot fine-tuning of one init on one K-shot split, then evaluation on the task's test split.
 
-Pure torch + transformers (no ray): :mod:`raymeta.evaluate` sends many of these out as
+Pure torch + transformers (no ray): :mod:`raymeta.eval.evaluate` sends many of these out as
 parallel Ray tasks. Everything random derives from ``seed``, so every init sees the same
 examples in the same order.
 """
@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import ModelConfig, TaskConfig
+from ..config import ModelConfig, TaskConfig
+from ..core.model import MetaModel, load_encoder, load_tokenizer
+from ..tasks import Task, load_task
 from .metrics import classification_metrics, ner_metrics, qa_metrics, qa_predictions, to_tags
-from .model import MetaModel, load_encoder, load_tokenizer
-from .tasks import Task, load_task
 
 __all__ = ["FinetuneSettings", "finetune_and_evaluate", "test_rows", "run_setup"]
 

@@ -26,8 +26,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from .config import ModelConfig
-from .errors import ModelError
+from ..config import ModelConfig
+from ..errors import ModelError
 from .trainable import apply_trainable, base_model
 
 __all__ = [

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
+from ..tasks.episodes import Episode
 from .model import MetaModel, pool_hidden
-from .tasks.episodes import Episode
 
 __all__ = ["ALGORITHMS", "TaskGradient", "task_gradient", "prototypes", "proto_logits", "global_labels"]
 

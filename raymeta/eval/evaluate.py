@@ -3,11 +3,11 @@
 For every task, K and split, the init learns from K examples per class (classification)
 or K examples (NER, QA, multiple choice) and is scored on the test split, by one or more methods:
 
-- ``finetune`` (the default): encoder + a new head fine-tuned for a fixed step budget (:mod:`raymeta.finetune`);
+- ``finetune`` (the default): encoder + a new head fine-tuned for a fixed step budget (:mod:`raymeta.eval.finetune`);
 - ``prototype``: no training, the nearest class mean of the K examples' embeddings (Snell et al. 2017;
-  :mod:`raymeta.prototype_eval`), classification only;
+  :mod:`raymeta.eval.prototype`), classification only;
 - ``setfit``: SetFit, contrastive fine-tuning + a logistic-regression head (Tunstall et al. 2022;
-  :mod:`raymeta.setfit_eval`, the optional ``setfit`` extra), classification only.
+  :mod:`raymeta.eval.setfit`, the optional ``setfit`` extra), classification only.
 
 The K-shot splits are drawn from ``(seed, task, K, split)`` and saved in the results, so every
 init and every method sees exactly the same examples, and is scored on the same test rows.
@@ -17,7 +17,7 @@ task for ``prototype`` (which embeds the test rows once for all of its splits).
 Results: ``tasks[name]["shots"][K]`` holds ``finetune``'s scores, as it always has; every other method's
 go to ``tasks[name]["methods"][method][K]``, with the same fields (``all``: every metric per split;
 ``values``, ``mean``, ``std``, ``ci95``, ``n``: the task's primary metric, :func:`summarise`).
-Many-class data sets also get episodic N-way K-shot evaluation (:mod:`raymeta.episodic`).
+Many-class data sets also get episodic N-way K-shot evaluation (:mod:`raymeta.eval.episodic`).
 """
 
 from __future__ import annotations
@@ -32,15 +32,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .config import EVAL_METHODS, ModelConfig, TaskConfig
-from .errors import DataError, ModelError, RaymetaError
+from ..config import EVAL_METHODS, ModelConfig, TaskConfig
+from ..core.model import ADAPTER_CONFIG
+from ..errors import DataError, ModelError, RaymetaError
+from ..tasks import Task, load_task
+from ..tasks.registry import catalog_names, task_config
 from .finetune import FinetuneSettings, finetune_and_evaluate
 from .metrics import PRIMARY
-from .model import ADAPTER_CONFIG
-from .prototype_eval import check_prototype_task, prototype_evaluate
-from .setfit_eval import SetfitSettings, check_setfit_task, require_setfit, setfit_and_evaluate
-from .tasks import Task, load_task
-from .tasks.registry import catalog_names, task_config
+from .prototype import check_prototype_task, prototype_evaluate
+from .setfit import SetfitSettings, check_setfit_task, require_setfit, setfit_and_evaluate
 
 __all__ = ["resolve_init", "resolve_eval_task", "kshot_splits", "summarise", "check_methods", "evaluate",
            "write_json_atomic"]
@@ -52,7 +52,7 @@ def resolve_init(init: str) -> str:
     """A raymeta run or checkpoint directory, a Hugging Face model directory, or a hub name -> a model path."""
     p = Path(init).expanduser()
     if p.is_dir():
-        from .checkpoint import latest_checkpoint
+        from ..core.checkpoint import latest_checkpoint
 
         for cand in (p / "final", p / "model", p):
             if (cand / "config.json").is_file():
@@ -160,8 +160,8 @@ def evaluate(
     The runs are Ray tasks on the cluster at ``address`` (default: ``$RAY_ADDRESS``, else a local instance)."""
     import ray
 
-    from .model import load_encoder, load_tokenizer
-    from .runtime import connect
+    from ..core.model import load_encoder, load_tokenizer
+    from ..runtime import connect
 
     methods = check_methods(tasks, method)  # before any model or data is read
     setfit = setfit or SetfitSettings()

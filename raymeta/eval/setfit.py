@@ -1,7 +1,7 @@
 """K-shot evaluation with SetFit (Tunstall et al. 2022), the baseline a user would pick instead of meta-pretraining.
 
-``raymeta evaluate --method setfit``. On the same seeded K-shot splits (:func:`raymeta.evaluate.kshot_splits`)
-and the same test rows (:func:`raymeta.finetune.test_rows`) as fine-tuning, the init being evaluated becomes a
+``raymeta evaluate --method setfit``. On the same seeded K-shot splits (:func:`raymeta.eval.evaluate.kshot_splits`)
+and the same test rows (:func:`raymeta.eval.finetune.test_rows`) as fine-tuning, the init being evaluated becomes a
 sentence transformer (its encoder + raymeta's pooling for it: mean for encoders, the last token for GPT-style
 models; no normalisation layer), which the ``setfit`` library's own ``Trainer`` fine-tunes contrastively on
 pairs of the K-shot rows (same class: cosine 1, other class: 0), then fits a logistic-regression head on the
@@ -12,7 +12,7 @@ in their weights only (the offline MiniLM's sentence-transformers folder is read
 Runs are seeded: ``seed`` is setfit's ``TrainingArguments.seed`` (the trainer's batch shuffling and dropout);
 setfit builds its pairs in a fixed order, and the logistic regression (lbfgs) is deterministic.
 
-Pure torch + setfit (no ray): :mod:`raymeta.evaluate` sends one per (task, K, split) out as a Ray task.
+Pure torch + setfit (no ray): :mod:`raymeta.eval.evaluate` sends one per (task, K, split) out as a Ray task.
 ``setfit`` is an optional extra, imported only here, inside the functions: ``pip install 'raymeta[setfit]'``.
 """
 
@@ -25,12 +25,12 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from .config import TaskConfig
-from .errors import DataError, RaymetaError
+from ..config import TaskConfig
+from ..core.model import ADAPTER_CONFIG, default_pooling, load_encoder, load_tokenizer, resolve_model_path
+from ..errors import DataError, RaymetaError
+from ..tasks import Task
 from .finetune import run_setup, test_rows
 from .metrics import classification_metrics
-from .model import ADAPTER_CONFIG, default_pooling, load_encoder, load_tokenizer, resolve_model_path
-from .tasks import Task
 
 __all__ = ["SetfitSettings", "check_setfit_task", "require_setfit", "setfit_and_evaluate"]
 

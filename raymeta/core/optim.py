@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from .config import ExperimentConfig
+from ..config import ExperimentConfig
 
 __all__ = ["outer_optimizer", "optimizer_tensors", "optimizer_from_tensors"]
 

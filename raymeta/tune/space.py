@@ -1,7 +1,7 @@
 """What ``raymeta tune`` searches: mixture weights on the simplex, learning rates, inner steps, algorithm,
 ProtoNet's temperature, and what trains (``model.trainable``, LoRA rank).
 
-Pure functions over the config (no Ray): the Tune wiring is in :mod:`raymeta.tune`.
+Pure functions over the config (no Ray): the Tune wiring is in :mod:`raymeta.tune.search`.
 
 A mixture is searched as one log-weight per task, normalised with a softmax, so every point of
 the box maps onto the simplex and the search never proposes an all-zero or negative mixture.
@@ -17,8 +17,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .config import ExperimentConfig
-from .errors import ConfigError
+from ..config import ExperimentConfig
+from ..errors import ConfigError
 
 __all__ = ["HEURISTICS", "WEIGHT_PREFIX", "heuristic_log_weights", "mixture", "search_space", "apply_params",
            "heuristic_of"]

@@ -3,7 +3,7 @@
 For every model and number of tasks N, the real trainer (``MetaTrainer`` + ``TaskActor``) runs
 in both reduce modes on one set of actors (driver mode first, then the same actors form the
 process group), and in the same run the two alternatives do the same work
-(:mod:`raymeta.bench_baselines`): (a) one process, all cores (and one thread), tasks in turn; (b) Ray Train's
+(:mod:`raymeta.speed.baselines`): (a) one process, all cores (and one thread), tasks in turn; (b) Ray Train's
 ``TorchTrainer``, DDP on gloo. The workload is the issue's probe: N copies of ``bbc_news``
 under distinct names (own head, own seeded episodes, identical cost per task), multitask
 gradient, 8 sequences × 64 tokens per task and step.
@@ -32,11 +32,11 @@ from typing import Any
 
 import torch
 
-from .arglists import names, positive_ints
-from .bench_baselines import run_ddp, run_reference
-from .config import ExperimentConfig, load_config
-from .model import OFFLINE_MINILM
-from .runtime import connect
+from ..arglists import names, positive_ints
+from ..config import ExperimentConfig, load_config
+from ..core.model import OFFLINE_MINILM
+from ..runtime import connect
+from .baselines import run_ddp, run_reference
 
 __all__ = ["TINY_BERT", "MODELS", "BenchSettings", "quick_settings", "bench_config", "run_bench", "check_targets", "format_table",
            "gradient_mismatches", "settings_from_args", "run_from_args"]
@@ -87,11 +87,11 @@ TRAINABLE: dict[str, dict[str, Any]] = {"full": {}, "lora": {"trainable": "lora"
 def bench_config(model: str, n: int, s: BenchSettings, output_dir: str, trainable: str = "full") -> ExperimentConfig:
     """N copies of bbc_news (distinct names: own head and episode stream), 8 × 64 tokens each."""
     if model not in MODELS:
-        from .errors import RaymetaError
+        from ..errors import RaymetaError
 
         raise RaymetaError(f"bench: unknown model '{model}' (known: {', '.join(MODELS)})")
     if trainable not in TRAINABLE:
-        from .errors import RaymetaError
+        from ..errors import RaymetaError
 
         raise RaymetaError(f"bench: unknown trainable mode '{trainable}' (known: {', '.join(TRAINABLE)})")
     overrides = [f"meta.transfer_dtype={s.transfer_dtype}"] if s.transfer_dtype != "float32" else []
@@ -238,7 +238,7 @@ def summarise(records: list[dict[str, Any]], mode: str, n: int, shared_bytes: in
 
 def run_raymeta(cfg: ExperimentConfig, s: BenchSettings, started: bool) -> dict[str, Any]:
     """Both reduce modes on one set of actors: driver mode, then the same actors form the group."""
-    from .trainer import MetaTrainer
+    from ..train.trainer import MetaTrainer
 
     trainer = MetaTrainer(cfg)
     out: dict[str, Any] = {}

@@ -9,7 +9,7 @@ buffer: publishing is one zero-copy put, and the meta-gradient unflattens into `
 views without copies. It never holds task data: the actors load it.
 
 With ``meta.reduce: collective`` the actors all-reduce among themselves and each applies the
-same outer step (:mod:`raymeta.collective`); the driver then only orchestrates, and pulls the
+same outer step (:mod:`raymeta.train.collective`); the driver then only orchestrates, and pulls the
 parameters and optimizer state from rank 0 when it checkpoints.
 """
 
@@ -24,16 +24,16 @@ from typing import Any, Mapping, Protocol, Sequence
 import numpy as np
 import torch
 
+from ..config import ExperimentConfig, save_config
+from ..core.checkpoint import export_model, latest_checkpoint, load_checkpoint, load_encoder_weights, save_checkpoint
+from ..core.combine import TaskGrad, normalise_weights, reduce_gradients
+from ..core.model import load_encoder, load_tokenizer
+from ..core.optim import optimizer_from_tensors, optimizer_tensors, outer_optimizer
+from ..core.trainable import frozen_fingerprint, layout_signature, trainable_summary
+from ..errors import ConfigError, RaymetaError
+from ..runtime import actor_options, bundle_options, connect, feasible, get, kill
 from .actor import TaskActor, bind_flat, from_wire
-from .checkpoint import export_model, latest_checkpoint, load_checkpoint, load_encoder_weights, save_checkpoint
-from .combine import TaskGrad, normalise_weights, reduce_gradients
-from .config import ExperimentConfig, save_config
-from .errors import ConfigError, RaymetaError
-from .model import load_encoder, load_tokenizer
-from .optim import optimizer_from_tensors, optimizer_tensors, outer_optimizer
-from .runtime import actor_options, bundle_options, connect, feasible, get, kill
 from .tracking import Tracker
-from .trainable import frozen_fingerprint, layout_signature, trainable_summary
 from .validation import BEST_JSON, Validator, wants_best
 
 __all__ = ["MetaTrainer", "StepHook", "actor_keys", "train"]
@@ -58,7 +58,7 @@ def _validate(cfg: ExperimentConfig) -> None:
 
 class StepHook(Protocol):
     """Called after every meta-step with its log record and the checkpoint saved at it (or None).
-    Ray Tune trials use one to score meta-validation and ``tune.report`` (:mod:`raymeta.tune`)."""
+    Ray Tune trials use one to score meta-validation and ``tune.report`` (:mod:`raymeta.tune.search`)."""
 
     def __call__(self, trainer: MetaTrainer, record: dict[str, Any], checkpoint: Path | None) -> None: ...
 

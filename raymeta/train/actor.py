@@ -18,15 +18,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .algorithms import task_gradient
+from ..config import ExperimentConfig, TaskConfig
+from ..core.algorithms import task_gradient
+from ..core.combine import NonFiniteGradient, as_tensor
+from ..core.model import MetaModel, ParamLayout, load_tokenizer
+from ..core.optim import optimizer_from_tensors, optimizer_tensors, outer_optimizer
+from ..core.trainable import frozen_fingerprint
+from ..errors import RaymetaError
+from ..tasks import load_task
 from .collective import agree_on_finite, allreduce_weighted, destroy_group, free_port, init_group
-from .combine import NonFiniteGradient, as_tensor
-from .config import ExperimentConfig, TaskConfig
-from .errors import RaymetaError
-from .model import MetaModel, ParamLayout, load_tokenizer
-from .optim import optimizer_from_tensors, optimizer_tensors, outer_optimizer
-from .tasks import load_task
-from .trainable import frozen_fingerprint
 from .validation import choose_rows, score_prototype
 
 __all__ = ["TaskActor", "bind_flat", "from_wire", "head_seed", "step_seed", "build_task_model"]
@@ -268,7 +268,7 @@ class TaskActor:
                 "outer_s": time.perf_counter() - t_red, "weight": weight}
 
     def validate(self, shared: np.ndarray | None, specs_json: list[str]) -> dict[str, list[float]]:
-        """Meta-validation (:mod:`raymeta.validation`): per-episode prototype accuracy on each given task, with
+        """Meta-validation (:mod:`raymeta.train.validation`): per-episode prototype accuracy on each given task, with
         this replica at the published parameters (reduce: driver) or its own, current ones (``shared`` None:
         reduce: collective). A task's data and rows are loaded once, on the first validation."""
         if self._init_error is not None:

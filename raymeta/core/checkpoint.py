@@ -29,8 +29,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import ExperimentConfig, save_config
-from .errors import ModelError
+from ..config import ExperimentConfig, save_config
+from ..errors import ModelError
 from .model_card import write_model_card
 from .trainable import is_peft, merged_copy
 

@@ -14,9 +14,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .config import ExperimentConfig, ModelConfig, save_config
-from .tune_scoring import METRIC, FewShotScorer, task_specs, validation_scorer
-from .tune_space import apply_params, heuristic_of, mixture, search_space
+from ..config import ExperimentConfig, ModelConfig, save_config
+from .scoring import METRIC, FewShotScorer, task_specs, validation_scorer
+from .space import apply_params, heuristic_of, mixture, search_space
 
 __all__ = ["finish", "summary_table"]
 
@@ -56,7 +56,7 @@ def _trial_rows(cfg: ExperimentConfig, grid: Any, sizes: dict[str, int]) -> list
 
 def _export_best(ckpt: Any, target: Path) -> Path:
     """The best checkpoint's encoder and tokenizer as a Hugging Face directory (``AutoModel`` loads it)."""
-    from .checkpoint import atomic_dir
+    from ..core.checkpoint import atomic_dir
 
     with ckpt.as_directory() as d, atomic_dir(target) as tmp:
         shutil.copytree(Path(d) / "model", tmp, dirs_exist_ok=True)
@@ -77,7 +77,7 @@ def _test_scores(cfg: ExperimentConfig, inits: dict[str, str]) -> dict[str, dict
     (the same rows and episodes for every init, so the differences are paired per episode)."""
     from transformers.utils import logging as hf_logging
 
-    from .model import load_encoder
+    from ..core.model import load_encoder
 
     hf_logging.disable_progress_bar()  # a "Loading weights" bar per init is noise in the report
     scorers = {"val": validation_scorer(cfg)}
@@ -161,8 +161,8 @@ def summary_table(summary: dict[str, Any]) -> str:
 
 def finish(cfg: ExperimentConfig, grid: Any, sizes: dict[str, int]) -> dict[str, Any]:
     """Write ``best_config.yaml``, ``best_model/``, ``tune_scores.png`` and ``tune_summary.{json,md}``."""
-    from .errors import RaymetaError
-    from .evaluate import write_json_atomic
+    from ..errors import RaymetaError
+    from ..eval.evaluate import write_json_atomic
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .config import ExperimentConfig, redact
+from ..config import ExperimentConfig, redact
 from .model import OFFLINE_MINILM
 
 __all__ = ["write_model_card", "model_card", "CARD_NAME"]

@@ -1,6 +1,6 @@
 """Meta-validation scoring for ``raymeta tune``: prototype accuracy of seeded N-way K-shot episodes
-(no Ray). Its own module, below both :mod:`raymeta.tune` (which scores each trial's checkpoints with
-it) and :mod:`raymeta.tune_report` (which scores the best inits again on validation and test after
+(no Ray). Its own module, below both :mod:`raymeta.tune.search` (which scores each trial's checkpoints with
+it) and :mod:`raymeta.tune.report` (which scores the best inits again on validation and test after
 the search), so neither of those imports the other's internals.
 """
 
@@ -10,12 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from .config import ExperimentConfig, TaskConfig
-from .episodic import embed_rows, episodic_accuracy, subsample_per_class
-from .errors import DataError
-from .model import MetaModel, load_tokenizer
-from .tasks import load_task
-from .tasks.registry import task_from_entry
+from ..config import ExperimentConfig, TaskConfig
+from ..core.model import MetaModel, load_tokenizer
+from ..errors import DataError
+from ..eval.episodic import embed_rows, episodic_accuracy, subsample_per_class
+from ..tasks import load_task
+from ..tasks.registry import task_from_entry
 
 __all__ = ["METRIC", "FewShotScorer", "task_specs", "validation_scorer"]
 
@@ -58,7 +58,7 @@ class FewShotScorer:
         return {name: r.mean for name, r in self.episodes(encoder).items()}
 
     def episodes(self, encoder: Any) -> dict[str, Any]:
-        """Per task, the :class:`~raymeta.episodic.EpisodicResult` (per-episode values for paired CIs)."""
+        """Per task, the :class:`~raymeta.eval.episodic.EpisodicResult` (per-episode values for paired CIs)."""
         t = self.cfg.tune
         model = MetaModel(encoder, self.cfg.model.pooling).eval()
         try:

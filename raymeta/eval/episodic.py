@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .algorithms import proto_logits, prototypes
-from .config import EpisodeConfig, ModelConfig, TaskConfig
-from .model import MetaModel, load_encoder, load_tokenizer
-from .tasks import Task, load_task
-from .tasks.episodes import sample_episode
+from ..config import EpisodeConfig, ModelConfig, TaskConfig
+from ..core.algorithms import proto_logits, prototypes
+from ..core.model import MetaModel, load_encoder, load_tokenizer
+from ..tasks import Task, load_task
+from ..tasks.episodes import sample_episode
 
 __all__ = ["EpisodicResult", "embed_task", "embed_rows", "episodic_accuracy", "evaluate_init_episodic", "subsample_per_class"]
 

@@ -3,7 +3,7 @@
 Decided once, here, when the encoder is built: the frozen parameters get ``requires_grad=False``,
 and everything downstream (the flat layout, the actors, the reduction, the all-reduce, clipping,
 the outer step, checkpoints) sees only the trainable ones without knowing why
-(:meth:`raymeta.model.MetaModel.shared_named_parameters`). A frozen parameter is loaded once by
+(:meth:`raymeta.core.model.MetaModel.shared_named_parameters`). A frozen parameter is loaded once by
 every process from the same pretrained weights and never travels.
 
 - ``lora``: LoRA adapters (Hu et al., ICLR 2022) through Hugging Face ``peft``; the encoder becomes
@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import ModelConfig
-from .errors import ModelError
+from ..config import ModelConfig
+from ..errors import ModelError
 
 __all__ = [
     "apply_trainable", "base_model", "frozen_fingerprint", "is_peft", "layout_signature", "lora_target_modules",
