@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # pip on this kind of machine prints a warning per package for a local index it skips.
 QUIET_PIP := 2>&1 | grep -v "^WARNING: Location" ; test $${PIPESTATUS[0]} -eq 0
 
-.PHONY: install demo test test-slow test-all bench-quick lint clean wheelhouse install-offline gpu-check
+.PHONY: install demo test test-slow test-all speed-quick bench-quick lint clean wheelhouse install-offline gpu-check gpu-bundle gpu-bundle-check
 
 install: $(VENV)/.installed
 
@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml requirements/cpu.txt
 	touch $@
 
 demo: install
-	$(VENV)/bin/raymeta train --config configs/starter.yaml
+	$(VENV)/bin/raymeta train --config starter
 
 # The default suite (markers gpu and slow off: pyproject.toml's addopts); the 25 slowest tests are listed at
 # the end so that a test that grows slow shows. Two xdist workers (15.7 min serially, once): a file's tests stay
@@ -38,8 +38,10 @@ test-slow: install  # only the slow-marked tests (a Tune PBT search, every ready
 test-all: install  # also the slow and GPU tests
 	$(PY) -m pytest -q -m ""
 
-bench-quick: install  # meta-step time breakdown and ratios, tiny model (under 3 minutes on 2 CPUs)
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VENV)/bin/raymeta bench --quick
+speed-quick: install  # meta-step time breakdown and ratios, tiny model (under 3 minutes on 2 CPUs)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VENV)/bin/raymeta speed --quick
+
+bench-quick: speed-quick  # the old name, kept for one release (the command was `raymeta bench`)
 
 # GPU (README "GPU"). `make wheelhouse` on a connected machine: the wheels raymeta needs beyond a stock CUDA
 # PyTorch image, for the node's Python and platform (numpy and pyarrow ship manylinux_2_28 wheels only).
@@ -57,6 +59,17 @@ install-offline:
 
 gpu-check:  # under 8 minutes on one GPU; `$(NODE_PY) benchmarks/gpu_check.py --cpu-smoke --out DIR` without one
 	$(NODE_PY) benchmarks/gpu_check.py --out runs/gpu_check
+
+# The air-gapped node in one carried folder (README "GPU"; benchmarks/RESULTS.md §8): `make gpu-bundle` here writes
+# .gpu/ (≤ 40 MiB: what the node's image lacks, Ray slimmed), then `bash .gpu/run.sh` on the node writes to $$OUT.
+# `make gpu-bundle-check` plays the node: a cached Python 3.12 venv of the image's packages only
+# (benchmarks/gpu_node_image.txt), network off, runs .gpu/run.sh --cpu-smoke from a copy of the bundle alone.
+GPU_WHEELS ?= $(HOME)/.cache/raymeta-gpu-wheels
+gpu-bundle: install
+	$(PY) benchmarks/gpu_bundle.py build --dest .gpu --wheels-cache $(GPU_WHEELS)
+
+gpu-bundle-check: gpu-bundle
+	$(PY) benchmarks/gpu_bundle.py check --bundle .gpu
 
 lint: install
 	$(VENV)/bin/ruff check raymeta tests jobs benchmarks

@@ -5,8 +5,8 @@
 For MiniLM-L6's (or the tiny BERT's) shared parameters and N random task gradients it times,
 side by side in one process, medians over --repeat runs: ``reduce_gradients`` (one chunked pass:
 sums, Gram matrix, weighted sum), and AdamW as ``optim.outer_optimizer`` builds it (fused) and as
-before issue 8 (the for-loop implementation), at each torch thread count. It is what
-`raymeta bench` reports as ``reduce ms`` and ``outer ms``, without actors, Ray or the network.
+before the optimisations of RESULTS.md §5.5 (the for-loop implementation), at each torch thread count. It is what
+`raymeta speed` reports as ``reduce ms`` and ``outer ms``, without actors, Ray or the network.
 """
 
 from __future__ import annotations

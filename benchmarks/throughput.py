@@ -1,7 +1,7 @@
-"""Meta-step throughput: the `raymeta bench` command as a script (same options).
+"""Meta-step throughput: the `raymeta speed` command as a script (same options).
 
     python benchmarks/throughput.py --quick
-    python benchmarks/throughput.py --output benchmarks/throughput.json      # the full run (RESULTS.md §4)
+    python benchmarks/throughput.py --output benchmarks/throughput.json      # the full run (RESULTS.md §5.1)
 """
 
 from __future__ import annotations
@@ -14,4 +14,4 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from raymeta.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(["bench", *sys.argv[1:]]))
+    sys.exit(main(["speed", *sys.argv[1:]]))

@@ -4,8 +4,9 @@
 
 Run on a connected machine (any OS: nothing is installed here). Three pip calls:
 
-1. ``pip wheel --no-deps``: raymeta itself as a wheel (so the node needs no build backend), and
-   any dependency published as a source archive only (seqeval), built here;
+1. ``pip wheel --no-deps``: raymeta itself as a wheel (so the node needs no build backend), built from a
+   clean copy of the package and checked to hold exactly its files, the shipped configs and ready-made
+   tasks included (:func:`build_wheel`); and any dependency published as a source archive only (seqeval);
 2. ``pip install --dry-run --report``: resolve ``raymeta[extras]`` for the target Python and
    platforms (binary wheels only), without downloading the wheels themselves;
 3. ``pip download --no-deps``: exactly the resolved versions, less what the image already has
@@ -21,9 +22,11 @@ import argparse
 import fnmatch
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,6 +38,46 @@ def _pip(*args: str) -> None:
     cmd = [sys.executable, "-m", "pip", *args]
     print("+ pip " + " ".join(args), flush=True)
     subprocess.run(cmd, check=True)
+
+
+def package_files(root: Path = REPO) -> set[str]:
+    """What the raymeta wheel must hold: every file of the package (modules, ``configs/**/*.yaml``,
+    ``tasks/catalog/*.yaml``), as wheel paths, byte code left out."""
+    pkg = root / "raymeta"
+    return {p.relative_to(root).as_posix() for p in pkg.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
+
+
+def check_wheel(wheel: Path, root: Path = REPO) -> None:
+    """The wheel holds the package's files, no more and no fewer (a one-line error otherwise): a file missing
+    from pyproject.toml's package-data, or a stale module from an old ``build/lib``, would otherwise ship."""
+    with zipfile.ZipFile(wheel) as z:
+        held = {n for n in z.namelist() if n.startswith("raymeta/") and not n.endswith("/")}
+    want = package_files(root)
+    missing, extra = sorted(want - held), sorted(held - want)
+    if missing or extra:
+        raise SystemExit(f"wheelhouse: error: {wheel.name} lacks {missing[:5] or 'nothing'} and has {extra[:5] or 'nothing'} "
+                         "beyond raymeta/ (see pyproject.toml [tool.setuptools.package-data])")
+
+
+def build_wheel(dest: Path, *, isolation: bool = True, root: Path = REPO) -> Path:
+    """``pip wheel --no-deps`` of raymeta into ``dest``, from a copy of the project's top-level files and package
+    (setuptools reuses an in-tree ``build/lib``, so a module deleted since the last build would ship), checked by
+    :func:`check_wheel`. ``isolation=False``: the running Python's setuptools (no network needed)."""
+    with tempfile.TemporaryDirectory(prefix="raymeta-src-") as tmp:
+        src = Path(tmp) / "src"
+        src.mkdir()
+        for f in root.iterdir():
+            if f.is_file():
+                shutil.copy2(f, src / f.name)
+        shutil.copytree(root / "raymeta", src / "raymeta", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        dest.mkdir(parents=True, exist_ok=True)
+        before = set(dest.glob("raymeta-*.whl"))
+        _pip("wheel", "--no-deps", "--quiet", *([] if isolation else ["--no-build-isolation"]), "--wheel-dir", str(dest), str(src))
+    built = [f for f in dest.glob("raymeta-*.whl") if f not in before] or list(before)
+    wheel = max(built, key=lambda f: f.stat().st_mtime)
+    check_wheel(wheel, root)
+    return wheel
 
 
 def _target(args: argparse.Namespace) -> list[str]:
@@ -76,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     dest = Path(args.dest).resolve()
     dest.mkdir(parents=True, exist_ok=True)
 
-    _pip("wheel", "--no-deps", "--quiet", "--wheel-dir", str(dest), str(REPO))
-    wheel = max(dest.glob("raymeta-*.whl"), key=lambda f: f.stat().st_mtime)
+    wheel = build_wheel(dest)
     built: set[str] = set()
     with tempfile.TemporaryDirectory(prefix="raymeta-wheelhouse-") as tmp:
         report = Path(tmp) / "report.json"

@@ -4,7 +4,7 @@
 
 Two task actors (one CPU each, the same task) get the same published parameters every step: one
 makes its parameters views of the object-store buffer (what ``TaskActor.compute`` does), the other
-copies the buffer into its own (what it did before issue 8). Reports the medians of each actor's
+copies the buffer into its own (what it did before RESULTS.md §5.5). Reports the medians of each actor's
 load and compute time after two warm-up steps, and checks that both return the same gradient.
 """
 

@@ -2,9 +2,13 @@
 
 Pipeline (arrows point one way)::
 
-    configs/*.yaml -> config.load_config() -> ExperimentConfig (validated; resolved copy saved)
-        tasks.load_task(spec)   -> Arrow rows -> tokenised features -> seeded episodes
-        model.MetaModel         -> shared encoder (AutoModel) + one head per task
+    configs/*.yaml -> config.load_config() -> ExperimentConfig (checked; resolved copy saved)
+        tasks.load_task(spec)      -> Arrow rows -> tokenised features -> seeded episodes
+        core.model.MetaModel       -> shared encoder (AutoModel) + one head per task
+        train.trainer.MetaTrainer  -> one TaskActor per task on Ray -> <output_dir>/final (and best)
+        eval.evaluate.evaluate     -> few-shot scores of an init on held-out tasks
+
+The folders are layers (README "Layout"; tests/unit/test_structure.py holds the rules).
 """
 
 __version__ = "0.1.0"

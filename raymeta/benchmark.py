@@ -22,8 +22,9 @@ from .config import ExperimentConfig, apply_overrides, load_config
 from .core.checkpoint import export_model
 from .core.model import load_encoder, load_tokenizer
 from .errors import ConfigError
-from .eval.evaluate import check_methods, evaluate, evaluate_episodic, summarise, write_json_atomic
+from .eval.evaluate import check_methods, evaluate, evaluate_episodic, write_json_atomic
 from .eval.finetune import FinetuneSettings
+from .eval.metrics import paired_ci95
 from .eval.report import kshot_label, kshot_results, plot_curves, plot_scores, results_table
 from .eval.setfit import SetfitSettings
 from .tasks.registry import task_from_entry
@@ -42,7 +43,7 @@ def quick_config(cfg: ExperimentConfig) -> ExperimentConfig:
 
 
 def run_configs(cfg: ExperimentConfig, out: Path) -> dict[str, ExperimentConfig]:
-    """Init name -> the meta-training config of that run, all built (and validated) before any run starts.
+    """Init name -> the meta-training config of that run, all built (and checked) before any run starts.
 
     Without ``benchmark.variants``: one run per algorithm, named after it. With variants: every variant x
     every algorithm, named ``variant/algorithm``, the variant's dotted overrides applied on top of the
@@ -112,7 +113,7 @@ def _finished(run_cfg: ExperimentConfig) -> bool:
 
 
 def _paired(a: list[float], b: list[float]) -> dict[str, Any]:
-    return summarise([x - y for x, y in zip(a, b)])
+    return paired_ci95(a, b)  # the same splits / episodes for every init: paired differences, t-based CI
 
 
 def gains(results: dict[str, dict[str, Any]], baseline: str) -> dict[str, Any]:
@@ -189,8 +190,9 @@ def run_benchmark(cfg: ExperimentConfig, out_dir: str | Path) -> dict[str, Any]:
     """Meta-train each algorithm, evaluate every init, write results.json, results.md and plots."""
     import ray
 
-    from .runtime import connect, kill
-    from .train.trainer import MetaTrainer, actor_keys
+    from .runtime import connect
+    from .train.pool import ActorPool
+    from .train.trainer import MetaTrainer
 
     out = Path(out_dir)
     runs = run_configs(cfg, out)  # every variant's config checked before anything starts
@@ -201,8 +203,7 @@ def run_benchmark(cfg: ExperimentConfig, out_dir: str | Path) -> dict[str, Any]:
     # (TaskActor.reset) instead of starting new ones, which costs seconds each (importing torch and transformers,
     # loading the model). Only when it asks for the same actors with the same resources; a reset actor computes what
     # a new one does (tests/integration/test_trainer.py::test_deterministic_for_a_seed).
-    kept: dict[str, Any] = {}
-    kept_for: Any = None
+    kept = ActorPool()
     try:
         inits: dict[str, str] = {"pretrained": _pretrained_init(cfg, out)}
         timing: dict[str, Any] = {}
@@ -213,14 +214,9 @@ def run_benchmark(cfg: ExperimentConfig, out_dir: str | Path) -> dict[str, Any]:
                 log.info("reusing the finished meta-training run %s", run_dir)
                 inits[name] = str(run_dir / "final")
             else:
-                shape = (actor_keys(run_cfg), run_cfg.resources.model_dump(),
-                         {t.name: t.resources for t in run_cfg.tasks})
-                if kept and shape != kept_for:
-                    kill(kept.values())
-                    kept = {}
-                trainer = MetaTrainer(run_cfg, actors=kept or None, keep_actors=True)
+                trainer = MetaTrainer(run_cfg, actors=kept.lend(run_cfg), keep_actors=True)  # lend: None if none fit
                 inits[name] = str(trainer.run())
-                kept, kept_for = dict(trainer.actors), shape
+                kept.keep(trainer.actors, run_cfg)
             if wants_best(run_cfg):  # the step meta-validation chose (step 0, the pretrained model, included)
                 inits[name] = str(run_dir / "best")
             recs = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
@@ -231,8 +227,7 @@ def run_benchmark(cfg: ExperimentConfig, out_dir: str | Path) -> dict[str, Any]:
                 timing[name]["validation"] = val
             curves[name] = run_dir / "metrics.jsonl"
             log.info("meta-trained %s: %d steps, %.0fs of meta-steps", name, len(recs), timing[name]["train_s"])
-        kill(kept.values())  # their CPUs (or GPUs) go to the evaluation's runs
-        kept = {}
+        kept.release()  # their CPUs (or GPUs) go to the evaluation's runs
         ev = cfg.eval
         kshot_tasks, episodic_tasks = _tasks(ev.tasks, cfg), _tasks(ev.episodic_tasks, cfg)
         settings = FinetuneSettings(steps=ev.finetune_steps, lr=ev.finetune_lr, head_lr=ev.head_lr,
@@ -250,7 +245,7 @@ def run_benchmark(cfg: ExperimentConfig, out_dir: str | Path) -> dict[str, Any]:
             results[name] = _merge(k, e)
             log.info("evaluated %s in %.0fs", name, time.perf_counter() - t0)
     finally:
-        kill(kept.values())
+        kept.release()
         if started:
             ray.shutdown()
     baselines = _baselines(cfg, results)

@@ -1,9 +1,10 @@
-"""Ready-made tasks and config task entries as raw dicts, before validation.
+"""Ready-made tasks and config task entries as raw dicts, before the schema check; shipped experiment configs by name.
 
-The YAML files live in ``raymeta/tasks/catalog/`` (shipped with the package, so ``raymeta tasks
-list`` works after a plain ``pip install``). This module only reads and merges them; it imports
+The YAML files live in ``raymeta/tasks/catalog/`` and ``raymeta/configs/`` (package data, so ``raymeta tasks
+list`` and ``raymeta train --config starter`` work after a plain ``pip install``; the repository's top-level
+``configs`` is a link to the latter). This module only reads and merges them; it imports
 nothing but :mod:`raymeta.errors`, so :mod:`raymeta.config` can resolve ``{use: NAME, ...}`` entries
-while :mod:`raymeta.tasks.registry` validates them against the config's schema (arrows one way:
+while :mod:`raymeta.tasks.registry` checks them against the config's schema (arrows one way:
 ``tasks.registry`` → ``config`` → ``catalog``).
 """
 
@@ -16,13 +17,38 @@ import yaml
 
 from .errors import ConfigError
 
-__all__ = ["CATALOG_DIR", "catalog_names", "read_task", "merge_keys", "resolve_task_entry"]
+__all__ = ["CATALOG_DIR", "CONFIGS_DIR", "catalog_names", "config_names", "config_file", "read_task", "merge_keys",
+           "resolve_task_entry"]
 
 CATALOG_DIR = Path(__file__).parent / "tasks" / "catalog"
+CONFIGS_DIR = Path(__file__).parent / "configs"
+_YAML = (".yaml", ".yml")
 
 
 def catalog_names() -> list[str]:
     return sorted(p.stem for p in CATALOG_DIR.glob("*.yaml"))
+
+
+def config_names() -> list[str]:
+    """The shipped experiment configs, by the names ``--config`` takes: ``starter``, ``recipes/huffpost``..."""
+    return sorted(p.relative_to(CONFIGS_DIR).with_suffix("").as_posix() for p in CONFIGS_DIR.rglob("*.yaml"))
+
+
+def config_file(name_or_path: str | Path) -> Path:
+    """``--config`` -> a YAML file: an existing file as given, else a shipped config by name.
+
+    A name may carry ``.yaml`` and the repository's ``configs/`` prefix, so the documented
+    ``--config configs/starter.yaml`` also works where only the package is installed (a wheel, a Ray
+    job's working directory without the link). A file that exists always wins over a shipped name."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    if p.is_absolute():
+        raise ConfigError(f"config file {p}: not found")
+    name = (p.with_suffix("") if p.suffix in _YAML else p).as_posix().removeprefix("configs/")
+    if name in config_names():
+        return CONFIGS_DIR / f"{name}.yaml"
+    raise ConfigError(f"config file {name_or_path}: not found, nor a shipped config ({', '.join(config_names())})")
 
 
 def _yaml_file(path: Path) -> dict[str, Any]:

@@ -173,7 +173,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
+def _cmd_speed(args: argparse.Namespace) -> int:
     from .speed.bench import run_from_args
 
     return run_from_args(args)
@@ -205,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=_cmd_tasks_show)
 
     tr = sub.add_parser("train", help="meta-train the shared encoder: one Ray actor per task")
-    tr.add_argument("--config", required=True, help="experiment YAML (see configs/)")
+    tr.add_argument("--config", required=True, help="experiment YAML, or a shipped config's name: starter, tiny, "
+                    "recipes/huffpost... (raymeta/configs/)")
     tr.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
     tr.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local instance)")
     tr.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. meta.steps=20")
@@ -243,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--setfit-lr", type=float, help="setfit: the body's learning rate (default 2e-5)")
     ev.set_defaults(func=_cmd_evaluate)
 
-    bm = sub.add_parser("benchmark", help="meta-train every algorithm at equal budget and compare the inits")
+    bm = sub.add_parser("benchmark", help="few-shot accuracy: meta-train every algorithm at equal budget and "
+                        "compare the inits")
     bm.add_argument("--config", required=True)
     bm.add_argument("--quick", action="store_true", help="the small budget of benchmark.quick (minutes on 2 CPUs)")
     bm.add_argument("--output", help="directory for results.json, results.md and plots (default: <output_dir>/benchmark)")
@@ -251,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     bm.add_argument("overrides", nargs="*", metavar="key=value")
     bm.set_defaults(func=_cmd_benchmark)
 
-    be = sub.add_parser("bench", help="meta-step time breakdown and ratios against one-process and DDP baselines")
+    be = sub.add_parser("speed", help="meta-step speed: time breakdown and ratios against one-process and DDP "
+                        "baselines (formerly `raymeta bench`)")
     be.add_argument("--quick", action="store_true", help="CI size: tiny model, N=1,2,4, DDP at N=2 (minutes on 2 CPUs)")
     be.add_argument("--models", help="comma-separated: minilm, tiny (default: both)")
     be.add_argument("--tasks", help="numbers of tasks, e.g. 1,2,4,8,16")
@@ -266,10 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--torch-threads", type=int, help="torch threads per actor (default: its CPU share)")
     be.add_argument("--output", help="write the results as JSON here")
     be.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every case")
-    be.set_defaults(func=_cmd_bench)
+    be.set_defaults(func=_cmd_speed)
 
     tu = sub.add_parser("tune", help="Ray Tune over task mixtures and learning rates, scored on meta-validation tasks")
-    tu.add_argument("--config", required=True, help="experiment YAML with a tune: section (see configs/tune_starter.yaml)")
+    tu.add_argument("--config", required=True, help="experiment YAML with a tune: section, or a shipped one's name (tune_starter)")
     tu.add_argument("--num-samples", type=int, help="trials (default: tune.num_samples); the heuristics come first")
     tu.add_argument("--resume", action="store_true", help="continue an interrupted search (Tuner.restore)")
     tu.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local instance)")
@@ -278,8 +281,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Old command names still accepted for one release, with a warning: `bench` (meta-step speed) was one
+# letter-group away from `benchmark` (few-shot accuracy), so it became `speed`.
+DEPRECATED_COMMANDS = {"bench": "speed"}
+
+
+def _rename_deprecated(argv: Sequence[str]) -> list[str]:
+    """``argv`` with a deprecated command name replaced by its new one, after a warning on stderr.
+
+    Done before parsing so that ``raymeta bench --help`` warns too (argparse exits inside parsing), and so
+    that the old name stays out of ``raymeta --help``. The command is the first word that is not an option:
+    the only option before it, ``-v``, takes no value."""
+    argv = list(argv)
+    i = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if i is not None and argv[i] in DEPRECATED_COMMANDS:
+        new = DEPRECATED_COMMANDS[argv[i]]
+        print(f"raymeta: warning: `raymeta {argv[i]}` is deprecated and will be removed in the next release; "
+              f"use `raymeta {new}`", file=sys.stderr)
+        argv[i] = new
+    return argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_rename_deprecated(sys.argv[1:] if argv is None else argv))
     _setup_logging(args.verbose)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no fork warnings under Ray
     if not args.verbose:  # a "Loading weights" bar per model load (trials, actors) is noise in a job log

@@ -1,7 +1,7 @@
 """The one typed experiment schema, and its layered loader.
 
 Layers, later wins: schema defaults -> YAML file -> ``key=value`` dotted overrides.
-Validation is pydantic's (``extra="forbid"``, so an unknown key is an error); every
+The checks are pydantic's (``extra="forbid"``, so an unknown key is an error); every
 failure is re-raised as a one-line :class:`~raymeta.errors.ConfigError` naming the key.
 The fully resolved config is written next to every run's outputs (:func:`save_config`).
 """
@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .catalog import resolve_task_entry
+from .catalog import config_file, resolve_task_entry
 from .errors import ConfigError
 
 __all__ = [
@@ -36,6 +36,8 @@ __all__ = [
     "ResourcesConfig",
     "CheckpointConfig",
     "EarlyStopping",
+    "EpisodicSizes",
+    "EpisodicProtocol",
     "ValidationConfig",
     "SetfitConfig",
     "EvalConfig",
@@ -48,6 +50,7 @@ __all__ = [
     "apply_overrides",
     "save_config",
     "redact",
+    "is_secret_key",
 ]
 
 TaskType = Literal["sequence_classification", "token_classification", "extractive_qa", "multiple_choice"]
@@ -294,18 +297,44 @@ class EarlyStopping(_Strict):
     patience: int = Field(ge=1)  # stop after this many validations in a row without a new best
 
 
-class ValidationConfig(_Strict):
+class EpisodicSizes(_Strict):
+    """The episodes of the prototype-accuracy score shared by meta-validation (``eval.validation``) and
+    ``raymeta tune``'s trial score (``tune``): seeded N-way K-shot episodes (Vinyals et al. 2016) scored by the
+    prototype classifier (Snell et al. 2017) on a fixed seeded subsample of rows. One definition for both, and
+    one scorer (:mod:`raymeta.eval.scoring`, with :class:`EpisodicProtocol`), so a Tune trial and ``best`` are
+    chosen on the same number."""
+
+    ways: int = Field(default=5, ge=2)  # N-way episodes
+    shots: int = Field(default=5, ge=1)  # per class in the support set (eval.validation method finetune: K per class)
+    queries: int = Field(default=10, ge=1)  # per class
+    episodes: int = Field(default=200, ge=1)  # seeded episodes per task (the same at every score)
+    max_rows_per_class: int = Field(default=40, ge=2)  # rows embedded per class (a seeded subsample, fixed)
+
+
+class EpisodicProtocol(EpisodicSizes):
+    """Everything that fixes an episodic prototype score (:func:`raymeta.eval.scoring.protocol` builds it from
+    an experiment): the sizes, which rows (``split``), the seed (rows: ``default_rng([seed, 7])`` per task;
+    episodes: ``seed``), and the ProtoNet metric of the run (``meta.proto``). ``key`` and ``split_key`` name the
+    config keys in error messages."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    split: Literal["all", "test"] = "all"
+    seed: int = 0
+    distance: Literal["euclidean", "cosine"] = "euclidean"
+    temperature: float = Field(default=1.0, gt=0.0)
+    key: str = "eval.validation"
+    split_key: str = "eval.validation.split"
+
+
+class ValidationConfig(EpisodicSizes):
     """Meta-validation during meta-training: which checkpoint adapts best to *new* tasks, chosen on
-    validation tasks that are neither meta-trained on nor tested on (never the test tasks)."""
+    validation tasks that are neither meta-trained on nor tested on (never the test tasks). The episode
+    fields (ways, shots, queries, episodes, max_rows_per_class) are :class:`EpisodicSizes`, shared with ``tune``."""
 
     tasks: list[dict[str, Any]] = Field(min_length=1)  # {use: NAME} entries or task dicts; classification
     method: Literal["prototype", "finetune"] = "prototype"  # episodic prototype accuracy, or K-shot fine-tuning
-    ways: int = Field(default=5, ge=2)  # prototype: N-way episodes
-    shots: int = Field(default=5, ge=1)  # prototype: per class in the support set; finetune: K per class
-    queries: int = Field(default=10, ge=1)  # prototype: per class
-    episodes: int = Field(default=200, ge=1)  # prototype: seeded episodes per task (the same at every validation)
     splits: int = Field(default=2, ge=1)  # finetune: seeded K-shot splits per task
-    max_rows_per_class: int = Field(default=40, ge=2)  # rows embedded per class (a seeded subsample, fixed)
     # rows scored: every split of a validation task, or only its test split. "test" allows in-domain selection on
     # a meta-training task's held-back rows (meta-training reads train splits only; prototype method only).
     split: Literal["all", "test"] = "all"
@@ -406,21 +435,16 @@ class TuneSpaceConfig(_Strict):
         return self
 
 
-class TuneConfig(_Strict):
+class TuneConfig(EpisodicSizes):
     """``raymeta tune``: Ray Tune over mixtures and learning rates, scored few-shot on meta-validation tasks.
 
-    Trials never see ``test_tasks``: those are scored once, after the search, for the report."""
+    Trials never see ``test_tasks``: those are scored once, after the search, for the report. The score is
+    meta-validation's (:class:`EpisodicSizes`: ways, shots, queries, episodes, max_rows_per_class)."""
 
     num_samples: int = Field(default=8, ge=1)
     validation_tasks: list[dict[str, Any]] = Field(default_factory=list)  # class-disjoint from training
     test_tasks: list[dict[str, Any]] = Field(default_factory=list)  # meta-test: the final report only
     eval_every: int = Field(default=10, ge=1)  # meta-steps between reports (ASHA rungs, PBT intervals)
-    # the validation score: mean prototype accuracy of seeded N-way K-shot episodes
-    ways: int = Field(default=5, ge=2)
-    shots: int = Field(default=5, ge=1)
-    queries: int = Field(default=10, ge=1)
-    episodes: int = Field(default=200, ge=1)
-    max_rows_per_class: int = Field(default=40, ge=2)  # rows embedded per class (seeded subsample)
     # validation rows: every split, or only each task's test split, which meta-training never reads: then a
     # validation task may be a meta-training task itself (in-domain selection; like eval.validation.split)
     validation_split: Literal["all", "test"] = "all"
@@ -533,7 +557,7 @@ def _step(node: Any, part: str, key: str) -> tuple[Any, Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[tuple[str, Any]]) -> dict[str, Any]:
-    """Set dotted keys in a raw config dict (in place). Unknown keys are caught by validation."""
+    """Set dotted keys in a raw config dict (in place). Unknown keys are caught by the schema check."""
     for key, value in overrides:
         parts = key.split(".")
         node: Any = data
@@ -574,7 +598,10 @@ def load_config(
     *,
     data: dict[str, Any] | None = None,
 ) -> ExperimentConfig:
-    """defaults -> YAML (``path`` or ``data``) -> ``key=value`` overrides -> validated config.
+    """defaults -> YAML (``path`` or ``data``) -> ``key=value`` overrides -> checked config.
+
+    ``path`` is a YAML file, or the name of a config shipped in ``raymeta/configs/`` (``starter``,
+    ``recipes/huffpost``: :func:`raymeta.catalog.config_file`); an unknown one is an error listing those.
 
     Task entries may be full task dicts, or ``{use: NAME_OR_FILE, ...}`` to start from a
     ready-made task (or a task YAML) and override some of its keys (weight, include_labels...).
@@ -582,8 +609,9 @@ def load_config(
     raw: dict[str, Any] = dict(data or {})
     base = Path(".")
     if path is not None:
+        path = config_file(path)  # a file, or a shipped config by name (``starter``, ``recipes/huffpost``)
         raw = _read_yaml(path)
-        base = Path(path).parent
+        base = path.parent
     apply_overrides(raw, parse_overrides(overrides or []))
     data_dir = str(raw.get("data_dir") or os.environ.get("RAYMETA_DATA_DIR", DEFAULT_DATA_DIR))
     if "tasks" in raw:
@@ -597,8 +625,9 @@ def load_config(
     return cfg
 
 
-def validate_task(raw: dict[str, Any], *, origin: str) -> TaskConfig:
-    """Validate one task dict (from a task YAML or a config entry), one-line errors."""
+def check_task(raw: dict[str, Any], *, origin: str) -> TaskConfig:
+    """One task dict (from a task YAML or a config entry) checked against the schema, as a :class:`TaskConfig`;
+    a one-line error that starts with ``origin`` otherwise."""
     try:
         return TaskConfig.model_validate(raw)
     except ValidationError as e:
@@ -608,14 +637,29 @@ def validate_task(raw: dict[str, Any], *, origin: str) -> TaskConfig:
 
 # --------------------------------------------------------------------------- saving
 
-_SECRET_KEY = re.compile(r"(token|secret|password|api[_-]?key|credential)", re.IGNORECASE)
+# Names of secrets, matched against a key's whole name or its last one to three words (``hf_token``,
+# ``use_auth_token``, ``aws_secret_access_key``, ``apiKey``), never as substrings: ``model.tokenizer`` or a
+# ``max_tokens`` is a setting, and redacting it would save a config.yaml that no longer reloads as its run.
+_SECRET_NAMES = frozenset({
+    "token", "secret", "password", "passwd", "auth", "credential", "credentials",
+    "api_key", "apikey", "access_key", "secret_key", "private_key", "secret_access_key",
+})
 _SECRET_VALUE = re.compile(r"\b(hf_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16})\b")
 
 
+def is_secret_key(key: Any) -> bool:
+    """Whether a mapping key names a secret: ``token``, ``hf_token``, ``api_key``, ``client_secret``... (not
+    ``tokenizer``, ``max_tokens``, ``pad_token_id``)."""
+    camel = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", str(key))  # apiKey -> api_Key
+    words = [w for w in re.split(r"[_\-.\s]+", camel.lower()) if w]
+    return any("_".join(words[-n:]) in _SECRET_NAMES for n in (1, 2, 3) if n <= len(words))
+
+
 def redact(obj: Any) -> Any:
-    """Replace secret-looking values (hub tokens, keys) before anything is logged or saved."""
+    """Replace secret values before anything is logged or saved: those under a secret's name
+    (:func:`is_secret_key`), and hub-token- or AWS-key-shaped strings anywhere."""
     if isinstance(obj, dict):
-        return {k: ("***" if _SECRET_KEY.search(str(k)) and v else redact(v)) for k, v in obj.items()}
+        return {k: ("***" if is_secret_key(k) and v else redact(v)) for k, v in obj.items()}
     if isinstance(obj, list):
         return [redact(v) for v in obj]
     if isinstance(obj, str):

@@ -16,15 +16,14 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RAYMETA_DATA_DIR", REPO.parent / "shared" / "data"))
 
-# A BERT small enough to train in milliseconds; the MiniLM vocabulary so its tokenizer fits.
-TINY_BERT = {
-    "model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-    "intermediate_size": 64, "vocab_size": 30522, "max_position_embeddings": 256,
-}
+# A BERT small enough to train in milliseconds, the MiniLM vocabulary so its tokenizer fits: the shipped tiny config's
+# model (raymeta/configs/tiny.yaml, which `raymeta bench`'s "tiny" reads too), the suite's one tiny model.
+TINY_BERT: dict = yaml.safe_load((REPO / "raymeta" / "configs" / "tiny.yaml").read_text())["model"]["from_config"]
 
 
 @pytest.fixture(scope="session")

@@ -25,12 +25,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
+from ..config import ALGORITHMS
 from ..tasks.episodes import Episode
-from .model import MetaModel, pool_hidden
+from .model import MetaModel, pool_hidden, proto_head
 
 __all__ = ["ALGORITHMS", "TaskGradient", "task_gradient", "prototypes", "proto_logits", "global_labels"]
 
-ALGORITHMS = ("multitask", "fomaml", "reptile", "maml", "anil", "protonet")
 Batch = Mapping[str, Tensor]
 Params = dict[str, Tensor]
 _EPISODE_W, _EPISODE_B = "episode_head.weight", "episode_head.bias"
@@ -178,20 +178,15 @@ def _protonet(fn: _Functional, params: Params, ep: Episode) -> TaskGradient:
 
 
 def _with_episode_head(fn: _Functional, params: Params, ep: Episode, differentiable: bool) -> Params:
-    """Proto-MAML head: W = 2·p_c, b = -‖p_c‖², a linear layer equal to the prototype classifier (up to a
-    per-query constant); with ``meta.proto``: both divided by the temperature T, or, for the cosine distance,
-    W = p_c/(‖p_c‖·T), b = 0 over unit-length features, which is cos(q, p_c)/T exactly."""
+    """Proto-MAML head (:func:`raymeta.core.model.proto_head`): a linear layer equal to the prototype classifier
+    of the support set under ``meta.proto``, differentiable through the prototypes for second-order algorithms."""
     assert ep.classes is not None
     with torch.set_grad_enabled(differentiable):
         emb = fn.features(params, ep.support)
-        p = prototypes(emb, ep.support["labels"], len(ep.classes))
-        if fn.distance == "cosine":
-            # b: a leaf of its own (no path to θ), adapted by the inner loop like the Euclidean bias
-            w, b = F.normalize(p, dim=-1), p.new_zeros(p.shape[0]).requires_grad_(True)
-        else:
-            w, b = 2 * p, -(p**2).sum(-1)
-        if fn.temperature != 1.0:  # skipped at 1.0: the default head is exactly the unscaled one
-            w, b = w / fn.temperature, b / fn.temperature
+        w, b = proto_head(prototypes(emb, ep.support["labels"], len(ep.classes)), fn.distance, fn.temperature)
+        if differentiable and not b.requires_grad:
+            # cosine: b (zeros) has no path to θ; a leaf of its own, adapted by the inner loop like the Euclidean bias
+            b.requires_grad_(True)
     if not differentiable:
         w, b = w.detach().requires_grad_(True), b.detach().requires_grad_(True)
     return {**params, _EPISODE_W: w, _EPISODE_B: b}

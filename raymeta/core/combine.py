@@ -12,15 +12,15 @@ import math
 import warnings
 import zlib
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Literal, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import RaymetaError
 
-__all__ = ["TaskGrad", "Reduced", "NonFiniteGradient", "as_tensor", "normalise_weights", "reduce_gradients", "cosine_matrix",
-           "pcgrad"]
+__all__ = ["TaskGrad", "Reduced", "NonFiniteGradient", "as_tensor", "normalise_weights", "non_finite_policy",
+           "reduce_gradients", "cosine_matrix", "pcgrad"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,24 @@ def normalise_weights(weights: dict[str, float]) -> dict[str, float]:
     if total <= 0:
         raise RaymetaError("config key 'tasks': every task has mixture weight 0; at least one must be positive")
     return {k: v / total for k, v in weights.items() if v > 0}
+
+
+def non_finite_policy(bad: Mapping[str, str], n_tasks: int, step: int, policy: Literal["skip_task", "abort"], *,
+                      warn: bool = True) -> list[str]:
+    """``meta.nan_policy`` for one step of ``n_tasks`` tasks, in both reduce forms. ``bad``: each task whose loss or
+    gradient is NaN/Inf, in task order, and what of it is (``"loss"``, ``"gradient"``, ``"loss or gradient"``).
+    ``abort`` raises :class:`NonFiniteGradient` naming the first; ``skip_task`` warns once per task (``warn``: the
+    process that logs the step) and returns them, to be left out of the sum. Every task non-finite raises too:
+    there is nothing to apply."""
+    for task, what in bad.items():
+        if policy == "abort":
+            raise NonFiniteGradient(f"task '{task}': non-finite {what} at step {step} (meta.nan_policy=abort)")
+        if warn:
+            log.warning("step %d: task '%s' has a non-finite %s; skipped this step (meta.nan_policy=skip_task)",
+                        step, task, what)
+    if n_tasks == 0 or len(bad) >= n_tasks:
+        raise NonFiniteGradient(f"step {step}: every task's gradient is non-finite; nothing to apply")
+    return list(bad)
 
 
 def _chunk(n_tasks: int) -> int:
@@ -169,21 +187,11 @@ def reduce_gradients(
     # finite (the usual case), the weighted sum. A skipped task costs a second pass below.
     sums, gram = _one_pass(tensors, [r.weight / total_all for r in results] if fused else None, meta,
                            gram=affinity and len(tensors) > 1)
-    used_idx: list[int] = []
-    skipped: list[str] = []
-    for i, r in enumerate(results):
-        # A sum is NaN/Inf iff an element is (or the values are so large that they overflow, which is as broken).
-        if math.isfinite(r.loss) and math.isfinite(sums[i]):
-            used_idx.append(i)
-            continue
-        what = "loss" if not math.isfinite(r.loss) else "gradient"
-        if nan_policy == "abort":
-            raise NonFiniteGradient(f"task '{r.task}': non-finite {what} at step {step} (meta.nan_policy=abort)")
-        log.warning("step %d: task '%s' has a non-finite %s; skipped this step (meta.nan_policy=skip_task)",
-                    step, r.task, what)
-        skipped.append(r.task)
-    if not used_idx:
-        raise NonFiniteGradient(f"step {step}: every task's gradient is non-finite; nothing to apply")
+    # A sum is NaN/Inf iff an element is (or the values are so large that they overflow, which is as broken).
+    bad = {r.task: "loss" if not math.isfinite(r.loss) else "gradient" for i, r in enumerate(results)
+           if not (math.isfinite(r.loss) and math.isfinite(sums[i]))}
+    skipped = non_finite_policy(bad, len(results), step, nan_policy)
+    used_idx = [i for i, r in enumerate(results) if r.task not in bad]
     used = [results[i].task for i in used_idx]
     total = sum(results[i].weight for i in used_idx)
     w = [results[i].weight / total for i in used_idx]

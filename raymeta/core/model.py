@@ -34,7 +34,7 @@ __all__ = [
     "ADAPTER_CONFIG", "CAUSAL_MODEL_TYPES", "OFFLINE_MINILM", "Head", "MetaModel", "MultipleChoiceHead",
     "ParamLayout", "QuestionAnsweringHead", "SequenceClassificationHead",
     "TokenClassificationHead", "build_head", "default_pooling", "load_encoder",
-    "load_tokenizer", "pool_hidden", "resolve_model_path",
+    "load_tokenizer", "pool_hidden", "proto_head", "resolve_model_path",
 ]
 
 OFFLINE_MINILM = "offline:all-MiniLM-L6-v2"
@@ -173,6 +173,26 @@ def pool_hidden(hidden: Tensor, attention_mask: Tensor | None, pooling: str) -> 
     raise ValueError(f"unknown pooling '{pooling}' (mean, cls or last)")
 
 
+def proto_head(protos: Tensor, distance: str = "euclidean", temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+    """A linear layer (W, b) equal to the prototype classifier of ``protos`` (C, H): the Proto-MAML head
+    (Triantafillou et al. 2020). Squared Euclidean distance: W = 2·p_c, b = -‖p_c‖², since
+    ``W x + b = -‖x - p_c‖² + ‖x‖²`` is Snell et al. (2017)'s logit up to a per-example constant, which softmax
+    ignores. Cosine: W = p_c/‖p_c‖, b = 0, over unit-length features, which is cos(x, p_c) exactly. Both
+    divided by ``temperature`` (``meta.proto``, metric scaling, Oreshkin et al. 2018); the division is skipped
+    at 1.0, so the default head is exactly the unscaled one. The one initialiser behind the episode head of
+    the MAML family (:mod:`raymeta.core.algorithms`), the fine-tuning head (:meth:`SequenceClassificationHead.
+    init_from_prototypes`) and the episodic fine-tuned head (:mod:`raymeta.eval.episodic`)."""
+    if distance == "cosine":
+        w, b = F.normalize(protos, dim=-1), protos.new_zeros(protos.shape[0])
+    elif distance == "euclidean":
+        w, b = 2 * protos, -(protos**2).sum(-1)
+    else:
+        raise ValueError(f"unknown prototype distance '{distance}' (euclidean or cosine)")
+    if temperature != 1.0:
+        w, b = w / temperature, b / temperature
+    return w, b
+
+
 class Head(Protocol):
     """What every task head offers: logits from hidden states, and a loss from logits."""
 
@@ -221,8 +241,9 @@ class SequenceClassificationHead(nn.Module):
         protos /= counts.unsqueeze(1).to(emb.dtype)
         if self.classifier.out_features != num_classes:
             self.classifier = nn.Linear(emb.shape[1], num_classes).to(emb)
-        self.classifier.weight.copy_(2.0 * protos)
-        self.classifier.bias.copy_(-(protos**2).sum(dim=1))
+        w, b = proto_head(protos)
+        self.classifier.weight.copy_(w)
+        self.classifier.bias.copy_(b)
 
 
 class TokenClassificationHead(nn.Module):

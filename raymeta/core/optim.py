@@ -1,15 +1,16 @@
-"""The outer optimizer, shared by the driver (reduce: driver) and every actor (reduce: collective),
-so both modes take exactly the same step."""
+"""The outer optimizer and its step, shared by the driver (reduce: driver), every actor (reduce: collective)
+and the speed baselines (:mod:`raymeta.speed.baselines`), so every mode takes exactly the same step."""
 
 from __future__ import annotations
 
 import math
+from typing import Mapping
 
 import torch
 
 from ..config import ExperimentConfig
 
-__all__ = ["outer_optimizer", "optimizer_tensors", "optimizer_from_tensors"]
+__all__ = ["outer_optimizer", "outer_step", "optimizer_tensors", "optimizer_from_tensors"]
 
 
 def outer_optimizer(named: dict[str, torch.nn.Parameter], cfg: ExperimentConfig):
@@ -35,6 +36,29 @@ def outer_optimizer(named: dict[str, torch.nn.Parameter], cfg: ExperimentConfig)
         return max(0.0, 1 - progress) if o.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def outer_step(params: Mapping[str, torch.nn.Parameter], grad: torch.Tensor | None, opt: torch.optim.Optimizer,
+               sched: torch.optim.lr_scheduler.LRScheduler, max_grad_norm: float | None) -> tuple[float, float]:
+    """One outer step: ``.grad`` of every parameter becomes a view of the flat meta-gradient ``grad`` (in the order
+    and shapes of ``params``; None: ``.grad`` is set already, by DDP's backward), the gradient is clipped in place
+    to ``max_grad_norm`` (None or 0: not clipped, the norm is still measured), then AdamW and the schedule step and
+    ``.grad`` is dropped. ``grad`` keeps the clipped values. Returns (pre-clipping gradient norm, the step's lr)."""
+    ps = list(params.values())
+    if grad is not None:
+        if grad.dim() != 1 or grad.numel() != sum(p.numel() for p in ps):
+            raise ValueError(f"meta-gradient of shape {tuple(grad.shape)} does not match the "
+                             f"{sum(p.numel() for p in ps)} values of the parameters it steps")
+        offset = 0
+        for p in ps:
+            p.grad = grad[offset: offset + p.numel()].view(p.shape)
+            offset += p.numel()
+    norm = torch.nn.utils.clip_grad_norm_(ps, max_grad_norm if max_grad_norm else float("inf"))
+    lr = sched.get_last_lr()[0]
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    return float(norm), lr
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str = "optim.") -> tuple[dict[str, torch.Tensor], list]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import zlib
 from pathlib import Path
@@ -38,7 +37,7 @@ from ..errors import DataError, ModelError, RaymetaError
 from ..tasks import Task, load_task
 from ..tasks.registry import catalog_names, task_config
 from .finetune import FinetuneSettings, finetune_and_evaluate
-from .metrics import PRIMARY
+from .metrics import PRIMARY, mean_ci95
 from .prototype import check_prototype_task, prototype_evaluate
 from .setfit import SetfitSettings, check_setfit_task, require_setfit, setfit_and_evaluate
 
@@ -114,14 +113,7 @@ def kshot_splits(task: Task, k: int, n_splits: int, seed: int) -> list[list[int]
     return out
 
 
-def summarise(values: Sequence[float]) -> dict[str, Any]:
-    """Mean, sample std and a t-based 95% CI half-width (few splits: t, not the normal 1.96)."""
-    from scipy import stats
-
-    a = np.asarray(values, dtype=float)
-    std = float(a.std(ddof=1)) if len(a) > 1 else 0.0
-    half = float(stats.t.ppf(0.975, len(a) - 1) * std / math.sqrt(len(a))) if len(a) > 1 else float("nan")
-    return {"mean": float(a.mean()), "std": std, "ci95": half, "n": len(a), "values": [float(x) for x in a]}
+summarise = mean_ci95  # mean, std and the t-based 95% CI of a task's per-split scores (few splits: t, not 1.96)
 
 
 def write_json_atomic(path: str | Path, data: Any) -> Path:
@@ -172,7 +164,7 @@ def evaluate(
     plan: list[tuple[TaskConfig, int, int, list[int]]] = []
     splits: dict[str, dict[str, list[list[int]]]] = {}
     for spec in tasks:
-        task = load_task(spec, tok, data_dir, cache_dir)  # validates: bad rows/labels fail here, not in a worker
+        task = load_task(spec, tok, data_dir, cache_dir)  # checks the rows: bad rows/labels fail here, not in a worker
         if "test" not in task.features:
             raise DataError(spec.name, "has no test split (add one, or set source.test_fraction)")
         if "setfit" in methods:

@@ -1,4 +1,4 @@
-"""The two alternatives ``raymeta bench`` measures the trainer against, doing the same work.
+"""The two alternatives ``raymeta speed`` measures the trainer against, doing the same work.
 
 (a) :func:`run_reference`: one process computes every task's gradient in turn with all
     cores (learn2learn style): the same ``build_task_model`` / ``task_gradient`` / seeded
@@ -7,7 +7,7 @@
     same model, the same episode as that task's actor (so the same per-worker batch), the
     multitask loss, ``backward()`` with DDP's bucketed all-reduce, the same outer AdamW on
     every rank. Its gradient is the equal-weight mean of the task gradients, which is what
-    the trainer computes with equal mixture weights, so the bench can check (b) too.
+    the trainer computes with equal mixture weights, so ``raymeta speed`` can check (b) too.
 
 Both return per-step wall times and the clipped meta-gradient of step 0, for the checks.
 """
@@ -29,7 +29,7 @@ from ..config import ExperimentConfig
 from ..core.algorithms import global_labels, task_gradient  # the multitask loss uses global class ids
 from ..core.combine import normalise_weights
 from ..core.model import load_encoder, load_tokenizer
-from ..core.optim import outer_optimizer
+from ..core.optim import outer_optimizer, outer_step
 from ..tasks import load_task
 from ..train.actor import bind_flat, build_task_model, head_seed, step_seed
 
@@ -90,15 +90,9 @@ def run_reference(cfg: ExperimentConfig, steps: int, threads: int) -> dict[str, 
                         p.grad = head_grads.get(k)
                     head_opts[spec.name].step()
                     head_opts[spec.name].zero_grad(set_to_none=True)
-            for p, g in zip(shared.values(), layout.unflatten(meta_grad).values()):
-                p.grad = g
-            max_norm = cfg.optim.max_grad_norm
-            torch.nn.utils.clip_grad_norm_(list(shared.values()), max_norm if max_norm else float("inf"))
+            outer_step(shared, meta_grad, opt, sched, cfg.optim.max_grad_norm)  # clips meta_grad in place
             if step == 0:
                 grad0 = meta_grad.clone()
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
             times.append(time.perf_counter() - t0)
         return {"step_s": times, "grad0": grad0, "threads": threads}
     finally:
@@ -130,7 +124,6 @@ def _ddp_worker(config: dict[str, Any]) -> None:
     head = model.head(spec.name)
     opt, sched = outer_optimizer(shared, cfg)
     head_opt = _head_optimizer(list(head.parameters()), cfg)
-    max_norm = cfg.optim.max_grad_norm or float("inf")
     times = []
     for step in range(config["steps"]):
         t0 = time.perf_counter()
@@ -140,14 +133,13 @@ def _ddp_worker(config: dict[str, Any]) -> None:
         losses = [head.loss(head(encoder(**model.encoder_inputs(b), return_dict=True).last_hidden_state, b), b) for b in (s, q)]
         ns, nq = int(s["input_ids"].shape[0]), int(q["input_ids"].shape[0])
         ((losses[0] * ns + losses[1] * nq) / (ns + nq)).backward()  # DDP all-reduces (averages) bucket by bucket
-        torch.nn.utils.clip_grad_norm_(list(shared.values()), max_norm)
-        if step == 0 and rank == 0:
-            grad = torch.cat([p.grad.reshape(-1) for p in shared.values()])
+        # .grad is DDP's; on the step whose gradient is checked it is copied into one flat buffer first, which the
+        # outer step then clips in place (and leaves clipped)
+        grad = torch.cat([p.grad.reshape(-1) for p in shared.values()]) if step == 0 and rank == 0 else None
+        outer_step(shared, grad, opt, sched, cfg.optim.max_grad_norm)
+        if grad is not None:
             np.save(Path(config["out"]) / "grad0.npy", grad.numpy())
-        opt.step()
-        sched.step()
         head_opt.step()
-        opt.zero_grad(set_to_none=True)
         head_opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
     dist.barrier()

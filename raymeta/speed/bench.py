@@ -1,10 +1,10 @@
-"""``raymeta bench``: where a meta-step's time goes, and what distribution costs against the alternatives.
+"""``raymeta speed``: where a meta-step's time goes, and what distribution costs against the alternatives.
 
 For every model and number of tasks N, the real trainer (``MetaTrainer`` + ``TaskActor``) runs
 in both reduce modes on one set of actors (driver mode first, then the same actors form the
 process group), and in the same run the two alternatives do the same work
 (:mod:`raymeta.speed.baselines`): (a) one process, all cores (and one thread), tasks in turn; (b) Ray Train's
-``TorchTrainer``, DDP on gloo. The workload is the issue's probe: N copies of ``bbc_news``
+``TorchTrainer``, DDP on gloo. The workload (benchmarks/RESULTS.md §5): N copies of ``bbc_news``
 under distinct names (own head, own seeded episodes, identical cost per task), multitask
 gradient, 8 sequences × 64 tokens per task and step.
 
@@ -31,21 +31,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from ..arglists import names, positive_ints
 from ..config import ExperimentConfig, load_config
 from ..core.model import OFFLINE_MINILM
 from ..runtime import connect
+from ..train.record import StepRecord
 from .baselines import run_ddp, run_reference
 
 __all__ = ["TINY_BERT", "MODELS", "BenchSettings", "quick_settings", "bench_config", "run_bench", "check_targets", "format_table",
            "gradient_mismatches", "settings_from_args", "run_from_args"]
 
-# The test suite's tiny BERT (tests/conftest.py): the MiniLM vocabulary, so its tokenizer fits.
-TINY_BERT = {
-    "model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-    "intermediate_size": 64, "vocab_size": 30522, "max_position_embeddings": 256,
-}
+# The shipped tiny config's model (configs/tiny.yaml), which the test suite uses too: one definition.
+TINY_BERT: dict[str, Any] = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml").read_text()
+                                           )["model"]["from_config"]
 MODELS: dict[str, dict[str, Any]] = {"tiny": {"from_config": TINY_BERT}, "minilm": {"name_or_path": OFFLINE_MINILM}}
 TARGETS = {"step_over_compute": 1.05, "vs_reference": 1.0, "vs_ddp": 1.0, "overhead_ms_per_task": 5.0, "bytes_ratio": 2.0,
            "lora_step_over_compute": 1.03, "lora_bytes_fall": 50.0}
@@ -193,12 +193,12 @@ def _fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return my - b * mx, b
 
 
-def summarise(records: list[dict[str, Any]], mode: str, n: int, shared_bytes: int,
+def summarise(records: list[StepRecord], mode: str, n: int, shared_bytes: int,
               total_bytes: int | None = None) -> dict[str, Any]:
     """Medians of one mode's timed steps; every component in ms, bytes as a multiple of the shared (trainable)
     parameters and of all the encoder's parameters (``total_bytes``: frozen ones included)."""
-    step = [r["step_s"] for r in records]
-    compute = [r["compute_max_s"] for r in records]
+    step = [r.step_s for r in records]
+    compute = [r.compute_max_s for r in records]
     out: dict[str, Any] = {
         "steps": len(records), "step_ms": 1e3 * _med(step), "compute_ms": 1e3 * _med(compute),
         "step_over_compute": _med([a / b for a, b in zip(step, compute)]),
@@ -206,33 +206,34 @@ def summarise(records: list[dict[str, Any]], mode: str, n: int, shared_bytes: in
     }
     out["overhead_ms_per_task"] = out["overhead_ms"] / n
     if mode == "driver":
-        span = [max(r.get("load_s", {}).get(t, 0.0) + c for t, c in r["compute_s"].items()) for r in records]
+        span = [max((r.load_s or {}).get(t, 0.0) + c for t, c in r.compute_s.items()) for r in records]
         out.update({
-            "publish_ms": 1e3 * _med([r["publish_s"] for r in records]),
-            "load_ms": 1e3 * _med([max(r.get("load_s", {"": 0.0}).values()) for r in records]),
-            "transfer_ms": 1e3 * _med([r["wait_s"] - s for r, s in zip(records, span)]),
-            "reduce_ms": 1e3 * _med([r["reduce_s"] for r in records]),
-            "outer_ms": 1e3 * _med([r["outer_s"] for r in records]),
+            "publish_ms": 1e3 * _med([r.publish_s for r in records]),
+            "load_ms": 1e3 * _med([max((r.load_s or {"": 0.0}).values()) for r in records]),
+            "transfer_ms": 1e3 * _med([r.wait_s - s for r, s in zip(records, span)]),
+            "reduce_ms": 1e3 * _med([r.reduce_s for r in records]),
+            "outer_ms": 1e3 * _med([r.outer_s for r in records]),
         })
         # real byte counts: the array published (each actor reads it) and the arrays returned
-        if "publish_bytes" in records[-1]:
-            per_actor = [r["publish_bytes"] + sum(r["grad_bytes"].values()) / len(r["grad_bytes"]) for r in records]
+        if records[-1].publish_bytes is not None:
+            per_actor = [r.publish_bytes + sum(r.grad_bytes.values()) / len(r.grad_bytes) for r in records]
             out["bytes_per_actor"], out["bytes_counted"] = _med(per_actor), "measured"
         else:  # a trainer without the byte fields: float32 both ways
             out["bytes_per_actor"], out["bytes_counted"] = 2.0 * shared_bytes, "layout"
     else:
         out.update({
-            "allreduce_ms": 1e3 * _med([r["step_s"] - r["compute_max_s"] - r["outer_s"] for r in records]),
-            "outer_ms": 1e3 * _med([r["outer_s"] for r in records]),
+            "allreduce_ms": 1e3 * _med([r.step_s - r.compute_max_s - r.outer_s for r in records]),
+            "outer_ms": 1e3 * _med([r.outer_s for r in records]),
             # ring all-reduce: each rank sends (and receives) 2(N-1)/N of the buffer; nothing is published
             "bytes_per_actor": 2 * (n - 1) / n * shared_bytes, "bytes_counted": "ring model of the gradient buffer",
         })
     out["bytes_ratio"] = out["bytes_per_actor"] / shared_bytes
     out["bytes_vs_all_params"] = out["bytes_per_actor"] / (total_bytes or shared_bytes)
     raw = ("step_s", "compute_max_s", "publish_s", "wait_s", "reduce_s", "outer_s", "allreduce_s")
-    out["per_step_ms"] = {k: [round(1e3 * r[k], 2) for r in records] for k in raw if k in records[0]}
-    if "load_s" in records[0]:
-        out["per_step_ms"]["load_max"] = [round(1e3 * max(r["load_s"].values()), 2) for r in records]
+    out["per_step_ms"] = {k: [round(1e3 * getattr(r, k), 2) for r in records] for k in raw
+                          if getattr(records[0], k) is not None}
+    if records[0].load_s is not None:
+        out["per_step_ms"]["load_max"] = [round(1e3 * max(r.load_s.values()), 2) for r in records]
     return out
 
 
@@ -255,7 +256,7 @@ def run_raymeta(cfg: ExperimentConfig, s: BenchSettings, started: bool) -> dict[
             records = []
             with MemoryWatch() as mem:
                 for i in range(s.warmup + s.steps):
-                    records.append(trainer.collective_step() if mode == "collective" else trainer.meta_step())
+                    records.append(trainer.meta_step())  # in the reducer's form: use_collective() switched it
                     if mode == "driver" and i == 0:
                         out["grad0"] = trainer.last_meta_grad.clone()
                     mem.step_done()
@@ -290,7 +291,7 @@ def run_case(model: str, n: int, s: BenchSettings, started: bool, workdir: Path,
     grad0 = rm.pop("grad0", None)
     row.update(rm)
     if s.reference and trainable == "full":
-        # (a) as the issue defines it, with every core; and with one thread, which on a loaded machine
+        # (a) as benchmarks/RESULTS.md §5 defines it, with every core; and with one thread, which on a loaded machine
         # (two OpenMP threads stall on every small op when the other CPU is busy) can be the faster one
         for key, threads in (("reference", max(1, int(total))), ("reference_1t", 1)):
             if key == "reference_1t" and int(total) <= 1:
@@ -359,7 +360,8 @@ def _write(result: dict[str, Any], output: Path) -> None:
 
 
 def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Issue 8's targets, each with the measured figure and met / not met (None: not measured here)."""
+    """The targets of benchmarks/RESULTS.md §5.4 (and §6.2 for LoRA), each with the measured figure and
+    met / not met (None: not measured here)."""
     rows = {(r["model"], r["tasks"]): r for r in result["rows"] if r.get("trainable", "full") == "full"}
     lora = {(r["model"], r["tasks"]): r for r in result["rows"] if r.get("trainable") == "lora"}
     out: list[dict[str, Any]] = []
@@ -387,7 +389,7 @@ def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         if every:
             add("bytes per actor / shared parameters, worst case", max(x["bytes_ratio"] for x in every),
                 TARGETS["bytes_ratio"], f"all {mode}")
-        # issue 12: LoRA (r = 8) against full, side by side on MiniLM at N = 2
+        # RESULTS.md §6.2: LoRA (r = 8) against full, side by side on MiniLM at N = 2
         full_r, lora_r = rows.get(("minilm", 2), {}).get(mode), lora.get(("minilm", 2), {}).get(mode)
         add("lora: step / slowest-actor compute", lora_r and lora_r["step_over_compute"], TARGETS["lora_step_over_compute"],
             f"minilm N=2 {mode}")

@@ -1,4 +1,4 @@
-"""The task data layer: sources -> Arrow rows -> validated, tokenised features -> episodes."""
+"""The task data layer: sources -> Arrow rows -> checked, tokenised features -> episodes."""
 
 from .episodes import Episode, sample_episode
 from .registry import catalog_names, task_config

@@ -1,4 +1,4 @@
-"""What every task type provides: validation, tokenisation and collation (a ``Protocol``).
+"""What every task type provides: row checks, tokenisation and collation (a ``Protocol``).
 
 One module per type implements it: :mod:`.classification`, :mod:`.token_classification`,
 :mod:`.qa` and :mod:`.multiple_choice`.
@@ -34,7 +34,7 @@ class TaskProcessor(Protocol):
     def infer_labels(self, train: datasets.Dataset, task: TaskConfig) -> list[str] | None:
         """The label set when the config gives none (None: the type has no label set)."""
 
-    def validate(self, ds: datasets.Dataset, task: TaskConfig, labels: list[str] | None) -> None:
+    def check_rows(self, ds: datasets.Dataset, task: TaskConfig, labels: list[str] | None) -> None:
         """Raise :class:`DataError` naming the file and row of the first bad row."""
 
     def tokenize(

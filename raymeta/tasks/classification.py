@@ -20,7 +20,7 @@ class SequenceClassification:
     def infer_labels(self, train: datasets.Dataset, task: TaskConfig) -> list[str]:
         return natural_sort({str(v) for v in columns(train, "label")["label"]})
 
-    def validate(self, ds: datasets.Dataset, task: TaskConfig, labels: list[str] | None) -> None:
+    def check_rows(self, ds: datasets.Dataset, task: TaskConfig, labels: list[str] | None) -> None:
         assert labels is not None
         known = set(labels)
         col = columns(ds, "text", "label")

@@ -21,7 +21,7 @@ class MultipleChoice:
     def infer_labels(self, train, task: TaskConfig) -> None:
         return None
 
-    def validate(self, ds, task: TaskConfig, labels) -> None:
+    def check_rows(self, ds, task: TaskConfig, labels) -> None:
         width = None
         col = columns(ds, "choices", "label")
         for i, (choices, lab) in enumerate(zip(col["choices"], col["label"])):

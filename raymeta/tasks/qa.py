@@ -22,7 +22,7 @@ class ExtractiveQA:
     def infer_labels(self, train, task: TaskConfig) -> None:
         return None
 
-    def validate(self, ds, task: TaskConfig, labels) -> None:
+    def check_rows(self, ds, task: TaskConfig, labels) -> None:
         col = columns(ds, "context", "answers")
         for i, (ctx, ans) in enumerate(zip(col["context"], col["answers"])):
             if not isinstance(ans, dict) or "text" not in ans or "answer_start" not in ans:

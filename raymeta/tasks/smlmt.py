@@ -42,7 +42,7 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from ..catalog import resolve_task_entry
-from ..config import EpisodeConfig, SourceConfig, TaskConfig, validate_task
+from ..config import EpisodeConfig, SourceConfig, TaskConfig, check_task
 from ..errors import DataError
 from .base import columns
 from .episodes import eligible_classes
@@ -148,7 +148,7 @@ def build_rows(task: TaskConfig, texts: list[tuple[str, str, int]]) -> dict[str,
 
 
 def _input_tasks(task: TaskConfig, data_dir: str) -> list[TaskConfig]:
-    """``source.from`` as validated task configs: names and files of tasks, ``{use: ...}`` entries, or
+    """``source.from`` as checked task configs: names and files of tasks, ``{use: ...}`` entries, or
     ``{source: ..., columns: ...}`` dicts (type defaults to sequence_classification: a text column)."""
     out = []
     for i, entry in enumerate(task.source.corpus):
@@ -157,7 +157,7 @@ def _input_tasks(task: TaskConfig, data_dir: str) -> list[TaskConfig]:
             raw = resolve_task_entry(entry, data_dir=data_dir, base=Path("."))
         else:
             raw = {"name": f"{task.name}.from{i}", "type": "sequence_classification", **entry}
-        spec = validate_task(raw, origin=f"task '{task.name}': source.from[{i}]")
+        spec = check_task(raw, origin=f"task '{task.name}': source.from[{i}]")
         if spec.source.kind == "smlmt":
             raise DataError(task.name, f"source.from[{i}] ('{spec.name}') is itself an SMLMT task: give its text sources")
         out.append(spec)

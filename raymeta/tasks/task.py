@@ -1,4 +1,4 @@
-"""A loaded task: validated raw rows, tokenised features (cached on disk), and episodes."""
+"""A loaded task: checked raw rows, tokenised features (cached on disk), and episodes."""
 
 from __future__ import annotations
 
@@ -157,7 +157,7 @@ def _tokenize_cached(
 def load_task(
     task: TaskConfig, tokenizer: PreTrainedTokenizerBase, data_dir: str, cache_dir: str | None = None
 ) -> Task:
-    """Read, map columns, filter classes, validate, tokenise (cached) a task."""
+    """Read, map columns, filter classes, check the rows, tokenise (cached) a task."""
     datasets.disable_progress_bars() if not log.isEnabledFor(logging.DEBUG) else None
     proc = PROCESSORS[task.type]
     raw = load_raw(task, data_dir, cache_dir)
@@ -173,7 +173,7 @@ def load_task(
             raise DataError(task.name, f"split '{split}' is empty" + (" after include_labels" if task.include_labels else ""))
     labels = task.labels or task.include_labels or proc.infer_labels(raw["train"], task)
     for ds in raw.values():
-        proc.validate(ds, task, labels)
+        proc.check_rows(ds, task, labels)
     features, counts = _tokenize_cached(task, tokenizer, proc, raw, labels, cache_dir)
     for split, c in counts.items():
         if c.get("dropped"):

@@ -21,7 +21,7 @@ class TokenClassification:
         tags = natural_sort({str(t) for seq in columns(train, "tags")["tags"] for t in seq})
         return ["O"] + [t for t in tags if t != "O"] if "O" in tags else tags
 
-    def validate(self, ds, task: TaskConfig, labels: list[str] | None) -> None:
+    def check_rows(self, ds, task: TaskConfig, labels: list[str] | None) -> None:
         assert labels is not None
         known = set(labels)
         col = columns(ds, "tokens", "tags")

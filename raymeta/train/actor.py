@@ -1,8 +1,8 @@
 """``TaskActor``: a thin Ray shell around one task's data, model replica and algorithm.
 
-The class is plain Python (testable without Ray); :func:`remote_actor_class` wraps it
-with ``ray.remote``. It owns exactly one task: the data is loaded here, never on the
-driver. Its encoder parameters are views into one flat buffer, so taking the driver's
+The class is plain Python (testable without Ray); the trainer wraps it with ``ray.remote``
+when it starts its actors (:class:`raymeta.train.trainer.MetaTrainer`). It owns exactly one task: the data
+is loaded here, never on the driver. Its encoder parameters are views into one flat buffer, so taking the driver's
 published parameters is a single ``copy_`` and its gradient leaves as one contiguous
 float32 array.
 """
@@ -20,22 +20,28 @@ import torch
 
 from ..config import ExperimentConfig, TaskConfig
 from ..core.algorithms import task_gradient
-from ..core.combine import NonFiniteGradient, as_tensor
+from ..core.combine import as_tensor, non_finite_policy
 from ..core.model import MetaModel, ParamLayout, load_tokenizer
-from ..core.optim import optimizer_from_tensors, optimizer_tensors, outer_optimizer
+from ..core.optim import optimizer_from_tensors, optimizer_tensors, outer_optimizer, outer_step
 from ..core.trainable import frozen_fingerprint
 from ..errors import RaymetaError
+from ..eval.scoring import choose_rows, protocol, score_episodes
 from ..tasks import load_task
 from .collective import agree_on_finite, allreduce_weighted, destroy_group, free_port, init_group
-from .validation import choose_rows, score_prototype
 
-__all__ = ["TaskActor", "bind_flat", "from_wire", "head_seed", "step_seed", "build_task_model"]
+__all__ = ["TaskActor", "bind_flat", "from_wire", "head_seed", "step_seed", "replica_key", "build_task_model"]
 
 log = logging.getLogger(__name__)
 
 
 def head_seed(seed: int, task: str) -> int:
     return zlib.crc32(f"head:{seed}:{task}".encode())
+
+
+def replica_key(task: str, replica: int) -> str:
+    """The key of replica ``replica`` of ``task``: ``<task>`` for the first (0), ``<task>#<r>`` for r = 1, 2, ... It
+    names the replica's actor and is the stream it draws its episodes and dropout from (:func:`step_seed`)."""
+    return task if replica == 0 else f"{task}#{replica}"
 
 
 def step_seed(seed: int, task: str, step: int) -> int:
@@ -83,7 +89,7 @@ class TaskActor:
         self._init_error: RaymetaError | None = None
         self._threads, self._device_name = num_threads, device  # what reset() keeps
         # Replica r of a task draws its own episodes and dropout: stream "<task>#r" (r > 0).
-        self.key = task_name if replica == 0 else f"{task_name}#{replica}"
+        self.key = replica_key(task_name, replica)
         try:
             self._setup(cfg_json, task_name, num_threads, device)
         except RaymetaError as e:
@@ -245,46 +251,37 @@ class TaskActor:
         out = self._gradient(step)
         t0 = time.perf_counter()
         flags = agree_on_finite(out["finite"], self.rank, len(self.group_tasks), self.flat.device)
-        bad = [t for t, f in zip(self.group_tasks, flags.tolist()) if f == 0]
-        if bad and self.cfg.meta.nan_policy == "abort":
-            raise NonFiniteGradient(f"task '{bad[0]}': non-finite loss or gradient at step {step} (meta.nan_policy=abort)")
-        if len(bad) == len(self.group_tasks):
-            raise NonFiniteGradient(f"step {step}: every task's gradient is non-finite; nothing to apply")
+        # every rank decides alike; the driver logs the skipped tasks once (raymeta.train.reduce)
+        bad = non_finite_policy({t: "loss or gradient" for t, f in zip(self.group_tasks, flags.tolist()) if f == 0},
+                                len(self.group_tasks), step, self.cfg.meta.nan_policy, warn=False)
         total = sum(w for w, f in zip(self.group_weights, flags.tolist()) if f)
         weight = self.group_weights[self.rank] / total if out["finite"] else 0.0
         allreduce_weighted(self.grad_buf, weight)
         t_red = time.perf_counter()
-        named = self.model.shared_named_parameters()
-        for p, g in zip(named.values(), self.layout.unflatten(self.grad_buf).values()):
-            p.grad = g
-        max_norm = self.cfg.optim.max_grad_norm
-        norm = torch.nn.utils.clip_grad_norm_(list(named.values()), max_norm if max_norm else float("inf"))
-        lr = self.outer_sched.get_last_lr()[0]
-        self.outer_opt.step()
-        self.outer_sched.step()
-        self.outer_opt.zero_grad(set_to_none=True)
+        norm, lr = outer_step(self.model.shared_named_parameters(), self.grad_buf, self.outer_opt, self.outer_sched,
+                              self.cfg.optim.max_grad_norm)
         out.pop("t_start")
-        return {**out, "skipped": bad, "grad_norm": float(norm), "lr": lr, "allreduce_s": t_red - t0,
+        return {**out, "skipped": bad, "grad_norm": norm, "lr": lr, "allreduce_s": t_red - t0,
                 "outer_s": time.perf_counter() - t_red, "weight": weight}
 
     def validate(self, shared: np.ndarray | None, specs_json: list[str]) -> dict[str, list[float]]:
-        """Meta-validation (:mod:`raymeta.train.validation`): per-episode prototype accuracy on each given task, with
+        """Meta-validation (:mod:`raymeta.train.validation`, scored by :mod:`raymeta.eval.scoring`, the scorer
+        ``raymeta tune`` uses too): per-episode prototype accuracy on each given task, with
         this replica at the published parameters (reduce: driver) or its own, current ones (``shared`` None:
         reduce: collective). A task's data and rows are loaded once, on the first validation."""
         if self._init_error is not None:
             raise self._init_error
         if shared is not None:
             self._load_shared(shared, zero_copy=True)
-        v = self.cfg.eval.validation
-        assert v is not None
+        p = protocol(self.cfg, "validation")
         out = {}
         for js in specs_json:
             spec = TaskConfig.model_validate_json(js)
             if spec.name not in self._validation:
                 task = load_task(spec, self.tokenizer, self.cfg.data_dir, self.cfg.cache_dir)
-                self._validation[spec.name] = (task, choose_rows(task, v, self.cfg.seed))
+                self._validation[spec.name] = (task, choose_rows(task, p))
             task, rows = self._validation[spec.name]
-            out[spec.name] = score_prototype(self.model, task, rows, v, self.cfg.seed, self.cfg.meta.proto.distance)
+            out[spec.name] = score_episodes(self.model, task, rows, p).values
         return out
 
     def meta_gradient(self) -> np.ndarray:

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from .record import StepRecord
+
 __all__ = ["Tracker", "strict_json_record"]
 
 log = logging.getLogger("raymeta.train")
@@ -88,8 +90,10 @@ class Tracker:
         self.cos_sum[np.ix_(idx, idx)] += cosine
         self.cos_n[np.ix_(idx, idx)] += 1
 
-    def step(self, record: dict[str, Any], cosine: np.ndarray | None, used: list[str]) -> None:
-        step = record["step"]
+    def step(self, rec: StepRecord) -> None:
+        """A meta-step's record: its ``metrics.jsonl`` line (with the task affinity, when the step measured it),
+        TensorBoard scalars and console line."""
+        record, step, cosine, used = rec.to_json(), rec.step, rec.cosine, rec.used
         if cosine is not None:
             self._add_affinity([self.tasks.index(t) for t in used], cosine)
             record["affinity"] = {f"{a}|{b}": round(float(cosine[i, j]), 5)

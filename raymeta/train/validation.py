@@ -7,13 +7,16 @@ al. 2021; Bansal et al. 2020 select on held-out tasks too). So the trainer score
 every meta-training task, and exports the best-scoring step, step 0 included: a run never hands back
 an encoder that validates worse than the one it started from.
 
-Two protocols, both the evaluation layer's own (no third copy):
-- ``prototype``: seeded N-way K-shot episodes, prototype classifier (Snell et al. 2017) over pooled
-  embeddings (:func:`raymeta.eval.episodic.episodic_accuracy`), on a fixed seeded subsample of rows. It runs
-  on the task actors, which already hold a replica of the model: each scores a share of the tasks.
-- ``finetune``: K-shot fine-tuning (:func:`raymeta.eval.evaluate.evaluate`) of the exported step, as Ray tasks.
+Two methods, both the evaluation layer's own:
+- ``prototype``: the episodic prototype score of :mod:`raymeta.eval.scoring` (seeded N-way K-shot episodes,
+  prototype classifier, Snell et al. 2017, over pooled embeddings of a fixed seeded subsample of rows, with
+  ``meta.proto.distance``), the very scorer and protocol (:class:`~raymeta.config.EpisodicProtocol`) that
+  ``raymeta tune`` ranks its trials by. It runs on the task actors, which already hold a replica of the model:
+  each scores a share of the tasks, and imports only that light scorer.
+- ``finetune``: K-shot fine-tuning (:func:`raymeta.eval.evaluate.evaluate`) of the exported step, as Ray tasks
+  (imported when that method runs).
 
-The pure pieces (row choice, scoring a model, summaries, the overlap check) need no Ray; the
+The pure pieces (summaries, the overlap check) need no Ray; the
 :class:`Validator` that the trainer calls once per validation step does the Ray calls.
 """
 
@@ -29,18 +32,14 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ExperimentConfig, TaskConfig, ValidationConfig
+from ..config import ExperimentConfig, TaskConfig
 from ..core.checkpoint import export_model
-from ..errors import ConfigError, DataError
-from ..eval.episodic import embed_rows, episodic_accuracy, subsample_per_class
-from ..eval.evaluate import evaluate
-from ..eval.finetune import FinetuneSettings
+from ..errors import ConfigError
+from ..eval.metrics import mean_ci95
 from ..runtime import get
-from ..tasks import Task
 from ..tasks.registry import task_from_entry
 
-__all__ = ["BEST_JSON", "Validator", "ValidationState", "choose_rows", "score_prototype", "summarise_scores",
-           "held_back", "validation_specs", "wants_best"]
+__all__ = ["BEST_JSON", "Validator", "ValidationState", "summarise_scores", "held_back", "validation_specs", "wants_best"]
 
 BEST_JSON = "raymeta_best.json"  # beside the model in <output_dir>/best: which step, which score
 
@@ -106,43 +105,12 @@ def validation_specs(cfg: ExperimentConfig) -> list[TaskConfig]:
     return specs
 
 
-def choose_rows(task: Task, v: ValidationConfig, seed: int) -> dict[str, list[int]]:
-    """A seeded subsample of at most ``max_rows_per_class`` rows per class over the task's splits (all of them, or
-    the test split with ``eval.validation.split: test``), chosen
-    once: every validation of a run scores the same rows and the same episodes (paired across steps)."""
-    if v.split == "test" and "test" not in task.features:
-        raise DataError(task.name, "eval.validation.split=test needs a test split (source.test_fraction or a test file)")
-    rows, per_class = subsample_per_class(task, v.max_rows_per_class, np.random.default_rng([seed, 7]),
-                                          splits=("test",) if v.split == "test" else None)
-    need = v.shots + v.queries if v.method == "prototype" else v.shots
-    enough = sum(1 for n in per_class.values() if n >= need)
-    if v.method == "prototype" and enough < v.ways:
-        raise DataError(task.name, f"validation needs {v.ways} classes (eval.validation.ways) with {need} rows each "
-                        f"(shots + queries); {enough} have that many")
-    return rows
-
-
-def score_prototype(model: Any, task: Task, rows: dict[str, list[int]], v: ValidationConfig, seed: int,
-                    distance: str = "euclidean") -> list[float]:
-    """Per-episode query accuracy of the prototype classifier on ``model``'s pooled embeddings (eval mode), with
-    the run's ProtoNet distance (``meta.proto.distance``)."""
-    was_training = model.training
-    model.eval()  # no dropout: a score must not depend on the step's random state
-    try:
-        emb, ids = embed_rows(model, task, rows)
-    finally:
-        model.train(was_training)
-    res = episodic_accuracy(emb, ids, ways=v.ways, shots=v.shots, queries=v.queries, episodes=v.episodes, seed=seed,
-                            distance=distance)
-    return list(res["prototype"].values)
-
-
 def summarise_scores(per_task: dict[str, list[float]]) -> dict[str, Any]:
-    """The score is the mean over tasks of each task's mean; the CI is over the pooled values (1.96·s/√n)."""
+    """The score is the mean over tasks of each task's mean; the CI is over the pooled values
+    (:func:`raymeta.eval.metrics.mean_ci95`, Student's t)."""
     means = {k: float(np.mean(v)) for k, v in per_task.items()}
-    pooled = np.concatenate([np.asarray(v, dtype=float) for v in per_task.values()])
-    ci = float(1.96 * pooled.std(ddof=1) / math.sqrt(len(pooled))) if len(pooled) > 1 else float("nan")
-    return {"score": float(np.mean(list(means.values()))), "ci95": ci, "tasks": means, "n": int(len(pooled))}
+    pooled = mean_ci95([x for v in per_task.values() for x in v])
+    return {"score": float(np.mean(list(means.values()))), "ci95": pooled["ci95"], "tasks": means, "n": pooled["n"]}
 
 
 @dataclass
@@ -225,6 +193,9 @@ class Validator:
     def _finetune(self, trainer: Any, step: int) -> dict[str, list[float]]:
         """K-shot fine-tuning of the step's exported encoder, as Ray tasks that reserve no CPU: the actors hold
         the reservations, and they are idle while the validation runs."""
+        from ..eval.evaluate import evaluate  # the fine-tuning stack: only for this method, never on the actors
+        from ..eval.finetune import FinetuneSettings
+
         assert self.v is not None
         e = self.cfg.eval
         tmp = trainer.out / ".validation" / f"step-{step:08d}"

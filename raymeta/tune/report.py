@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ExperimentConfig, ModelConfig, save_config
+from ..eval.metrics import mean_ci95, paired_ci95
 from .scoring import METRIC, FewShotScorer, task_specs, validation_scorer
 from .space import apply_params, heuristic_of, mixture, search_space
 
@@ -63,15 +64,6 @@ def _export_best(ckpt: Any, target: Path) -> Path:
     return target
 
 
-def _ci95(values: list[float]) -> float:
-    """Normal-approximation 95% half-width over episodes (the few-shot convention, Snell et al. 2017)."""
-    n = len(values)
-    if n < 2:
-        return float("nan")
-    mean = sum(values) / n
-    return 1.96 * math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
-
-
 def _test_scores(cfg: ExperimentConfig, inits: dict[str, str]) -> dict[str, dict[str, Any]]:
     """Meta-validation and meta-test scores of each init, with 95% CIs, and paired against the first init
     (the same rows and episodes for every init, so the differences are paired per episode)."""
@@ -93,13 +85,13 @@ def _test_scores(cfg: ExperimentConfig, inits: dict[str, str]) -> dict[str, dict
             values = [v for r in per_task.values() for v in r.values]
             episodes[name][split] = values
             out[name][split] = sum(values) / len(values)
-            out[name][f"{split}_ci95"] = _ci95(values)
+            out[name][f"{split}_ci95"] = mean_ci95(values)["ci95"]
             out[name].update({f"{split}/{k}": r.mean for k, r in per_task.items()})
     first = next(iter(inits))
     for name in list(inits)[1:]:
         for split in scorers:
-            diff = [a - b for a, b in zip(episodes[first][split], episodes[name][split])]
-            out[name][f"{split}_gap_to_best"] = {"mean": sum(diff) / len(diff), "ci95": _ci95(diff)}
+            gap = paired_ci95(episodes[first][split], episodes[name][split])
+            out[name][f"{split}_gap_to_best"] = {"mean": gap["mean"], "ci95": gap["ci95"]}
     return out
 
 
@@ -194,7 +186,7 @@ def finish(cfg: ExperimentConfig, grid: Any, sizes: dict[str, int]) -> dict[str,
                for name, s in scores.items()}
     summary = {
         "experiment": grid.experiment_path, "metric": "mean prototype accuracy, "
-        f"{cfg.tune.ways}-way {cfg.tune.shots}-shot, {cfg.tune.episodes} seeded episodes",
+        f"{cfg.tune.ways}-way {cfg.tune.shots}-shot, {cfg.tune.episodes} seeded episodes, {cfg.meta.proto.distance} distance",
         "best": {"trial": best["trial"], "val_score_during_search": best["val_score"], "params": best["params"],
                  "mixture": best["mixture"], "is_heuristic": best["heuristic"]},
         "compare": compare,

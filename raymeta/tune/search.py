@@ -25,6 +25,8 @@ import numpy as np
 from ..config import ExperimentConfig
 from ..errors import ConfigError, RaymetaError
 from ..eval.evaluate import write_json_atomic
+from ..train.pool import ActorPool
+from ..train.record import StepRecord
 from ..train.validation import held_back
 from .scoring import METRIC, FewShotScorer, task_specs, validation_scorer
 from .space import WEIGHT_PREFIX, search_space
@@ -39,26 +41,19 @@ def experiment_path(cfg: ExperimentConfig) -> str:
     return f"{storage.rstrip('/')}/{cfg.name}"
 
 
-# The task actors of the last trial that ran in this process, keyed like the trainer's (``tune.reuse_actors``). Ray
-# Tune hands a finished trial's driver, with its placement group, to the next trial that asks for the same resources;
-# that trial resets these actors (``TaskActor.reset``) instead of starting new ones, each of which costs seconds
-# (importing torch and transformers, loading the model; on a GPU, a CUDA context too). They sit in the bundles of
-# that same placement group, and die with this process (their owner) when Tune ends it.
-_kept: dict[str, Any] = {}
-
-
-def _release_kept() -> None:
-    from ..runtime import kill
-
-    kill(_kept.values())
-    _kept.clear()
+# The task actors of the last trial that ran in this process (``tune.reuse_actors``). Ray Tune hands a finished
+# trial's driver, with its placement group, to the next trial that asks for the same resources; that trial resets
+# these actors (``TaskActor.reset``) instead of starting new ones, each of which costs seconds (importing torch and
+# transformers, loading the model; on a GPU, a CUDA context too). They sit in the bundles of that same placement
+# group, and die with this process (their owner) when Tune ends it.
+_kept = ActorPool()
 
 
 def _trial(params: dict[str, Any], *, base_json: str, pbt: bool) -> None:
     """One Tune trial: meta-train with the sampled mixture and rates; report validation and checkpoints."""
     from ray import tune
 
-    from ..train.trainer import MetaTrainer, actor_keys
+    from ..train.trainer import MetaTrainer
     from .space import apply_params
 
     base = ExperimentConfig.model_validate_json(base_json)
@@ -77,20 +72,19 @@ def _trial(params: dict[str, Any], *, base_json: str, pbt: bool) -> None:
         # a scratch copy, not the trial dir: artifacts there are synced to storage
         resume_from = Path(restored.to_directory(tempfile.mkdtemp(prefix="raymeta-restore-")))
     resumed_at = 0
-    keys = sorted(k for ks in actor_keys(cfg).values() for k in ks)
-    reused = dict(_kept) if cfg.tune.reuse_actors and sorted(_kept) == keys else None
+    reused = _kept.lend(cfg) if cfg.tune.reuse_actors else None  # None: the ones kept (if any) are ended
     if reused is None:
-        _release_kept()
+        _kept.release()
 
-    def report(trainer: MetaTrainer, record: dict[str, Any], ckpt: Path | None) -> None:
+    def report(trainer: MetaTrainer, record: StepRecord, ckpt: Path | None) -> None:
         if ckpt is None:
             return
         per_task = scorer(trainer.encoder)
         score = float(np.mean(list(per_task.values())))
-        metrics = {METRIC: score, "step": trainer.step, "resumed_at": resumed_at, "grad_norm": record["grad_norm"],
+        metrics = {METRIC: score, "step": trainer.step, "resumed_at": resumed_at, "grad_norm": record.grad_norm,
                    "reused_actors": reused is not None,
                    **{f"val/{k}": v for k, v in per_task.items()},
-                   **{f"loss/{k}": v for k, v in record["loss"].items()},
+                   **{f"loss/{k}": v for k, v in record.loss.items()},
                    **{f"mixture/{k}": v for k, v in trainer.weights.items()}}
         trainer.tracker.scalars({"val/score": score, **{f"val/{k}": v for k, v in per_task.items()}}, trainer.step)
         log.info("step %d: meta-validation %.4f %s", trainer.step, score, per_task)
@@ -103,13 +97,13 @@ def _trial(params: dict[str, Any], *, base_json: str, pbt: bool) -> None:
             resumed_at = int(json.loads((resume_from / "trainer_state.json").read_text())["step"])
         trainer.run()
     except SystemExit:  # Tune ended the trial in tune.report (a scheduler's stop, or its last result): sound actors
-        _kept.update(trainer.actors)
+        _kept.keep(trainer.actors, cfg)
         raise
     except BaseException:  # a lost or failed actor: the next trial here starts afresh
-        _release_kept()
+        _kept.release()
         raise
     else:
-        _kept.update(trainer.actors)  # the same ones when reused; else the ones this trial started
+        _kept.keep(trainer.actors, cfg)  # the same ones when reused; else the ones this trial started
     finally:
         if resume_from is not None:
             shutil.rmtree(resume_from, ignore_errors=True)
@@ -142,7 +136,8 @@ def _trial_resources(cfg: ExperimentConfig, local: bool) -> Any:
     return tune.PlacementGroupFactory(bundles, strategy="PACK")
 
 
-def _validate(cfg: ExperimentConfig) -> None:
+def _check_config(cfg: ExperimentConfig) -> None:
+    """The tune section against the rest of the config (which tasks score, which train): one line, before any trial."""
     t = cfg.tune
     if not t.validation_tasks:
         raise ConfigError("config key 'tune.validation_tasks': give the meta-validation tasks that score each trial")
@@ -230,7 +225,7 @@ def run_tune(cfg: ExperimentConfig, *, num_samples: int | None = None, resume: b
     from ..runtime import connect
     from .report import finish
 
-    _validate(cfg)
+    _check_config(cfg)
     # Tune runs each trial in its own directory unless told not to (Ray propagates this variable to trials).
     # A relative path in the config (data_dir, task files) means the directory `raymeta tune` started in, as it
     # does for `raymeta train`; trials write only under absolute paths (their trial directory).

@@ -1,7 +1,9 @@
 """What ``raymeta tune`` searches: mixture weights on the simplex, learning rates, inner steps, algorithm,
 ProtoNet's temperature, and what trains (``model.trainable``, LoRA rank).
 
-Pure functions over the config (no Ray): the Tune wiring is in :mod:`raymeta.tune.search`.
+Pure functions over the config; only :func:`search_space` imports Ray, for ``ray.tune``'s sampling primitives
+(``uniform``, ``loguniform``, ``choice``...), inside the function, so the rest runs and tests without Ray.
+The Tune wiring (Tuner, trials, schedulers) is in :mod:`raymeta.tune.search`.
 
 A mixture is searched as one log-weight per task, normalised with a softmax, so every point of
 the box maps onto the simplex and the search never proposes an all-zero or negative mixture.

@@ -35,22 +35,11 @@ def task_actors(ray_local):
     its own actors sizes them to every CPU of the cluster), and run one torch thread, as the trainer's own
     actors do here whenever there are two or more of them. Tests that kill actors, or need the trainer's
     own resource sizing, start their own."""
-    from raymeta.train.actor import TaskActor
-    from raymeta.train.trainer import actor_keys
+    from raymeta.train.pool import ActorPool
 
-    pool: dict[str, object] = {}
-    remote = ray_local.remote(TaskActor).options(num_cpus=0, max_restarts=0)
-
-    def for_config(cfg) -> dict[str, object]:
-        keys = [(name, r, key) for name, ks in actor_keys(cfg).items() for r, key in enumerate(ks)]
-        for name, r, key in keys:
-            if key not in pool:
-                pool[key] = remote.remote(cfg.model_dump_json(), name, 1, "cpu", r)
-        return {key: pool[key] for _, _, key in keys}
-
-    yield for_config
-    for actor in pool.values():
-        ray_local.kill(actor)
+    pool = ActorPool(options={"num_cpus": 0, "max_restarts": 0}, threads=1, device="cpu")
+    yield pool.lend
+    pool.release()
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""`raymeta bench` on a tiny case: the structure and sanity of its figures, never their speed
+"""`raymeta speed` (raymeta.speed.bench) on a tiny case: the structure and sanity of its figures, never their speed
 (the machine is shared: timing targets are reported by the benchmark, not asserted here)."""
 
 from __future__ import annotations
@@ -26,7 +26,10 @@ def result(ray_local):
 
 
 def test_the_tiny_model_is_the_test_suites():
-    assert TINY_BERT == TEST_TINY_BERT
+    # one definition: the shipped `tiny` config's model, as the CLI loads it, is what the suite and `raymeta speed` build
+    from raymeta.config import load_config
+
+    assert TINY_BERT == TEST_TINY_BERT == load_config("tiny").model.from_config
 
 
 def test_rows_ratios_and_breakdown(result):

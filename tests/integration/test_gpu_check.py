@@ -10,13 +10,15 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from raymeta.config import ALGORITHMS
 
 from ..conftest import REPO, TINY_BERT
 
 SCRIPT = REPO / "benchmarks" / "gpu_check.py"
-ALGORITHMS = {"multitask", "fomaml", "maml", "anil", "protonet", "reptile"}
 
 
 def _env() -> dict[str, str]:
@@ -110,3 +112,52 @@ def test_markdown_summary(smoke):
     table = [line for line in md.splitlines() if line.startswith("| tiny | ")]
     assert len(table) == 12 + 1  # 12 compute rows and the meta-step row
     assert "MFU: not reported" in md and "reduce: collective: skipped: needs ≥2 GPUs" in md
+
+
+def test_each_phase_writes_its_json_and_the_report_names_a_phase_that_left_none(tmp_path):
+    """run.sh's shape: one phase per process, each writing its JSON as it ends; the report phase merges them and
+    names a phase its timeout killed (phases.tsv rc 124) and one that was ended after some rows."""
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--cpu-smoke", "--phase", "ceilings", "--out", str(out)], cwd=REPO,
+                          env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    ce = json.loads((out / "ceilings.json").read_text())
+    assert ce["status"] == "ok" and ce["matmul_bf16_tflops"] > 0 and ce["matmul_fp32_tflops"] > 0 and ce["copy_gbps"] > 0
+    assert sorted(p.name for p in out.iterdir()) == ["ceilings.json"]  # nothing but its own JSON
+    row = {"model": "tiny", "algorithm": "fomaml", "precision": "fp32", "status": "ok"}
+    (out / "compute_x16.json").write_text(json.dumps({"status": "running", "episode_scale": 16, "rows": [row]}))
+    (out / "phases.tsv").write_text("phase\trc\tseconds\tlimit_s\nceilings\t0\t3\t45\ncompute_x16\t137\t100\t100\n"
+                                    "tests\t124\t20\t20\n")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--cpu-smoke", "--phase", "report", "--out", str(out)], cwd=REPO,
+                          env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    r = json.loads((out / "gpu_check.json").read_text())
+    assert r["status"] == "failed" and r["ceilings"]["status"] == "ok"
+    assert r["tests"]["status"] == "failed: timed out after 20 s (rc 124); no JSON"
+    assert r["compute_sweep"]["x16"]["status"] == "failed: ended after 1 rows (rc 137)"
+    assert r["compute"]["status"] == "skipped: not run" and r["meta_step"]["status"] == "skipped: not run"
+    assert sorted(r["problems"]) == [f"compute_x16: {r['compute_sweep']['x16']['status']}", f"tests: {r['tests']['status']}"]
+    md = (out / "gpu_check.md").read_text()
+    assert "## Measured ceilings" in md and "### Episode x16 (sweep x16)" in md and "timed out after 20 s" in md
+
+
+@pytest.mark.slow
+def test_the_bundle_runs_on_a_node_like_python_with_the_network_off(tmp_path):
+    """``make gpu-bundle-check`` as a test: build the bundle (PyPI), then benchmarks/gpu_bundle.py check (a cached
+    Python 3.12 venv of the image's packages only; the first run downloads about 3.5 GB of torch + CUDA wheels)."""
+    bundle = tmp_path / "gpu"
+    tool = REPO / "benchmarks" / "gpu_bundle.py"
+    cache = ["--wheels-cache", str(Path.home() / ".cache" / "raymeta-gpu-wheels")]
+    proc = subprocess.run([sys.executable, str(tool), "build", "--dest", str(bundle), *cache],
+                          cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    size = sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file()) / 2**20
+    assert size <= 40, size
+    proc = subprocess.run([sys.executable, str(tool), "check", "--bundle", str(bundle), "--keep", str(tmp_path / "node")],
+                          cwd=REPO, capture_output=True, text=True, timeout=3600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for run in ("smoke", "hang"):
+        out = tmp_path / "node" / run / "out"
+        assert (out / "device.json").is_file() and (out / "ceilings.json").is_file() and (out / "compute_x1.json").is_file()
+    assert not (tmp_path / "node" / "hang" / "out" / "tests.json").exists()
+    assert (tmp_path / "node" / "hang" / "out" / "meta_step.json").is_file()  # the phase after the hung one still ran

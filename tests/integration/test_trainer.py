@@ -16,7 +16,7 @@ from raymeta.core.algorithms import ALGORITHMS, task_gradient
 from raymeta.core.checkpoint import latest_checkpoint
 from raymeta.core.model import load_tokenizer
 from raymeta.tasks import load_task
-from raymeta.train.actor import build_task_model, step_seed
+from raymeta.train.actor import build_task_model, replica_key, step_seed
 from raymeta.train.trainer import MetaTrainer, train
 
 from .conftest import driver_killed_at, tiny_config, write_config
@@ -30,7 +30,7 @@ def reference_meta_gradient(cfg: ExperimentConfig, shared: dict[str, torch.Tenso
     for spec in cfg.tasks:
         task = load_task(spec, tok, cfg.data_dir, cfg.cache_dir)
         per_replica = []
-        for stream in [spec.name] + [f"{spec.name}#{r}" for r in range(1, spec.replicas)]:
+        for stream in [replica_key(spec.name, r) for r in range(spec.replicas)]:
             model = build_task_model(cfg, spec.name, spec.type, task.num_labels, len(tok))
             with torch.no_grad():
                 for name, p in model.shared_named_parameters().items():

@@ -67,3 +67,26 @@ def test_bad_row_from_task_yaml(tmp_path, raymeta):
     r = raymeta("tasks", "show", str(tmp_path / "t.yaml"))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert f"task 'mine', file {tmp_path}/d.csv, row 3: label 'zzz' is not in the label set" in r.stderr
+
+
+def test_speed_and_benchmark_are_listed_apart(raymeta):
+    r = raymeta("--help")
+    assert r.returncode == 0, r.stderr
+    listed = r.stdout.split("positional arguments:")[1].split("options:")[0]
+    commands = [ln.split()[0] for ln in listed.splitlines() if ln.startswith("    ") and not ln.startswith("     ")]
+    assert "speed" in commands and "benchmark" in commands
+    assert "bench" not in commands  # the deprecated name is accepted, not advertised
+
+
+@pytest.mark.parametrize("argv", [("bench", "--help"), ("-v", "bench", "--help")])
+def test_bench_is_a_deprecated_alias_of_speed(argv, raymeta):
+    r = raymeta(*argv)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("usage: raymeta speed ") and "--ddp-tasks" in r.stdout  # the same flags as `speed`
+    assert r.stderr.splitlines() == ["raymeta: warning: `raymeta bench` is deprecated and will be removed in the next "
+                                     "release; use `raymeta speed`"]
+
+
+def test_speed_itself_does_not_warn(raymeta):
+    r = raymeta("speed", "--help")
+    assert r.returncode == 0 and r.stdout.startswith("usage: raymeta speed ") and r.stderr == ""

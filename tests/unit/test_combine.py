@@ -86,3 +86,38 @@ def test_reduction_is_deterministic_and_is_the_weighted_sum(grads, weights):
     total = sum(weights[: len(grads)])
     want = sum(np.asarray(g, dtype=np.float64) * w / total for g, w in zip(grads, weights))
     assert np.allclose(a.grad.numpy(), want, atol=1e-4)
+
+
+def test_non_finite_policy_is_one_rule_for_both_reduce_forms(caplog):
+    """The driver's reduction and every collective rank apply meta.nan_policy through the same function."""
+    from raymeta.core.combine import non_finite_policy
+
+    with caplog.at_level("WARNING", logger="raymeta"):
+        assert non_finite_policy({"b": "gradient"}, 2, 4, "skip_task") == ["b"]
+        assert non_finite_policy({"b": "loss or gradient"}, 2, 4, "skip_task", warn=False) == ["b"]
+    assert [r.getMessage() for r in caplog.records] == \
+        ["step 4: task 'b' has a non-finite gradient; skipped this step (meta.nan_policy=skip_task)"]
+    with pytest.raises(NonFiniteGradient, match=r"^task 'a': non-finite loss or gradient at step 4 \(meta.nan_policy=abort\)$"):
+        non_finite_policy({"a": "loss or gradient", "b": "loss"}, 3, 4, "abort", warn=False)
+    with pytest.raises(NonFiniteGradient, match="every task's gradient is non-finite"):
+        non_finite_policy({"a": "loss", "b": "loss"}, 2, 4, "skip_task")
+    assert non_finite_policy({}, 2, 4, "abort") == []
+
+
+def test_outer_step_clips_the_flat_gradient_in_place_and_steps():
+    from raymeta.config import ExperimentConfig
+    from raymeta.core.optim import outer_optimizer, outer_step
+
+    torch.manual_seed(0)
+    named = {"a.weight": torch.nn.Parameter(torch.randn(2, 3)), "a.bias": torch.nn.Parameter(torch.randn(3))}
+    cfg = ExperimentConfig.model_validate({"optim": {"lr": 0.1, "warmup_steps": 0, "max_grad_norm": 1.0}})
+    opt, sched = outer_optimizer(named, cfg)
+    before = {k: p.detach().clone() for k, p in named.items()}
+    grad = torch.full((9,), 2.0)
+    norm, lr = outer_step(named, grad, opt, sched, cfg.optim.max_grad_norm)
+    assert norm == pytest.approx(6.0) and lr == pytest.approx(0.1)
+    assert float(grad.norm()) == pytest.approx(1.0, rel=1e-5)  # left clipped, for checks against a reference
+    assert all(p.grad is None for p in named.values()) and sched.get_last_lr()[0] < 0.1
+    assert all(not torch.equal(before[k], p) for k, p in named.items())
+    with pytest.raises(ValueError, match="does not match the 9 values"):
+        outer_step(named, torch.zeros(8), opt, sched, None)

@@ -9,7 +9,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raymeta.config import ExperimentConfig, load_config, parse_overrides, redact, save_config
+from raymeta.config import ExperimentConfig, is_secret_key, load_config, parse_overrides, redact, save_config
 from raymeta.errors import ConfigError
 
 TASK = {"name": "t1", "type": "sequence_classification",
@@ -83,6 +83,34 @@ def test_save_config_round_trip_and_redaction(tmp_path):
 
 def test_redact_values_and_keys():
     assert redact({"api_key": "x", "note": "token hf_" + "b" * 25, "n": 1}) == {"api_key": "***", "note": "token ***", "n": 1}
+
+
+@pytest.mark.parametrize("key", ["token", "hf_token", "HF_TOKEN", "use_auth_token", "accessToken", "api_key", "apiKey",
+                                 "password", "client_secret", "secret_access_key", "aws_secret_access_key", "auth",
+                                 "credentials", "private_key"])
+def test_secret_names_are_redacted(key):
+    assert is_secret_key(key)
+    assert redact({"read_options": {key: "s3cr3t-value"}}) == {"read_options": {key: "***"}}
+
+
+@pytest.mark.parametrize("key", ["tokenizer", "max_tokens", "num_tokens", "pad_token_id", "token_count", "author",
+                                 "key", "secretary", "name_or_path"])
+def test_settings_that_only_contain_a_secret_word_are_kept(key):
+    assert not is_secret_key(key)
+    assert redact({key: "kept"}) == {key: "kept"}
+
+
+def test_saved_config_with_a_tokenizer_and_a_token_reloads_as_its_run(tmp_path):
+    """model.tokenizer is a setting (kept); a hub token in read_options is a secret (gone from the file)."""
+    token = "hf_" + "Z9" * 15
+    task = dict(TASK, source=dict(TASK["source"], read_options={"token": token}))
+    cfg = load_config(data={"tasks": [task], "model": {"tokenizer": "bert-base-uncased"}})
+    text = save_config(cfg, tmp_path / "run").read_text()
+    assert token not in text
+    again = load_config(tmp_path / "run" / "config.yaml")
+    assert again.model.tokenizer == "bert-base-uncased"
+    assert again.tasks[0].source.read_options == {"token": "***"}
+    assert again.model_dump(exclude={"tasks"}) == cfg.model_dump(exclude={"tasks"})
 
 
 @settings(max_examples=60, deadline=None)

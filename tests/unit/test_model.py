@@ -26,11 +26,10 @@ from raymeta.core.model import (
 )
 from raymeta.errors import ModelError
 
+from ..conftest import TINY_BERT as SUITE_TINY_BERT
+
 VOCAB = 100
-TINY_BERT = {
-    "model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-    "intermediate_size": 64, "vocab_size": VOCAB, "max_position_embeddings": 64,
-}
+TINY_BERT = {**SUITE_TINY_BERT, "vocab_size": VOCAB, "max_position_embeddings": 64}  # the suite's, with a small vocabulary
 TINY_GPT2 = {
     "model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 64,
     "vocab_size": VOCAB, "bos_token_id": 0, "eos_token_id": 0,

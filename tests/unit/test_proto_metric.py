@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from raymeta.core import algorithms
 from raymeta.config import EpisodeConfig, ModelConfig, ProtoConfig, TaskConfig, load_config
+from raymeta.core import algorithms
 from raymeta.core.algorithms import ALGORITHMS, proto_logits, prototypes, task_gradient
 from raymeta.core.model import MetaModel
 from raymeta.errors import ConfigError

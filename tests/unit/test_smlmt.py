@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from raymeta.config import EpisodeConfig, TaskConfig, validate_task
+from raymeta.config import EpisodeConfig, TaskConfig, check_task
 from raymeta.errors import ConfigError, DataError
 from raymeta.tasks import load_task, task_config
 from raymeta.tasks import smlmt as sm
@@ -33,7 +33,7 @@ def corpus(path, words=WORDS, n=30):
 def spec(path, name="sm", **source) -> TaskConfig:
     src = {"kind": "smlmt", "from": [{"source": {"kind": "files", "format": "csv", "files": {"train": str(path)}}}],
            "min_count": 5, "min_word_length": 5, **source}
-    return validate_task({"name": name, "type": "sequence_classification", "max_length": 32, "source": src}, origin="test")
+    return check_task({"name": name, "type": "sequence_classification", "max_length": 32, "source": src}, origin="test")
 
 
 def originals(path) -> set[str]:
@@ -167,14 +167,14 @@ def test_placeholder_for_tokenizers_without_a_mask_token(tmp_path):
 
 def test_config_errors():
     with pytest.raises(ConfigError, match="needs 'from'"):
-        validate_task({"name": "s", "type": "sequence_classification", "source": {"kind": "smlmt"}}, origin="t")
+        check_task({"name": "s", "type": "sequence_classification", "source": {"kind": "smlmt"}}, origin="t")
     with pytest.raises(ConfigError, match="makes a sequence_classification task"):
-        validate_task({"name": "s", "type": "token_classification", "source": {"kind": "smlmt", "from": ["bbc_news"]}},
+        check_task({"name": "s", "type": "token_classification", "source": {"kind": "smlmt", "from": ["bbc_news"]}},
                       origin="t")
 
 
 def test_an_smlmt_input_must_be_text_not_another_smlmt_task(tmp_path, tokenizer):
-    nested = validate_task({"name": "n", "type": "sequence_classification",
+    nested = check_task({"name": "n", "type": "sequence_classification",
                             "source": {"kind": "smlmt", "from": ["smlmt_starter"]}}, origin="t")
     with pytest.raises(DataError, match="source.from\\[0\\] \\('smlmt_starter'\\) is itself an SMLMT task"):
         load_task(nested, tokenizer, str(tmp_path))

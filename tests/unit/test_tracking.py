@@ -7,20 +7,23 @@ import json
 
 import numpy as np
 
+from raymeta.train.record import StepRecord
 from raymeta.train.tracking import Tracker
 
 from ..tb_events import tensorboard_scalars
 
 
-def record(step: int, skipped: list[str] | None = None) -> dict:
-    used = ["a"] if skipped else ["a", "b"]
-    return {"step": step, "steps": 10, "loss": {"a": 1.0, "b": 2.0}, "metrics": {}, "weights": {t: 1 / len(used) for t in used},
-            "skipped": skipped or [], "grad_norm": 1.0, "lr": 1e-3, "step_s": 0.1, "compute_max_s": 0.1}
+def record(step: int, skipped: list[str] | None = None, cosine: np.ndarray | None = None,
+           used: list[str] | None = None) -> StepRecord:
+    weighted = ["a"] if skipped else ["a", "b"]
+    return StepRecord(step=step, steps=10, loss={"a": 1.0, "b": 2.0}, metrics={},
+                      weights={t: 1 / len(weighted) for t in weighted}, skipped=skipped or [], grad_norm=1.0, lr=1e-3,
+                      step_s=0.1, compute_max_s=0.1, compute_s={}, outer_s=0.0, used=used or weighted, cosine=cosine)
 
 
 def run(t: Tracker, steps: range, cos: float) -> None:
     for s in steps:
-        t.step(record(s), np.array([[1.0, cos], [cos, 1.0]]), ["a", "b"])
+        t.step(record(s, cosine=np.array([[1.0, cos], [cos, 1.0]]), used=["a", "b"]))
 
 
 def test_rewind_logs_each_step_once(tmp_path):
@@ -48,8 +51,8 @@ def test_resume_keeps_the_earlier_steps_affinity(tmp_path):
 
 def test_skipped_tasks_are_a_scalar(tmp_path):
     t = Tracker(tmp_path, ["a", "b"])
-    t.step(record(0), None, ["a", "b"])
-    t.step(record(1, skipped=["b"]), None, ["a"])
+    t.step(record(0, used=["a", "b"]))
+    t.step(record(1, skipped=["b"], used=["a"]))
     t.close()
     assert tensorboard_scalars(tmp_path / "tensorboard")["train/skipped_tasks"] == [(0, 0.0), (1, 1.0)]
 
@@ -59,11 +62,11 @@ def test_a_nonfinite_loss_is_strict_json_null_with_a_flag(tmp_path):
     "nonfinite": strict JSON that any reader accepts, never a bare NaN."""
     t = Tracker(tmp_path, ["a", "b"])
     rec = record(0, skipped=["b"])
-    rec["loss"]["b"] = float("nan")
-    rec["metrics"] = {"b": {"acc": float("inf")}}
-    t.step(rec, None, ["a"])
-    t.step(record(1), np.array([[1.0, np.nan], [np.nan, 1.0]]), ["a", "b"])
-    t.step(record(2), np.array([[1.0, 0.5], [0.5, 1.0]]), ["a", "b"])
+    rec.loss["b"] = float("nan")
+    rec.metrics = {"b": {"acc": float("inf")}}
+    t.step(rec)
+    t.step(record(1, cosine=np.array([[1.0, np.nan], [np.nan, 1.0]]), used=["a", "b"]))
+    t.step(record(2, cosine=np.array([[1.0, 0.5], [0.5, 1.0]]), used=["a", "b"]))
     t.close()
 
     def no_constants(name):

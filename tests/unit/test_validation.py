@@ -133,21 +133,21 @@ class _Rows:
 
 
 def test_split_test_scores_only_the_held_back_rows():
-    from raymeta.config import ValidationConfig
+    from raymeta.config import EpisodicProtocol
     from raymeta.errors import DataError
-    from raymeta.train.validation import choose_rows
+    from raymeta.eval.scoring import choose_rows
 
-    v = ValidationConfig(tasks=[{"use": "x"}], ways=2, shots=1, queries=2, split="test")
-    rows = choose_rows(_Rows(train=[0, 1] * 20, test=[0, 1, 1, 0, 0, 1]), v, seed=0)
+    v = EpisodicProtocol(ways=2, shots=1, queries=2, split="test", seed=0)
+    rows = choose_rows(_Rows(train=[0, 1] * 20, test=[0, 1, 1, 0, 0, 1]), v)
     assert set(rows) == {"test"} and sorted(rows["test"]) == list(range(6))
     with pytest.raises(DataError, match="task 'rel'.*split=test needs a test split"):
-        choose_rows(_Rows(train=[0, 1] * 20), v, seed=0)
-    v.split = "all"
-    assert set(choose_rows(_Rows(train=[0, 1] * 20, test=[0, 1]), v, seed=0)) == {"test", "train"}
+        choose_rows(_Rows(train=[0, 1] * 20), v)
+    v = v.model_copy(update={"split": "all"})
+    assert set(choose_rows(_Rows(train=[0, 1] * 20, test=[0, 1]), v)) == {"test", "train"}
 
 
 def test_tune_validates_on_a_meta_training_task_only_through_its_held_back_rows(tmp_path):
-    from raymeta.tune.search import _validate as validate_tune
+    from raymeta.tune.search import _check_config as check_tune_config
 
     csv = tmp_path / "a.csv"
     csv.write_text("text,label\n" + "".join(f"t{i},{'abc'[i % 3]}\n" for i in range(12)))
@@ -155,9 +155,9 @@ def test_tune_validates_on_a_meta_training_task_only_through_its_held_back_rows(
     mine["source"]["test_fraction"] = 0.25
     data = {"tasks": [mine], "tune": {"validation_tasks": [mine], "space": {"weights": False}}}
     with pytest.raises(ConfigError, match="task 'mine' is also a meta-training task .validate on its held-back rows"):
-        validate_tune(load_config(data=data))
+        check_tune_config(load_config(data=data))
     data["tune"]["validation_split"] = "test"
-    validate_tune(load_config(data=data))
+    check_tune_config(load_config(data=data))
     data["tune"]["validation_tasks"] = [{**mine, "source": {**mine["source"], "split_seed": 1}}]  # carved otherwise
     with pytest.raises(ConfigError, match="also a meta-training task"):
-        validate_tune(load_config(data=data))
+        check_tune_config(load_config(data=data))

@@ -1,0 +1,78 @@
+"""The episodic prototype score of meta-validation and of ``raymeta tune``: one scorer, one protocol.
+
+Meta-validation (``eval.validation``, :mod:`raymeta.train.validation`, scored on the task actors) picks
+``<output_dir>/best``; ``raymeta tune`` (:mod:`raymeta.tune.scoring`) ranks trials. Both ask the same
+question (how well does this encoder's embedding space separate classes it never trained on), so both
+compute it here, under one :class:`~raymeta.config.EpisodicProtocol`: a fixed seeded subsample of at most
+``max_rows_per_class`` rows per class (:func:`choose_rows`), embedded in eval mode, then ``episodes`` seeded
+N-way K-shot episodes scored by the prototype classifier (Snell et al. 2017) with the run's ProtoNet distance
+(``meta.proto.distance``; :func:`score_episodes`). The same encoder scores the same under both.
+
+Light on purpose (no fine-tuning, no Ray): the task actors import it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from ..config import EpisodicProtocol, ExperimentConfig
+from ..core.model import MetaModel
+from ..errors import DataError
+from ..tasks import Task
+from .episodic import EpisodicResult, embed_rows, episodic_accuracy, subsample_per_class
+
+__all__ = ["EpisodicProtocol", "choose_rows", "protocol", "score_episodes"]
+
+# The rows' random stream is drawn from [seed, ROWS_STREAM], one per task (not one stream across the tasks), so a
+# task's rows do not depend on which other tasks are scored with it, nor on which actor scores it.
+ROWS_STREAM = 7
+
+
+def protocol(cfg: ExperimentConfig, section: Literal["validation", "tune"]) -> EpisodicProtocol:
+    """The protocol of ``eval.validation`` (``section="validation"``) or of ``tune`` (``"tune"``): that section's
+    episode sizes and rows, the run's seed, and its ProtoNet metric (``meta.proto``)."""
+    if section == "validation":
+        if cfg.eval.validation is None:
+            raise ValueError("protocol('validation'): the config has no eval.validation")
+        s, split, key, split_key = cfg.eval.validation, cfg.eval.validation.split, "eval.validation", "eval.validation.split"
+    elif section == "tune":
+        s, split, key, split_key = cfg.tune, cfg.tune.validation_split, "tune", "tune.validation_split"
+    else:
+        raise ValueError(f"protocol: unknown section '{section}' (validation or tune)")
+    return EpisodicProtocol(ways=s.ways, shots=s.shots, queries=s.queries, episodes=s.episodes,
+                            max_rows_per_class=s.max_rows_per_class, split=split, seed=cfg.seed,
+                            distance=cfg.meta.proto.distance, temperature=cfg.meta.proto.temperature,
+                            key=key, split_key=split_key)
+
+
+def choose_rows(task: Task, p: EpisodicProtocol) -> dict[str, list[int]]:
+    """A seeded subsample of at most ``p.max_rows_per_class`` rows per class over the task's splits (all of them,
+    or the test split with ``split: test``), chosen once: every score of a run is on the same rows and the same
+    episodes (paired across steps, trials and inits). At least ``ways`` classes must have ``shots + queries``."""
+    if p.split == "test" and "test" not in task.features:
+        raise DataError(task.name, f"{p.split_key}=test needs a test split (source.test_fraction or a test file)")
+    rows, per_class = subsample_per_class(task, p.max_rows_per_class, np.random.default_rng([p.seed, ROWS_STREAM]),
+                                          splits=("test",) if p.split == "test" else None)
+    need = p.shots + p.queries
+    enough = sum(1 for n in per_class.values() if n >= need)
+    if enough < p.ways:
+        raise DataError(task.name, f"scoring needs {p.ways} classes ({p.key}.ways) with {need} rows each "
+                        f"({p.key}.shots + {p.key}.queries); {enough} have that many")
+    return rows
+
+
+def score_episodes(model: MetaModel, task: Task, rows: dict[str, list[int]], p: EpisodicProtocol) -> EpisodicResult:
+    """The prototype classifier's query accuracy over ``p.episodes`` seeded episodes of ``rows``, on ``model``'s
+    pooled embeddings in eval mode (no dropout: a score must not depend on the random state), per episode in
+    ``.values``. The model's train/eval mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        emb, ids = embed_rows(model, task, rows)
+    finally:
+        model.train(was_training)
+    res = episodic_accuracy(emb, ids, ways=p.ways, shots=p.shots, queries=p.queries, episodes=p.episodes, seed=p.seed,
+                            distance=p.distance, temperature=p.temperature)
+    return res["prototype"]
