@@ -11,10 +11,13 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from .arglists import positive_ints
 from .errors import RaymetaError
+
+if TYPE_CHECKING:  # the commands import what they need when they run: `raymeta --help` stays fast
+    from .config import ExperimentConfig
 
 __all__ = ["main"]
 
@@ -75,17 +78,20 @@ def _cmd_tasks_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_config(args: argparse.Namespace) -> ExperimentConfig:
+    """``--config`` with its ``key=value`` overrides, and ``--address`` as ``resources.address``."""
+    from .config import load_config
+
+    return load_config(args.config, list(args.overrides) + ([f"resources.address={args.address}"] if args.address else []))
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     import json
 
-    from .config import load_config
     from .train.trainer import train
     from .train.validation import BEST_JSON, wants_best
 
-    overrides = list(args.overrides)
-    if args.address:
-        overrides.append(f"resources.address={args.address}")
-    cfg = load_config(args.config, overrides)
+    cfg = _run_config(args)
     final = train(cfg, resume=args.resume)
     best = final.parent / "best"
     if wants_best(cfg) and (best / BEST_JSON).is_file():
@@ -144,9 +150,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     from .benchmark import quick_config, run_benchmark
-    from .config import load_config
 
-    cfg = load_config(args.config, args.overrides + ([f"resources.address={args.address}"] if args.address else []))
+    cfg = _run_config(args)
     if args.quick:
         cfg = quick_config(cfg)
     out = Path(args.output or Path(cfg.output_dir) / ("benchmark-quick" if args.quick else "benchmark"))
@@ -157,14 +162,10 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from .config import load_config
     from .tune.report import summary_table
     from .tune.search import run_tune
 
-    overrides = list(args.overrides)
-    if args.address:
-        overrides.append(f"resources.address={args.address}")
-    cfg = load_config(args.config, overrides)
+    cfg = _run_config(args)
     summary = run_tune(cfg, num_samples=args.num_samples, resume=args.resume)
     print(f"\n{summary['metric']}:\n{summary_table(summary)}\n")
     for what, path in summary["files"].items():
@@ -253,23 +254,23 @@ def build_parser() -> argparse.ArgumentParser:
     bm.add_argument("overrides", nargs="*", metavar="key=value")
     bm.set_defaults(func=_cmd_benchmark)
 
-    be = sub.add_parser("speed", help="meta-step speed: time breakdown and ratios against one-process and DDP "
+    sp = sub.add_parser("speed", help="meta-step speed: time breakdown and ratios against one-process and DDP "
                         "baselines (formerly `raymeta bench`)")
-    be.add_argument("--quick", action="store_true", help="CI size: tiny model, N=1,2,4, DDP at N=2 (minutes on 2 CPUs)")
-    be.add_argument("--models", help="comma-separated: minilm, tiny (default: both)")
-    be.add_argument("--tasks", help="numbers of tasks, e.g. 1,2,4,8,16")
-    be.add_argument("--reduce", help="driver, collective or both (default: both)")
-    be.add_argument("--steps", type=int, help="timed steps per case, after the warm-up (default 5)")
-    be.add_argument("--warmup", type=int, help="untimed steps first (default 2; --quick: 1)")
-    be.add_argument("--ddp-tasks", help="run (b), DDP, only at these N (default: every N; 'none': never)")
-    be.add_argument("--no-reference", action="store_true", help="skip (a), the single-process reference")
-    be.add_argument("--trainable", help="model.trainable modes side by side: full, lora, top_layers (default: full; "
+    sp.add_argument("--quick", action="store_true", help="CI size: tiny model, N=1,2,4, DDP at N=2 (minutes on 2 CPUs)")
+    sp.add_argument("--models", help="comma-separated: minilm, tiny (default: both)")
+    sp.add_argument("--tasks", help="numbers of tasks, e.g. 1,2,4,8,16")
+    sp.add_argument("--reduce", help="driver, collective or both (default: both)")
+    sp.add_argument("--steps", type=int, help="timed steps per case, after the warm-up (default 5)")
+    sp.add_argument("--warmup", type=int, help="untimed steps first (default 2; --quick: 1)")
+    sp.add_argument("--ddp-tasks", help="run (b), DDP, only at these N (default: every N; 'none': never)")
+    sp.add_argument("--no-reference", action="store_true", help="skip (a), the single-process reference")
+    sp.add_argument("--trainable", help="model.trainable modes side by side: full, lora, top_layers (default: full; "
                     "--quick: full,lora)")
-    be.add_argument("--transfer-dtype", choices=["float32", "bfloat16"], help="meta.transfer_dtype of the trainer")
-    be.add_argument("--torch-threads", type=int, help="torch threads per actor (default: its CPU share)")
-    be.add_argument("--output", help="write the results as JSON here")
-    be.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every case")
-    be.set_defaults(func=_cmd_speed)
+    sp.add_argument("--transfer-dtype", choices=["float32", "bfloat16"], help="meta.transfer_dtype of the trainer")
+    sp.add_argument("--torch-threads", type=int, help="torch threads per actor (default: its CPU share)")
+    sp.add_argument("--output", help="write the results as JSON here")
+    sp.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every case")
+    sp.set_defaults(func=_cmd_speed)
 
     tu = sub.add_parser("tune", help="Ray Tune over task mixtures and learning rates, scored on meta-validation tasks")
     tu.add_argument("--config", required=True, help="experiment YAML with a tune: section, or a shipped one's name (tune_starter)")

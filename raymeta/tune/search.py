@@ -31,7 +31,7 @@ from ..train.validation import held_back
 from .scoring import METRIC, FewShotScorer, task_specs, validation_scorer
 from .space import WEIGHT_PREFIX, search_space
 
-__all__ = ["FewShotScorer", "run_tune", "experiment_path", "METRIC"]  # (the scorer and METRIC: re-exported)
+__all__ = ["FewShotScorer", "run_tune", "check_tune_config", "experiment_path", "METRIC"]  # (the scorer and METRIC: re-exported)
 
 log = logging.getLogger("raymeta.tune")
 
@@ -136,7 +136,7 @@ def _trial_resources(cfg: ExperimentConfig, local: bool) -> Any:
     return tune.PlacementGroupFactory(bundles, strategy="PACK")
 
 
-def _check_config(cfg: ExperimentConfig) -> None:
+def check_tune_config(cfg: ExperimentConfig) -> None:
     """The tune section against the rest of the config (which tasks score, which train): one line, before any trial."""
     t = cfg.tune
     if not t.validation_tasks:
@@ -225,7 +225,7 @@ def run_tune(cfg: ExperimentConfig, *, num_samples: int | None = None, resume: b
     from ..runtime import connect
     from .report import finish
 
-    _check_config(cfg)
+    check_tune_config(cfg)
     # Tune runs each trial in its own directory unless told not to (Ray propagates this variable to trials).
     # A relative path in the config (data_dir, task files) means the directory `raymeta tune` started in, as it
     # does for `raymeta train`; trials write only under absolute paths (their trial directory).

@@ -158,16 +158,16 @@ def test_search_retries_a_trial_whose_actor_dies_and_resumes_after_ctrl_c(ray_lo
 
 def test_tune_config_errors_are_one_line(tmp_path, tune_data):
     from raymeta.errors import ConfigError
-    from raymeta.tune.search import _check_config
+    from raymeta.tune.search import check_tune_config
 
     data = tune_config(tmp_path, tune_data)
     data["tune"]["validation_tasks"] = []
     with pytest.raises(ConfigError, match="tune.validation_tasks"):
-        _check_config(load_config(data=data))
+        check_tune_config(load_config(data=data))
     data = tune_config(tmp_path, tune_data)
     data["tune"]["test_tasks"] = data["tune"]["validation_tasks"]
     with pytest.raises(ConfigError, match="also a meta-validation task"):
-        _check_config(load_config(data=data))
+        check_tune_config(load_config(data=data))
     with pytest.raises(ConfigError, match="tune.space"):
         load_config(data={**tune_config(tmp_path, tune_data), "tune": {"space": {"lr": [1e-2, 1e-4]}}})
     assert WEIGHT_PREFIX == "logw_"

@@ -14,7 +14,7 @@ from raymeta.catalog import CONFIGS_DIR, config_file, config_names
 from raymeta.config import load_config, save_config
 from raymeta.errors import ConfigError
 from raymeta.train.validation import validation_specs
-from raymeta.tune.search import _check_config as validate_tune
+from raymeta.tune.search import check_tune_config
 
 from ..conftest import REPO
 
@@ -38,7 +38,7 @@ def test_shipped_config_loads_and_its_choices_stay_off_test_tasks(path: Path, tm
         validation_specs(cfg)
         run_configs(cfg, tmp_path)  # every benchmark run (variant x algorithm) checked the same way
     if cfg.tune.validation_tasks:
-        validate_tune(cfg)
+        check_tune_config(cfg)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=IDS)

@@ -147,7 +147,7 @@ def test_split_test_scores_only_the_held_back_rows():
 
 
 def test_tune_validates_on_a_meta_training_task_only_through_its_held_back_rows(tmp_path):
-    from raymeta.tune.search import _check_config as check_tune_config
+    from raymeta.tune.search import check_tune_config
 
     csv = tmp_path / "a.csv"
     csv.write_text("text,label\n" + "".join(f"t{i},{'abc'[i % 3]}\n" for i in range(12)))
