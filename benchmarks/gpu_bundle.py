@@ -258,12 +258,16 @@ def build(dest: Path, max_mib: float, wheels_cache: Path | None) -> int:
 
 
 def _python312() -> str:
-    found = shutil.which("python3.12")
-    if found:
-        return found
-    for cand in sorted(PYENV_312.glob("3.12*/bin/python3.12"), reverse=True):
-        return str(cand)
-    raise SystemExit("gpu_bundle: error: no Python 3.12 here (python3.12 on PATH or ~/.pyenv/versions/3.12*)")
+    """A Python 3.12 that runs: pyenv's installs first, then ``python3.12`` on PATH. A pyenv shim is on PATH even
+    where pyenv has not selected 3.12, and then it exits 127 ("command not found"), so each candidate is tried."""
+    candidates = [str(p) for p in sorted(PYENV_312.glob("3.12*/bin/python3.12"), reverse=True)]
+    candidates += [found] if (found := shutil.which("python3.12")) else []
+    for cand in candidates:
+        probe = subprocess.run([cand, "-c", "import sys; print(sys.version_info[:2] == (3, 12))"],
+                               capture_output=True, text=True)
+        if probe.returncode == 0 and probe.stdout.strip() == "True":
+            return cand
+    raise SystemExit("gpu_bundle: error: no Python 3.12 that runs here (~/.pyenv/versions/3.12*, python3.12 on PATH)")
 
 
 def node_venv() -> Path:
