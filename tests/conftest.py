@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RAYMETA_DATA_DIR", REPO.parent / "shared" / "data"))
 
 # A BERT small enough to train in milliseconds, the MiniLM vocabulary so its tokenizer fits: the shipped tiny config's
-# model (raymeta/configs/tiny.yaml, which `raymeta bench`'s "tiny" reads too), the suite's one tiny model.
+# model (raymeta/configs/tiny.yaml, which `raymeta speed`'s "tiny" reads too), the suite's one tiny model.
 TINY_BERT: dict = yaml.safe_load((REPO / "raymeta" / "configs" / "tiny.yaml").read_text())["model"]["from_config"]
 
 

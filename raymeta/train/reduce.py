@@ -124,7 +124,7 @@ class DriverReduce(Reducer):
             grad_norm=norm, lr=lr, step_s=t_end - t0, publish_s=t_pub - t0, wait_s=t_got - t_pub, reduce_s=t_red - t_got,
             outer_s=t_end - t_red, compute_max_s=max(r["compute_s"] for r in results),
             compute_s={r["task"]: r["compute_s"] for r in results},
-            # what `raymeta bench` splits the wait into, and the bytes each actor reads and returns
+            # what `raymeta speed` splits the wait into, and the bytes each actor reads and returns
             load_s={r["task"]: r["load_s"] for r in results}, publish_bytes=t.layout.nbytes,
             grad_bytes={r["task"]: int(r["grad"].nbytes) for r in results},
             used=reduced.used, cosine=reduced.cosine,

@@ -188,7 +188,7 @@ class MetaTrainer:
     def setup(self, *, local: bool | None = None, resume_point: Path | None = None) -> None:
         """Everything before the first meta-step: the driver's encoder, flat buffer and optimizer, then the
         task actors (started, or the ones given to reuse, reset), checked against the driver's layout, in a
-        process group under ``reduce: collective``. :meth:`run` starts with it; ``raymeta bench`` and tests
+        process group under ``reduce: collective``. :meth:`run` starts with it; ``raymeta speed`` and tests
         call it, then :meth:`meta_step`, to time or check exactly what training runs.
         ``local``: this process started the Ray instance (fixed size: infeasible requests fail at once).
         ``resume_point``: a checkpoint to be restored next; its layout is checked before any actor starts."""
@@ -208,7 +208,7 @@ class MetaTrainer:
 
     def use_collective(self) -> None:
         """After :meth:`setup` under ``reduce: driver``: the same actors form a process group and the next
-        steps reduce collectively (``raymeta bench`` times both modes on one set of actors)."""
+        steps reduce collectively (``raymeta speed`` times both modes on one set of actors)."""
         if not self.reducer.collective:
             self.reducer = CollectiveReduce()
             self.reducer.join(self)
