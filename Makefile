@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml requirements/cpu.txt
 	touch $@
 
 demo: install
-	$(VENV)/bin/raymeta train --config starter
+	$(VENV)/bin/raymeta train --config starter --overwrite  # a second `make demo` starts the run over
 
 # The default suite (markers gpu and slow off: pyproject.toml's addopts); the 25 slowest tests are listed at
 # the end so that a test that grows slow shows. Two xdist workers (15.7 min serially, once): a file's tests stay

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .arglists import positive_ints
 from .errors import RaymetaError
@@ -88,10 +88,11 @@ def _run_config(args: argparse.Namespace) -> ExperimentConfig:
 def _cmd_train(args: argparse.Namespace) -> int:
     import json
 
-    from .train.trainer import train
+    from .train.trainer import prepare_output_dir, train
     from .train.validation import BEST_JSON, wants_best
 
     cfg = _run_config(args)
+    prepare_output_dir(cfg.output_dir, resume=args.resume, overwrite=args.overwrite)
     final = train(cfg, resume=args.resume)
     best = final.parent / "best"
     if wants_best(cfg) and (best / BEST_JSON).is_file():
@@ -143,8 +144,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         out = evaluate(args.init, tasks, shots=positive_ints(args.shots), n_splits=args.splits, settings=settings,
                        seed=args.seed, data_dir=data_dir, cache_dir=base.cache_dir, output=args.output,
                        method=args.method or "finetune", setfit=setfit, address=args.address)
-    print(format_results(out))
-    print(f"\nwrote {args.output}")
+    table = format_results(out)
+    print(table)
+    md = Path(args.output).with_suffix(".md")
+    md.write_text(f"# raymeta evaluate: {args.init}\n\n{table}\n", encoding="utf-8")
+    print(f"\nwrote {args.output} and {md}")
     return 0
 
 
@@ -186,10 +190,31 @@ def format_results(out: dict) -> str:
     return results_table({out["init"]: out})
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .config import EVAL_METHODS
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default, except where there is none to show (None, an off switch)."""
 
-    p = argparse.ArgumentParser(prog="raymeta", description="Meta-learning pretraining of NLP transformers on Ray.")
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """The ``raymeta`` parser and, being its type, every subcommand's: each ``--help`` shows the defaults."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("formatter_class", _DefaultsHelp)
+        super().__init__(*args, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .config import EVAL_METHODS, EvalConfig, SetfitConfig
+
+    # `raymeta evaluate`'s defaults are the config schema's eval section (one source: they cannot drift apart)
+    ev_defaults, sf_defaults = EvalConfig(), SetfitConfig()
+    p = _Parser(prog="raymeta", description="Meta-learning pretraining of NLP transformers on Ray.")
+    p.add_argument("--version", action="version", version=f"raymeta {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -209,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--config", required=True, help="experiment YAML, or a shipped config's name: starter, tiny, "
                     "recipes/huffpost... (raymeta/configs/)")
     tr.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
+    tr.add_argument("--overwrite", action="store_true",
+                    help="output_dir holds a run: remove its outputs and start over (without it, such a run is refused)")
     tr.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local instance)")
     tr.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. meta.steps=20")
     tr.set_defaults(func=_cmd_train)
@@ -218,31 +245,35 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--init", required=True, help="raymeta run/checkpoint dir, Hugging Face model dir, or hub name")
     ev.add_argument("--task", action="append", required=True,
                     help="ready-made task, task YAML, or a directory with train.jsonl/test.jsonl (text, label); repeatable")
-    ev.add_argument("--shots", default="4,8,16", help="K values (episodic: shots per class), e.g. 4,8,16")
-    ev.add_argument("--splits", type=int, default=10, help="seeded K-shot splits per K")
-    ev.add_argument("--output", default="results.json")
+    ev.add_argument("--shots", default=",".join(map(str, ev_defaults.shots)),
+                    help="K values (episodic: shots per class), e.g. 4,8,16")
+    ev.add_argument("--splits", type=int, default=ev_defaults.splits, help="seeded K-shot splits per K")
+    ev.add_argument("--output", default="results.json", help="results file (results.md is written beside it)")
     ev.add_argument("--method", choices=EVAL_METHODS, default=None,
                     help="finetune (default): encoder + head fine-tuned on each split; prototype: nearest class mean, "
                     "no training (Snell et al. 2017); setfit: SetFit (Tunstall et al. 2022; pip install 'raymeta[setfit]')")
-    ev.add_argument("--steps", type=int, default=30, help="fine-tuning steps per split")
-    ev.add_argument("--lr", type=float, default=5e-5, help="encoder learning rate")
-    ev.add_argument("--head-lr", type=float, default=1e-3)
-    ev.add_argument("--batch-size", type=int, default=16)
-    ev.add_argument("--max-test", type=int, default=1000, help="test examples scored (seeded subsample); 0 = all")
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--data-dir")
+    ev.add_argument("--steps", type=int, default=ev_defaults.finetune_steps, help="fine-tuning steps per split")
+    ev.add_argument("--lr", type=float, default=ev_defaults.finetune_lr, help="encoder learning rate")
+    ev.add_argument("--head-lr", type=float, default=ev_defaults.head_lr, help="the new head's learning rate")
+    ev.add_argument("--batch-size", type=int, default=ev_defaults.batch_size, help="fine-tuning batch size")
+    ev.add_argument("--max-test", type=int, default=ev_defaults.max_test_examples or 0,
+                    help="test examples scored (seeded subsample); 0 = all")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the K-shot splits, episodes and fine-tuning")
+    ev.add_argument("--data-dir", help="where ../shared/data-style files live (default: $RAYMETA_DATA_DIR or "
+                    "../shared/data)")
     ev.add_argument("--address", help="Ray cluster address for the K-shot runs (default: $RAY_ADDRESS, else a local "
                     "instance)")
     ev.add_argument("--episodic", action="store_true", help="N-way K-shot episodes on the test classes instead")
-    ev.add_argument("--ways", type=int, default=5)
-    ev.add_argument("--queries", type=int, default=15)
-    ev.add_argument("--episodes", type=int, default=1000)
-    ev.add_argument("--head-steps", type=int, default=50, help="episodic: steps of the fine-tuned linear head")
+    ev.add_argument("--ways", type=int, default=ev_defaults.ways, help="episodic: classes per episode (N)")
+    ev.add_argument("--queries", type=int, default=ev_defaults.queries, help="episodic: query examples per class")
+    ev.add_argument("--episodes", type=int, default=ev_defaults.episodes, help="episodic: seeded episodes per task and K")
+    ev.add_argument("--head-steps", type=int, default=ev_defaults.head_steps,
+                    help="episodic: steps of the fine-tuned linear head")
     ev.add_argument("--setfit-iterations", type=int, help="setfit: contrastive pairs = 2 x this x training rows "
-                    "(default 20)")
-    ev.add_argument("--setfit-epochs", type=int, help="setfit: epochs over the pairs (default 1)")
-    ev.add_argument("--setfit-batch-size", type=int, help="setfit: pairs per step (default 16)")
-    ev.add_argument("--setfit-lr", type=float, help="setfit: the body's learning rate (default 2e-5)")
+                    f"(default {sf_defaults.iterations})")
+    ev.add_argument("--setfit-epochs", type=int, help=f"setfit: epochs over the pairs (default {sf_defaults.epochs})")
+    ev.add_argument("--setfit-batch-size", type=int, help=f"setfit: pairs per step (default {sf_defaults.batch_size})")
+    ev.add_argument("--setfit-lr", type=float, help=f"setfit: the body's learning rate (default {sf_defaults.body_lr:g})")
     ev.set_defaults(func=_cmd_evaluate)
 
     bm = sub.add_parser("benchmark", help="few-shot accuracy: meta-train every algorithm at equal budget and "

@@ -48,13 +48,20 @@ log = logging.getLogger("raymeta.evaluate")
 
 
 def resolve_init(init: str) -> str:
-    """A raymeta run or checkpoint directory, a Hugging Face model directory, or a hub name -> a model path."""
+    """A raymeta run or checkpoint directory, a Hugging Face model directory, or a hub name -> a model path.
+
+    A run directory gives its ``best/`` (the step meta-validation chose, the model ``raymeta train`` says to use)
+    when it has one, else its ``final/``; a run's ``final/`` (or any model directory) given as such is taken as
+    it is. Which one was taken is logged in one line."""
     p = Path(init).expanduser()
     if p.is_dir():
         from ..core.checkpoint import latest_checkpoint
 
-        for cand in (p / "final", p / "model", p):
+        for cand, why in ((p / "best", "best/: the step meta-validation chose"), (p / "final", "final/: the last step"),
+                          (p / "model", "model/: a checkpoint's model"), (p, "")):
             if (cand / "config.json").is_file():
+                if why:
+                    log.info("--init %s: scoring %s (%s)", init, cand, why)
                 return str(cand)
         if (p / ADAPTER_CONFIG).is_file():  # a LoRA adapter (raymeta's final/adapter): merged into its base on load
             return str(p)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence, TypeVar
 
@@ -39,7 +40,7 @@ from .reduce import CollectiveReduce, ReplicaHeads, reducer_for
 from .tracking import Tracker
 from .validation import BEST_JSON, Validator, wants_best
 
-__all__ = ["MetaTrainer", "StepHook", "StepRecord", "actor_keys", "train"]
+__all__ = ["MetaTrainer", "StepHook", "StepRecord", "actor_keys", "prepare_output_dir", "train"]
 
 log = logging.getLogger("raymeta.train")
 
@@ -162,8 +163,9 @@ class MetaTrainer:
         trial in ``tune.report``): they are idle and sound then."""
         ckpt = Path(self.resume_from) if self.resume_from is not None else \
             latest_checkpoint(self.out) if self.resume else None
-        if self.resume and self.resume_from is None and ckpt is None:
-            log.warning("--resume: no checkpoint under %s; starting from step 0", self.out)
+        if self.resume and self.resume_from is None and ckpt is None:  # a typo in output_dir must not train anew
+            raise RaymetaError(f"--resume: no checkpoint to resume from under output_dir {self.out} "
+                               "(leave out --resume to start from step 0)")
         self.prepare(resume_point=ckpt)  # config mistakes that need no Ray fail before Ray starts
         started = connect(self.cfg.resources.address)
         self.local = started  # our own fixed-size instance: infeasible requests fail at once
@@ -425,6 +427,34 @@ class MetaTrainer:
             del self._torch_threads
         if stop_ray:
             ray.shutdown()
+
+
+# What a run writes into its output_dir; a directory holding any of them holds a run.
+RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "tensorboard", "checkpoints", "final", "best", ".validation",
+               "task_affinity.png", "task_affinity.npy")
+
+
+def prepare_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool) -> None:
+    """Before ``raymeta train`` writes into ``output_dir``, as Hugging Face's ``overwrite_output_dir`` has it: a
+    directory that already holds a run is refused unless the run is continued (``--resume``) or started over
+    (``--overwrite``, which first removes that run's outputs, so that no old metrics, checkpoints or TensorBoard
+    events mix with the new ones). Files of the user's own in the directory are left alone."""
+    out = Path(output_dir)
+    if resume and overwrite:
+        raise RaymetaError("--resume continues the run in output_dir, --overwrite starts it over: give one of them")
+    held = [name for name in RUN_OUTPUTS if (out / name).exists()]
+    if resume or not held:
+        return
+    if not overwrite:
+        raise RaymetaError(f"output_dir {out} already holds a run ({', '.join(held)}): add --resume to continue it, "
+                           "or --overwrite to start it over")
+    for name in held:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    log.warning("--overwrite: removed the previous run's %s from %s", ", ".join(held), out)
 
 
 def train(cfg: ExperimentConfig, *, resume: bool = False) -> Path:

@@ -135,6 +135,8 @@ def test_cli_evaluate(ray_local, cli, tiny_init, tmp_path):
                  "--output", str(tmp_path / "r.json")], cwd=Path.cwd(), timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "K=2" in r.stdout and (tmp_path / "r.json").is_file()  # a missing --init: test_bad_input.py
+    md = (tmp_path / "r.md").read_text()  # the table the command printed, beside results.json
+    assert md.startswith(f"# raymeta evaluate: {tiny_init}\n") and "K=2" in md
 
 
 @pytest.mark.slow

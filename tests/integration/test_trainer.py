@@ -170,6 +170,20 @@ def test_cli_train_end_to_end(mixed_data, cli, tmp_path):
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
     saved = load_config(tmp_path / "run" / "config.yaml")
     assert saved.meta.inner_steps == 1 and saved.meta.algorithm == "reptile"
+    # Run again into the same output_dir: refused in one line, before Ray starts, the run left as it was.
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "run").rglob("*"))
+    again = cli.run(["train", "--config", path, "meta.inner_steps=1"], cwd=Path.cwd(), timeout=120)
+    assert again.returncode == 2 and "Traceback" not in again.stderr, again.stderr[-3000:]
+    last = again.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"raymeta: error: output_dir {tmp_path / 'run'} already holds a run (config.yaml, ") and \
+        last.endswith("): add --resume to continue it, or --overwrite to start it over"), last
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "run").rglob("*")) == before
+    # --resume with nothing to resume (an output_dir typo): an error, not a new run from step 0
+    typo = cli.run(["train", "--config", path, "--resume", f"output_dir={tmp_path / 'rnu'}"], cwd=Path.cwd(), timeout=120)
+    assert typo.returncode == 2 and typo.stderr.strip().splitlines()[-1] == (
+        f"raymeta: error: --resume: no checkpoint to resume from under output_dir {tmp_path / 'rnu'} "
+        "(leave out --resume to start from step 0)"), typo.stderr[-3000:]
+    assert not (tmp_path / "rnu").exists()
 
 
 @pytest.mark.parametrize("algorithm, replicas", [("fomaml", 1), ("maml", 1), ("multitask", 2)])

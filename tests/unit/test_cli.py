@@ -90,3 +90,30 @@ def test_bench_is_a_deprecated_alias_of_speed(argv, raymeta):
 def test_speed_itself_does_not_warn(raymeta):
     r = raymeta("speed", "--help")
     assert r.returncode == 0 and r.stdout.startswith("usage: raymeta speed ") and r.stderr == ""
+
+
+def test_version(raymeta):
+    from raymeta import __version__
+
+    r = raymeta("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"raymeta {__version__}", r.stdout + r.stderr
+
+
+def test_evaluate_defaults_are_the_config_schemas_and_help_shows_them(raymeta):
+    from raymeta.cli import build_parser
+    from raymeta.config import EvalConfig
+
+    schema = EvalConfig()
+    args = build_parser().parse_args(["evaluate", "--init", "x", "--task", "bbc_news"])
+    assert (args.splits, args.episodes, args.steps, args.lr, args.head_lr, args.batch_size, args.max_test) == \
+        (schema.splits, schema.episodes, schema.finetune_steps, schema.finetune_lr, schema.head_lr, schema.batch_size,
+         schema.max_test_examples)
+    assert (args.ways, args.queries, args.head_steps, args.shots) == \
+        (schema.ways, schema.queries, schema.head_steps, ",".join(map(str, schema.shots)))
+    r = raymeta("evaluate", "--help")
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.split())  # argparse wraps lines
+    assert f"seeded K-shot splits per K (default: {schema.splits})" in text
+    assert f"episodic: seeded episodes per task and K (default: {schema.episodes})" in text
+    assert "--address ADDRESS Ray cluster address for the K-shot runs (default: $RAY_ADDRESS" in text
+    assert "(default: None)" not in text and "(default: False)" not in text  # no default to show: none shown
