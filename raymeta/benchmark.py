@@ -156,8 +156,12 @@ def _gains_table(g: dict[str, Any], baseline: str) -> str:
             if r is None:
                 cells.append("—")
                 continue
-            txt = f"{100 * r['mean']:+.1f} ± {100 * r['ci95']:.1f}"
-            cells.append(f"**{txt}**" if abs(r["mean"]) > r["ci95"] else txt)
+            ci = r.get("ci95")
+            if ci is None or ci != ci:  # null (results.json) or NaN: one split, no interval
+                cells.append(f"{100 * r['mean']:+.1f}")
+                continue
+            txt = f"{100 * r['mean']:+.1f} ± {100 * ci:.1f}"
+            cells.append(f"**{txt}**" if abs(r["mean"]) > ci else txt)
         lines.append(f"| {init} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -267,5 +271,5 @@ def run_benchmark(cfg: ExperimentConfig, out_dir: str | Path) -> dict[str, Any]:
     md += [_gains_table(report["gain_over"][b], b) for b in baselines if report["gain_over"][b]]
     md += [f"![{p.stem}]({p.name})" for p in plots]
     (out / "results.md").write_text("\n".join(md) + "\n")
-    (out / "config.json").write_text(json.dumps(report["config"], indent=1))
+    write_json_atomic(out / "config.json", report["config"])
     return report

@@ -18,7 +18,7 @@ import yaml
 from .errors import ConfigError
 
 __all__ = ["CATALOG_DIR", "CONFIGS_DIR", "catalog_names", "config_names", "config_file", "read_task", "merge_keys",
-           "resolve_task_entry"]
+           "resolve_task_entry", "anchor_paths"]
 
 CATALOG_DIR = Path(__file__).parent / "tasks" / "catalog"
 CONFIGS_DIR = Path(__file__).parent / "configs"
@@ -70,10 +70,27 @@ def read_task(name_or_file: str, base: Path) -> tuple[dict[str, Any], str]:
         return _yaml_file(CATALOG_DIR / f"{name_or_file}.yaml"), f"task '{name_or_file}'"
     for cand in (Path(name_or_file), base / name_or_file):
         if cand.suffix in (".yaml", ".yml") and cand.is_file():
-            return _yaml_file(cand), f"task file {cand}"
+            return anchor_paths(_yaml_file(cand), cand.parent), f"task file {cand}"
     raise ConfigError(
         f"task '{name_or_file}': not a ready-made task ({', '.join(catalog_names())}) nor a task YAML file"
     )
+
+
+def _relative(path: Any) -> bool:
+    return isinstance(path, str) and "${data_dir}" not in path and not Path(path).expanduser().is_absolute()
+
+
+def anchor_paths(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``raw`` with ``source.base_dir`` set to ``folder`` (absolute) when its ``source.files`` holds a relative path
+    (not ``${data_dir}``, not absolute) and no ``base_dir`` is given: such a path means the file's folder, not the
+    current directory. Anything else is returned as it is (a ready-made task's ``${data_dir}`` paths)."""
+    src = raw.get("source")
+    if not isinstance(src, dict) or src.get("base_dir") is not None or not isinstance(src.get("files"), dict):
+        return raw
+    paths = [p for v in src["files"].values() for p in (v if isinstance(v, list) else [v])]
+    if not any(_relative(p) for p in paths):
+        return raw
+    return {**raw, "source": {**src, "base_dir": str(folder.resolve())}}
 
 
 def merge_keys(raw: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -90,8 +107,8 @@ def resolve_task_entry(entry: Any, *, data_dir: str, base: Path) -> dict[str, An
         entry = {"use": entry}
     if not isinstance(entry, dict):
         raise ConfigError(f"config key 'tasks': entries are names or mappings, got {entry!r}")
-    if "use" not in entry:
-        return entry
+    if "use" not in entry:  # an inline task: its relative paths start where ``use:`` files are looked up too
+        return entry if base == Path(".") else anchor_paths(entry, base)
     over = {k: v for k, v in entry.items() if k != "use"}
     raw, _ = read_task(str(entry["use"]), base)
     return merge_keys(raw, over)

@@ -88,11 +88,15 @@ def _run_config(args: argparse.Namespace) -> ExperimentConfig:
 def _cmd_train(args: argparse.Namespace) -> int:
     import json
 
+    from .tasks import check_tasks
     from .train.trainer import prepare_output_dir, train
-    from .train.validation import BEST_JSON, wants_best
+    from .train.validation import BEST_JSON, validation_specs, wants_best
 
     cfg = _run_config(args)
     prepare_output_dir(cfg.output_dir, resume=args.resume, overwrite=args.overwrite)
+    # every task's rows checked here, in seconds, before Ray starts (the actors' loads then hit datasets' cache)
+    checked = list(cfg.tasks) + (validation_specs(cfg) if cfg.eval.validation is not None else [])
+    check_tasks(checked, cfg.data_dir, cfg.cache_dir)
     final = train(cfg, resume=args.resume)
     best = final.parent / "best"
     if wants_best(cfg) and (best / BEST_JSON).is_file():
@@ -145,7 +149,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                        seed=args.seed, data_dir=data_dir, cache_dir=base.cache_dir, output=args.output,
                        method=args.method or "finetune", setfit=setfit, address=args.address)
     table = format_results(out)
-    print(table)
+    sys.stderr.flush()  # the progress bar (stderr) is done: the table goes to stdout on lines of its own
+    print(table, flush=True)
     md = Path(args.output).with_suffix(".md")
     md.write_text(f"# raymeta evaluate: {args.init}\n\n{table}\n", encoding="utf-8")
     print(f"\nwrote {args.output} and {md}")
@@ -153,12 +158,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
-    from .benchmark import quick_config, run_benchmark
+    from .benchmark import quick_config, run_benchmark, run_configs
+    from .tasks import check_tasks
+    from .tasks.registry import task_from_entry
+    from .train.validation import validation_specs
 
     cfg = _run_config(args)
     if args.quick:
         cfg = quick_config(cfg)
     out = Path(args.output or Path(cfg.output_dir) / ("benchmark-quick" if args.quick else "benchmark"))
+    # every task's rows checked before Ray starts: each run's meta-training (and validation) tasks, the eval tasks
+    checked = [t for run in run_configs(cfg, out).values() for t in
+               [*run.tasks, *(validation_specs(run) if run.eval.validation is not None else [])]]
+    checked += [task_from_entry(e, data_dir=cfg.data_dir) for e in [*cfg.eval.tasks, *cfg.eval.episodic_tasks]]
+    check_tasks(checked, cfg.data_dir, cfg.cache_dir)
     run_benchmark(cfg, out)
     print((out / "results.md").read_text())
     print(f"wrote {out / 'results.json'}, {out / 'results.md'} and plots")
@@ -340,6 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no fork warnings under Ray
     if not args.verbose:  # a "Loading weights" bar per model load (trials, actors) is noise in a job log
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    else:  # raymeta.core.model.quiet_model_loading: the bars stay on, here and in the Ray workers this starts
+        os.environ["RAYMETA_VERBOSE"] = "1"
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

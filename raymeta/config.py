@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from .catalog import config_file, resolve_task_entry
 from .errors import ConfigError
@@ -85,6 +85,10 @@ class SourceConfig(_Strict):
     ] | None = None
     files: dict[str, str | list[str]] = Field(default_factory=dict)
     read_options: dict[str, Any] = Field(default_factory=dict)
+    # files: the folder a relative path in ``files`` starts from. Set when a task YAML (or an experiment config's
+    # inline task) is read: the folder of that file. None: the current directory. ``${data_dir}`` and absolute
+    # paths ignore it. Left out of dumps when None, so configs (and cache keys) without it read as before.
+    base_dir: str | None = None
     # builtin
     name: str | None = None
     # all kinds: canonical split (train/validation/test) -> source split name
@@ -105,6 +109,13 @@ class SourceConfig(_Strict):
     placeholder: str = Field(default="___", min_length=1)  # replaces the word when the tokenizer has no mask token
     # which words an episode asks about: uniform, or with probability ∝ log(1 + sentences with the word)
     sampling: Literal["uniform", "log_frequency"] = "uniform"
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_base_dir(self, handler: Any) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and data.get("base_dir") is None:
+            data.pop("base_dir", None)
+        return data
 
     @model_validator(mode="after")
     def _kind_fields(self) -> "SourceConfig":

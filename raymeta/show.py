@@ -10,6 +10,7 @@ from rich.table import Table
 
 from .config import EpisodeConfig, ModelConfig, TaskConfig
 from .core.model import load_tokenizer
+from .errors import DataError
 from .tasks import Task, load_task
 
 __all__ = ["show_tasks", "length_stats"]
@@ -83,7 +84,16 @@ def show_tasks(
                           str(c.get("truncated", 0)), str(c.get("dropped", 0)),
                           f"{st['mean']:.1f}", f"{st['p50']:.0f}", f"{st['p95']:.0f}", str(st["max"]))
         console.print(table)
-        ep = task.episode(episode, seed=seed, step=0)
+        try:
+            ep = task.episode(episode, seed=seed, step=0)
+        except DataError as e:
+            if spec.source.kind == "smlmt":  # its words exist only as episodes' classes: no episode, no task
+                raise
+            # a labelled task may be a K-shot evaluation task, which need not fit meta-training's episodes
+            console.print(f"[bold]episode[/bold] none at ways={episode.ways} shots={episode.shots} "
+                          f"queries={episode.queries}: {e} (enough for K-shot evaluation; not for meta-training "
+                          "with these episodes)", highlight=False)
+            continue
         ways = f"{len(ep.classes)}-way, " if ep.classes else ""
         console.print(f"[bold]episode[/bold] seed={seed} step=0: {ways}{len(ep.support_rows)} support, "
                       f"{len(ep.query_rows)} query; support set decoded:")

@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from ..config import ExperimentConfig, save_config
 from ..errors import ModelError
+from .jsonio import dumps as strict_dumps
 from .model_card import write_model_card
 from .trainable import is_peft, merged_copy
 
@@ -185,7 +186,7 @@ def save_checkpoint(
         write_model_card(tmp / "model", cfg, step=step)
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "trainer_state.safetensors"))
         save_config(cfg, tmp)
-        (tmp / _COMPLETE).write_text(json.dumps({**state, "step": step}, indent=1, sort_keys=True))
+        (tmp / _COMPLETE).write_text(strict_dumps({**state, "step": step}, indent=1, sort_keys=True))
     _atomic_write_text(root / "LATEST", target.name + "\n")
     for old in sorted(p for p in root.iterdir() if _STEP_DIR.match(p.name))[:-keep_last]:
         _remove_dir(old)

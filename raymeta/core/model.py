@@ -76,8 +76,22 @@ def resolve_model_path(name_or_path: str) -> str:
     return os.path.join(next(iter(spec.submodule_search_locations)), "model")
 
 
+VERBOSE_ENV = "RAYMETA_VERBOSE"  # set by `raymeta -v`; inherited by the Ray workers a command starts
+
+
+def quiet_model_loading() -> None:
+    """Transformers' progress bars (a "Loading weights" bar per model load, in every actor, trial and evaluation
+    run) off, unless ``$RAYMETA_VERBOSE`` is set (``raymeta -v``). Called by every model load, so that it holds
+    in Ray workers too, including those of a cluster (``--address``) that never saw the command's environment."""
+    if not os.environ.get(VERBOSE_ENV):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     """The tokenizer of ``cfg.tokenizer`` (default: the model), with a pad token guaranteed."""
+    quiet_model_loading()
     path = resolve_model_path(cfg.tokenizer or cfg.name_or_path)
     try:
         tok = AutoTokenizer.from_pretrained(
@@ -99,6 +113,7 @@ def load_encoder(
     ``attn_implementation="eager"`` is needed for second-order MAML: SDPA kernels (the
     default, on CPU too) have no double backward.
     """
+    quiet_model_loading()
     extra: dict[str, Any] = {"attn_implementation": attn_implementation} if attn_implementation else {}
     if cfg.from_config is not None:
         kwargs = dict(cfg.from_config)

@@ -22,9 +22,7 @@ Many-class data sets also get episodic N-way K-shot evaluation (:mod:`raymeta.ev
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import zlib
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,6 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..config import EVAL_METHODS, ModelConfig, TaskConfig
+from ..core.jsonio import write_json_atomic  # strict JSON: NaN/inf -> null, listed under "nonfinite"
 from ..core.model import ADAPTER_CONFIG
 from ..errors import DataError, ModelError, RaymetaError
 from ..tasks import Task, load_task
@@ -52,7 +51,8 @@ def resolve_init(init: str) -> str:
 
     A run directory gives its ``best/`` (the step meta-validation chose, the model ``raymeta train`` says to use)
     when it has one, else its ``final/``; a run's ``final/`` (or any model directory) given as such is taken as
-    it is. Which one was taken is logged in one line."""
+    it is. Which one was taken is logged in one line. A directory comes back absolute: the runs that load it are
+    Ray tasks, whose working directory on a joined cluster is not this process's."""
     p = Path(init).expanduser()
     if p.is_dir():
         from ..core.checkpoint import latest_checkpoint
@@ -62,12 +62,12 @@ def resolve_init(init: str) -> str:
             if (cand / "config.json").is_file():
                 if why:
                     log.info("--init %s: scoring %s (%s)", init, cand, why)
-                return str(cand)
+                return str(cand.absolute())
         if (p / ADAPTER_CONFIG).is_file():  # a LoRA adapter (raymeta's final/adapter): merged into its base on load
-            return str(p)
+            return str(p.absolute())
         ckpt = latest_checkpoint(p)
         if ckpt is not None:
-            return str(ckpt / "model")
+            return str((ckpt / "model").absolute())
         raise ModelError(f"--init {init}: a directory, but neither a Hugging Face model (no config.json) "
                          "nor a raymeta run or checkpoint")
     if p.exists() or init.startswith(("./", "../", "/")):
@@ -121,15 +121,6 @@ def kshot_splits(task: Task, k: int, n_splits: int, seed: int) -> list[list[int]
 
 
 summarise = mean_ci95  # mean, std and the t-based 95% CI of a task's per-split scores (few splits: t, not 1.96)
-
-
-def write_json_atomic(path: str | Path, data: Any) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=False))
-    os.replace(tmp, p)
-    return p
 
 
 def check_methods(tasks: Sequence[TaskConfig], method: str | Sequence[str]) -> list[str]:
@@ -238,12 +229,15 @@ def evaluate(
 
 
 def _gather(refs: list[Any], progress: bool, desc: str) -> list[Any]:
+    import sys
+
     import ray
     from tqdm import tqdm
 
     done: dict[Any, Any] = {}
     pending = list(refs)
-    with tqdm(total=len(refs), desc=desc, disable=not progress, leave=False) as bar:
+    # stderr, and closed (its line erased) before the caller prints the results table to stdout
+    with tqdm(total=len(refs), desc=desc, disable=not progress, leave=False, file=sys.stderr) as bar:
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             try:

@@ -28,6 +28,7 @@ import torch
 from ..config import ExperimentConfig
 from ..core.algorithms import global_labels, task_gradient  # the multitask loss uses global class ids
 from ..core.combine import normalise_weights
+from ..core.jsonio import dumps as strict_dumps
 from ..core.model import load_encoder, load_tokenizer
 from ..core.optim import outer_optimizer, outer_step
 from ..tasks import load_task
@@ -144,7 +145,7 @@ def _ddp_worker(config: dict[str, Any]) -> None:
         times.append(time.perf_counter() - t0)
     dist.barrier()
     if rank == 0:  # result.metrics can be None without a checkpoint: rank 0 writes a file instead
-        (Path(config["out"]) / "times.json").write_text(json.dumps({"step_s": times, "threads": config["threads"]}))
+        (Path(config["out"]) / "times.json").write_text(strict_dumps({"step_s": times, "threads": config["threads"]}))
 
 
 def run_ddp(cfg: ExperimentConfig, steps: int, cpus_per_worker: float) -> dict[str, Any]:

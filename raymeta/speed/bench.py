@@ -19,7 +19,6 @@ drift over the steps, and the object store's peak use.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import platform
@@ -35,6 +34,7 @@ import yaml
 
 from ..arglists import names, positive_ints
 from ..config import ExperimentConfig, load_config
+from ..core.jsonio import dumps as strict_dumps
 from ..core.model import OFFLINE_MINILM
 from ..runtime import connect
 from ..train.record import StepRecord
@@ -353,7 +353,7 @@ def run_bench(s: BenchSettings, output: Path | None = None) -> dict[str, Any]:
 
 def _write(result: dict[str, Any], output: Path) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=1, default=float))
+    output.write_text(strict_dumps(result, indent=1, default=float))
 
 
 # ----------------------------------------------------------------------------------------- verdicts

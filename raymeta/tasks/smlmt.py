@@ -198,7 +198,7 @@ def _key(task: TaskConfig, inputs: list[tuple[TaskConfig, datasets.Dataset]]) ->
         parts.append({"task": spec.model_dump(mode="json", exclude={"weight", "episode", "description"}),
                       "files": stats, "rows": len(ds)})
     key = {"v": SMLMT_VERSION, "source": task.source.model_dump(mode="json"), "inputs": parts}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(key, sort_keys=True, allow_nan=False).encode()).hexdigest()[:16]
 
 
 def load_smlmt(task: TaskConfig, data_dir: str, cache_dir: str | None, read: Reader) -> dict[str, datasets.Dataset]:

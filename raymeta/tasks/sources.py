@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,8 +28,39 @@ SPLITS = ("train", "validation", "test")
 Rows = dict[str, list[Any]]
 
 
-def resolve_path(path: str, data_dir: str) -> Path:
-    return Path(path.replace("${data_dir}", data_dir)).expanduser()
+def _not_read_failures(record: logging.LogRecord) -> bool:
+    # datasets' csv/json builders log the parser's error, then raise it: the DataError raised from it in
+    # _from_file names it in its one line, so the log line would only print it twice more.
+    return not record.getMessage().startswith(("Failed to read file", "Failed to load JSON from file"))
+
+
+for _name in ("datasets.packaged_modules.csv.csv", "datasets.packaged_modules.json.json"):
+    logging.getLogger(_name).addFilter(_not_read_failures)
+
+
+def resolve_path(path: str, data_dir: str, base_dir: str | None = None) -> Path:
+    """A ``source.files`` path: ``${data_dir}`` substituted; a relative path (without ``${data_dir}``) starts at
+    ``base_dir``, the folder of the task YAML it was written in (None: the current directory)."""
+    out = Path(path.replace("${data_dir}", data_dir)).expanduser()
+    if base_dir is not None and "${data_dir}" not in path and not out.is_absolute():
+        out = Path(base_dir) / out
+    return out
+
+
+def _existing_file(written: str, src: SourceConfig, data_dir: str, task: str) -> Path:
+    """``written`` (a ``source.files`` path) resolved; a missing file is an error naming the path as written and
+    as resolved, with the ``data_dir`` hint only when the path goes through ``${data_dir}``."""
+    path = resolve_path(written, data_dir, src.base_dir)
+    if path.is_file():
+        return path
+    msg = "file not found"
+    if written != str(path):
+        msg += f" (source.files says '{written}'"
+        msg += f", with data_dir={data_dir})" if "${data_dir}" in written else \
+            f", relative to {src.base_dir or 'the current directory'})"
+    if "${data_dir}" in written:
+        msg += "; set data_dir= or RAYMETA_DATA_DIR if it lives elsewhere"
+    raise DataError(task, msg, file=str(path))
 
 
 # --------------------------------------------------------------------------- custom formats
@@ -163,8 +195,6 @@ _BUILDERS = {"csv": "csv", "tsv": "csv", "json": "json", "jsonl": "json", "parqu
 def _from_file(
     fmt: str, path: Path, task: str, opts: dict[str, Any], cache_dir: str | None, split: str
 ) -> datasets.Dataset:
-    if not path.is_file():
-        raise DataError(task, "file not found (set data_dir= or RAYMETA_DATA_DIR if it lives elsewhere)", file=str(path))
     if fmt in _CUSTOM:
         rows = _CUSTOM[fmt](path, task, opts)
         ds = datasets.Dataset.from_dict(rows)
@@ -179,19 +209,36 @@ def _from_file(
         except Exception as e:  # datasets wraps parser errors in several types; keep one line
             if "corresponds to no data" in str(e):
                 raise DataError(task, f"split '{split}' is empty: the file has no rows", file=str(path)) from None
-            reason = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
-            raise DataError(task, f"cannot read as {fmt}: {reason}", file=str(path)) from None
+            raise _read_error(e, fmt, path, task) from None
         ds = ds.add_column("_row", list(range(1, len(ds) + 1)))
     return ds.add_column("_file", [str(path)] * len(ds))
+
+
+def _read_error(e: BaseException, fmt: str, path: Path, task: str) -> DataError:
+    """One line with the parser's own reason: datasets raises "An error occurred while generating the dataset"
+    with pandas' (or pyarrow's) error as its cause."""
+    chain = [e]
+    while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and nxt not in chain:
+        chain.append(nxt)
+    for err in chain:
+        name = type(err).__name__
+        if name == "EmptyDataError":  # pandas: 0 bytes (or only blank lines), not even a header
+            return DataError(task, "the file is empty: no header, no rows", file=str(path))
+        m = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(err))
+        if m is not None:
+            header, line, saw = (int(x) for x in m.groups())
+            return DataError(task, f"{saw} fields, the header has {header} (line {line} of the file; "
+                             "a separator inside a value needs quotes)", file=str(path), row=line - 1)
+    deepest = next((x for x in reversed(chain) if str(x).strip()), e)
+    reason = str(deepest).strip().splitlines()[-1][:200] if str(deepest).strip() else type(deepest).__name__
+    return DataError(task, f"cannot read as {fmt}: {reason}", file=str(path))
 
 
 def _load_files(src: SourceConfig, task: str, data_dir: str, cache_dir: str | None) -> dict[str, datasets.Dataset]:
     assert src.format is not None
     out: dict[str, datasets.Dataset] = {}
     if src.format == "clinc":  # one file holds every split
-        path = resolve_path(_single(src.files, task), data_dir)
-        if not path.is_file():
-            raise DataError(task, "file not found (set data_dir= or RAYMETA_DATA_DIR)", file=str(path))
+        path = _existing_file(_single(src.files, task), src, data_dir, task)
         for split, rows in _read_clinc(path, task, src.read_options).items():
             out[split] = datasets.Dataset.from_dict({**rows, "_file": [str(path)] * len(rows["text"])})
         return out
@@ -199,7 +246,7 @@ def _load_files(src: SourceConfig, task: str, data_dir: str, cache_dir: str | No
         if split not in SPLITS:
             raise DataError(task, f"source.files: unknown split '{split}' (use {', '.join(SPLITS)})")
         parts = [
-            _from_file(src.format, resolve_path(p, data_dir), task, src.read_options, cache_dir, split)
+            _from_file(src.format, _existing_file(p, src, data_dir, task), task, src.read_options, cache_dir, split)
             for p in ([paths] if isinstance(paths, str) else paths)
         ]
         out[split] = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)

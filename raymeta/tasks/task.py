@@ -27,7 +27,7 @@ from .smlmt import apply_mask_token, check_words, word_weights
 from .sources import load_raw
 from .token_classification import TokenClassification
 
-__all__ = ["Task", "load_task", "PROCESSORS"]
+__all__ = ["Task", "load_task", "check_tasks", "PROCESSORS"]
 
 log = logging.getLogger(__name__)
 FEATURES_VERSION = 1  # bump when tokenisation changes, to invalidate cached features
@@ -124,7 +124,7 @@ def _fingerprint(task: TaskConfig, tok: PreTrainedTokenizerBase, raw: dict[str, 
         "files": stats,
         "rows": {k: len(v) for k, v in raw.items()},
     }
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(key, sort_keys=True, allow_nan=False).encode()).hexdigest()[:16]
 
 
 def _tokenize_cached(
@@ -145,7 +145,7 @@ def _tokenize_cached(
         shutil.rmtree(tmp, ignore_errors=True)
         for split, ds in feats.items():
             ds.save_to_disk(str(tmp / split))
-        (tmp / "counts.json").write_text(json.dumps(counts))
+        (tmp / "counts.json").write_text(json.dumps(counts, allow_nan=False))
         try:
             os.replace(tmp, root)
         except OSError:  # another process won the race; its copy is identical
@@ -154,15 +154,15 @@ def _tokenize_cached(
     return feats, counts
 
 
-def load_task(
-    task: TaskConfig, tokenizer: PreTrainedTokenizerBase, data_dir: str, cache_dir: str | None = None
-) -> Task:
-    """Read, map columns, filter classes, check the rows, tokenise (cached) a task."""
-    datasets.disable_progress_bars() if not log.isEnabledFor(logging.DEBUG) else None
+def _checked_rows(
+    task: TaskConfig, data_dir: str, cache_dir: str | None, tokenizer: PreTrainedTokenizerBase | None,
+) -> tuple[dict[str, datasets.Dataset], list[str] | None]:
+    """A task's raw rows, columns mapped, classes filtered, every row checked; and its label set.
+    Without a tokenizer (:func:`check_tasks`), SMLMT rows keep their neutral mask."""
     proc = PROCESSORS[task.type]
     raw = load_raw(task, data_dir, cache_dir)
-    if task.source.kind == "smlmt":  # the cached rows hold a neutral mask: this tokenizer's own mask token goes in
-        raw = apply_mask_token(raw, tokenizer, task)
+    if task.source.kind == "smlmt" and tokenizer is not None:  # the cached rows hold a neutral mask: this
+        raw = apply_mask_token(raw, tokenizer, task)  # tokenizer's own mask token goes in
     for split, ds in raw.items():
         require_columns(ds, task, proc.required, split)
     if task.include_labels is not None:
@@ -174,6 +174,30 @@ def load_task(
     labels = task.labels or task.include_labels or proc.infer_labels(raw["train"], task)
     for ds in raw.values():
         proc.check_rows(ds, task, labels)
+    return raw, labels
+
+
+def check_tasks(tasks: list[TaskConfig], data_dir: str, cache_dir: str | None = None) -> None:
+    """Read and check every task's rows (files, columns, splits, labels) as :func:`load_task` does, without a
+    tokenizer: the first bad one raises its one-line :class:`DataError`. The CLI runs it before starting Ray,
+    so a bad row costs seconds, not a cluster start. The rows read go to ``datasets``' cache in ``cache_dir``,
+    where the task actors' own loads find them."""
+    datasets.disable_progress_bars() if not log.isEnabledFor(logging.DEBUG) else None
+    seen: set[str] = set()
+    for task in tasks:  # a task listed twice (benchmark variants, eval tasks) is read once
+        key = task.model_dump_json(exclude={"weight", "episode", "description"})
+        if key not in seen:
+            seen.add(key)
+            _checked_rows(task, data_dir, cache_dir, None)
+
+
+def load_task(
+    task: TaskConfig, tokenizer: PreTrainedTokenizerBase, data_dir: str, cache_dir: str | None = None
+) -> Task:
+    """Read, map columns, filter classes, check the rows, tokenise (cached) a task."""
+    datasets.disable_progress_bars() if not log.isEnabledFor(logging.DEBUG) else None
+    proc = PROCESSORS[task.type]
+    raw, labels = _checked_rows(task, data_dir, cache_dir, tokenizer)
     features, counts = _tokenize_cached(task, tokenizer, proc, raw, labels, cache_dir)
     for split, c in counts.items():
         if c.get("dropped"):

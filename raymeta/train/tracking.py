@@ -1,5 +1,11 @@
 """Where a run's numbers go: ``metrics.jsonl``, TensorBoard event files and one console line per step,
-plus the task-affinity heatmap (pairwise cosine similarity of task gradients) at the end."""
+plus the task-affinity heatmap (pairwise cosine similarity of task gradients) at the end.
+
+Step numbers: a training record's ``step`` (metrics.jsonl, TensorBoard's global step, the console's ``step s``) is
+the step's index, the meta-steps done before it (0..N-1); a validation record's ``step`` is the number of meta-steps
+done when it ran (0 = the starting model, then every_steps, ..., N), so ``val/score`` at step 4 scores the
+parameters after the training record of step 3. A resume or recovery at step s drops the training records from
+s on and the validation at s (which runs again)."""
 
 from __future__ import annotations
 
@@ -12,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from ..core.jsonio import dumps as strict_dumps
+from ..core.jsonio import strict_json
 from .record import StepRecord
 
 __all__ = ["Tracker", "strict_json_record"]
@@ -19,26 +27,7 @@ __all__ = ["Tracker", "strict_json_record"]
 log = logging.getLogger("raymeta.train")
 
 
-def strict_json_record(record: dict[str, Any]) -> dict[str, Any]:
-    """``record`` as strict JSON allows it: every NaN or ±Inf number becomes ``null``, and ``"nonfinite"``
-    lists where they were as dotted keys (``["loss.cls", "grad_norm"]``). Python's json would write a bare
-    ``NaN``, which other JSON readers (jq, JavaScript, pandas' strict mode) reject."""
-    where: list[str] = []
-
-    def clean(x: Any, path: str) -> Any:
-        if isinstance(x, dict):
-            return {k: clean(v, f"{path}.{k}" if path else str(k)) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [clean(v, f"{path}.{i}") for i, v in enumerate(x)]
-        if isinstance(x, (float, np.floating)) and not math.isfinite(x):
-            where.append(path)
-            return None
-        return x
-
-    out = clean(record, "")
-    if where:
-        out["nonfinite"] = where
-    return out
+strict_json_record = strict_json  # one mechanism for every JSON file raymeta writes (raymeta.core.jsonio)
 
 
 def _logged_affinity(record: dict[str, Any]) -> tuple[list[str], np.ndarray]:
@@ -92,14 +81,16 @@ class Tracker:
 
     def step(self, rec: StepRecord) -> None:
         """A meta-step's record: its ``metrics.jsonl`` line (with the task affinity, when the step measured it),
-        TensorBoard scalars and console line."""
+        TensorBoard scalars and console line. All three number it by its index, the meta-steps done before it
+        (0..N-1): ``"step": 4`` is the fifth step; the console line adds ``(5/N done)``. Validation records
+        (:meth:`validation`) count the steps done when they ran instead: 0 (before training), every_steps, ..., N."""
         record, step, cosine, used = rec.to_json(), rec.step, rec.cosine, rec.used
         if cosine is not None:
             self._add_affinity([self.tasks.index(t) for t in used], cosine)
             record["affinity"] = {f"{a}|{b}": round(float(cosine[i, j]), 5)
                                   for i, a in enumerate(used) for j, b in enumerate(used) if i < j}
         # allow_nan=False: a non-finite number left in would be an error here, never a bare NaN in the file
-        self.jsonl.write(json.dumps(strict_json_record(record), allow_nan=False) + "\n")
+        self.jsonl.write(strict_dumps(record) + "\n")
         self.jsonl.flush()
         for task, loss in record["loss"].items():
             self.tb.add_scalar(f"loss/{task}", loss, step)
@@ -112,14 +103,15 @@ class Tracker:
             self.tb.add_scalar("affinity/" + pair.replace("|", "/"), c, step)  # "|" is not a legal tag character
         losses = " ".join(f"{t}={v:.3f}" for t, v in record["loss"].items())
         skipped = f" skipped={','.join(record['skipped'])}" if record["skipped"] else ""
-        log.info("step %d/%d | loss %s | |g| %.3f | lr %.2e | %.2fs (slowest actor %.2fs)%s",
-                 step + 1, record["steps"], losses, record["grad_norm"], record["lr"], record["step_s"],
+        # "step" as in metrics.jsonl and TensorBoard (the step's index, 0..N-1), then how many are done (1..N)
+        log.info("step %d (%d/%d done) | loss %s | |g| %.3f | lr %.2e | %.2fs (slowest actor %.2fs)%s",
+                 step, step + 1, record["steps"], losses, record["grad_norm"], record["lr"], record["step_s"],
                  record["compute_max_s"], skipped)
 
     def validation(self, record: dict[str, Any]) -> None:
         """A meta-validation record (``kind: validation``; its ``step`` counts the meta-steps done before it)."""
         step = record["step"]
-        self.jsonl.write(json.dumps(strict_json_record(record), allow_nan=False) + "\n")
+        self.jsonl.write(strict_dumps(record) + "\n")
         self.jsonl.flush()
         self.tb.add_scalar("val/score", record["score"], step)
         self.tb.add_scalar("val/seconds", record["seconds"], step)

@@ -16,7 +16,6 @@ actors load it.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 from ..config import ExperimentConfig, save_config
 from ..core.checkpoint import export_model, latest_checkpoint, load_checkpoint, load_encoder_weights, save_checkpoint
 from ..core.combine import normalise_weights
+from ..core.jsonio import dumps as strict_dumps
 from ..core.model import load_encoder, load_tokenizer
 from ..core.optim import optimizer_from_tensors, optimizer_tensors, outer_optimizer
 from ..core.trainable import frozen_fingerprint, layout_signature, trainable_summary
@@ -395,7 +395,7 @@ class MetaTrainer:
                     "validation_tasks": list(record["tasks"]),
                     "validation_metric": f"mean accuracy ({record['method']}, eval.validation)"}
             export_model(self.validator.best_dir, self.encoder, self.tokenizer, cfg=self.cfg, step=self.step, card=card,
-                         files={BEST_JSON: json.dumps({**best, "validation": self.cfg.eval.validation.model_dump()}, indent=1)})
+                         files={BEST_JSON: strict_dumps({**best, "validation": self.cfg.eval.validation.model_dump()}, indent=1)})
         return bool(record["stop"])
 
     def _validate_after_restore(self) -> bool:

@@ -7,7 +7,6 @@ same seeded episodes for every init, to say honestly whether a validation gain c
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ExperimentConfig, ModelConfig, save_config
+from ..core.jsonio import dumps as strict_dumps
 from ..eval.metrics import mean_ci95, paired_ci95
 from .scoring import METRIC, FewShotScorer, task_specs, validation_scorer
 from .space import apply_params, heuristic_of, mixture, search_space
@@ -136,11 +136,17 @@ def summary_table(summary: dict[str, Any]) -> str:
     """Markdown: each init's val and test accuracy (± 95% CI), and the best's paired gain over it."""
 
     def pct(r: dict[str, Any], split: str) -> str:
-        return f"{100 * r[split]:.1f} ± {100 * r[split + '_ci95']:.1f}" if split in r else "not scored"
+        if split not in r:
+            return "not scored"
+        ci = r.get(split + "_ci95")  # null in tune_summary.json where undefined (one episode)
+        return f"{100 * r[split]:.1f} ± {100 * ci:.1f}" if ci is not None and ci == ci else f"{100 * r[split]:.1f}"
 
     def gain(r: dict[str, Any], split: str) -> str:
         g = r.get(f"{split}_gap_to_best")
-        return f"{100 * g['mean']:+.1f} ± {100 * g['ci95']:.1f}" if g else "-"
+        if not g:
+            return "-"
+        ci = g.get("ci95")
+        return f"{100 * g['mean']:+.1f} ± {100 * ci:.1f}" if ci is not None and ci == ci else f"{100 * g['mean']:+.1f}"
 
     lines = ["| init | mixture | val | test | best − this, val | best − this, test |", "|---|---|---|---|---|---|"]
     for name, r in summary["compare"].items():
@@ -197,5 +203,5 @@ def finish(cfg: ExperimentConfig, grid: Any, sizes: dict[str, int]) -> dict[str,
     plot = _plot(rows, list(sizes), out / "tune_scores.png")
     summary["files"] = {"best_config": str(out / "best_config.yaml"), "best_model": str(model_dir),
                         "plot": str(plot) if plot else None, "summary": str(out / "tune_summary.json")}
-    log.info("best trial %s: %s", best["trial"], json.dumps(best["params"]))
+    log.info("best trial %s: %s", best["trial"], strict_dumps(best["params"]))
     return summary

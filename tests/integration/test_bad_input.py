@@ -71,6 +71,11 @@ CASES = [
     ("missing-column", lambda t, f: ["train", "--config", cfg_with(t, tasks=[task(f["nolabel.csv"])])], "missing column 'label'"),
     ("label-outside-set", lambda t, f: ["train", "--config", cfg_with(t, tasks=[task(f["badlabel.csv"], labels=["a", "b"])])],
      "badlabel.csv, row 10: label 'zzz' is not in the label set"),
+    # checked before Ray starts: the error is the data's, not "no Ray cluster answers" at an address where none does
+    ("label-outside-set-before-ray", lambda t, f: ["train", "--config", cfg_with(t, tasks=[task(f["badlabel.csv"], labels=["a", "b"])]), "--address", "127.0.0.9:6399"],
+     "badlabel.csv, row 10: label 'zzz' is not in the label set"),
+    ("benchmark-label-outside-set-before-ray", lambda t, f: ["benchmark", "--config", cfg_with(t, tasks=[task(f["badlabel.csv"], labels=["a", "b"])]), "--address", "127.0.0.9:6399", "--output", str(t / "out" / "bench")],
+     "badlabel.csv, row 10: label 'zzz' is not in the label set"),
     ("empty-split", lambda t, f: ["train", "--config", cfg_with(t, tasks=[task(f["good.csv"]) | {
         "source": {"kind": "files", "format": "csv", "files": {"train": f["good.csv"], "test": f["empty.csv"]}}}])],
      "split 'test' is empty"),

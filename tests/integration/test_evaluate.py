@@ -130,11 +130,18 @@ def test_benchmark_quick_end_to_end(ray_local, tmp_path, caplog):
 def test_cli_evaluate(ray_local, cli, tiny_init, tmp_path):
     """Its runs go to this test's Ray instance (`--address`; raymeta turns token mode on itself)."""
     d = jsonl_dir(tmp_path / "cli")
-    r = cli.run(["evaluate", "--init", tiny_init, "--task", str(d), "--shots", "2", "--splits", "2", "--steps", "2",
+    # --splits 1: the 95% CI is undefined, null in results.json (strict JSON, never a bare NaN)
+    r = cli.run(["evaluate", "--init", tiny_init, "--task", str(d), "--shots", "2", "--splits", "1", "--steps", "2",
                  "--max-test", "20", "--address", ray_local.get_runtime_context().gcs_address,
                  "--output", str(tmp_path / "r.json")], cwd=Path.cwd(), timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "K=2" in r.stdout and (tmp_path / "r.json").is_file()  # a missing --init: test_bad_input.py
+    # stdout holds the table alone: no progress bar (stderr) and no "Loading weights" bar (quiet without -v)
+    assert "%|" not in r.stdout and "\r" not in r.stdout, r.stdout
+    assert "Loading weights" not in r.stdout + r.stderr, r.stderr[-2000:]
+    table = [ln for ln in r.stdout.splitlines() if ln.lstrip().startswith("|")]
+    assert table and all(ln.startswith("|") for ln in table), r.stdout  # each table line at a line start
+    json.loads((tmp_path / "r.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in results.json"))
     md = (tmp_path / "r.md").read_text()  # the table the command printed, beside results.json
     assert md.startswith(f"# raymeta evaluate: {tiny_init}\n") and "K=2" in md
 

@@ -69,6 +69,21 @@ def test_bad_row_from_task_yaml(tmp_path, raymeta):
     assert f"task 'mine', file {tmp_path}/d.csv, row 3: label 'zzz' is not in the label set" in r.stderr
 
 
+@pytest.mark.parametrize("content, expect", [
+    ("text,label\nfine,a\nbad,b,extra\nok,a\n", "d.csv, row 2: 3 fields, the header has 2 (line 3 of the file"),
+    ("", "d.csv: the file is empty: no header, no rows"),
+], ids=["ragged", "empty"])
+def test_unreadable_csv_from_task_yaml_is_one_line(content, expect, tmp_path, raymeta):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "d.csv").write_text(content)
+    (tmp_path / "t.yaml").write_text("name: mine\ntype: sequence_classification\n"
+                                     "source: {kind: files, format: csv, files: {train: data/d.csv}}\n")
+    r = raymeta("tasks", "show", str(tmp_path / "t.yaml"))  # run elsewhere: data/d.csv is next to t.yaml
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert lines == [f"raymeta: error: task 'mine', file {tmp_path}/data/{expect}" + lines[0].split(expect, 1)[-1]], r.stderr
+
+
 def test_speed_and_benchmark_are_listed_apart(raymeta):
     r = raymeta("--help")
     assert r.returncode == 0, r.stderr
@@ -117,3 +132,15 @@ def test_evaluate_defaults_are_the_config_schemas_and_help_shows_them(raymeta):
     assert f"episodic: seeded episodes per task and K (default: {schema.episodes})" in text
     assert "--address ADDRESS Ray cluster address for the K-shot runs (default: $RAY_ADDRESS" in text
     assert "(default: None)" not in text and "(default: False)" not in text  # no default to show: none shown
+
+
+def test_tasks_show_a_k_shot_task_too_small_for_meta_training_episodes(tmp_path, raymeta):
+    """A labelled task with 3 rows a class is a fine K-shot evaluation task: shown, with why it has no episode."""
+    (tmp_path / "d.csv").write_text("text,label\n" + "".join(f"row {i},{'abc'[i % 3]}\n" for i in range(9)))
+    (tmp_path / "t.yaml").write_text("name: few\ntype: sequence_classification\n"
+                                     "source: {kind: files, format: csv, files: {train: d.csv}}\n")
+    r = raymeta("tasks", "show", str(tmp_path / "t.yaml"))
+    assert r.returncode == 0, r.stderr
+    out = " ".join(r.stdout.split())
+    assert "labels 3: a, b, c" in out and "episode none at ways=5 shots=5 queries=5: task 'few'" in out
+    assert "(enough for K-shot evaluation; not for meta-training with these episodes)" in out

@@ -19,7 +19,7 @@ def test_a_run_with_best_is_scored_at_best_and_says_so(tmp_path, caplog):
     _model(run / "final")
     best = _model(run / "best")
     with caplog.at_level(logging.INFO, logger="raymeta"):
-        assert resolve_init(str(run)) == str(best)
+        assert resolve_init(str(run)) == str(best.absolute())
     lines = [r.getMessage() for r in caplog.records if r.name == "raymeta.evaluate"]
     assert lines == [f"--init {run}: scoring {best} (best/: the step meta-validation chose)"]
 
@@ -27,7 +27,7 @@ def test_a_run_with_best_is_scored_at_best_and_says_so(tmp_path, caplog):
 def test_a_run_without_best_is_scored_at_final(tmp_path, caplog):
     final = _model(tmp_path / "run" / "final")
     with caplog.at_level(logging.INFO, logger="raymeta"):
-        assert resolve_init(str(tmp_path / "run")) == str(final)
+        assert resolve_init(str(tmp_path / "run")) == str(final.absolute())
     assert [r.getMessage() for r in caplog.records] == [f"--init {tmp_path / 'run'}: scoring {final} (final/: the last step)"]
 
 
@@ -35,5 +35,12 @@ def test_final_given_as_such_is_taken(tmp_path, caplog):
     _model(tmp_path / "run" / "best")
     final = _model(tmp_path / "run" / "final")
     with caplog.at_level(logging.INFO, logger="raymeta"):
-        assert resolve_init(str(final)) == str(final)
+        assert resolve_init(str(final)) == str(final.absolute())
     assert not caplog.records  # nothing to say: the directory given is the model
+
+
+def test_a_relative_run_directory_comes_back_absolute(tmp_path, monkeypatch):
+    """The Ray tasks that load it run elsewhere: a relative path would name another directory there."""
+    final = _model(tmp_path / "run" / "final")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_init("run") == str(final)

@@ -287,3 +287,92 @@ def test_hub_source_unreachable_is_one_line(monkeypatch):
                                    "source": {"kind": "hub", "dataset": "SetFit/sst2"}})
     with pytest.raises(DataError, match=r"^task 'h': hub dataset 'SetFit/sst2' cannot be loaded: [^\n]+$"):
         load_raw(t, ".", None)
+
+
+# --------------------------------------------------------------------------- paths in task YAML files, unreadable CSVs
+
+
+def _task_yaml(folder, train_path, name="mine"):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "t.yaml").write_text(f"name: {name}\ntype: sequence_classification\n"
+                                   f"source: {{kind: files, format: csv, files: {{train: '{train_path}'}}}}\n")
+    return str(folder / "t.yaml")
+
+
+def test_relative_path_in_a_task_yaml_starts_at_its_folder(tmp_path, monkeypatch):
+    from raymeta.tasks import load_raw, task_config
+
+    (tmp_path / "proj" / "data").mkdir(parents=True)
+    write_csv(tmp_path / "proj" / "data" / "train.csv", ["text", "label"], [["hi", "a"], ["yo", "b"]])
+    yaml_file = _task_yaml(tmp_path / "proj", "data/train.csv")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # not the YAML's folder
+    raw = load_raw(task_config(yaml_file), data_dir="unused")
+    assert raw["train"]["text"] == ["hi", "yo"]
+    assert raw["train"]["_file"][0] == str(tmp_path / "proj" / "data" / "train.csv")
+
+
+def test_relative_path_in_an_experiment_configs_inline_task_starts_at_its_folder(tmp_path, monkeypatch):
+    import yaml
+
+    from raymeta.config import load_config
+    from raymeta.tasks import load_raw
+
+    (tmp_path / "exp" / "data").mkdir(parents=True)
+    write_csv(tmp_path / "exp" / "data" / "train.csv", ["text", "label"], [["hi", "a"], ["yo", "b"]])
+    entry = {"name": "mine", "type": "sequence_classification",
+             "source": {"kind": "files", "format": "csv", "files": {"train": "data/train.csv"}}}
+    (tmp_path / "exp" / "e.yaml").write_text(yaml.safe_dump({"tasks": [entry, "bbc_news"]}))
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(str(tmp_path / "exp" / "e.yaml"))
+    assert load_raw(cfg.tasks[0], data_dir="unused")["train"]["text"] == ["hi", "yo"]
+    assert "base_dir" not in cfg.tasks[1].source.model_dump()  # a ready-made task (${data_dir}) is as before
+    again = type(cfg).model_validate(cfg.model_dump(mode="json"))  # a saved config.yaml reloads to the same files
+    assert again.tasks[0].source.base_dir == str(tmp_path / "exp")
+
+
+def test_missing_file_names_the_path_as_written_and_as_resolved(tmp_path):
+    from raymeta.tasks import load_raw, task_config
+
+    with pytest.raises(DataError) as e:
+        load_raw(task_config(_task_yaml(tmp_path, "data/gone.csv")), data_dir="unused")
+    msg = str(e.value)
+    assert f"file {tmp_path}/data/gone.csv: file not found" in msg and "'data/gone.csv'" in msg, msg
+    assert "RAYMETA_DATA_DIR" not in msg  # data_dir plays no part in this path
+    with pytest.raises(DataError) as e:
+        load_raw(task_config(_task_yaml(tmp_path, "${data_dir}/gone.csv")), data_dir=str(tmp_path / "dd"))
+    msg = str(e.value)
+    assert f"file {tmp_path}/dd/gone.csv: file not found" in msg and "'${data_dir}/gone.csv'" in msg, msg
+    assert "set data_dir= or RAYMETA_DATA_DIR" in msg
+
+
+def test_empty_csv_says_so(tmp_path):
+    (tmp_path / "e.csv").write_text("")
+    t = spec("mine", "sequence_classification", "csv", {"train": str(tmp_path / "e.csv")})
+    with pytest.raises(DataError, match=r"file .*e\.csv: the file is empty: no header, no rows"):
+        load_raw_(t, tmp_path)
+
+
+def test_ragged_csv_names_the_row_and_field_counts(tmp_path):
+    (tmp_path / "r.csv").write_text("text,label\nfine,a\nalso fine,b\nbad,b,extra\nok,a\n")
+    t = spec("mine", "sequence_classification", "csv", {"train": str(tmp_path / "r.csv")})
+    with pytest.raises(DataError) as e:
+        load_raw_(t, tmp_path)
+    assert str(e.value).startswith(f"task 'mine', file {tmp_path}/r.csv, row 3: 3 fields, the header has 2 (line 4"), e.value
+
+
+def load_raw_(t, tmp_path):
+    from raymeta.tasks import load_raw
+
+    return load_raw(t, data_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"))
+
+
+def test_check_tasks_finds_a_bad_label_without_a_tokenizer(tmp_path):
+    from raymeta.tasks import check_tasks
+
+    write_csv(tmp_path / "d.csv", ["text", "label"], [["fine", "a"], ["bad", "zzz"]])
+    good = spec("good", "sequence_classification", "csv", {"train": str(tmp_path / "d.csv")})
+    check_tasks([good], str(tmp_path), str(tmp_path / "cache"))  # labels inferred: zzz is one of them
+    bad = spec("bad", "sequence_classification", "csv", {"train": str(tmp_path / "d.csv")}, labels=["a", "b"])
+    with pytest.raises(DataError, match=r"task 'bad', file .*d\.csv, row 2: label 'zzz' is not in the label set"):
+        check_tasks([good, bad], str(tmp_path), str(tmp_path / "cache"))
