@@ -20,12 +20,13 @@ import torch
 
 from .config import ExperimentConfig, apply_overrides, load_config
 from .core.checkpoint import export_model
+from .core.jsonio import write_json_atomic
 from .core.model import load_encoder, load_tokenizer
 from .errors import ConfigError
-from .eval.evaluate import check_methods, evaluate, evaluate_episodic, write_json_atomic
+from .eval.evaluate import check_methods, evaluate, evaluate_episodic
 from .eval.finetune import FinetuneSettings
 from .eval.metrics import paired_ci95
-from .eval.report import kshot_label, kshot_results, plot_curves, plot_scores, results_table
+from .eval.report import kshot_label, kshot_results, percent_cell, plot_curves, plot_scores, results_table
 from .eval.setfit import SetfitSettings
 from .tasks.registry import task_from_entry
 from .train.validation import BEST_JSON, validation_specs, wants_best
@@ -156,12 +157,8 @@ def _gains_table(g: dict[str, Any], baseline: str) -> str:
             if r is None:
                 cells.append("—")
                 continue
-            ci = r.get("ci95")
-            if ci is None or ci != ci:  # null (results.json) or NaN: one split, no interval
-                cells.append(f"{100 * r['mean']:+.1f}")
-                continue
-            txt = f"{100 * r['mean']:+.1f} ± {100 * ci:.1f}"
-            cells.append(f"**{txt}**" if abs(r["mean"]) > ci else txt)
+            ci, txt = r.get("ci95"), percent_cell(r["mean"], r.get("ci95"), signed=True)
+            cells.append(f"**{txt}**" if ci is not None and abs(r["mean"]) > ci else txt)  # NaN: never bold
         lines.append(f"| {init} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

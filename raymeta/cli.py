@@ -17,7 +17,7 @@ from .arglists import positive_ints
 from .errors import RaymetaError
 
 if TYPE_CHECKING:  # the commands import what they need when they run: `raymeta --help` stays fast
-    from .config import ExperimentConfig
+    from .config import ExperimentConfig, TaskConfig
 
 __all__ = ["main"]
 
@@ -85,18 +85,24 @@ def _run_config(args: argparse.Namespace) -> ExperimentConfig:
     return load_config(args.config, list(args.overrides) + ([f"resources.address={args.address}"] if args.address else []))
 
 
+def _run_tasks(cfg: ExperimentConfig) -> list[TaskConfig]:
+    """A run's meta-training tasks and its meta-validation tasks: what ``raymeta.tasks.check_tasks`` reads and
+    checks before Ray starts (in seconds; the actors' loads then hit datasets' cache)."""
+    from .train.validation import validation_specs
+
+    return list(cfg.tasks) + (validation_specs(cfg) if cfg.eval.validation is not None else [])
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     import json
 
     from .tasks import check_tasks
     from .train.trainer import prepare_output_dir, train
-    from .train.validation import BEST_JSON, validation_specs, wants_best
+    from .train.validation import BEST_JSON, wants_best
 
     cfg = _run_config(args)
     prepare_output_dir(cfg.output_dir, resume=args.resume, overwrite=args.overwrite)
-    # every task's rows checked here, in seconds, before Ray starts (the actors' loads then hit datasets' cache)
-    checked = list(cfg.tasks) + (validation_specs(cfg) if cfg.eval.validation is not None else [])
-    check_tasks(checked, cfg.data_dir, cfg.cache_dir)
+    check_tasks(_run_tasks(cfg), cfg.data_dir, cfg.cache_dir)
     final = train(cfg, resume=args.resume)
     best = final.parent / "best"
     if wants_best(cfg) and (best / BEST_JSON).is_file():
@@ -161,15 +167,13 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     from .benchmark import quick_config, run_benchmark, run_configs
     from .tasks import check_tasks
     from .tasks.registry import task_from_entry
-    from .train.validation import validation_specs
 
     cfg = _run_config(args)
     if args.quick:
         cfg = quick_config(cfg)
     out = Path(args.output or Path(cfg.output_dir) / ("benchmark-quick" if args.quick else "benchmark"))
     # every task's rows checked before Ray starts: each run's meta-training (and validation) tasks, the eval tasks
-    checked = [t for run in run_configs(cfg, out).values() for t in
-               [*run.tasks, *(validation_specs(run) if run.eval.validation is not None else [])]]
+    checked = [t for run in run_configs(cfg, out).values() for t in _run_tasks(run)]
     checked += [task_from_entry(e, data_dir=cfg.data_dir) for e in [*cfg.eval.tasks, *cfg.eval.episodic_tasks]]
     check_tasks(checked, cfg.data_dir, cfg.cache_dir)
     run_benchmark(cfg, out)

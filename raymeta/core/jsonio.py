@@ -32,11 +32,11 @@ def strict_json(data: Any) -> Any:
         if isinstance(x, (list, tuple)):
             return [clean(v, f"{path}.{i}" if path else str(i)) for i, v in enumerate(x)]
         if isinstance(x, float) or (hasattr(x, "dtype") and getattr(x, "ndim", None) == 0 and x.dtype.kind == "f"):
-            f = float(x)
+            f = float(x)  # a numpy scalar becomes a Python float, which json writes
             if not math.isfinite(f):
                 where.append(path)
                 return None
-            return f if not isinstance(x, float) else x
+            return f
         return x
 
     out = clean(data, "")

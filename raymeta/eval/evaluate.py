@@ -41,7 +41,7 @@ from .prototype import check_prototype_task, prototype_evaluate
 from .setfit import SetfitSettings, check_setfit_task, require_setfit, setfit_and_evaluate
 
 __all__ = ["resolve_init", "resolve_eval_task", "kshot_splits", "summarise", "check_methods", "evaluate",
-           "write_json_atomic"]
+           "evaluate_episodic"]
 
 log = logging.getLogger("raymeta.evaluate")
 

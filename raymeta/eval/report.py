@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["kshot_label", "kshot_results", "results_table", "plot_scores", "plot_curves"]
+__all__ = ["kshot_label", "kshot_results", "percent_cell", "results_table", "plot_scores", "plot_curves"]
 
 
 def kshot_results(entry: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
@@ -21,9 +21,11 @@ def kshot_label(method: str, k: str | int) -> str:
     return f"K={k}" if method == "finetune" else f"K={k} {method}"
 
 
-def _cell(r: dict[str, Any]) -> str:
-    ci = r.get("ci95")
-    return f"{100 * r['mean']:.1f} ± {100 * ci:.1f}" if ci == ci and ci is not None else f"{100 * r['mean']:.1f}"
+def percent_cell(mean: float, ci95: float | None, *, signed: bool = False) -> str:
+    """A fraction as a table cell in %, with ± its 95% CI where one is defined (``null`` in the strict JSON, or
+    NaN: one split or one episode has no interval)."""
+    m = f"{100 * mean:+.1f}" if signed else f"{100 * mean:.1f}"
+    return m if ci95 is None or ci95 != ci95 else f"{m} ± {100 * ci95:.1f}"
 
 
 def _columns(entry: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -49,7 +51,8 @@ def results_table(by_init: dict[str, dict[str, Any]]) -> str:
         out.append("|---|" + "---|" * len(cols))
         for init, res in by_init.items():
             have = _columns(res["tasks"].get(name) or {})
-            out.append(f"| {init} | " + " | ".join(_cell(have[c]) if c in have else "—" for c in cols) + " |")
+            cells = [percent_cell(have[c]["mean"], have[c].get("ci95")) if c in have else "—" for c in cols]
+            out.append(f"| {init} | " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
 

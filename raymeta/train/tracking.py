@@ -19,15 +19,11 @@ from typing import Any
 import numpy as np
 
 from ..core.jsonio import dumps as strict_dumps
-from ..core.jsonio import strict_json
 from .record import StepRecord
 
-__all__ = ["Tracker", "strict_json_record"]
+__all__ = ["Tracker"]
 
 log = logging.getLogger("raymeta.train")
-
-
-strict_json_record = strict_json  # one mechanism for every JSON file raymeta writes (raymeta.core.jsonio)
 
 
 def _logged_affinity(record: dict[str, Any]) -> tuple[list[str], np.ndarray]:
@@ -89,7 +85,7 @@ class Tracker:
             self._add_affinity([self.tasks.index(t) for t in used], cosine)
             record["affinity"] = {f"{a}|{b}": round(float(cosine[i, j]), 5)
                                   for i, a in enumerate(used) for j, b in enumerate(used) if i < j}
-        # allow_nan=False: a non-finite number left in would be an error here, never a bare NaN in the file
+        # strict JSON: a NaN loss is written as null and named under "nonfinite" (raymeta.core.jsonio)
         self.jsonl.write(strict_dumps(record) + "\n")
         self.jsonl.flush()
         for task, loss in record["loss"].items():

@@ -15,7 +15,9 @@ from typing import Any
 
 from ..config import ExperimentConfig, ModelConfig, save_config
 from ..core.jsonio import dumps as strict_dumps
+from ..core.jsonio import write_json_atomic
 from ..eval.metrics import mean_ci95, paired_ci95
+from ..eval.report import percent_cell
 from .scoring import METRIC, FewShotScorer, task_specs, validation_scorer
 from .space import apply_params, heuristic_of, mixture, search_space
 
@@ -136,17 +138,11 @@ def summary_table(summary: dict[str, Any]) -> str:
     """Markdown: each init's val and test accuracy (± 95% CI), and the best's paired gain over it."""
 
     def pct(r: dict[str, Any], split: str) -> str:
-        if split not in r:
-            return "not scored"
-        ci = r.get(split + "_ci95")  # null in tune_summary.json where undefined (one episode)
-        return f"{100 * r[split]:.1f} ± {100 * ci:.1f}" if ci is not None and ci == ci else f"{100 * r[split]:.1f}"
+        return percent_cell(r[split], r.get(split + "_ci95")) if split in r else "not scored"
 
     def gain(r: dict[str, Any], split: str) -> str:
         g = r.get(f"{split}_gap_to_best")
-        if not g:
-            return "-"
-        ci = g.get("ci95")
-        return f"{100 * g['mean']:+.1f} ± {100 * ci:.1f}" if ci is not None and ci == ci else f"{100 * g['mean']:+.1f}"
+        return percent_cell(g["mean"], g.get("ci95"), signed=True) if g else "-"
 
     lines = ["| init | mixture | val | test | best − this, val | best − this, test |", "|---|---|---|---|---|---|"]
     for name, r in summary["compare"].items():
@@ -160,7 +156,6 @@ def summary_table(summary: dict[str, Any]) -> str:
 def finish(cfg: ExperimentConfig, grid: Any, sizes: dict[str, int]) -> dict[str, Any]:
     """Write ``best_config.yaml``, ``best_model/``, ``tune_scores.png`` and ``tune_summary.{json,md}``."""
     from ..errors import RaymetaError
-    from ..eval.evaluate import write_json_atomic
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from ..config import ExperimentConfig
+from ..core.jsonio import write_json_atomic
 from ..errors import ConfigError, RaymetaError
-from ..eval.evaluate import write_json_atomic
 from ..train.pool import ActorPool
 from ..train.record import StepRecord
 from ..train.validation import held_back

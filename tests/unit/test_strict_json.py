@@ -14,9 +14,8 @@ import torch
 
 from raymeta.config import ExperimentConfig, ModelConfig
 from raymeta.core.checkpoint import load_checkpoint, save_checkpoint
-from raymeta.core.jsonio import dumps, strict_json
+from raymeta.core.jsonio import dumps, strict_json, write_json_atomic
 from raymeta.core.model import load_encoder
-from raymeta.eval.evaluate import write_json_atomic
 from raymeta.eval.metrics import mean_ci95
 from raymeta.eval.report import results_table
 from raymeta.train.record import StepRecord
