@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    cfg = bench_config(args.model, 1, BenchSettings(algorithm=args.algorithm), "runs/compile-probe")
+    cfg = bench_config(args.model, 1, BenchSettings(algorithms=[args.algorithm]), "runs/compile-probe")
     tok = load_tokenizer(cfg.model)
     task = load_task(cfg.tasks[0], tok, cfg.data_dir, cfg.cache_dir)
     eager, g_eager = run(cfg, task, tok, args.steps, compiled=False)

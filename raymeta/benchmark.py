@@ -48,7 +48,9 @@ def run_configs(cfg: ExperimentConfig, out: Path) -> dict[str, ExperimentConfig]
 
     Without ``benchmark.variants``: one run per algorithm, named after it. With variants: every variant x
     every algorithm, named ``variant/algorithm``, the variant's dotted overrides applied on top of the
-    config (tasks entries resolved like the config's own). A bad override is one line naming the variant."""
+    config (tasks entries resolved like the config's own); a variant that sets ``meta.algorithm`` itself is one
+    run, named after the variant (e.g. ``{svm: {meta.algorithm: metaopt, meta.metaopt.head: svm}}``). A bad
+    override is one line naming the variant."""
     variants = cfg.benchmark.variants or {"": {}}
     runs: dict[str, ExperimentConfig] = {}
     for variant, overrides in variants.items():
@@ -59,10 +61,11 @@ def run_configs(cfg: ExperimentConfig, out: Path) -> dict[str, ExperimentConfig]
                 base = load_config(data=apply_overrides(data, list(overrides.items())))
             except ConfigError as e:
                 raise ConfigError(f"config key 'benchmark.variants.{variant}': {e}") from None
-        for alg in cfg.benchmark.algorithms:
+        own = "meta.algorithm" in overrides
+        for alg in [base.meta.algorithm] if own else cfg.benchmark.algorithms:
             run_cfg = base.model_copy(deep=True)
             run_cfg.meta.algorithm = alg
-            name = f"{variant}/{alg}" if variant else alg
+            name = variant if own else f"{variant}/{alg}" if variant else alg
             run_cfg.output_dir = str(out / "runs" / name)
             if run_cfg.eval.validation is not None:
                 validation_specs(run_cfg)  # disjoint from this variant's tasks and the tests, before any run
@@ -164,11 +167,13 @@ def _gains_table(g: dict[str, Any], baseline: str) -> str:
 
 
 def _baselines(cfg: ExperimentConfig, results: dict[str, Any]) -> dict[str, list[str]]:
-    """Which inits each baseline is compared with (paired): everything with the pretrained model and with
-    ``multitask``; with variants, each later variant with the first one, algorithm by algorithm."""
+    """Which inits each baseline is compared with (paired): everything with the pretrained model, with
+    ``multitask`` and with each run of ``benchmark.compare_to``; with variants, each later variant with the first one,
+    algorithm by algorithm."""
     out = {"pretrained": [k for k in results if k != "pretrained"]}
-    if "multitask" in results:
-        out["multitask"] = [k for k in results if k != "multitask"]
+    for base in ["multitask", *cfg.benchmark.compare_to]:
+        if base in results:
+            out[base] = [k for k in results if k != base]
     names = list(cfg.benchmark.variants)
     for alg in cfg.benchmark.algorithms if len(names) > 1 else []:
         others = [f"{v}/{alg}" for v in names[1:] if f"{v}/{alg}" in results]
@@ -239,10 +244,11 @@ def run_benchmark(cfg: ExperimentConfig, out_dir: str | Path) -> dict[str, Any]:
             t0 = time.perf_counter()
             k = evaluate(init, kshot_tasks, shots=ev.shots, n_splits=ev.splits, settings=settings, seed=cfg.seed,
                          data_dir=cfg.data_dir, cache_dir=cfg.cache_dir, progress=False, method=ev.methods,
-                         setfit=setfit) if kshot_tasks else None
+                         setfit=setfit, ridge=ev.ridge, svm=ev.svm) if kshot_tasks else None
             e = evaluate_episodic(init, episodic_tasks, ways=ev.ways, shots=ev.episodic_shots, queries=ev.queries,
                                   episodes=ev.episodes, head_steps=ev.head_steps, seed=cfg.seed, data_dir=cfg.data_dir,
-                                  cache_dir=cfg.cache_dir) if episodic_tasks else None
+                                  cache_dir=cfg.cache_dir, methods=ev.episodic_methods, ridge=ev.ridge,
+                                  svm=ev.svm) if episodic_tasks else None
             results[name] = _merge(k, e)
             log.info("evaluated %s in %.0fs", name, time.perf_counter() - t0)
     finally:

@@ -119,7 +119,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .config import ExperimentConfig
+    from .config import EMBEDDING_CLASSIFIERS, EVAL_METHODS, ExperimentConfig
     from .eval.evaluate import evaluate, evaluate_episodic, resolve_eval_task
     from .eval.finetune import FinetuneSettings
     from .eval.setfit import SetfitSettings
@@ -129,21 +129,37 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     setfit_flags = {"--setfit-iterations": args.setfit_iterations, "--setfit-epochs": args.setfit_epochs,
                     "--setfit-batch-size": args.setfit_batch_size, "--setfit-lr": args.setfit_lr}
     given = [flag for flag, v in setfit_flags.items() if v is not None]
+    methods = [m for m in (args.method or "").split(",") if m] or (["prototype"] if args.episodic else ["finetune"])
+    if any(m not in EVAL_METHODS for m in methods):
+        raise RaymetaError(f"--method {args.method}: expected one or more of {', '.join(EVAL_METHODS)}, "
+                           "comma-separated")
     if args.episodic and args.address:
         raise RaymetaError("--address: --episodic scores its episodes in this process, without Ray")
-    if args.episodic and args.method is not None:
-        raise RaymetaError(f"--method {args.method} scores K-shot splits; --episodic scores N-way K-shot episodes "
-                           "(prototype classifier and fine-tuned head): use one of them")
-    if given and args.method != "setfit":
+    if args.episodic and (other := [m for m in methods if m not in EMBEDDING_CLASSIFIERS]):
+        raise RaymetaError(f"--method {other[0]} scores K-shot splits; --episodic scores N-way K-shot episodes with "
+                           f"{', '.join(EMBEDDING_CLASSIFIERS)} (and the fine-tuned head): use one of them")
+    if given and "setfit" not in methods:
         raise RaymetaError(f"{given[0]} applies to --method setfit only")
     for flag in given:
         if not setfit_flags[flag] > 0:
             raise RaymetaError(f"{flag} must be positive, got {setfit_flags[flag]}")
+    heads = {"--ridge-lambda": ("ridge", args.ridge_lambda), "--svm-lambda": ("svm", args.svm_lambda),
+             "--svm-iterations": ("svm", args.svm_iterations)}
+    for flag, (m, v) in heads.items():
+        if v is not None and m not in methods:
+            raise RaymetaError(f"{flag} applies to --method {m} only")
+        if v is not None and not v > 0:
+            raise RaymetaError(f"{flag} must be positive, got {v}")
+    # the config schema's eval.ridge / eval.svm, where a flag is not given
+    ridge = base.eval.ridge.model_copy(update={"lam": args.ridge_lambda} if args.ridge_lambda else {})
+    svm = base.eval.svm.model_copy(update={k: v for k, v in (("lam", args.svm_lambda),
+                                                             ("iterations", args.svm_iterations)) if v})
     tasks = [resolve_eval_task(t) for t in args.task]
     if args.episodic:
         out = evaluate_episodic(args.init, tasks, ways=args.ways, shots=positive_ints(args.shots), queries=args.queries,
                                 episodes=args.episodes, head_steps=args.head_steps, seed=args.seed,
-                                data_dir=data_dir, cache_dir=base.cache_dir, output=args.output)
+                                data_dir=data_dir, cache_dir=base.cache_dir, output=args.output, methods=methods,
+                                ridge=ridge, svm=svm)
     else:
         settings = FinetuneSettings(steps=args.steps, lr=args.lr, head_lr=args.head_lr, batch_size=args.batch_size,
                                     max_test=args.max_test or None)
@@ -153,7 +169,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         setfit = SetfitSettings(**{**base.eval.setfit.model_dump(), **{k: v for k, v in flags.items() if v is not None}})
         out = evaluate(args.init, tasks, shots=positive_ints(args.shots), n_splits=args.splits, settings=settings,
                        seed=args.seed, data_dir=data_dir, cache_dir=base.cache_dir, output=args.output,
-                       method=args.method or "finetune", setfit=setfit, address=args.address)
+                       method=methods, setfit=setfit, address=args.address, ridge=ridge, svm=svm)
     table = format_results(out)
     sys.stderr.flush()  # the progress bar (stderr) is done: the table goes to stdout on lines of its own
     print(table, flush=True)
@@ -226,7 +242,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .config import EVAL_METHODS, EvalConfig, SetfitConfig
+    from .config import EvalConfig, SetfitConfig
 
     # `raymeta evaluate`'s defaults are the config schema's eval section (one source: they cannot drift apart)
     ev_defaults, sf_defaults = EvalConfig(), SetfitConfig()
@@ -266,9 +282,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="K values (episodic: shots per class), e.g. 4,8,16")
     ev.add_argument("--splits", type=int, default=ev_defaults.splits, help="seeded K-shot splits per K")
     ev.add_argument("--output", default="results.json", help="results file (results.md is written beside it)")
-    ev.add_argument("--method", choices=EVAL_METHODS, default=None,
+    ev.add_argument("--method", default=None, metavar="METHOD[,METHOD...]",
                     help="finetune (default): encoder + head fine-tuned on each split; prototype: nearest class mean, "
-                    "no training (Snell et al. 2017); setfit: SetFit (Tunstall et al. 2022; pip install 'raymeta[setfit]')")
+                    "no training (Snell et al. 2017); ridge, svm: MetaOptNet's ridge-regression and multi-class SVM "
+                    "heads on the frozen embeddings (Lee et al. 2019); setfit: SetFit (Tunstall et al. 2022; pip install "
+                    "'raymeta[setfit]'). Several, comma-separated, score the same splits. --episodic: prototype (default), "
+                    "ridge, svm")
+    ev.add_argument("--ridge-lambda", type=float, help=f"ridge: the regulariser λ (default {ev_defaults.ridge.lam:g})")
+    ev.add_argument("--svm-lambda", type=float, help=f"svm: the regulariser λ = 1/C (default {ev_defaults.svm.lam:g})")
+    ev.add_argument("--svm-iterations", type=int, help=f"svm: dual solver steps (default {ev_defaults.svm.iterations})")
     ev.add_argument("--steps", type=int, default=ev_defaults.finetune_steps, help="fine-tuning steps per split")
     ev.add_argument("--lr", type=float, default=ev_defaults.finetune_lr, help="encoder learning rate")
     ev.add_argument("--head-lr", type=float, default=ev_defaults.head_lr, help="the new head's learning rate")
@@ -314,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-reference", action="store_true", help="skip (a), the single-process reference")
     sp.add_argument("--trainable", help="model.trainable modes side by side: full, lora, top_layers (default: full; "
                     "--quick: full,lora)")
+    sp.add_argument("--algorithms", help="meta-algorithms side by side, e.g. protonet,metaopt,metaopt:svm "
+                    "(metaopt with its SVM head; default: multitask)")
     sp.add_argument("--transfer-dtype", choices=["float32", "bfloat16"], help="meta.transfer_dtype of the trainer")
     sp.add_argument("--torch-threads", type=int, help="torch threads per actor (default: its CPU share)")
     sp.add_argument("--output", help="write the results as JSON here")

@@ -54,12 +54,17 @@ __all__ = [
 ]
 
 TaskType = Literal["sequence_classification", "token_classification", "extractive_qa", "multiple_choice"]
-Algorithm = Literal["multitask", "fomaml", "reptile", "maml", "anil", "protonet"]
+Algorithm = Literal["multitask", "fomaml", "reptile", "maml", "anil", "protonet", "metaopt"]
 TASK_TYPES: tuple[str, ...] = TaskType.__args__  # type: ignore[attr-defined]
 ALGORITHMS: tuple[str, ...] = Algorithm.__args__  # type: ignore[attr-defined]
-# How an init is scored on a K-shot split: fine-tuning (raymeta.eval.finetune), nearest class mean without training
-# (raymeta.eval.prototype, Snell et al. 2017) or SetFit (raymeta.eval.setfit, Tunstall et al. 2022).
-EvalMethod = Literal["finetune", "prototype", "setfit"]
+# A classifier fitted to frozen embeddings of a support set, without training the encoder
+# (raymeta.core.base_learners): the nearest class mean (Snell et al. 2017), ridge regression (Bertinetto et al. 2019)
+# or the Crammer-Singer multi-class SVM (Lee et al. 2019's MetaOptNet heads).
+EmbeddingClassifier = Literal["prototype", "ridge", "svm"]
+EMBEDDING_CLASSIFIERS: tuple[str, ...] = EmbeddingClassifier.__args__  # type: ignore[attr-defined]
+# How an init is scored on a K-shot split: fine-tuning (raymeta.eval.finetune), an embedding classifier without
+# training (raymeta.eval.frozen) or SetFit (raymeta.eval.setfit, Tunstall et al. 2022).
+EvalMethod = Literal["finetune", "prototype", "ridge", "svm", "setfit"]
 EVAL_METHODS: tuple[str, ...] = EvalMethod.__args__  # type: ignore[attr-defined]
 
 DEFAULT_DATA_DIR = "../shared/data"
@@ -251,6 +256,49 @@ class ProtoConfig(_Strict):
     temperature: float = Field(default=10.0, gt=0.0)
 
 
+class _Aliased(_Strict):
+    # ``lambda`` is a Python keyword: the field is ``lam``, read and written as ``lambda``.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_by_name=True, serialize_by_alias=True)
+
+
+class RidgeConfig(_Aliased):
+    """The ridge-regression classifier of an embedding space (``--method ridge``, ``method: ridge`` in episodes):
+    W = Xᵀ(XXᵀ + λI)⁻¹Y over the support embeddings X and one-hot labels Y (Bertinetto et al. 2019). The default λ
+    was chosen on validation classes (HuffPost 20-24, plain MiniLM, benchmarks/RESULTS.md §11); it depends on the
+    embeddings' scale (MiniLM's pooled embeddings have norms of about 5)."""
+
+    lam: float = Field(default=30.0, gt=0.0, alias="lambda")
+
+
+class SvmConfig(_Aliased):
+    """The Crammer-Singer multi-class SVM of an embedding space (``--method svm``), C = 1/λ, solved in the dual by
+    ``iterations`` accelerated projected-gradient steps (:func:`raymeta.core.base_learners.svm_weights`). λ: as for
+    :class:`RidgeConfig` (benchmarks/RESULTS.md §11)."""
+
+    lam: float = Field(default=30.0, gt=0.0, alias="lambda")
+    iterations: int = Field(default=100, ge=1)
+
+
+class MetaOptConfig(_Aliased):
+    """``meta.algorithm: metaopt`` (Lee et al. 2019, MetaOptNet): each episode fits a linear classifier to the
+    support embeddings in closed form (``head: ridge``, R2D2's dual form) or by a differentiable solve (``head:
+    svm``, Crammer and Singer's multi-class SVM, C = 1/λ), and the query cross-entropy of ``scale`` × its logits is
+    back-propagated through that solve into the encoder. ``learn_scale``: each task learns its own scale (a task-head
+    parameter, stepped by the actor's head optimizer; MetaOptNet learns one), starting from ``scale``."""
+
+    head: Literal["ridge", "svm"] = "ridge"
+    lam: float = Field(default=30.0, gt=0.0, alias="lambda")  # eval.ridge's (benchmarks/RESULTS.md §11)
+    scale: float = Field(default=10.0, gt=0.0)
+    learn_scale: bool = False
+    iterations: int | None = Field(default=None, ge=1)  # svm: unrolled solver steps (required with head: svm)
+
+    @model_validator(mode="after")
+    def _svm_has_a_solver(self) -> "MetaOptConfig":
+        if self.head == "svm" and self.iterations is None:
+            raise ValueError("head: svm needs a solver setting: iterations (unrolled dual solver steps, e.g. 50)")
+        return self
+
+
 class MetaConfig(_Strict):
     """The meta-algorithm and its inner loop (Finn et al. 2017; Nichol et al. 2018)."""
 
@@ -260,6 +308,7 @@ class MetaConfig(_Strict):
     inner_lr: float = Field(default=1e-3, gt=0.0)
     episode: EpisodeConfig = Field(default_factory=EpisodeConfig)
     proto: ProtoConfig = Field(default_factory=ProtoConfig)  # protonet's metric, and the Proto-MAML head's
+    metaopt: MetaOptConfig = Field(default_factory=MetaOptConfig)  # algorithm: metaopt's base learner
     combine: Literal["mean", "pcgrad"] = "mean"
     reduce: Literal["driver", "collective"] = "driver"
     nan_policy: Literal["skip_task", "abort"] = "skip_task"
@@ -334,6 +383,9 @@ class EpisodicProtocol(EpisodicSizes):
     seed: int = 0
     distance: Literal["euclidean", "cosine"] = "euclidean"
     temperature: float = Field(default=1.0, gt=0.0)
+    classifier: EmbeddingClassifier = "prototype"  # the episodes' classifier (eval.ridge / eval.svm: its settings)
+    ridge: RidgeConfig = Field(default_factory=RidgeConfig)
+    svm: SvmConfig = Field(default_factory=SvmConfig)
     key: str = "eval.validation"
     split_key: str = "eval.validation.split"
 
@@ -344,7 +396,8 @@ class ValidationConfig(EpisodicSizes):
     fields (ways, shots, queries, episodes, max_rows_per_class) are :class:`EpisodicSizes`, shared with ``tune``."""
 
     tasks: list[dict[str, Any]] = Field(min_length=1)  # {use: NAME} entries or task dicts; classification
-    method: Literal["prototype", "finetune"] = "prototype"  # episodic prototype accuracy, or K-shot fine-tuning
+    # episodic accuracy of an embedding classifier (prototype, ridge, svm: eval.ridge / eval.svm), or K-shot fine-tuning
+    method: Literal["prototype", "ridge", "svm", "finetune"] = "prototype"
     splits: int = Field(default=2, ge=1)  # finetune: seeded K-shot splits per task
     # rows scored: every split of a validation task, or only its test split. "test" allows in-domain selection on
     # a meta-training task's held-back rows (meta-training reads train splits only; prototype method only).
@@ -354,8 +407,8 @@ class ValidationConfig(EpisodicSizes):
 
     @model_validator(mode="after")
     def _held_out_rows_are_prototype_only(self) -> "ValidationConfig":
-        if self.split == "test" and self.method != "prototype":
-            raise ValueError("split: test scores held-out rows with prototype episodes (method: prototype); "
+        if self.split == "test" and self.method == "finetune":
+            raise ValueError("split: test scores held-out rows with episodes (method: prototype, ridge or svm); "
                              "finetune validation draws its K-shot splits from train")
         return self
 
@@ -378,6 +431,8 @@ class EvalConfig(_Strict):
     # how every init is scored on the K-shot tasks, each method on the same splits and test rows
     methods: list[EvalMethod] = Field(default_factory=lambda: ["finetune"], min_length=1)
     setfit: SetfitConfig = Field(default_factory=SetfitConfig)
+    ridge: RidgeConfig = Field(default_factory=RidgeConfig)  # method ridge, here and in episodes and validation
+    svm: SvmConfig = Field(default_factory=SvmConfig)  # method svm, the same
     finetune_steps: int = Field(default=30, ge=1)
     finetune_lr: float = Field(default=5e-5, gt=0.0)
     head_lr: float = Field(default=1e-3, gt=0.0)
@@ -387,12 +442,14 @@ class EvalConfig(_Strict):
     episodic_tasks: list[dict[str, Any]] = Field(default_factory=list)
     ways: int = Field(default=5, ge=2)
     episodic_shots: list[int] = Field(default_factory=lambda: [1, 5])
+    # the episodes' classifiers on frozen embeddings (each on the same episodes); head_steps adds the fine-tuned head
+    episodic_methods: list[EmbeddingClassifier] = Field(default_factory=lambda: ["prototype"], min_length=1)
     queries: int = Field(default=15, ge=1)
     episodes: int = Field(default=500, ge=1)
     head_steps: int = Field(default=50, ge=0)
     validation: ValidationConfig | None = None  # meta-validation during training: picks <output_dir>/best
 
-    @field_validator("methods")
+    @field_validator("methods", "episodic_methods")
     @classmethod
     def _methods_once(cls, v: list[str]) -> list[str]:
         if len(set(v)) != len(v):
@@ -408,6 +465,9 @@ class BenchmarkConfig(_Strict):
     # {supervised: {}, hybrid: {tasks: [...]}}: every variant x every algorithm is meta-trained and evaluated
     # on the same splits and episodes, so variants get paired CIs too. Empty: one run per algorithm.
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # runs (by name: an algorithm, a variant, variant/algorithm) that every other run is paired with in
+    # results.md, besides the pretrained model and multitask
+    compare_to: list[str] = Field(default_factory=list)
 
     @field_validator("variants")
     @classmethod
@@ -459,6 +519,7 @@ class TuneConfig(EpisodicSizes):
     # validation rows: every split, or only each task's test split, which meta-training never reads: then a
     # validation task may be a meta-training task itself (in-domain selection; like eval.validation.split)
     validation_split: Literal["all", "test"] = "all"
+    method: EmbeddingClassifier = "prototype"  # the episodes' classifier (eval.ridge / eval.svm: its settings)
     search: Literal["optuna", "random"] = "optuna"
     scheduler: Literal["asha", "pbt", "fifo"] = "asha"
     grace_period: int = Field(default=1, ge=1)  # ASHA: reports before a trial may be stopped

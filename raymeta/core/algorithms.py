@@ -10,7 +10,8 @@ Heads:
 - ``sequence_classification`` in the MAML family (fomaml, reptile, maml, anil) uses an
   *episode head* initialised from the support prototypes (Proto-MAML, Triantafillou et al.
   2020), so any N-way episode starts well; ``multitask`` uses the task's own head over all
-  classes; ``protonet`` needs no head.
+  classes; ``protonet`` needs no head; ``metaopt`` fits its head to the support set in closed
+  form or by a differentiable solve (:mod:`raymeta.core.base_learners`).
 - Other task types (NER, QA, multiple choice) use the task's persistent head, adapted in
   the inner loop; its outer gradient is returned too, for the actor's head optimizer.
 """
@@ -18,18 +19,19 @@ Heads:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
-from ..config import ALGORITHMS
+from ..config import ALGORITHMS, MetaConfig, MetaOptConfig
 from ..tasks.episodes import Episode
-from .model import MetaModel, pool_hidden, proto_head
+from .base_learners import proto_logits, prototypes, ridge_weights, svm_weights
+from .model import LOG_SCALE, MetaModel, pool_hidden, proto_head
 
-__all__ = ["ALGORITHMS", "TaskGradient", "task_gradient", "prototypes", "proto_logits", "global_labels"]
+__all__ = ["ALGORITHMS", "TaskGradient", "task_gradient", "algorithm_options", "global_labels"]
 
 Batch = Mapping[str, Tensor]
 Params = dict[str, Tensor]
@@ -47,25 +49,6 @@ class TaskGradient:
 
 
 # ----------------------------------------------------------------------------- pieces
-
-
-def prototypes(emb: Tensor, labels: Tensor, n_classes: int) -> Tensor:
-    """Class means of the support embeddings (Snell et al. 2017, eq. 1)."""
-    onehot = F.one_hot(labels, n_classes).to(emb.dtype)
-    return (onehot.T @ emb) / onehot.sum(0).unsqueeze(1)
-
-
-def proto_logits(query: Tensor, protos: Tensor, distance: str = "euclidean", temperature: float = 1.0) -> Tensor:
-    """Negative squared Euclidean distance to each prototype (Snell et al. 2017, eq. 2), or the cosine
-    similarity (``distance="cosine"``), divided by ``temperature`` (metric scaling, Oreshkin et al. 2018)."""
-    if distance == "cosine":
-        logits = F.normalize(query, dim=-1) @ F.normalize(protos, dim=-1).T
-    elif distance == "euclidean":
-        logits = -((query.unsqueeze(1) - protos.unsqueeze(0)) ** 2).sum(-1)
-    else:
-        raise ValueError(f"unknown prototype distance '{distance}' (euclidean, cosine)")
-    # skipped at 1.0, so the default graph is exactly the unscaled one (bit-equal gradients)
-    return logits if temperature == 1.0 else logits / temperature
 
 
 def _split(params: Params, prefix: str) -> Params:
@@ -177,6 +160,28 @@ def _protonet(fn: _Functional, params: Params, ep: Episode) -> TaskGradient:
                         _n(ep.support) + _n(ep.query))
 
 
+def _metaopt(fn: _Functional, params: Params, ep: Episode, opts: MetaOptConfig) -> TaskGradient:
+    """MetaOptNet (Lee et al. 2019): the query cross-entropy of a linear classifier fitted to the support
+    embeddings (ridge: Bertinetto et al. 2019's closed form; svm: Crammer and Singer's), differentiated through
+    the fit into the encoder. The logits are scaled (``meta.metaopt.scale``, or the task's learned ``log_scale``):
+    a ridge fit to one-hot targets gives scores in about [0, 1], too flat for a softmax."""
+    assert ep.classes is not None
+    emb_s, emb_q = fn.features(params, ep.support), fn.features(params, ep.query)
+    labels, n = ep.support["labels"], len(ep.classes)
+    w = ridge_weights(emb_s, labels, n, opts.lam) if opts.head == "ridge" else \
+        svm_weights(emb_s, labels, n, opts.lam, int(opts.iterations or 0))
+    keys = [k for k in params if k.startswith("encoder.")]
+    scale_key = fn.head_prefix + LOG_SCALE
+    if scale_key in params:  # learn_scale: a parameter of the task's head
+        scale, keys = params[scale_key].exp(), keys + [scale_key]
+    else:
+        scale = opts.scale
+    logits = scale * (emb_q @ w.T)
+    loss = F.cross_entropy(logits, ep.query["labels"])
+    return TaskGradient(_grads(loss, params, keys), loss.item(), _accuracy(fn.type, logits, ep.query),
+                        _n(ep.support) + _n(ep.query))
+
+
 def _with_episode_head(fn: _Functional, params: Params, ep: Episode, differentiable: bool) -> Params:
     """Proto-MAML head (:func:`raymeta.core.model.proto_head`): a linear layer equal to the prototype classifier
     of the support set under ``meta.proto``, differentiable through the prototypes for second-order algorithms."""
@@ -264,9 +269,17 @@ def _maml_family(algorithm: str, fn: _Functional, params: Params, ep: Episode, s
                         {**metrics, **_accuracy(fn.type, logits, ep.query)}, n)
 
 
+def algorithm_options(meta: MetaConfig) -> dict[str, Any]:
+    """:func:`task_gradient`'s keyword arguments from ``meta``: one place for the task actor, the speed
+    baselines and the tests' single-process references."""
+    return {"inner_steps": meta.inner_steps, "inner_lr": meta.inner_lr, "distance": meta.proto.distance,
+            "temperature": meta.proto.temperature, "metaopt": meta.metaopt}
+
+
 def task_gradient(
     algorithm: str, model: MetaModel, task: str, task_type: str, episode: Episode, params: Params,
     *, inner_steps: int = 1, inner_lr: float = 1e-3, distance: str = "euclidean", temperature: float = 1.0,
+    metaopt: MetaOptConfig | None = None,
 ) -> TaskGradient:
     """One task's contribution to the meta-gradient.
 
@@ -275,14 +288,17 @@ def task_gradient(
     same names (those the loss reached); the encoder part is what the driver reduces.
     ``distance`` and ``temperature`` (``meta.proto``) set the prototype metric of ``protonet`` and of the
     MAML family's episode head; the defaults are the original unscaled squared Euclidean distance.
+    ``metaopt`` (``meta.metaopt``) sets ``metaopt``'s base learner (default: :class:`MetaOptConfig`'s).
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm '{algorithm}' (known: {', '.join(ALGORITHMS)})")
     classification = task_type == "sequence_classification"
-    if algorithm == "multitask" or (algorithm == "protonet" and not classification):
-        # ProtoNet needs classes; other task types contribute their supervised loss.
+    if algorithm == "multitask" or (algorithm in ("protonet", "metaopt") and not classification):
+        # ProtoNet and MetaOptNet need classes; other task types contribute their supervised loss.
         return _multitask(_Functional(model, task, task_type, episode_head=False), params, episode)
     if algorithm == "protonet":
         return _protonet(_Functional(model, task, task_type, True, distance, temperature), params, episode)
+    if algorithm == "metaopt":
+        return _metaopt(_Functional(model, task, task_type, True), params, episode, metaopt or MetaOptConfig())
     fn = _Functional(model, task, task_type, classification, distance, temperature)
     return _maml_family(algorithm, fn, params, episode, inner_steps, inner_lr)

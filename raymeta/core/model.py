@@ -34,10 +34,11 @@ __all__ = [
     "ADAPTER_CONFIG", "CAUSAL_MODEL_TYPES", "OFFLINE_MINILM", "Head", "MetaModel", "MultipleChoiceHead",
     "ParamLayout", "QuestionAnsweringHead", "SequenceClassificationHead",
     "TokenClassificationHead", "build_head", "default_pooling", "load_encoder",
-    "load_tokenizer", "pool_hidden", "proto_head", "resolve_model_path",
+    "load_tokenizer", "pool_hidden", "proto_head", "resolve_model_path", "LOG_SCALE",
 ]
 
 OFFLINE_MINILM = "offline:all-MiniLM-L6-v2"
+LOG_SCALE = "log_scale"  # a classification head's learned logit scale (meta.metaopt.learn_scale), when it has one
 ADAPTER_CONFIG = "adapter_config.json"  # what marks a peft adapter directory
 
 # Decoder-only families: pooled with the last real token (the only one that has seen the
@@ -219,15 +220,19 @@ class Head(Protocol):
 
 
 class SequenceClassificationHead(nn.Module):
-    """Pool -> dropout -> Linear: (B, T, H) -> (B, num_labels)."""
+    """Pool -> dropout -> Linear: (B, T, H) -> (B, num_labels). With ``log_scale``, also a learned logit scale
+    (``log_scale``, a parameter of its own) for a loss that fits its classifier per episode (``metaopt``)."""
 
     label_keys = ("labels",)
 
-    def __init__(self, hidden_size: int, num_labels: int, pooling: str = "mean", dropout: float = 0.1):
+    def __init__(self, hidden_size: int, num_labels: int, pooling: str = "mean", dropout: float = 0.1,
+                 log_scale: float | None = None):
         super().__init__()
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(hidden_size, num_labels)
+        if log_scale is not None:
+            self.register_parameter(LOG_SCALE, nn.Parameter(torch.tensor(float(log_scale))))
 
     def pool(self, hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
         return pool_hidden(hidden, attention_mask, self.pooling)
@@ -328,10 +333,12 @@ class MultipleChoiceHead(nn.Module):
         return F.cross_entropy(logits, batch["labels"])
 
 
-def build_head(task_type: str, hidden_size: int, num_labels: int, pooling: str, dropout: float) -> nn.Module:
-    """The head for a task type (``num_labels`` is unused by QA and multiple choice)."""
+def build_head(task_type: str, hidden_size: int, num_labels: int, pooling: str, dropout: float,
+               log_scale: float | None = None) -> nn.Module:
+    """The head for a task type (``num_labels`` is unused by QA and multiple choice; ``log_scale``, the initial
+    learned logit scale, by every type but sequence classification)."""
     if task_type == "sequence_classification":
-        return SequenceClassificationHead(hidden_size, num_labels, pooling, dropout)
+        return SequenceClassificationHead(hidden_size, num_labels, pooling, dropout, log_scale)
     if task_type == "token_classification":
         return TokenClassificationHead(hidden_size, num_labels, dropout)
     if task_type == "extractive_qa":
@@ -379,13 +386,13 @@ class MetaModel(nn.Module):
             model.add_head(name, task_type, num_labels)
         return model
 
-    def add_head(self, task_name: str, task_type: str, num_labels: int) -> nn.Module:
+    def add_head(self, task_name: str, task_type: str, num_labels: int, log_scale: float | None = None) -> nn.Module:
         key = _head_key(task_name)
         if key in self.heads:
             raise ModelError(f"task '{task_name}': already has a head")
         if hasattr(self.heads, key):  # e.g. a task called "keys" or "update"
             raise ModelError(f"task '{task_name}': the name clashes with a torch attribute")
-        head = build_head(task_type, self.hidden_size, num_labels, self.pooling, self.head_dropout)
+        head = build_head(task_type, self.hidden_size, num_labels, self.pooling, self.head_dropout, log_scale)
         ref = next(self.encoder.parameters())
         self.heads[key] = head.to(device=ref.device, dtype=ref.dtype)
         self.task_types[task_name] = task_type

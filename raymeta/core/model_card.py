@@ -30,6 +30,7 @@ _REFERENCES = {
     "anil": "ANIL, Raghu et al. 2020",
     "reptile": "Reptile, Nichol et al. 2018",
     "protonet": "Prototypical Networks, Snell et al. 2017",
+    "metaopt": "MetaOptNet, Lee et al. 2019",
 }
 
 

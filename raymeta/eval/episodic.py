@@ -1,28 +1,32 @@
-"""Episodic N-way K-shot evaluation with a prototype classifier and no fine-tuning.
+"""Episodic N-way K-shot evaluation with classifiers fitted to frozen embeddings, and no fine-tuning.
 
 The encoder embeds every row of the held-out classes once; episodes are then drawn on the
 embeddings (seeded, so every init sees the same episodes), which makes 1000 episodes cost
-seconds instead of an hour. Accuracy is reported with a 95% CI over episodes (e.g. Snell et al. 2017;
-Bao et al. 2020), from Student's t (:func:`raymeta.eval.metrics.mean_ci95`; at hundreds of episodes it is
-the literature's normal approximation to the third digit).
+seconds instead of an hour. Each episode's support set fits the classifiers asked for: the nearest
+prototype (Snell et al. 2017), ridge regression or the multi-class SVM (MetaOptNet's heads, Lee et al. 2019;
+:mod:`raymeta.core.base_learners`), each scored on the same queries, so the classifiers are paired too.
+Accuracy is reported with a 95% CI over episodes (e.g. Snell et al. 2017; Bao et al. 2020), from Student's t
+(:func:`raymeta.eval.metrics.mean_ci95`; at hundreds of episodes it is the literature's normal approximation to the
+third digit).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from ..config import EpisodeConfig, ModelConfig, TaskConfig
-from ..core.algorithms import proto_logits, prototypes
+from ..config import EpisodeConfig, ModelConfig, RidgeConfig, SvmConfig, TaskConfig
+from ..core.base_learners import proto_logits, prototypes, ridge_weights, svm_weights
 from ..core.model import MetaModel, load_encoder, load_tokenizer, proto_head
 from ..tasks import Task, load_task
 from ..tasks.episodes import sample_episode
 from .metrics import mean_ci95
 
-__all__ = ["EpisodicResult", "embed_task", "embed_rows", "episodic_accuracy", "evaluate_init_episodic", "subsample_per_class"]
+__all__ = ["EpisodicResult", "classifier_logits", "embed_task", "embed_rows", "episodic_accuracy",
+           "evaluate_init_episodic", "subsample_per_class"]
 
 
 @dataclass
@@ -116,31 +120,53 @@ def _finetune_head(
     return w.detach(), b.detach()
 
 
+def classifier_logits(method: str, support: torch.Tensor, labels: torch.Tensor, n_classes: int, query: torch.Tensor, *,
+                      distance: str = "euclidean", ridge: RidgeConfig | None = None,
+                      svm: SvmConfig | None = None) -> torch.Tensor:
+    """The query logits of an embedding classifier fitted to ``support``: ``prototype`` (nearest class mean under
+    ``distance``), ``ridge`` or ``svm`` (``eval.ridge`` / ``eval.svm``). One definition for episodic evaluation,
+    meta-validation, ``raymeta tune``'s score and the K-shot ``--method prototype | ridge | svm``."""
+    if method == "prototype":
+        return proto_logits(query, prototypes(support, labels, n_classes), distance)
+    if method == "ridge":
+        return query @ ridge_weights(support, labels, n_classes, (ridge or RidgeConfig()).lam).T
+    if method == "svm":
+        s = svm or SvmConfig()
+        return query @ svm_weights(support, labels, n_classes, s.lam, s.iterations).T
+    raise ValueError(f"unknown embedding classifier '{method}' (prototype, ridge, svm)")
+
+
 def episodic_accuracy(emb: np.ndarray, class_ids: np.ndarray, *, ways: int, shots: int, queries: int,
                       episodes: int, seed: int = 0, head_steps: int = 0, head_lr: float = 1e-2,
-                      distance: str = "euclidean", temperature: float = 1.0) -> dict[str, EpisodicResult]:
-    """Mean query accuracy over seeded episodes of the prototype classifier (no training) and,
-    with ``head_steps > 0``, of a prototype-initialised linear head fine-tuned on each support set.
+                      distance: str = "euclidean", temperature: float = 1.0,
+                      methods: Sequence[str] = ("prototype",), ridge: RidgeConfig | None = None,
+                      svm: SvmConfig | None = None) -> dict[str, EpisodicResult]:
+    """Mean query accuracy over seeded episodes of each embedding classifier in ``methods`` (no training; see
+    :func:`classifier_logits`) and, with ``head_steps > 0``, of a prototype-initialised linear head fine-tuned on
+    each support set (``finetuned_head``). Every classifier sees the same episodes.
 
     ``distance`` (``meta.proto.distance``) changes which prototype is nearest; ``temperature`` cannot change
     the prototype classifier's argmax, only the fine-tuned head's starting scale (so its training)."""
     cfg = EpisodeConfig(ways=ways, shots=shots, queries=queries)
     x = torch.from_numpy(emb)
     xn = torch.nn.functional.normalize(x, dim=-1) if distance == "cosine" else x  # what the cosine head reads
-    proto_accs, head_accs = [], []
+    accs: dict[str, list[float]] = {m: [] for m in methods}
+    head_accs = []
     for e in range(episodes):
         s, q, classes = sample_episode(len(class_ids), class_ids, cfg, seed, "episodic-eval", e)
         assert classes is not None
         local = {c: j for j, c in enumerate(classes)}
         ys = torch.tensor([local[int(class_ids[i])] for i in s])
         yq = torch.tensor([local[int(class_ids[i])] for i in q])
-        protos = prototypes(x[s], ys, len(classes))
-        proto_accs.append(float((proto_logits(x[q], protos, distance).argmax(-1) == yq).float().mean()))
+        for m in methods:
+            logits = classifier_logits(m, x[s], ys, len(classes), x[q], distance=distance, ridge=ridge, svm=svm)
+            accs[m].append(float((logits.argmax(-1) == yq).float().mean()))
         if head_steps > 0:
+            protos = prototypes(x[s], ys, len(classes))
             with torch.enable_grad():
                 w, b = _finetune_head(xn[s], ys, protos, head_steps, head_lr, distance, temperature)
             head_accs.append(float(((xn[q] @ w.T + b).argmax(-1) == yq).float().mean()))
-    out = {"prototype": _summary(proto_accs, ways, shots, queries)}
+    out = {m: _summary(a, ways, shots, queries) for m, a in accs.items()}
     if head_accs:
         out["finetuned_head"] = _summary(head_accs, ways, shots, queries)
     return out
@@ -149,9 +175,12 @@ def episodic_accuracy(emb: np.ndarray, class_ids: np.ndarray, *, ways: int, shot
 def evaluate_init_episodic(init: str, task: TaskConfig, *, data_dir: str, cache_dir: str | None, ways: int = 5,
                            shots: tuple[int, ...] = (1, 5), queries: int = 15, episodes: int = 1000,
                            seed: int = 0, head_steps: int = 0, splits: tuple[str, ...] = ("test",),
-                           distance: str = "euclidean", temperature: float = 1.0) -> dict[int, dict[str, EpisodicResult]]:
-    """Per K: the prototype classifier's result (and the fine-tuned head's, if ``head_steps``).
+                           distance: str = "euclidean", temperature: float = 1.0,
+                           methods: Sequence[str] = ("prototype",), ridge: RidgeConfig | None = None,
+                           svm: SvmConfig | None = None) -> dict[int, dict[str, EpisodicResult]]:
+    """Per K: each classifier's result in ``methods`` (and the fine-tuned head's, if ``head_steps``).
     Episodes are drawn from the rows of ``splits`` (default: the test split)."""
     emb, ids = embed_task(init, task, data_dir=data_dir, cache_dir=cache_dir, splits=splits)
     return {k: episodic_accuracy(emb, ids, ways=ways, shots=k, queries=queries, episodes=episodes, seed=seed,
-                                 head_steps=head_steps, distance=distance, temperature=temperature) for k in shots}
+                                 head_steps=head_steps, distance=distance, temperature=temperature, methods=methods,
+                                 ridge=ridge, svm=svm) for k in shots}

@@ -4,15 +4,16 @@ For every task, K and split, the init learns from K examples per class (classifi
 or K examples (NER, QA, multiple choice) and is scored on the test split, by one or more methods:
 
 - ``finetune`` (the default): encoder + a new head fine-tuned for a fixed step budget (:mod:`raymeta.eval.finetune`);
-- ``prototype``: no training, the nearest class mean of the K examples' embeddings (Snell et al. 2017;
-  :mod:`raymeta.eval.prototype`), classification only;
+- ``prototype``, ``ridge``, ``svm``: no training, a classifier fitted to the K examples' embeddings: the nearest
+  class mean (Snell et al. 2017), ridge regression or the multi-class SVM (MetaOptNet's heads, Lee et al. 2019;
+  :mod:`raymeta.eval.frozen`), classification only;
 - ``setfit``: SetFit, contrastive fine-tuning + a logistic-regression head (Tunstall et al. 2022;
   :mod:`raymeta.eval.setfit`, the optional ``setfit`` extra), classification only.
 
 The K-shot splits are drawn from ``(seed, task, K, split)`` and saved in the results, so every
 init and every method sees exactly the same examples, and is scored on the same test rows.
 Runs go out as parallel Ray tasks: one per (task, K, split) for ``finetune`` and ``setfit``, one per
-task for ``prototype`` (which embeds the test rows once for all of its splits).
+task for the embedding classifiers (each embeds the test rows once for all of its splits).
 
 Results: ``tasks[name]["shots"][K]`` holds ``finetune``'s scores, as it always has; every other method's
 go to ``tasks[name]["methods"][method][K]``, with the same fields (``all``: every metric per split;
@@ -29,15 +30,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..config import EVAL_METHODS, ModelConfig, TaskConfig
+from ..config import EMBEDDING_CLASSIFIERS, EVAL_METHODS, ModelConfig, RidgeConfig, SvmConfig, TaskConfig
 from ..core.jsonio import write_json_atomic  # strict JSON: NaN/inf -> null, listed under "nonfinite"
 from ..core.model import ADAPTER_CONFIG
 from ..errors import DataError, ModelError, RaymetaError
 from ..tasks import Task, load_task
 from ..tasks.registry import catalog_names, task_config
 from .finetune import FinetuneSettings, finetune_and_evaluate
+from .frozen import check_frozen_task, frozen_evaluate
 from .metrics import PRIMARY, mean_ci95
-from .prototype import check_prototype_task, prototype_evaluate
 from .setfit import SetfitSettings, check_setfit_task, require_setfit, setfit_and_evaluate
 
 __all__ = ["resolve_init", "resolve_eval_task", "kshot_splits", "summarise", "check_methods", "evaluate",
@@ -125,15 +126,16 @@ summarise = mean_ci95  # mean, std and the t-based 95% CI of a task's per-split 
 
 def check_methods(tasks: Sequence[TaskConfig], method: str | Sequence[str]) -> list[str]:
     """The evaluation methods as a list, after the checks that need no model or data: known names, each once;
-    ``prototype`` and ``setfit`` only on classification tasks; ``setfit`` installed. One-line errors."""
+    the embedding classifiers and ``setfit`` only on classification tasks; ``setfit`` installed. One-line errors."""
     methods = [method] if isinstance(method, str) else list(method)
     if not methods or any(m not in EVAL_METHODS for m in methods) or len(set(methods)) != len(methods):
         raise RaymetaError(f"--method {','.join(methods)}: expected one or more of {', '.join(EVAL_METHODS)}, each once")
     if "setfit" in methods:
         require_setfit()
     for spec in tasks:
-        if "prototype" in methods:
-            check_prototype_task(spec)
+        for m in methods:
+            if m in EMBEDDING_CLASSIFIERS:
+                check_frozen_task(spec, m)
         if "setfit" in methods:
             check_setfit_task(spec)
     return methods
@@ -143,10 +145,12 @@ def evaluate(
     init: str, tasks: Sequence[TaskConfig], *, shots: Sequence[int], n_splits: int, settings: FinetuneSettings,
     seed: int = 0, data_dir: str, cache_dir: str | None, output: str | Path | None = None, pooling: str | None = None,
     num_cpus_per_run: float = 1.0, progress: bool = True, method: str | Sequence[str] = "finetune",
-    setfit: SetfitSettings | None = None, address: str | None = None,
+    setfit: SetfitSettings | None = None, address: str | None = None, ridge: RidgeConfig | None = None,
+    svm: SvmConfig | None = None,
 ) -> dict[str, Any]:
-    """Score ``init`` with each of ``method`` (``finetune``, ``prototype``, ``setfit``) on every (task, K, split),
-    all on the same splits and test rows (``settings.max_test``); write ``output`` only when all succeed.
+    """Score ``init`` with each of ``method`` (``finetune``, ``prototype``, ``ridge``, ``svm``, ``setfit``) on every
+    (task, K, split), all on the same splits and test rows (``settings.max_test``); write ``output`` only when all
+    succeed. ``ridge`` and ``svm``: those classifiers' settings (``eval.ridge``, ``eval.svm``).
     The runs are Ray tasks on the cluster at ``address`` (default: ``$RAY_ADDRESS``, else a local instance)."""
     import ray
 
@@ -190,12 +194,13 @@ def evaluate(
                                     max_test=settings.max_test, eval_batch=settings.eval_batch, **common)
                          for spec, _, i, rows in plan]
                 covers += [(m, [j]) for j in range(len(plan))]
-            else:  # prototype: one run per task, which embeds the test rows once for all of its splits
-                run = ray.remote(num_cpus=num_cpus_per_run)(prototype_evaluate)
+            else:  # an embedding classifier: one run per task, which embeds the test rows once for all of its splits
+                run = ray.remote(num_cpus=num_cpus_per_run)(frozen_evaluate)
                 for spec in tasks:
                     mine = [j for j, p in enumerate(plan) if p[0].name == spec.name]
                     refs.append(run.remote(model_path, spec.model_dump_json(), [plan[j][3] for j in mine],
-                                           max_test=settings.max_test, eval_batch=settings.eval_batch, **common))
+                                           max_test=settings.max_test, eval_batch=settings.eval_batch, method=m,
+                                           ridge=ridge, svm=svm, **common))
                     covers.append((m, mine))
         desc = f"{'+'.join(methods)} {Path(model_path).name}"
         results = _gather(refs, progress, desc=desc)
@@ -213,7 +218,7 @@ def evaluate(
             for k in shots:
                 by_k[str(k)] = {"all": {}}
     for (m, entries), metrics in zip(covers, results):
-        for j, values in zip(entries, metrics if m == "prototype" else [metrics]):
+        for j, values in zip(entries, metrics if m in EMBEDDING_CLASSIFIERS else [metrics]):
             spec, k, _, _ = plan[j]
             entry = out["tasks"][spec.name]
             res = entry["shots"][str(k)] if m == "finetune" else entry["methods"][m][str(k)]
@@ -256,8 +261,10 @@ def _gather(refs: list[Any], progress: bool, desc: str) -> list[Any]:
 def evaluate_episodic(
     init: str, tasks: Sequence[TaskConfig], *, ways: int, shots: Sequence[int], queries: int, episodes: int,
     head_steps: int, seed: int = 0, data_dir: str, cache_dir: str | None, output: str | Path | None = None,
+    methods: Sequence[str] = ("prototype",), ridge: RidgeConfig | None = None, svm: SvmConfig | None = None,
 ) -> dict[str, Any]:
-    """N-way K-shot episodes on each task's classes: prototype classifier and fine-tuned head, 95% CIs."""
+    """N-way K-shot episodes on each task's classes: each embedding classifier of ``methods`` (prototype, ridge,
+    svm) and, with ``head_steps``, the fine-tuned head, on the same episodes; 95% CIs."""
     from .episodic import evaluate_init_episodic
 
     if episodes < 1:
@@ -269,7 +276,7 @@ def evaluate_episodic(
             raise DataError(spec.name, f"episodic evaluation needs classes; the task is {spec.type}")
         by_k = evaluate_init_episodic(model_path, spec, data_dir=data_dir, cache_dir=cache_dir, ways=ways,
                                       shots=tuple(shots), queries=queries, episodes=episodes, seed=seed,
-                                      head_steps=head_steps)
+                                      head_steps=head_steps, methods=methods, ridge=ridge, svm=svm)
         out["tasks"][spec.name] = {"type": spec.type, "metric": "accuracy", "episodic": {
             f"{ways}-way {k}-shot": {name: r.as_dict() for name, r in res.items()} for k, res in by_k.items()}}
     if output is not None:

@@ -1,4 +1,4 @@
-"""The episodic prototype score of meta-validation and of ``raymeta tune``: one scorer, one protocol.
+"""The episodic score of meta-validation and of ``raymeta tune``: one scorer, one protocol.
 
 Meta-validation (``eval.validation``, :mod:`raymeta.train.validation`, scored on the task actors) picks
 ``<output_dir>/best``; ``raymeta tune`` (:mod:`raymeta.tune.scoring`) ranks trials. Both ask the same
@@ -6,7 +6,8 @@ question (how well does this encoder's embedding space separate classes it never
 compute it here, under one :class:`~raymeta.config.EpisodicProtocol`: a fixed seeded subsample of at most
 ``max_rows_per_class`` rows per class (:func:`choose_rows`), embedded in eval mode, then ``episodes`` seeded
 N-way K-shot episodes scored by the prototype classifier (Snell et al. 2017) with the run's ProtoNet distance
-(``meta.proto.distance``; :func:`score_episodes`). The same encoder scores the same under both.
+(``meta.proto.distance``), or by MetaOptNet's ridge or SVM head (``method: ridge | svm``, with ``eval.ridge`` /
+``eval.svm``; :func:`score_episodes`). The same encoder scores the same under both.
 
 Light on purpose (no fine-tuning, no Ray): the task actors import it.
 """
@@ -41,10 +42,12 @@ def protocol(cfg: ExperimentConfig, section: Literal["validation", "tune"]) -> E
         s, split, key, split_key = cfg.tune, cfg.tune.validation_split, "tune", "tune.validation_split"
     else:
         raise ValueError(f"protocol: unknown section '{section}' (validation or tune)")
+    method = cfg.tune.method if section == "tune" else cfg.eval.validation.method  # type: ignore[union-attr]
     return EpisodicProtocol(ways=s.ways, shots=s.shots, queries=s.queries, episodes=s.episodes,
                             max_rows_per_class=s.max_rows_per_class, split=split, seed=cfg.seed,
                             distance=cfg.meta.proto.distance, temperature=cfg.meta.proto.temperature,
-                            key=key, split_key=split_key)
+                            classifier="prototype" if method == "finetune" else method,
+                            ridge=cfg.eval.ridge, svm=cfg.eval.svm, key=key, split_key=split_key)
 
 
 def choose_rows(task: Task, p: EpisodicProtocol) -> dict[str, list[int]]:
@@ -64,7 +67,7 @@ def choose_rows(task: Task, p: EpisodicProtocol) -> dict[str, list[int]]:
 
 
 def score_episodes(model: MetaModel, task: Task, rows: dict[str, list[int]], p: EpisodicProtocol) -> EpisodicResult:
-    """The prototype classifier's query accuracy over ``p.episodes`` seeded episodes of ``rows``, on ``model``'s
+    """The query accuracy of ``p.classifier`` over ``p.episodes`` seeded episodes of ``rows``, on ``model``'s
     pooled embeddings in eval mode (no dropout: a score must not depend on the random state), per episode in
     ``.values``. The model's train/eval mode is restored."""
     was_training = model.training
@@ -74,5 +77,6 @@ def score_episodes(model: MetaModel, task: Task, rows: dict[str, list[int]], p: 
     finally:
         model.train(was_training)
     res = episodic_accuracy(emb, ids, ways=p.ways, shots=p.shots, queries=p.queries, episodes=p.episodes, seed=p.seed,
-                            distance=p.distance, temperature=p.temperature)
-    return res["prototype"]
+                            distance=p.distance, temperature=p.temperature, methods=(p.classifier,), ridge=p.ridge,
+                            svm=p.svm)
+    return res[p.classifier]

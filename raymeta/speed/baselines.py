@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..config import ExperimentConfig
-from ..core.algorithms import global_labels, task_gradient  # the multitask loss uses global class ids
+from ..core.algorithms import algorithm_options, global_labels, task_gradient  # the multitask loss uses global class ids
 from ..core.combine import normalise_weights
 from ..core.jsonio import dumps as strict_dumps
 from ..core.model import load_encoder, load_tokenizer
@@ -81,8 +81,7 @@ def run_reference(cfg: ExperimentConfig, steps: int, threads: int) -> dict[str, 
                 episode = task.episode(cfg.meta.episode, cfg.seed, step, stream=spec.name)
                 torch.manual_seed(step_seed(cfg.seed, spec.name, step))
                 r = task_gradient(cfg.meta.algorithm, model, spec.name, spec.type, episode, {**shared, **heads[spec.name]},
-                                  inner_steps=cfg.meta.inner_steps, inner_lr=cfg.meta.inner_lr,
-                                  distance=cfg.meta.proto.distance, temperature=cfg.meta.proto.temperature)
+                                  **algorithm_options(cfg.meta))
                 g = layout.flatten({n: r.grads.get(n) for n in layout.names}, out=task_grad)
                 meta_grad.add_(g, alpha=weights[spec.name])
                 head_grads = {k: r.grads[k] for k in heads[spec.name] if k in r.grads}

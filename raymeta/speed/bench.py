@@ -60,7 +60,9 @@ class BenchSettings:
     reduce: list[str] = dataclasses.field(default_factory=lambda: ["driver", "collective"])
     steps: int = 5  # timed steps per case, after the warm-up
     warmup: int = 2
-    algorithm: str = "multitask"
+    # meta-algorithms, each a row of its own on the same (model, N, trainable), side by side; the §5.4 targets
+    # read the first one's rows
+    algorithms: list[str] = dataclasses.field(default_factory=lambda: ["multitask"])
     reference: bool = True  # (a)
     ddp_tasks: list[int] | None = None  # (b) at these N (None: every N; []: never)
     transfer_dtype: str = "float32"
@@ -84,8 +86,11 @@ TRAINABLE: dict[str, dict[str, Any]] = {"full": {}, "lora": {"trainable": "lora"
                                          "top_layers": {"trainable": "top_layers", "top_layers": 1}}
 
 
-def bench_config(model: str, n: int, s: BenchSettings, output_dir: str, trainable: str = "full") -> ExperimentConfig:
-    """N copies of bbc_news (distinct names: own head and episode stream), 8 × 64 tokens each."""
+def bench_config(model: str, n: int, s: BenchSettings, output_dir: str, trainable: str = "full",
+                 algorithm: str | None = None) -> ExperimentConfig:
+    """N copies of bbc_news (distinct names: own head and episode stream), 8 × 64 tokens each, meta-trained by
+    ``algorithm`` (default: the first of ``s.algorithms``); ``metaopt:svm`` is ``metaopt`` with its SVM head
+    (``meta.metaopt.head``; the iterations are ``meta.metaopt.iterations``, else 50)."""
     if model not in MODELS:
         from ..errors import RaymetaError
 
@@ -94,16 +99,19 @@ def bench_config(model: str, n: int, s: BenchSettings, output_dir: str, trainabl
         from ..errors import RaymetaError
 
         raise RaymetaError(f"bench: unknown trainable mode '{trainable}' (known: {', '.join(TRAINABLE)})")
+    algorithm, _, head = (algorithm or s.algorithms[0]).partition(":")
     overrides = [f"meta.transfer_dtype={s.transfer_dtype}"] if s.transfer_dtype != "float32" else []
+    if head:
+        overrides += [f"meta.metaopt.head={head}"] + (["meta.metaopt.iterations=50"] if head == "svm" else [])
     if s.torch_threads:
         overrides.append(f"resources.torch_threads={s.torch_threads}")
     return load_config(data={
         "name": f"bench-{model}-{n}", "seed": s.seed, "output_dir": output_dir, "model": {**MODELS[model], **TRAINABLE[trainable]},
         "tasks": [{"use": "bbc_news", "name": f"bbc_news_{i}", "max_length": 64} for i in range(n)],
-        "meta": {"algorithm": s.algorithm, "steps": s.warmup + s.steps, "inner_steps": 1,
+        "meta": {"algorithm": algorithm, "steps": s.warmup + s.steps, "inner_steps": 1,
                  "episode": {"ways": 2, "shots": 2, "queries": 2, "support_size": 4, "query_size": 4}},
         "optim": {"warmup_steps": 0}, "checkpoint": {"every_steps": 10**6},
-    }, overrides=overrides + list(s.extra))
+    }, overrides=overrides + list(s.extra))  # the user's overrides last: they win
 
 
 # ----------------------------------------------------------------------------------------- memory
@@ -278,15 +286,18 @@ def _rel(a: torch.Tensor | None, b: torch.Tensor | None) -> float | None:
     return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30))
 
 
-def run_case(model: str, n: int, s: BenchSettings, started: bool, workdir: Path, trainable: str = "full") -> dict[str, Any]:
-    """One (model, N, trainable): raymeta in both modes, then (a) and (b) on the same config, one after another.
+def run_case(model: str, n: int, s: BenchSettings, started: bool, workdir: Path, trainable: str = "full",
+             algorithm: str | None = None) -> dict[str, Any]:
+    """One (model, N, trainable, algorithm): raymeta in both modes, then (a) and (b) on the same config, one after another.
     The baselines run for ``full`` only: they compare distribution costs at equal work, which the full rows
     measure; the other modes' rows sit beside those for what a frozen encoder saves."""
     import ray
 
-    cfg = bench_config(model, n, s, str(workdir / f"{model}-n{n}-{trainable}"), trainable)
+    algorithm = algorithm or s.algorithms[0]
+    cfg = bench_config(model, n, s, str(workdir / f"{model}-n{n}-{trainable}-{algorithm.replace(':', '-')}"), trainable,
+                       algorithm)
     total = float(ray.cluster_resources().get("CPU", 1))
-    row: dict[str, Any] = {"model": model, "tasks": n, "trainable": trainable}
+    row: dict[str, Any] = {"model": model, "tasks": n, "trainable": trainable, "algorithm": algorithm}
     rm = run_raymeta(cfg, s, started)
     grad0 = rm.pop("grad0", None)
     row.update(rm)
@@ -335,8 +346,9 @@ def run_bench(s: BenchSettings, output: Path | None = None) -> dict[str, Any]:
             for model in s.models:
                 for n in s.tasks:
                     for trainable in s.trainable:  # side by side: the same machine load for every mode
-                        console.log(f"bench: {model}, {n} task(s), trainable {trainable}")
-                        result["rows"].append(run_case(model, n, s, started, Path(d), trainable))
+                        for alg in s.algorithms:
+                            console.log(f"bench: {model}, {n} task(s), trainable {trainable}, {alg}")
+                            result["rows"].append(run_case(model, n, s, started, Path(d), trainable, alg))
                     if output is not None:  # partial results survive an interrupted long run
                         _write(result, output)
     finally:
@@ -362,8 +374,10 @@ def _write(result: dict[str, Any], output: Path) -> None:
 def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     """The targets of benchmarks/RESULTS.md §5.4 (and §6.2 for LoRA), each with the measured figure and
     met / not met (None: not measured here)."""
-    rows = {(r["model"], r["tasks"]): r for r in result["rows"] if r.get("trainable", "full") == "full"}
-    lora = {(r["model"], r["tasks"]): r for r in result["rows"] if r.get("trainable") == "lora"}
+    first = result["settings"].get("algorithms", ["multitask"])[0]
+    mine = [r for r in result["rows"] if r.get("algorithm", first) == first]
+    rows = {(r["model"], r["tasks"]): r for r in mine if r.get("trainable", "full") == "full"}
+    lora = {(r["model"], r["tasks"]): r for r in mine if r.get("trainable") == "lora"}
     out: list[dict[str, Any]] = []
 
     def add(name: str, value: float | None, limit: float, where: str, at_least: bool = False) -> None:
@@ -404,7 +418,8 @@ def _f(x: Any, fmt: str = ".3f") -> str:
 
 def format_table(result: dict[str, Any]) -> str:
     """The per-case table and the targets, as Markdown (what RESULTS.md quotes)."""
-    cols = ("model", "N", "trainable", "reduce", "step ms", "compute ms", "publish+load ms", "transfer ms", "reduce ms", "outer ms",
+    cols = ("model", "N", "trainable", "algorithm", "reduce", "step ms", "compute ms", "publish+load ms", "transfer ms",
+            "reduce ms", "outer ms",
             "step/compute", "overhead ms/task", "vs (a)", "vs (a) 1 thread", "vs (b)", "bytes/actor ÷ trainable params",
             "bytes/actor ÷ all params", "driver peak RSS MB",
             "anon RSS drift MB/step", "store peak MB")
@@ -417,7 +432,8 @@ def format_table(result: dict[str, Any]) -> str:
             pub = m["publish_ms"] + m["load_ms"] if mode == "driver" else None
             transfer = m["transfer_ms"] if mode == "driver" else m["allreduce_ms"]
             lines.append("| " + " | ".join([
-                r["model"], str(r["tasks"]), r.get("trainable", "full"), mode, _f(m["step_ms"], ".1f"),
+                r["model"], str(r["tasks"]), r.get("trainable", "full"), r.get("algorithm", "multitask"), mode,
+                _f(m["step_ms"], ".1f"),
                 _f(m["compute_ms"], ".1f"), _f(pub, ".1f"),
                 _f(transfer, ".1f"), _f(m.get("reduce_ms"), ".1f"), _f(m["outer_ms"], ".1f"), _f(m["step_over_compute"]),
                 _f(m["overhead_ms_per_task"], ".2f"), _f(m.get("vs_reference")), _f(m.get("vs_reference_1t")),
@@ -425,13 +441,14 @@ def format_table(result: dict[str, Any]) -> str:
                 _f(m["peak_rss_mb"], ".0f"),
                 _f(m["rss_drift_mb_per_step"], ".2f"), _f(m["store_peak_mb"], ".0f"),
             ]) + " |")
-    base = ["", "| model | N | (a) sequential ms | (a) threads | (a) grad rel. err | (a) 1 thread ms "
-            "| (b) DDP ms | (b) threads | (b) grad rel. err |", "|---|---|---|---|---|---|---|---|---|"]
+    base = ["", "| model | N | algorithm | (a) sequential ms | (a) threads | (a) grad rel. err | (a) 1 thread ms "
+            "| (b) DDP ms | (b) threads | (b) grad rel. err |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         if r.get("trainable", "full") != "full":
             continue  # the baselines run for the full rows only
         a, a1, b = r.get("reference", {}), r.get("reference_1t", {}), r.get("ddp", {})
-        base.append(f"| {r['model']} | {r['tasks']} | {_f(a.get('step_ms'), '.1f')} | {a.get('threads', '—')} | "
+        base.append(f"| {r['model']} | {r['tasks']} | {r.get('algorithm', 'multitask')} | {_f(a.get('step_ms'), '.1f')} | "
+                    f"{a.get('threads', '—')} | "
                     f"{_f(a.get('grad0_rel_err'), '.1e')} | {_f(a1.get('step_ms'), '.1f')} | {_f(b.get('step_ms'), '.1f')} | "
                     f"{b.get('threads', '—')} | {_f(b.get('grad0_rel_err'), '.1e')} |")
     tg = ["", "| target | where | measured | limit | met |", "|---|---|---|---|---|"]
@@ -455,6 +472,8 @@ def settings_from_args(args: Any) -> BenchSettings:
         s.reduce = names(args.reduce)
     if getattr(args, "trainable", None):
         s.trainable = names(args.trainable)
+    if getattr(args, "algorithms", None):
+        s.algorithms = names(args.algorithms)
     for key in ("steps", "warmup", "transfer_dtype", "torch_threads"):
         if getattr(args, key) is not None:
             setattr(s, key, getattr(args, key))

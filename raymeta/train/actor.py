@@ -10,6 +10,7 @@ float32 array.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 import zlib
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from ..config import ExperimentConfig, TaskConfig
-from ..core.algorithms import task_gradient
+from ..core.algorithms import algorithm_options, task_gradient
 from ..core.combine import as_tensor, non_finite_policy
 from ..core.model import MetaModel, ParamLayout, load_tokenizer
 from ..core.optim import optimizer_from_tensors, optimizer_tensors, outer_optimizer, outer_step
@@ -75,7 +76,9 @@ def build_task_model(cfg: ExperimentConfig, task_name: str, task_type: str, num_
     torch.manual_seed(cfg.seed)
     model = MetaModel.from_config(cfg.model, [], vocab_size=vocab_size, attn_implementation=attn)
     torch.manual_seed(head_seed(cfg.seed, task_name))  # head init depends on nothing but (seed, task)
-    model.add_head(task_name, task_type, num_labels)
+    m = cfg.meta
+    learned = m.algorithm == "metaopt" and m.metaopt.learn_scale and task_type == "sequence_classification"
+    model.add_head(task_name, task_type, num_labels, log_scale=math.log(m.metaopt.scale) if learned else None)
     return model.train()
 
 
@@ -197,8 +200,7 @@ class TaskActor:
         params = {**self.model.shared_named_parameters(), **self.head}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             result = task_gradient(meta.algorithm, self.model, self.task.name, self.task.config.type, episode, params,
-                                   inner_steps=meta.inner_steps, inner_lr=meta.inner_lr,
-                                   distance=meta.proto.distance, temperature=meta.proto.temperature)
+                                   **algorithm_options(meta))
         grad = self.layout.flatten({n: result.grads.get(n) for n in self.layout.names}, out=self.grad_buf)
         fault = meta.fault_injection  # debugging/testing only (off by default): a real non-finite gradient
         if fault is not None and fault.task == self.key and step in fault.steps:

@@ -7,12 +7,12 @@ al. 2021; Bansal et al. 2020 select on held-out tasks too). So the trainer score
 every meta-training task, and exports the best-scoring step, step 0 included: a run never hands back
 an encoder that validates worse than the one it started from.
 
-Two methods, both the evaluation layer's own:
-- ``prototype``: the episodic prototype score of :mod:`raymeta.eval.scoring` (seeded N-way K-shot episodes,
-  prototype classifier, Snell et al. 2017, over pooled embeddings of a fixed seeded subsample of rows, with
-  ``meta.proto.distance``), the very scorer and protocol (:class:`~raymeta.config.EpisodicProtocol`) that
-  ``raymeta tune`` ranks its trials by. It runs on the task actors, which already hold a replica of the model:
-  each scores a share of the tasks, and imports only that light scorer.
+Two kinds of method, both the evaluation layer's own:
+- ``prototype``, ``ridge``, ``svm``: the episodic score of :mod:`raymeta.eval.scoring` (seeded N-way K-shot
+  episodes, over pooled embeddings of a fixed seeded subsample of rows, classified by the nearest prototype, Snell
+  et al. 2017, with ``meta.proto.distance``, or by MetaOptNet's ridge or SVM head), the very scorer and protocol
+  (:class:`~raymeta.config.EpisodicProtocol`) that ``raymeta tune`` ranks its trials by. It runs on the task actors,
+  which already hold a replica of the model: each scores a share of the tasks, and imports only that light scorer.
 - ``finetune``: K-shot fine-tuning (:func:`raymeta.eval.evaluate.evaluate`) of the exported step, as Ray tasks
   (imported when that method runs).
 
@@ -158,7 +158,7 @@ class Validator:
         ``improved`` (export ``best`` now) and ``stop`` (early stopping: no new best for ``patience`` validations)."""
         assert self.v is not None
         t0 = time.perf_counter()
-        per_task = self._prototype(trainer) if self.v.method == "prototype" else self._finetune(trainer, step)
+        per_task = self._finetune(trainer, step) if self.v.method == "finetune" else self._episodic(trainer)
         summary = summarise_scores(per_task)
         st = self.state
         improved = summary["score"] > st.best_score
@@ -173,7 +173,7 @@ class Validator:
         st.history.append(record)
         return record
 
-    def _prototype(self, trainer: Any) -> dict[str, list[float]]:
+    def _episodic(self, trainer: Any) -> dict[str, list[float]]:
         """Round-robin over the task actors: each loads the published parameters (driver mode) or uses its own
         (collective mode: they are the current ones) and scores its share of the validation tasks."""
         import ray

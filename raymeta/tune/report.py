@@ -186,8 +186,9 @@ def finish(cfg: ExperimentConfig, grid: Any, sizes: dict[str, int]) -> dict[str,
                       "stopped_early": by_name[name]["stopped_early"] if name in by_name else None}
                for name, s in scores.items()}
     summary = {
-        "experiment": grid.experiment_path, "metric": "mean prototype accuracy, "
-        f"{cfg.tune.ways}-way {cfg.tune.shots}-shot, {cfg.tune.episodes} seeded episodes, {cfg.meta.proto.distance} distance",
+        "experiment": grid.experiment_path, "metric": f"mean {cfg.tune.method} accuracy, "
+        f"{cfg.tune.ways}-way {cfg.tune.shots}-shot, {cfg.tune.episodes} seeded episodes"
+        + (f", {cfg.meta.proto.distance} distance" if cfg.tune.method == "prototype" else ""),
         "best": {"trial": best["trial"], "val_score_during_search": best["val_score"], "params": best["params"],
                  "mixture": best["mixture"], "is_heuristic": best["heuristic"]},
         "compare": compare,

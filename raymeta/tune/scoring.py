@@ -29,7 +29,7 @@ def task_specs(cfg: ExperimentConfig, entries: list[dict[str, Any]]) -> list[Tas
 
 
 class FewShotScorer:
-    """Mean prototype accuracy over seeded N-way K-shot episodes of each meta-validation task
+    """Mean accuracy (``tune.method``'s classifier) over seeded N-way K-shot episodes of each meta-validation task
     (:func:`raymeta.eval.scoring.score_episodes` under :func:`raymeta.eval.scoring.protocol` of ``tune``).
 
     Rows (:func:`raymeta.eval.scoring.choose_rows`) are a seeded subsample of at most ``tune.max_rows_per_class``

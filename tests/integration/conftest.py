@@ -114,6 +114,14 @@ def tiny_config(tmp_path, data_dir, **meta) -> dict:
     }
 
 
+def algorithm_meta(name: str) -> dict:
+    """``meta`` keys for a test case's algorithm name: an algorithm, or ``metaopt-svm`` (MetaOptNet's SVM head, with a
+    learned per-task scale: a head parameter that moves on the actors)."""
+    if name == "metaopt-svm":
+        return {"algorithm": "metaopt", "metaopt": {"head": "svm", "iterations": 10, "learn_scale": True}}
+    return {"algorithm": name}
+
+
 def write_config(tmp_path, cfg: dict) -> str:
     p = tmp_path / "exp.yaml"
     p.write_text(yaml.safe_dump(cfg))

@@ -75,7 +75,8 @@ def test_targets_and_table(result):
     assert t["value"] == pytest.approx(2.0) and t["met"] is True
     assert targets[("step / slowest-actor compute", "minilm N=2 driver")]["met"] is None  # not measured here
     table = format_table(result)
-    assert "| tiny | 2 | full | driver |" in table and "| tiny | 2 | lora | collective |" in table and "not measured" in table
+    assert "| tiny | 2 | full | multitask | driver |" in table and "| tiny | 2 | lora | multitask | collective |" in table
+    assert "not measured" in table
     assert targets[("lora: bytes per actor, full ÷ lora", "minilm N=2 driver")]["met"] is None  # MiniLM not run here
 
 

@@ -19,7 +19,7 @@ from raymeta.core.checkpoint import ADAPTER_DIR, latest_checkpoint
 from raymeta.errors import ConfigError
 from raymeta.train.trainer import MetaTrainer
 
-from .conftest import driver_killed_at, tiny_config, write_config
+from .conftest import algorithm_meta, driver_killed_at, tiny_config, write_config
 from .test_trainer import reference_meta_gradient
 
 MODES = {
@@ -30,6 +30,9 @@ MODES = {
 CASES = [(m, a, r) for m in MODES for a in ALGORITHMS for r in ("driver", "collective")]
 # full × driver × every algorithm is tests/integration/test_trainer.py's exactness test (with PCGrad, replicas)
 CASES = [c for c in CASES if not (c[0] == "full" and c[2] == "driver")]
+# MetaOptNet: full and LoRA (its encoder gradient is ProtoNet's path with another head), both heads
+CASES = [c for c in CASES if not (c[1] == "metaopt" and c[0] == "top_layers")]
+CASES += [("lora", "metaopt-svm", "collective")]  # and full × driver in test_trainer.py
 
 
 def config(tmp_path, data_dir, mode: str, **meta):
@@ -43,7 +46,7 @@ def config(tmp_path, data_dir, mode: str, **meta):
 def test_meta_gradient_equals_reference_for_every_trainable_mode(mode, algorithm, reduce, task_actors, mixed_data, tmp_path):
     import ray
 
-    cfg = load_config(data=config(tmp_path, mixed_data, mode, algorithm=algorithm, reduce=reduce))
+    cfg = load_config(data=config(tmp_path, mixed_data, mode, reduce=reduce, **algorithm_meta(algorithm)))
     trainer = MetaTrainer(cfg, actors=task_actors(cfg))
     trainer.setup()
     try:

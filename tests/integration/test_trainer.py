@@ -13,14 +13,14 @@ import torch
 from safetensors.torch import load_file
 
 from raymeta.config import ExperimentConfig, load_config
-from raymeta.core.algorithms import ALGORITHMS, task_gradient
+from raymeta.core.algorithms import ALGORITHMS, algorithm_options, task_gradient
 from raymeta.core.checkpoint import latest_checkpoint
 from raymeta.core.model import load_tokenizer
 from raymeta.tasks import load_task
 from raymeta.train.actor import build_task_model, replica_key, step_seed
 from raymeta.train.trainer import MetaTrainer, train
 
-from .conftest import driver_killed_at, tiny_config, write_config
+from .conftest import algorithm_meta, driver_killed_at, tiny_config, write_config
 
 
 def reference_meta_gradient(cfg: ExperimentConfig, shared: dict[str, torch.Tensor], step: int, pcgrad: bool) -> torch.Tensor:
@@ -40,8 +40,7 @@ def reference_meta_gradient(cfg: ExperimentConfig, shared: dict[str, torch.Tenso
             torch.manual_seed(step_seed(cfg.seed, stream, step))
             params = {**model.shared_named_parameters(), **model.head_named_parameters(spec.name)}
             r = task_gradient(cfg.meta.algorithm, model, spec.name, spec.type, episode, params,
-                              inner_steps=cfg.meta.inner_steps, inner_lr=cfg.meta.inner_lr,
-                              distance=cfg.meta.proto.distance, temperature=cfg.meta.proto.temperature)
+                              **algorithm_options(cfg.meta))
             names = list(model.shared_named_parameters())
             per_replica.append(torch.cat([r.grads[n].reshape(-1) if n in r.grads else torch.zeros(shared[n].numel())
                                           for n in names]))
@@ -62,12 +61,12 @@ def reference_meta_gradient(cfg: ExperimentConfig, shared: dict[str, torch.Tenso
     return sum(w * g for w, g in zip(weights, grads))
 
 
-CASES = [(a, "mean", 1) for a in ALGORITHMS] + [("fomaml", "pcgrad", 1), ("fomaml", "mean", 2)]
+CASES = [(a, "mean", 1) for a in ALGORITHMS] + [("metaopt-svm", "mean", 1), ("fomaml", "pcgrad", 1), ("fomaml", "mean", 2)]
 
 
 @pytest.mark.parametrize("algorithm, combine, replicas", CASES, ids=[f"{a}-{c}-x{r}" for a, c, r in CASES])
 def test_meta_gradient_equals_single_process_reference(algorithm, combine, replicas, task_actors, mixed_data, tmp_path):
-    data = tiny_config(tmp_path, mixed_data, algorithm=algorithm, combine=combine)
+    data = tiny_config(tmp_path, mixed_data, combine=combine, **algorithm_meta(algorithm))
     for t in data["tasks"][:2]:
         t["replicas"] = replicas  # x2: data parallelism within the classification and the NER task
     data["optim"]["max_grad_norm"] = None  # clipping rescales .grad in place; compare the raw meta-gradient

@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from raymeta.config import EpisodeConfig, ModelConfig, TaskConfig
-from raymeta.core.algorithms import ALGORITHMS, proto_logits, prototypes, task_gradient
+from raymeta.config import EpisodeConfig, MetaOptConfig, ModelConfig, TaskConfig
+from raymeta.core.algorithms import ALGORITHMS, task_gradient
+from raymeta.core.base_learners import proto_logits, prototypes
 from raymeta.core.model import MetaModel
 from raymeta.tasks import load_task
 
@@ -86,13 +87,13 @@ def test_reptile_one_step_on_sequence_classification_is_the_episode_head_gradien
     assert not close(rep.grads, mt.grads, keys=list(want), tol=0.1)
 
 
-@pytest.mark.parametrize("alg", ["fomaml", "reptile", "maml", "anil", "protonet"])
+@pytest.mark.parametrize("alg", ["fomaml", "reptile", "maml", "anil", "protonet", "metaopt"])
 def test_an_unused_persistent_head_gets_no_gradient(alg, tasks):
     """The episode head stands in for the task's own head: no gradient for it at all (not a zero one,
     which the actor's AdamW would still decay). NER keeps its head and its gradient."""
     r, model, *_ = grad(alg, tasks["cls"], inner_steps=2, inner_lr=0.05)
     assert not [k for k in r.grads if k.startswith(model.head_prefix("cls"))]
-    if alg != "protonet":
+    if alg not in ("protonet", "metaopt"):
         r, model, *_ = grad(alg, tasks["ner"], inner_steps=2, inner_lr=0.05)
         assert [k for k in r.grads if k.startswith(model.head_prefix("ner"))]
 
@@ -157,6 +158,48 @@ def test_protonet_loss_is_the_prototype_cross_entropy(tasks):
         want = F.cross_entropy(-dist, ep.query["labels"])
     assert abs(r.loss - float(want)) < 1e-4
     assert not [k for k in r.grads if k.startswith("heads.")]  # a ProtoNet needs no head
+
+
+@pytest.mark.parametrize("lam", [0.5, 4.0])
+def test_metaopt_ridge_loss_is_the_scaled_ridge_cross_entropy(tasks, lam):
+    """MetaOptNet's ridge head (Bertinetto et al. 2019): the primal solution W = (XᵀX + λI)⁻¹XᵀY, written out
+    here independently of the dual form the algorithm uses, scaled, scores the queries."""
+    opts = MetaOptConfig(head="ridge", scale=7.0, **{"lambda": lam})
+    r, model, params, ep = grad("metaopt", tasks["cls"], metaopt=opts)
+    with torch.no_grad():
+        x, q = model.embed(ep.support).double(), model.embed(ep.query).double()
+        y = F.one_hot(ep.support["labels"], len(ep.classes)).double()
+        w = torch.linalg.solve(x.T @ x + lam * torch.eye(x.shape[1], dtype=x.dtype), x.T @ y)
+        want = F.cross_entropy(7.0 * (q @ w), ep.query["labels"])
+    assert abs(r.loss - float(want)) < 1e-4
+    assert not [k for k in r.grads if k.startswith("heads.")]  # its head is fitted per episode
+
+
+def test_metaopt_svm_gradient_is_finite_and_differs_from_ridge(tasks):
+    ridge, *_ = grad("metaopt", tasks["cls"], metaopt=MetaOptConfig(head="ridge"))
+    svm, *_ = grad("metaopt", tasks["cls"], metaopt=MetaOptConfig(head="svm", iterations=30))
+    enc = [k for k in svm.grads if k.startswith("encoder.")]
+    assert enc and all(torch.isfinite(svm.grads[k]).all() for k in enc)
+    assert not close(svm.grads, ridge.grads, tol=1e-2)
+
+
+def test_metaopt_learned_scale_is_a_head_parameter_with_a_gradient(tasks):
+    """learn_scale: the task head's log_scale takes the place of the fixed scale; at the same value, the encoder
+    gradient is the fixed scale's."""
+    import math
+
+    task = tasks["cls"]
+    fixed, *_ = grad("metaopt", task, metaopt=MetaOptConfig(scale=5.0))
+    torch.manual_seed(0)
+    model = MetaModel.from_config(ModelConfig(from_config=TINY_BERT, head_dropout=0.0), [],
+                                  attn_implementation="eager").eval()
+    model.add_head(task.name, task.config.type, task.num_labels, log_scale=math.log(5.0))
+    params = {**model.shared_named_parameters(), **model.head_named_parameters(task.name)}
+    learned = task_gradient("metaopt", model, task.name, task.config.type, task.episode(EP, seed=1, step=0), params,
+                            metaopt=MetaOptConfig(scale=5.0, learn_scale=True))
+    key = model.head_prefix(task.name) + "log_scale"
+    assert key in learned.grads and torch.isfinite(learned.grads[key]) and float(learned.grads[key]) != 0
+    assert close(learned.grads, fixed.grads, tol=1e-5)
 
 
 def test_proto_maml_head_equals_prototype_classifier():

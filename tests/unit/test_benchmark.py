@@ -62,3 +62,15 @@ def test_baselines_pair_each_variant_with_the_first(tmp_path):
         "sup/protonet": ["hyb/protonet", "ssl/protonet"]}
     cfg.benchmark.variants = {}
     assert set(_baselines(cfg, {"pretrained": {}, "multitask": {}, "protonet": {}})) == {"pretrained", "multitask"}
+
+
+def test_a_variant_that_sets_the_algorithm_is_one_run_and_compare_to_pairs_with_it(tmp_path):
+    cfg = load_config(TINY, ["benchmark.algorithms=[multitask,protonet]", "benchmark.compare_to=[base/protonet]"])
+    cfg.benchmark.variants = {"base": {}, "svm": {"meta.algorithm": "metaopt", "meta.metaopt.head": "svm",
+                                                  "meta.metaopt.iterations": 20}}
+    runs = run_configs(cfg, tmp_path)
+    assert list(runs) == ["base/multitask", "base/protonet", "svm"]
+    assert runs["svm"].meta.algorithm == "metaopt" and runs["svm"].meta.metaopt.head == "svm"
+    assert Path(runs["svm"].output_dir) == tmp_path / "runs" / "svm"
+    results = {k: {} for k in ["pretrained", *runs]}
+    assert _baselines(cfg, results)["base/protonet"] == ["pretrained", "base/multitask", "svm"]

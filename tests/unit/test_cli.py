@@ -48,6 +48,16 @@ def test_tasks_show_prints_labels_lengths_and_episode(raymeta):
          "--setfit-lr must be positive, got 0.0"),
         (("evaluate", "--init", "x", "--task", "wnut17", "--method", "prototype"),
          "task 'wnut17': --method prototype needs a sequence_classification task; the task is token_classification"),
+        (("evaluate", "--init", "x", "--task", "wnut17", "--method", "svm"),
+         "task 'wnut17': --method svm needs a sequence_classification task; the task is token_classification"),
+        (("evaluate", "--init", "x", "--task", "bbc_news", "--method", "ridge", "--ridge-lambda", "-1"),
+         "--ridge-lambda must be positive, got -1.0"),
+        (("evaluate", "--init", "x", "--task", "bbc_news", "--method", "ridge", "--svm-iterations", "5"),
+         "--svm-iterations applies to --method svm only"),
+        (("evaluate", "--init", "x", "--task", "bbc_news", "--method", "prototype,lasso"),
+         "--method prototype,lasso: expected one or more of finetune, prototype, ridge, svm, setfit"),
+        (("evaluate", "--init", "x", "--task", "bbc_news", "--method", "ridge,finetune", "--episodic"),
+         "--method finetune scores K-shot splits; --episodic scores N-way K-shot episodes with prototype, ridge, svm"),
     ],
 )
 def test_user_errors_are_one_line_without_traceback(args, expect, raymeta):

@@ -31,12 +31,16 @@ def test_eval_methods_and_setfit_settings_in_the_config():
 
 
 @pytest.mark.parametrize("override, expect", [
-    ("eval.methods=[finetune,knn]", "config key 'eval.methods.1': Input should be 'finetune', 'prototype' or 'setfit'"),
+    ("eval.methods=[finetune,knn]",
+     "config key 'eval.methods.1': Input should be 'finetune', 'prototype', 'ridge', 'svm' or 'setfit'"),
     ("eval.methods=[setfit,setfit]", "config key 'eval.methods': a method is listed twice"),
     ("eval.methods=[]", "config key 'eval.methods'"),
     ("eval.setfit.epochs=0", "config key 'eval.setfit.epochs'"),
     ("eval.setfit.body_lr=0", "config key 'eval.setfit.body_lr'"),
     ("eval.setfit.pairs=3", "config key 'eval.setfit.pairs': unknown key"),
+    ("eval.ridge.lambda=0", "config key 'eval.ridge.lambda'"),
+    ("eval.svm.iterations=0", "config key 'eval.svm.iterations'"),
+    ("eval.episodic_methods=[prototype,knn]", "config key 'eval.episodic_methods.1'"),
 ])
 def test_bad_eval_methods_are_config_errors(override, expect):
     with pytest.raises(ConfigError) as e:
@@ -47,7 +51,7 @@ def test_bad_eval_methods_are_config_errors(override, expect):
 def test_checks_before_anything_runs(monkeypatch):
     assert check_methods([CLS, NER], "finetune") == ["finetune"]
     assert check_methods([CLS], ["prototype", "setfit"]) == ["prototype", "setfit"]
-    with pytest.raises(RaymetaError, match="--method knn: expected one or more of finetune, prototype, setfit"):
+    with pytest.raises(RaymetaError, match="--method knn: expected one or more of finetune, prototype, ridge, svm, setfit"):
         check_methods([CLS], "knn")
     with pytest.raises(DataError, match="task 'ents': --method prototype needs a sequence_classification task; "
                                         "the task is token_classification"):

@@ -67,3 +67,10 @@ def test_no_secrets_reach_the_card(tmp_path):
     text = write_model_card(tmp_path, cfg, step=3, extra={"api_key": SECRET, "where": f"s3://{SECRET}"}).read_text()
     assert SECRET not in text
     assert "hub: someone/***" in text and "***/model" in text
+
+
+def test_every_algorithm_has_a_reference():
+    from raymeta.config import ALGORITHMS
+    from raymeta.core.model_card import _REFERENCES
+
+    assert set(_REFERENCES) == set(ALGORITHMS)  # a new algorithm gets its paper in the card

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from raymeta.config import EpisodeConfig, ModelConfig, ProtoConfig, TaskConfig, load_config
 from raymeta.core import algorithms
-from raymeta.core.algorithms import ALGORITHMS, proto_logits, prototypes, task_gradient
+from raymeta.core.algorithms import ALGORITHMS, task_gradient
+from raymeta.core.base_learners import proto_logits, prototypes
 from raymeta.core.model import MetaModel
 from raymeta.errors import ConfigError
 from raymeta.eval.episodic import episodic_accuracy

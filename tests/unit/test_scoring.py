@@ -31,16 +31,17 @@ def _csv(path, classes: list[str], rows: int) -> dict:
             "source": {"kind": "files", "format": "csv", "files": {"train": str(path)}}}
 
 
-@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
-def test_validation_and_tune_score_an_encoder_the_same(tmp_path, distance):
+@pytest.mark.parametrize("distance, method", [("euclidean", "prototype"), ("cosine", "prototype"), ("euclidean", "ridge"),
+                                              ("euclidean", "svm")])
+def test_validation_and_tune_score_an_encoder_the_same(tmp_path, distance, method):
     train = _csv(tmp_path / "train_task.csv", ["alpha", "beta"], 6)
     val = _csv(tmp_path / "topics.csv", ["sport", "money", "food", "music"], 10)
     cfg = load_config(data={
         "seed": 5, "model": {"from_config": TINY_BERT}, "cache_dir": str(tmp_path / "cache"), "data_dir": str(tmp_path),
         "tasks": [train], "meta": {"algorithm": "protonet", "proto": {"distance": distance, "temperature": 0.5},
                                    "episode": {"ways": 2, "shots": 1, "queries": 1}},
-        "eval": {"validation": {"tasks": [val], **EPISODES}},
-        "tune": {"validation_tasks": [val], **EPISODES},
+        "eval": {"validation": {"tasks": [val], "method": method, **EPISODES}, "svm": {"iterations": 20}},
+        "tune": {"validation_tasks": [val], "method": method, **EPISODES},
     })
     assert protocol(cfg, "validation").model_copy(update={"key": "", "split_key": ""}) == \
         protocol(cfg, "tune").model_copy(update={"key": "", "split_key": ""})
@@ -53,6 +54,10 @@ def test_validation_and_tune_score_an_encoder_the_same(tmp_path, distance):
     tune = FewShotScorer(cfg, task_specs(cfg, cfg.tune.validation_tasks)).episodes(actor.model.encoder)["topics"]
     assert len(validation) == 30 and tune.values == validation
     assert tune.mean == pytest.approx(sum(validation) / 30)
+    if method != "prototype":  # and the classifier is the run's: the prototype scores these episodes otherwise
+        swapped = cfg.model_copy(update={"tune": cfg.tune.model_copy(update={"method": "prototype"})})
+        assert FewShotScorer(swapped, [spec]).episodes(actor.model.encoder)["topics"].values != validation
+        return
     # and the distance is the run's: the other metric scores these episodes otherwise
     other = {"euclidean": "cosine", "cosine": "euclidean"}[distance]
     swapped = cfg.model_copy(update={"meta": cfg.meta.model_copy(update={"proto": cfg.meta.proto.model_copy(
@@ -63,7 +68,7 @@ def test_validation_and_tune_score_an_encoder_the_same(tmp_path, distance):
 def test_the_task_actor_imports_only_the_light_scorer():
     code = ("import sys, raymeta.train.actor; "
             "print(sorted(m for m in sys.modules if m in ('raymeta.eval.evaluate', 'raymeta.eval.finetune', "
-            "'raymeta.eval.setfit', 'raymeta.eval.prototype', 'raymeta.train.validation', 'raymeta.tune')), "
+            "'raymeta.eval.setfit', 'raymeta.eval.frozen', 'raymeta.train.validation', 'raymeta.tune')), "
             "'raymeta.eval.scoring' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[] True"
