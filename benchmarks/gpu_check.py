@@ -68,7 +68,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(filter(None, _path)))
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-ALGORITHMS = ("multitask", "fomaml", "maml", "anil", "protonet", "reptile")
+ALGORITHMS = ("multitask", "fomaml", "maml", "anil", "protonet", "reptile", "metaopt")  # raymeta.config.ALGORITHMS (a test checks)
 TASK = "gpu_check"  # the synthetic task's name (its head's key)
 TASK_TYPE = "sequence_classification"
 

@@ -100,7 +100,7 @@ def test_meta_step_breakdown_and_collective_skipped(smoke):
         assert key in d and math.isfinite(d[key]), key
     assert d["step_ms"] > 0 and d["compute_ms"] > 0 and d["bytes_ratio"] == pytest.approx(2.0)
     assert m["collective"]["status"] == "skipped: needs ≥2 GPUs (NCCL puts one rank per GPU; this machine has 0)"
-    assert m["table"].startswith("| model | N | trainable | reduce | step ms | compute ms")
+    assert m["table"].startswith("| model | N | trainable | algorithm | reduce | step ms | compute ms")
 
 
 def test_markdown_summary(smoke):
