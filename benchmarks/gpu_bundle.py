@@ -342,6 +342,8 @@ def _check_out(out: Path, hang: str | None) -> list[str]:
     pip_list = (out / "pip-list.txt").read_text() if (out / "pip-list.txt").is_file() else ""
     if not re.search(r"^torch\s+2\.11\.0", pip_list, re.M):
         problems.append("pip-list.txt does not show the image's torch 2.11.0")
+    from raymeta.config import ALGORITHMS  # what gpu_check times (tests/integration/test_gpu_check.py checks its list)
+
     for phase in PHASES:
         f = out / f"{phase}.json"
         if phase == hang:
@@ -358,7 +360,7 @@ def _check_out(out: Path, hang: str | None) -> list[str]:
         if phase.startswith("compute"):
             rows = r.get("rows", [])
             bad = [f"{x['model']} {x['algorithm']} {x['precision']}: {x['status']}" for x in rows if x["status"] != "ok"]
-            if len(rows) != 12 or bad:
+            if len(rows) != 2 * len(ALGORITHMS) or bad:  # every algorithm, fp32 and bf16
                 problems.append(f"{phase}.json: {len(rows)} rows; " + "; ".join(bad[:3]))
     summary = out / "gpu_check.json"
     if summary.is_file():
