@@ -96,6 +96,7 @@ def _run_tasks(cfg: ExperimentConfig) -> list[TaskConfig]:
 def _cmd_train(args: argparse.Namespace) -> int:
     import json
 
+    from . import storage
     from .tasks import check_tasks
     from .train.trainer import prepare_output_dir, train
     from .train.validation import BEST_JSON, wants_best
@@ -104,9 +105,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     prepare_output_dir(cfg.output_dir, resume=args.resume, overwrite=args.overwrite)
     check_tasks(_run_tasks(cfg), cfg.data_dir, cfg.cache_dir)
     final = train(cfg, resume=args.resume)
-    best = final.parent / "best"
-    if wants_best(cfg) and (best / BEST_JSON).is_file():
-        chosen = json.loads((best / BEST_JSON).read_text())
+    best = storage.join(cfg.output_dir, "best") if storage.is_uri(cfg.output_dir) else Path(final).parent / "best"
+    chosen_file = storage.join(str(best), BEST_JSON)
+    if wants_best(cfg) and (storage.exists(chosen_file) if storage.is_uri(chosen_file) else Path(chosen_file).is_file()):
+        chosen = json.loads(storage.read_bytes(chosen_file) if storage.is_uri(chosen_file) else Path(chosen_file).read_text())
         print(f"\nbest on meta-validation (step {chosen['step']} of {cfg.meta.steps}, score {chosen['score']:.4f}): {best}"
               f"\nlast step: {final}")
         final = best

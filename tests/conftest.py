@@ -18,6 +18,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from .s3server import export_env
+
+export_env()  # before any Ray instance starts: its workers inherit the S3 endpoint (tests/s3server.py)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RAYMETA_DATA_DIR", REPO.parent / "shared" / "data"))
 
@@ -63,3 +67,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "shared_data" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.shared_data)
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """A real S3-protocol server on loopback (tests/s3server.py); yields a function making a fresh bucket -> its URI."""
+    from . import s3server
+
+    if os.environ.get("AWS_ENDPOINT_URL") != s3server.ENV["AWS_ENDPOINT_URL"]:
+        pytest.skip("AWS_ENDPOINT_URL is set by the environment: the tests never write to a real bucket")
+    count = iter(range(10**6))
+    with s3server.moto_server(s3server.PORT, tmp_path_factory.mktemp("s3") / "moto.log"):
+        yield lambda: s3server.make_bucket(f"raymeta-test-{os.getpid()}-{next(count)}")

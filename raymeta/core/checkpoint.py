@@ -6,19 +6,28 @@ Layout of ``<output_dir>/checkpoints/step-00000050/``::
     model/adapter/              model.trainable: lora only: the peft adapter + tokenizer
     trainer_state.safetensors   outer optimizer moments, heads, head optimizers (and, unless
                                 model.trainable is full, the trainable parameters: ``shared.*``)
-    trainer_state.json          step, scheduler, param groups, mixture, RNG note (written last)
+    trainer_state.json          step, scheduler, param groups, mixture, RNG note
     config.yaml                 the resolved config
+    manifest.json               every other file's size and SHA-256 (written last)
 
 Each checkpoint is written into a hidden temporary directory, fsynced, then renamed into
 place; ``LATEST`` is replaced atomically afterwards. A kill at any moment leaves either
 the previous checkpoint or the new one, never half of one: old checkpoints, too, are renamed
 to a hidden name before they are deleted, so every ``step-*`` directory is complete. Hidden
 leftovers of a killed writer are never read, and the next save removes them.
+
+A checkpoint counts only when its manifest is there and every file matches it: a checkpoint damaged after it was
+written (a truncated file, a file changed, a manifest lost) is passed over for the newest complete one, with a
+warning naming the file. On object storage, which has no rename, the manifest is the last object uploaded
+(:func:`push_checkpoint`), so the same rule makes those checkpoints atomic too (:func:`pull_latest_checkpoint`).
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -29,18 +38,22 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .. import storage
 from ..config import ExperimentConfig, save_config
-from ..errors import ModelError
+from ..errors import ModelError, RaymetaError
 from .jsonio import dumps as strict_dumps
 from .model_card import write_model_card
 from .trainable import is_peft, merged_copy
 
-__all__ = ["ADAPTER_DIR", "save_checkpoint", "latest_checkpoint", "load_checkpoint", "load_encoder_weights", "export_model",
-           "atomic_dir"]
+__all__ = ["ADAPTER_DIR", "MANIFEST", "save_checkpoint", "latest_checkpoint", "load_checkpoint", "load_encoder_weights",
+           "export_model", "atomic_dir", "checkpoint_problem", "push_checkpoint", "pull_latest_checkpoint"]
+
+log = logging.getLogger("raymeta.train")
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 ADAPTER_DIR = "adapter"  # model.trainable: lora: the peft adapter, beside the merged model
-_COMPLETE = "trainer_state.json"  # written last: its presence marks a complete checkpoint
+_STATE = "trainer_state.json"
+MANIFEST = "manifest.json"  # written last: each file's size and SHA-256; a checkpoint without it is incomplete
 
 
 def _fsync_dir(path: Path) -> None:
@@ -60,6 +73,51 @@ def _fsync_tree(root: Path) -> None:
         elif p.is_dir():
             _fsync_dir(p)
     _fsync_dir(root)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_manifest(root: Path) -> None:
+    files = {p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    (root / MANIFEST).write_text(strict_dumps({"format": 1, "files": files}, indent=1, sort_keys=True))
+
+
+def _read_manifest(path: Path) -> dict[str, dict[str, Any]] | str:
+    """The manifest's files, or what is wrong with it (naming the file)."""
+    f = path / MANIFEST
+    if not f.is_file():
+        return f"{f}: missing (the checkpoint was not written to the end)"
+    try:
+        files = json.loads(f.read_text())["files"]
+        assert isinstance(files, dict) and all({"size", "sha256"} <= set(v) for v in files.values())
+        return files
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        return f"{f}: not a readable manifest"
+
+
+def checkpoint_problem(path: str | Path, *, checksums: bool = True) -> str | None:
+    """What is wrong with the checkpoint directory ``path`` (one line naming the file), or None when every file its
+    manifest lists is there with its size (and, with ``checksums``, its SHA-256)."""
+    path = Path(path)
+    files = _read_manifest(path)
+    if isinstance(files, str):
+        return files
+    for rel, want in files.items():
+        f = path / rel
+        if not f.is_file():
+            return f"{f}: missing"
+        if f.stat().st_size != want["size"]:
+            return f"{f}: {f.stat().st_size} bytes, the manifest says {want['size']} (truncated or changed)"
+        if checksums and _sha256(f) != want["sha256"]:
+            return f"{f}: its SHA-256 differs from the manifest's (changed or damaged)"
+    return None
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -181,33 +239,87 @@ def save_checkpoint(
     # complete checkpoint is always this run's latest one.
     for later in sorted(p for p in root.iterdir() if _STEP_DIR.match(p.name) and p.name > target.name):
         _remove_dir(later)
-    with atomic_dir(target) as tmp:
-        _save_encoder(encoder, tmp / "model", tokenizer)
-        write_model_card(tmp / "model", cfg, step=step)
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "trainer_state.safetensors"))
-        save_config(cfg, tmp)
-        (tmp / _COMPLETE).write_text(strict_dumps({**state, "step": step}, indent=1, sort_keys=True))
-    _atomic_write_text(root / "LATEST", target.name + "\n")
+    try:
+        with atomic_dir(target) as tmp:
+            _save_encoder(encoder, tmp / "model", tokenizer)
+            write_model_card(tmp / "model", cfg, step=step)
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                      str(tmp / "trainer_state.safetensors"))
+            save_config(cfg, tmp)
+            (tmp / _STATE).write_text(strict_dumps({**state, "step": step}, indent=1, sort_keys=True))
+            _write_manifest(tmp)
+        _atomic_write_text(root / "LATEST", target.name + "\n")
+    except OSError as e:  # the disk is full, or gone: the previous checkpoint is intact (atomic_dir), say so
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES):
+            raise
+        prev = latest_checkpoint(output_dir, warn=False)
+        raise RaymetaError(f"checkpoint {target}: cannot be written ({os.strerror(e.errno)}); "
+                           + (f"the previous one, {prev.name}, is intact: free space, then --resume"
+                              if prev is not None else "no earlier checkpoint to resume from")) from None
     for old in sorted(p for p in root.iterdir() if _STEP_DIR.match(p.name))[:-keep_last]:
         _remove_dir(old)
     return target
 
 
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint. It is also the one ``LATEST`` names, except after a kill between
-    a checkpoint's rename into place and the ``LATEST`` update: then the newer, complete one wins."""
+def latest_checkpoint(output_dir: str | Path, *, warn: bool = True) -> Path | None:
+    """The newest complete checkpoint (:func:`checkpoint_problem`). It is also the one ``LATEST`` names, except after
+    a kill between a checkpoint's rename into place and the ``LATEST`` update: then the newer, complete one wins. A
+    damaged newer one is passed over, with a warning naming the file (``warn``)."""
     root = Path(output_dir) / "checkpoints"
     if not root.is_dir():
         return None
-    done = sorted(p for p in root.iterdir() if _STEP_DIR.match(p.name) and (p / _COMPLETE).is_file())
-    return done[-1] if done else None
+    for p in sorted((p for p in root.iterdir() if _STEP_DIR.match(p.name)), reverse=True):
+        problem = checkpoint_problem(p)
+        if problem is None:
+            return p
+        if warn:
+            log.warning("checkpoint %s is incomplete or damaged (%s); trying an older one", p.name, problem)
+    return None
+
+
+def push_checkpoint(path: Path, remote_root: str, *, keep_last: int) -> str:
+    """Upload the complete local checkpoint ``path`` to ``<remote_root>/<name>``, its manifest last, so that it
+    counts there only once every file is; then delete the remote checkpoints after it (another timeline's) and the
+    ones before the ``keep_last`` newest. Returns its URI."""
+    listed = storage.listing(remote_root)
+    target = storage.join(remote_root, path.name)
+    for later in sorted(n for n in listed if _STEP_DIR.match(n) and n > path.name):
+        storage.delete(storage.join(remote_root, later))
+    storage.delete(target)  # a leftover of an upload that was cut short: its files are not this checkpoint's
+    storage.upload(path, target, last=(MANIFEST,))
+    done = sorted(n for n in storage.listing(remote_root) if _STEP_DIR.match(n) and n <= path.name)
+    for old in done[:-keep_last]:
+        storage.delete(storage.join(remote_root, old))
+    return target
+
+
+def pull_latest_checkpoint(remote_root: str, local_root: Path) -> Path | None:
+    """The newest complete checkpoint under the URI ``remote_root``, downloaded into ``local_root`` and checked
+    against its manifest; a damaged or incomplete one (no manifest: its upload was cut short) is passed over with a
+    warning naming the file."""
+    for name in sorted((n for n in storage.listing(remote_root) if _STEP_DIR.match(n)), reverse=True):
+        uri = storage.join(remote_root, name)
+        if not storage.exists(storage.join(uri, MANIFEST)):
+            log.warning("checkpoint %s/%s is incomplete (no %s: its upload was cut short); trying an older one",
+                        uri, MANIFEST, MANIFEST)
+            continue
+        local = local_root / name
+        shutil.rmtree(local, ignore_errors=True)
+        storage.download(uri, local)
+        problem = checkpoint_problem(local)
+        if problem is None:
+            return local
+        log.warning("checkpoint %s is incomplete or damaged (%s); trying an older one", uri,
+                    problem.replace(str(local), uri))
+        shutil.rmtree(local, ignore_errors=True)
+    return None
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     p = Path(path)
     try:
         tensors = load_file(str(p / "trainer_state.safetensors"))
-        state = json.loads((p / _COMPLETE).read_text())
+        state = json.loads((p / _STATE).read_text())
     except (SafetensorError, OSError, ValueError) as e:
         raise ModelError(f"checkpoint {p}: cannot be read ({str(e).splitlines()[0][:160]})") from None
     return tensors, state

@@ -26,6 +26,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from .. import storage
 from ..config import ModelConfig
 from ..errors import ModelError
 from .trainable import apply_trainable, base_model
@@ -64,7 +65,11 @@ def _not_a_model(path: str, err: BaseException) -> ModelError:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Map the ``offline:all-MiniLM-L6-v2`` alias to the PyPI-shipped copy; pass others through."""
+    """Map the ``offline:all-MiniLM-L6-v2`` alias to the PyPI-shipped copy, and a storage URI (``s3://.../final``) to
+    a local copy of it (:func:`raymeta.storage.fetch`, made where the model is loaded: on each actor's node); pass
+    others through."""
+    if storage.is_uri(name_or_path):
+        return str(storage.fetch(name_or_path))
     if name_or_path != OFFLINE_MINILM:
         return name_or_path
     # find_spec locates the package without importing it (its __init__ may pull in more).

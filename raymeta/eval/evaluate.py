@@ -30,6 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .. import storage
 from ..config import EMBEDDING_CLASSIFIERS, EVAL_METHODS, ModelConfig, RidgeConfig, SvmConfig, TaskConfig
 from ..core.jsonio import write_json_atomic  # strict JSON: NaN/inf -> null, listed under "nonfinite"
 from ..core.model import ADAPTER_CONFIG
@@ -53,7 +54,11 @@ def resolve_init(init: str) -> str:
     A run directory gives its ``best/`` (the step meta-validation chose, the model ``raymeta train`` says to use)
     when it has one, else its ``final/``; a run's ``final/`` (or any model directory) given as such is taken as
     it is. Which one was taken is logged in one line. A directory comes back absolute: the runs that load it are
-    Ray tasks, whose working directory on a joined cluster is not this process's."""
+    Ray tasks, whose working directory on a joined cluster is not this process's. A storage URI (``s3://.../run``)
+    is chosen from the same way and comes back as a URI: each process that loads it fetches its own copy
+    (:func:`raymeta.core.model.resolve_model_path`)."""
+    if storage.is_uri(init):
+        return _resolve_init_uri(init)
     p = Path(init).expanduser()
     if p.is_dir():
         from ..core.checkpoint import latest_checkpoint
@@ -74,6 +79,18 @@ def resolve_init(init: str) -> str:
     if p.exists() or init.startswith(("./", "../", "/")):
         raise ModelError(f"--init {init}: not a model directory")
     return init  # a hub name (or the offline: alias)
+
+
+def _resolve_init_uri(init: str) -> str:
+    for cand, why in (("best", "best/: the step meta-validation chose"), ("final", "final/: the last step"),
+                      ("model", "model/: a checkpoint's model"), ("", "")):
+        uri = storage.join(init, cand) if cand else init
+        if storage.exists(storage.join(uri, "config.json")) or storage.exists(storage.join(uri, ADAPTER_CONFIG)):
+            if why:
+                log.info("--init %s: scoring %s (%s)", init, uri, why)
+            return uri
+    raise ModelError(f"--init {init}: neither a Hugging Face model (no config.json) nor a raymeta run with best/ or "
+                     "final/ there")
 
 
 def resolve_eval_task(spec: str) -> TaskConfig:

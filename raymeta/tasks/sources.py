@@ -18,6 +18,7 @@ from typing import Any, Callable
 import datasets
 import numpy as np
 
+from .. import storage
 from ..config import SourceConfig, TaskConfig
 from ..errors import DataError
 
@@ -38,10 +39,14 @@ for _name in ("datasets.packaged_modules.csv.csv", "datasets.packaged_modules.js
     logging.getLogger(_name).addFilter(_not_read_failures)
 
 
-def resolve_path(path: str, data_dir: str, base_dir: str | None = None) -> Path:
+def resolve_path(path: str, data_dir: str, base_dir: str | None = None) -> Path | str:
     """A ``source.files`` path: ``${data_dir}`` substituted; a relative path (without ``${data_dir}``) starts at
-    ``base_dir``, the folder of the task YAML it was written in (None: the current directory)."""
-    out = Path(path.replace("${data_dir}", data_dir)).expanduser()
+    ``base_dir``, the folder of the task YAML it was written in (None: the current directory). A storage URI
+    (``s3://bucket/tasks/x.csv``, or ``${data_dir}/x.csv`` with a URI ``data_dir``) stays a URI."""
+    written = path.replace("${data_dir}", data_dir.rstrip("/") if storage.is_uri(data_dir) else data_dir)
+    if storage.is_uri(written):
+        return written
+    out = Path(written).expanduser()
     if base_dir is not None and "${data_dir}" not in path and not out.is_absolute():
         out = Path(base_dir) / out
     return out
@@ -51,6 +56,11 @@ def _existing_file(written: str, src: SourceConfig, data_dir: str, task: str) ->
     """``written`` (a ``source.files`` path) resolved; a missing file is an error naming the path as written and
     as resolved, with the ``data_dir`` hint only when the path goes through ``${data_dir}``."""
     path = resolve_path(written, data_dir, src.base_dir)
+    if isinstance(path, str):  # a URI: read through pyarrow.fs into a local cache, on the node that reads it
+        try:
+            return storage.fetch(path)
+        except storage.StorageError as e:
+            raise DataError(task, e.reason, file=path) from None
     if path.is_file():
         return path
     msg = "file not found"

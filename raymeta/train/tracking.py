@@ -151,6 +151,11 @@ class Tracker:
         np.save(self.dir / "task_affinity.npy", mean)
         return path
 
+    def flush(self) -> None:
+        """Everything logged so far on disk (before the run's files are mirrored to a storage URI)."""
+        self.jsonl.flush()
+        self.tb.flush()
+
     def close(self) -> None:
         self.jsonl.close()
         self.tb.close()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence, TypeVar
 
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 
 from ..config import ExperimentConfig, save_config
-from ..core.checkpoint import export_model, latest_checkpoint, load_checkpoint, load_encoder_weights, save_checkpoint
+from ..core.checkpoint import export_model, load_checkpoint, load_encoder_weights, save_checkpoint
 from ..core.combine import normalise_weights
 from ..core.jsonio import dumps as strict_dumps
 from ..core.model import load_encoder, load_tokenizer
@@ -34,13 +33,14 @@ from ..core.trainable import frozen_fingerprint, layout_signature, trainable_sum
 from ..errors import ConfigError, RaymetaError
 from ..runtime import connect
 from .actor import bind_flat, replica_key
+from .outputs import RUN_OUTPUTS, RunOutputs, held_outputs, remove_outputs
 from .pool import ActorPool, actor_keys
 from .record import StepRecord
 from .reduce import CollectiveReduce, ReplicaHeads, reducer_for
 from .tracking import Tracker
 from .validation import BEST_JSON, Validator, wants_best
 
-__all__ = ["MetaTrainer", "StepHook", "StepRecord", "actor_keys", "prepare_output_dir", "train"]
+__all__ = ["MetaTrainer", "RUN_OUTPUTS", "StepHook", "StepRecord", "actor_keys", "prepare_output_dir", "train"]
 
 log = logging.getLogger("raymeta.train")
 
@@ -84,7 +84,9 @@ class MetaTrainer:
         _check_config(cfg)
         self.cfg, self.resume, self.resume_from = cfg, resume, resume_from
         self.hooks, self.config_lr = list(hooks), config_lr
-        self.out = Path(cfg.output_dir)
+        # output_dir, or a local staging directory mirrored to it when it is a storage URI (s3://...)
+        self.outputs = RunOutputs(cfg.output_dir)
+        self.out = self.outputs.local
         self.weights = normalise_weights({t.name: t.weight for t in cfg.tasks})
         # one actor per task replica, keyed "<task>" or "<task>#<r>"; a replica carries w / replicas
         self.replicas_of = actor_keys(cfg)
@@ -119,8 +121,9 @@ class MetaTrainer:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def run(self) -> Path:
-        """Meta-train to ``meta.steps``; returns ``<output_dir>/final`` (an HF model directory)."""
+    def run(self) -> Path | str:
+        """Meta-train to ``meta.steps``; returns ``<output_dir>/final`` (an HF model directory; its URI when
+        ``output_dir`` is a storage URI)."""
         steps, every = self.cfg.meta.steps, self.cfg.checkpoint.every_steps
 
         def train_from_here() -> bool:
@@ -147,7 +150,9 @@ class MetaTrainer:
             self.tracker.affinity_png()
             if self.validator is not None:
                 self._log_validation_summary(stop)
-            return final
+            self.tracker.flush()
+            self.outputs.mirror()
+            return final if self.outputs.uri is None else self.outputs.where("final")
 
     def meta_step(self) -> StepRecord:
         """One outer step in the configured reduce form (:mod:`raymeta.train.reduce`). Returns its record."""
@@ -161,10 +166,11 @@ class MetaTrainer:
         the restored checkpoint, ``config.yaml`` and the tracker; at the end, shutdown. The actors stay (with
         ``keep_actors``) when the run ends normally or a hook ends it with ``SystemExit`` (Ray Tune stopping a
         trial in ``tune.report``): they are idle and sound then."""
+        self.outputs.check_writable()  # a missing bucket or refused credentials: one line, before anything runs
         ckpt = Path(self.resume_from) if self.resume_from is not None else \
-            latest_checkpoint(self.out) if self.resume else None
+            self.outputs.resume_point() if self.resume else None
         if self.resume and self.resume_from is None and ckpt is None:  # a typo in output_dir must not train anew
-            raise RaymetaError(f"--resume: no checkpoint to resume from under output_dir {self.out} "
+            raise RaymetaError(f"--resume: no complete checkpoint to resume from under output_dir {self.outputs} "
                                "(leave out --resume to start from step 0)")
         self.prepare(resume_point=ckpt)  # config mistakes that need no Ray fail before Ray starts
         started = connect(self.cfg.resources.address)
@@ -184,6 +190,7 @@ class MetaTrainer:
             raise
         finally:
             self.shutdown(stop_ray=started, keep_actors=sound and self.keep_actors)
+            self.outputs.close()
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -287,7 +294,7 @@ class MetaTrainer:
                 log.warning("task %s: actor died while the task actors restarted (restart %d of %d)",
                             latest, self.restarts, limit)
         self.tracker.rewind(self.step)
-        back = f"checkpoint step {self.step} ({self.last_checkpoint})" if self.last_checkpoint else \
+        back = f"checkpoint step {self.step} ({self.outputs.shown(self.last_checkpoint)})" if self.last_checkpoint else \
             "the initial weights (step 0: no checkpoint yet)"
         log.warning("task %s: actor died at step %d; restarted every task actor from %s (restart %d of %d)",
                     names, failed, back, self.restarts, limit)
@@ -356,7 +363,7 @@ class MetaTrainer:
         self.reducer.push(self)
         self.step = int(state["step"])
         self.last_checkpoint = path
-        log.info("resumed from %s at step %d", path, self.step)
+        log.info("resumed from %s at step %d", self.outputs.shown(path), self.step)
 
     def _check_layout(self, path: Path, state: dict[str, Any]) -> None:
         """The checkpoint holds exactly the parameters this run trains (same mode, names, shapes)."""
@@ -374,6 +381,8 @@ class MetaTrainer:
         self.last_checkpoint = save_checkpoint(self.out, self.step, encoder=self.encoder, tokenizer=self.tokenizer,
                                                cfg=self.cfg, tensors=tensors, state=state,
                                                keep_last=self.cfg.checkpoint.keep_last)
+        self.tracker.flush()
+        self.outputs.checkpoint_saved(self.last_checkpoint, self.cfg.checkpoint.keep_last)
         return self.last_checkpoint
 
     # -- meta-validation: which step becomes <output_dir>/best ------------------------------------
@@ -411,7 +420,8 @@ class MetaTrainer:
         st, spent = self.validator.state, sum(r["seconds"] for r in self.validator.state.history)
         how = f"stopped early at step {self.step} (no new best for {self.validator.v.early_stopping.patience} " \
               "validations); " if stopped and self.validator.v.early_stopping else ""
-        where = f"{self.validator.best_dir}" if self.validator.export_best else "not exported (checkpoint.best: false)"
+        where = self.outputs.shown(self.validator.best_dir) if self.validator.export_best else \
+            "not exported (checkpoint.best: false)"
         log.info("%sbest step %s, validation score %.4f: %s (%d validations, %.1f s)", how, st.best_step, st.best_score,
                  where, len(st.history), spent)
 
@@ -429,34 +439,24 @@ class MetaTrainer:
             ray.shutdown()
 
 
-# What a run writes into its output_dir; a directory holding any of them holds a run.
-RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "tensorboard", "checkpoints", "final", "best", ".validation",
-               "task_affinity.png", "task_affinity.npy")
-
-
 def prepare_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool) -> None:
     """Before ``raymeta train`` writes into ``output_dir``, as Hugging Face's ``overwrite_output_dir`` has it: a
     directory that already holds a run is refused unless the run is continued (``--resume``) or started over
     (``--overwrite``, which first removes that run's outputs, so that no old metrics, checkpoints or TensorBoard
     events mix with the new ones). Files of the user's own in the directory are left alone."""
-    out = Path(output_dir)
+    out = str(output_dir)
     if resume and overwrite:
         raise RaymetaError("--resume continues the run in output_dir, --overwrite starts it over: give one of them")
-    held = [name for name in RUN_OUTPUTS if (out / name).exists()]
+    held = held_outputs(out)
     if resume or not held:
         return
     if not overwrite:
         raise RaymetaError(f"output_dir {out} already holds a run ({', '.join(held)}): add --resume to continue it, "
                            "or --overwrite to start it over")
-    for name in held:
-        path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+    remove_outputs(out, held)
     log.warning("--overwrite: removed the previous run's %s from %s", ", ".join(held), out)
 
 
-def train(cfg: ExperimentConfig, *, resume: bool = False) -> Path:
-    """Meta-train ``cfg`` and return the final Hugging Face model directory."""
+def train(cfg: ExperimentConfig, *, resume: bool = False) -> Path | str:
+    """Meta-train ``cfg`` and return the final Hugging Face model directory (its URI when ``output_dir`` is one)."""
     return MetaTrainer(cfg, resume=resume).run()

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import storage
 from ..config import ExperimentConfig, TaskConfig
 from ..core.checkpoint import export_model
 from ..errors import ConfigError
@@ -60,7 +61,7 @@ def _files(spec: TaskConfig) -> set[str]:
         out.add(f"hub:{spec.source.dataset}:{spec.source.config_name}")
     if spec.source.kind == "builtin":
         out.add(f"builtin:{spec.source.name}")
-    return {str(Path(x).resolve()) if not x.startswith(("hub:", "builtin:")) else x for x in out}
+    return {x if x.startswith(("hub:", "builtin:")) or storage.is_uri(x) else str(Path(x).resolve()) for x in out}
 
 
 def held_back(spec: TaskConfig, other: TaskConfig) -> bool:

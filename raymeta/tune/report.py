@@ -153,11 +153,13 @@ def summary_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def finish(cfg: ExperimentConfig, grid: Any, sizes: dict[str, int]) -> dict[str, Any]:
-    """Write ``best_config.yaml``, ``best_model/``, ``tune_scores.png`` and ``tune_summary.{json,md}``."""
+def finish(cfg: ExperimentConfig, grid: Any, sizes: dict[str, int], out: Path | None = None) -> dict[str, Any]:
+    """Write ``best_config.yaml``, ``best_model/``, ``tune_scores.png`` and ``tune_summary.{json,md}`` into ``out``
+    (default: ``output_dir``; when that is a storage URI, the local directory mirrored to it)."""
+    from .. import storage
     from ..errors import RaymetaError
 
-    out = Path(cfg.output_dir)
+    out = Path(cfg.output_dir) if out is None else out
     out.mkdir(parents=True, exist_ok=True)
     rows = _trial_rows(cfg, grid, sizes)
     scored = [r for r in rows if r["checkpoint"] is not None and not math.isnan(r["val_score"])]
@@ -166,7 +168,8 @@ def finish(cfg: ExperimentConfig, grid: Any, sizes: dict[str, int]) -> dict[str,
         raise RaymetaError(f"tune: no trial finished a validation report ({first})")
     best = max(scored, key=lambda r: r["val_score"])
     best_cfg = apply_params(cfg, best["params"])
-    best_cfg.output_dir = str(out / "best_run")
+    best_cfg.output_dir = storage.join(cfg.output_dir, "best_run") if storage.is_uri(cfg.output_dir) \
+        else str(out / "best_run")
     save_config(best_cfg, out, "best_config.yaml")
     model_dir = _export_best(best["checkpoint"], out / "best_model")
     # The comparison: the best trial, each seeded heuristic (its best checkpoint), the plain init.

@@ -22,9 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from .. import storage
 from ..config import ExperimentConfig
 from ..core.jsonio import write_json_atomic
 from ..errors import ConfigError, RaymetaError
+from ..train.outputs import RunOutputs
 from ..train.pool import ActorPool
 from ..train.record import StepRecord
 from ..train.validation import held_back
@@ -37,8 +39,9 @@ log = logging.getLogger("raymeta.tune")
 
 def experiment_path(cfg: ExperimentConfig) -> str:
     """Where Tune keeps the experiment: ``tune.storage_path`` (a URI on clusters) / name."""
-    storage = cfg.tune.storage_path or str(Path(cfg.output_dir, "tune").resolve())
-    return f"{storage.rstrip('/')}/{cfg.name}"
+    where = cfg.tune.storage_path or (storage.join(cfg.output_dir, "tune") if storage.is_uri(cfg.output_dir)
+                                      else str(Path(cfg.output_dir, "tune").resolve()))
+    return f"{where.rstrip('/')}/{cfg.name}"
 
 
 # The task actors of the last trial that ran in this process (``tune.reuse_actors``). Ray Tune hands a finished
@@ -230,6 +233,7 @@ def run_tune(cfg: ExperimentConfig, *, num_samples: int | None = None, resume: b
     # A relative path in the config (data_dir, task files) means the directory `raymeta tune` started in, as it
     # does for `raymeta train`; trials write only under absolute paths (their trial directory).
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    outputs = RunOutputs(cfg.output_dir)  # a storage URI: written into a local staging directory, then sent
     started = connect(cfg.resources.address)
     try:
         sizes = _task_sizes(cfg)
@@ -237,7 +241,9 @@ def run_tune(cfg: ExperimentConfig, *, num_samples: int | None = None, resume: b
         trainable = tune.with_resources(tune.with_parameters(_trial, base_json=cfg.model_dump_json(), pbt=pbt),
                                         _trial_resources(cfg, local=started))
         path = experiment_path(cfg)
-        plan = Path(cfg.output_dir) / "tune_plan.json"  # the trial count, to tell a finished search from a stopped one
+        plan = outputs.local / "tune_plan.json"  # the trial count, to tell a finished search from a stopped one
+        if outputs.uri is not None and storage.exists(storage.join(outputs.uri, plan.name)):
+            storage.download(storage.join(outputs.uri, plan.name), plan)
         if resume:
             if not tune.Tuner.can_restore(path):
                 raise RaymetaError(f"--resume: no Tune experiment to resume at {path}")
@@ -251,11 +257,16 @@ def run_tune(cfg: ExperimentConfig, *, num_samples: int | None = None, resume: b
             expected = num_samples or cfg.tune.num_samples
             tuner = _tuner(cfg, trainable, sizes, expected)
             write_json_atomic(plan, {"num_samples": expected, "experiment": path})
+            outputs.mirror()
         grid = tuner.fit()
         # Ctrl-C makes Tune save the experiment and return early; that is an interruption, not a result.
         if grid.num_terminated + grid.num_errors < max(len(grid), expected):
             raise KeyboardInterrupt(f"search interrupted; continue it with: raymeta tune --config ... --resume ({path})")
-        return finish(cfg, grid, sizes)
+        summary = finish(cfg, grid, sizes, out=outputs.local)
+        outputs.mirror()
+        summary["files"] = {k: v and outputs.shown(v) for k, v in summary["files"].items()}
+        return summary
     finally:
+        outputs.close()
         if started:
             ray.shutdown()

@@ -183,7 +183,7 @@ def test_cli_train_end_to_end(mixed_data, cli, tmp_path):
     # --resume with nothing to resume (an output_dir typo): an error, not a new run from step 0
     typo = cli.run(["train", "--config", path, "--resume", f"output_dir={tmp_path / 'rnu'}"], cwd=Path.cwd(), timeout=120)
     assert typo.returncode == 2 and typo.stderr.strip().splitlines()[-1] == (
-        f"raymeta: error: --resume: no checkpoint to resume from under output_dir {tmp_path / 'rnu'} "
+        f"raymeta: error: --resume: no complete checkpoint to resume from under output_dir {tmp_path / 'rnu'} "
         "(leave out --resume to start from step 0)"), typo.stderr[-3000:]
     assert not (tmp_path / "rnu").exists()
 
