@@ -332,13 +332,37 @@ class OptimConfig(_Strict):
 
 
 class ResourcesConfig(_Strict):
-    """Where actors run. ``None`` means: decide from what the cluster has."""
+    """Where actors run. ``None`` means: decide from what the cluster has (:func:`raymeta.runtime.plan_actors`)."""
 
     address: str | None = None  # None: $RAY_ADDRESS, else a local instance on loopback
+    # GPUs per task actor. auto: one whole GPU each when the cluster can provide them: it has a GPU for every actor
+    # now, or its autoscaler has a node type with GPUs (the actors then wait for it to add those nodes); on a
+    # fixed cluster with fewer GPUs than actors, an equal fraction of them; no GPU anywhere: CPU. 0: CPU, never a
+    # GPU. A number: that many GPUs each, whole or a fraction (0.5: two actors share one).
+    gpus: Literal["auto"] | float = "auto"
+    # CPUs per task actor. None: 1 with a GPU, or on a cluster that can autoscale; else an equal share of the CPUs up.
     num_cpus_per_actor: float | None = Field(default=None, gt=0.0)
+    # GPUs per task actor, the older key: when set, it wins over ``gpus``.
     num_gpus_per_actor: float | None = Field(default=None, ge=0.0)
     custom_resources: dict[str, float] = Field(default_factory=dict)
     torch_threads: int | None = Field(default=None, ge=1)
+    # How long the task actors may wait to be placed (for an autoscaler to add nodes, or for busy nodes to free
+    # up) while none of them is placed and no node joins; then the run stops with one line naming what is
+    # missing. A request no node (nor node type of the autoscaler) can ever meet fails at once instead.
+    placement_timeout_s: float = Field(default=900.0, gt=0.0)
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _gpus(cls, v: Any) -> Any:
+        if v == "auto":
+            return v
+        try:
+            n = float(v) if not isinstance(v, bool) else math.nan
+        except (TypeError, ValueError):
+            n = math.nan
+        if not (math.isfinite(n) and n >= 0):
+            raise ValueError("expected auto, 0 (CPU) or a number of GPUs per task actor (e.g. 1 or 0.5)")
+        return n
 
 
 class CheckpointConfig(_Strict):

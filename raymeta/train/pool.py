@@ -12,17 +12,32 @@ GPU, a CUDA context too) costs seconds per actor, a reset a fraction of that.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Mapping
 
 from ..config import ExperimentConfig
 from ..core.model import ParamLayout
 from ..errors import RaymetaError
-from ..runtime import actor_options, bundle_options, feasible, get, kill
+from ..runtime import (
+    ClusterView,
+    actor_options,
+    actor_states,
+    bundle_options,
+    cluster_view,
+    feasible,
+    get,
+    kill,
+    placement_error,
+    request_of,
+    unplaced,
+)
 from .actor import TaskActor, replica_key
 
 __all__ = ["ActorPool", "actor_keys"]
 
 log = logging.getLogger("raymeta.train")
+
+POLL_S = 2.0  # how often a wait for the actors to be placed looks again
 
 
 def actor_keys(cfg: ExperimentConfig) -> dict[str, list[str]]:
@@ -49,37 +64,51 @@ class ActorPool:
         self.owned = True
         self._fits: tuple[Any, ...] | None = None  # what the held actors were started (or reset) for
         self._options, self._threads, self._device = dict(options) if options is not None else None, threads, device
+        # actors :meth:`start` started and :meth:`check` has not yet seen placed: what each asks for, the cluster
+        # they were sized on, when, and how long they may wait (resources.placement_timeout_s)
+        self._placing: tuple[dict[str, dict[str, float]], ClusterView, float, float] | None = None
 
     # -- a run's actors ---------------------------------------------------------------------
 
     def start(self, cfg: ExperimentConfig, *, local: bool) -> dict[str, Any]:
         """One new actor per task replica of ``cfg`` (tasks with weight 0 get none). Inside a Ray Tune trial, actor i
         takes bundle i + 1 of the trial's placement group (bundle 0 is the trial's own); else ``resources.*`` size
-        them, and per-task custom resources pin a task to a node type. ``local``: our own fixed-size instance, where
-        an infeasible request fails at once."""
+        them, and per-task custom resources pin a task to a node type. A request no node can meet fails at once on a
+        fixed cluster (our own local instance, or one whose head runs no autoscaler), and on an autoscaling one when
+        no node type it can add meets it either (:func:`~raymeta.runtime.feasible`). The actors are placed
+        asynchronously: :meth:`check` waits for them, ``resources.placement_timeout_s`` at most without progress.
+        (``local``, the caller's word that Ray is its own instance, is not needed: :func:`~raymeta.runtime.cluster_view`
+        tells.)"""
         import ray
 
         group = ray.util.get_current_placement_group()
         keys = actor_keys(cfg)
         n = sum(len(ks) for ks in keys.values())
+        view = None
         if group is not None:
             placed = bundle_options(group, n)
         else:
-            opts, threads, device = actor_options(cfg.resources, n, local=local)
-        remote, cfg_json, i = ray.remote(TaskActor), cfg.model_dump_json(), 0
-        self.actors, self.owned, self._fits = {}, True, _fit(cfg)
+            view = cluster_view()
+            opts, threads, device = actor_options(cfg.resources, n, view=view)
+        sized: list[tuple[str, str, int, dict[str, Any], int, str]] = []  # key, task, replica, options, threads, device
         for name, ks in keys.items():
             for r, key in enumerate(ks):
                 if group is not None:
-                    task_opts, threads, device = placed[i]
+                    task_opts, threads, device = placed[len(sized)]
                 else:
                     task_opts = dict(opts)
                     if cfg.task(name).resources:
                         task_opts["resources"] = {**opts.get("resources", {}), **cfg.task(name).resources}
-                        if local:
-                            feasible(task_opts, f"task '{name}'")
-                self.actors[key] = remote.options(**task_opts).remote(cfg_json, name, threads, device, r)
-                i += 1
+                        feasible(task_opts, f"task '{name}'", view=view)  # before any actor starts
+                sized.append((key, name, r, task_opts, threads, device))
+        remote, cfg_json = ray.remote(TaskActor), cfg.model_dump_json()
+        self.actors, self.owned, self._fits = {}, True, _fit(cfg)
+        requests: dict[str, dict[str, float]] = {}
+        for key, name, r, task_opts, threads, device in sized:
+            requests[key] = request_of(task_opts)
+            self.actors[key] = remote.options(**task_opts).remote(cfg_json, name, threads, device, r)
+        if view is not None:
+            self._placing = (requests, view, time.monotonic(), cfg.resources.placement_timeout_s)
         return self.actors
 
     def adopt(self, given: Mapping[str, Any], cfg: ExperimentConfig) -> dict[str, Any]:
@@ -96,8 +125,11 @@ class ActorPool:
 
     def check(self, layout: ParamLayout, frozen: float) -> dict[str, str]:
         """Every actor computes for the driver's ``layout`` and loaded the same frozen weights (Σ|w| ``frozen``).
-        Returns the node of each actor."""
-        described = get([a.describe.remote() for a in self.actors.values()])
+        Returns the node of each actor. Actors :meth:`start` started may first have to be placed: see
+        :meth:`_wait_placed`."""
+        refs = {key: a.describe.remote() for key, a in self.actors.items()}
+        self._wait_placed(refs)
+        described = get(list(refs.values()))
         for d in described:
             if d["names"] != list(layout.names) or d["shapes"] != [list(s) for s in layout.shapes]:
                 raise RaymetaError(f"task '{d['task']}': its model's shared parameters differ from the driver's "
@@ -110,8 +142,43 @@ class ActorPool:
                      d["task"], d["type"], d["pid"], d["node"], d["threads"], d["train_rows"])
         return {d["task"]: d["node"] for d in described}
 
+    def _wait_placed(self, refs: Mapping[str, Any]) -> None:
+        """Until every actor :meth:`start` started is placed on a node (its first call, ``refs``, answered or the
+        actor on a node), or ``resources.placement_timeout_s`` pass in which no further actor is placed and no node
+        joins: then :class:`~raymeta.errors.RaymetaError`, one line naming what the waiting actors ask for and which
+        resource no node has (:func:`~raymeta.runtime.placement_error`). An autoscaler adding nodes one after the
+        other, or a cluster freeing resources, keeps it waiting; a request never met does not hang the run."""
+        import ray
+
+        if self._placing is None:
+            return
+        requests, view, since, timeout_s = self._placing
+        self._placing = None
+        pending = dict(refs)
+        waiting_before, nodes_before, told = len(pending), len(view.nodes), False
+        while pending:
+            _, not_ready = ray.wait(list(pending.values()), num_returns=len(pending), timeout=POLL_S)
+            still = set(not_ready)
+            pending = {k: ref for k, ref in pending.items() if ref in still}
+            waiting = unplaced({k: self.actors[k] for k in pending})
+            if not waiting:
+                return  # placed, only still starting up (or failed: check's get says how)
+            nodes = tuple(dict(n["Resources"]) for n in ray.nodes() if n.get("Alive"))
+            if len(waiting) < waiting_before or len(nodes) > nodes_before:  # progress: the wait starts again
+                since, waiting_before, nodes_before = time.monotonic(), len(waiting), max(nodes_before, len(nodes))
+            waited = time.monotonic() - since
+            if waited > timeout_s:
+                now = ClusterView(nodes, view.autoscaler, view.node_types)
+                raise RaymetaError(placement_error({k: requests[k] for k in waiting}, now, waited))
+            if not told and waited > 10:
+                told = True
+                log.info("resources: %d task actor(s) wait to be placed (%s)%s; resources.placement_timeout_s=%g",
+                         len(waiting), ", ".join(waiting[:4]),
+                         ", for the autoscaler to add nodes" if view.autoscaler else "", timeout_s)
+
     def lost(self, timeout_s: float = 60.0) -> list[str]:
-        """Keys of the actors whose process is gone: every actor is asked for its pid."""
+        """Keys of the actors whose process is gone: every actor is asked for its pid. Returns once the GCS holds
+        them dead too (:meth:`_settle`)."""
         import ray
 
         probes = {key: a.pid.remote() for key, a in self.actors.items()}
@@ -124,13 +191,26 @@ class ActorPool:
                 lost.append(key)
             except ray.exceptions.GetTimeoutError:  # alive, only slow to answer
                 pass
+        self._settle(lost, timeout_s)
         return lost
+
+    def _settle(self, keys: list[str], timeout_s: float) -> None:
+        """Wait (``timeout_s`` at most) until the GCS no longer holds any of the lost actors ``keys`` alive. A call to
+        an actor whose node is gone fails at once, but the GCS marks the node dead (and then its actors) only when
+        its health checks have failed, seconds later; an actor started before that may be placed on the lost node
+        again and die there too, spending one more of checkpoint.max_actor_restarts. (An actor whose process alone
+        was killed is marked dead at once by its node.)"""
+        end = time.monotonic() + timeout_s
+        while keys and time.monotonic() < end:
+            if all(state != "ALIVE" for state, _ in actor_states({k: self.actors[k] for k in keys}).values()):
+                return
+            time.sleep(0.5)
 
     def release(self) -> None:
         """End the actors this pool owns, and forget every one."""
         if self.owned:
             kill(self.actors.values())
-        self.actors, self._fits = {}, None
+        self.actors, self._fits, self._placing = {}, None, None
 
     # -- kept between runs ------------------------------------------------------------------
 

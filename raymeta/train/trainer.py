@@ -170,16 +170,16 @@ class MetaTrainer:
         ckpt = Path(self.resume_from) if self.resume_from is not None else \
             self.outputs.resume_point() if self.resume else None
         if self.resume and self.resume_from is None and ckpt is None:  # a typo in output_dir must not train anew
+            how = "start it over with --overwrite instead of --resume" if held_outputs(self.cfg.output_dir) else \
+                "leave out --resume to start from step 0"
             raise RaymetaError(f"--resume: no complete checkpoint to resume from under output_dir {self.outputs} "
-                               "(leave out --resume to start from step 0)")
+                               f"({how})")
         self.prepare(resume_point=ckpt)  # config mistakes that need no Ray fail before Ray starts
         started = connect(self.cfg.resources.address)
         self.local = started  # our own fixed-size instance: infeasible requests fail at once
         sound = False
         try:
-            self._start_actors()
-            if ckpt is not None:
-                self._restore(ckpt)
+            self._start_and_restore(ckpt)
             save_config(self.cfg, self.out)
             self.tracker = Tracker(self.out, list(self.actor_weights), start_step=self.step)
             with contextlib.closing(self.tracker):
@@ -253,6 +253,19 @@ class MetaTrainer:
         self.placement = self.pool.check(self.layout, frozen_fingerprint(self.encoder))
         self.reducer.join(self)
 
+    def _start_and_restore(self, ckpt: Path | None) -> None:
+        """The task actors, then the checkpoint to resume from restored into them and the driver. An actor lost
+        meanwhile is recovered from as one lost in a step is: every actor anew, back to ``ckpt`` (or step 0)."""
+        import ray
+
+        self.last_checkpoint = ckpt
+        try:
+            self._start_actors()
+            if ckpt is not None:
+                self._restore(ckpt)
+        except ray.exceptions.RayError as e:
+            self._recover(e)
+
     # -- recovery from a lost task actor --------------------------------------------------------
 
     def _recovering(self, attempt: Callable[[], T]) -> T:
@@ -293,7 +306,8 @@ class MetaTrainer:
                 latest = ", ".join(f"'{k}'" for k in lost)
                 log.warning("task %s: actor died while the task actors restarted (restart %d of %d)",
                             latest, self.restarts, limit)
-        self.tracker.rewind(self.step)
+        if getattr(self, "tracker", None) is not None:  # None while the actors first start: nothing logged yet
+            self.tracker.rewind(self.step)
         back = f"checkpoint step {self.step} ({self.outputs.shown(self.last_checkpoint)})" if self.last_checkpoint else \
             "the initial weights (step 0: no checkpoint yet)"
         log.warning("task %s: actor died at step %d; restarted every task actor from %s (restart %d of %d)",

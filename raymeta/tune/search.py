@@ -115,15 +115,23 @@ def _trial(params: dict[str, Any], *, base_json: str, pbt: bool) -> None:
 def _trial_resources(cfg: ExperimentConfig, local: bool) -> Any:
     """One placement group per trial: the trial's own bundle, then one per task actor.
 
-    GPUs: one per actor when the cluster has any now; an autoscaling cluster that starts with none
-    needs ``resources.num_gpus_per_actor`` set. ``local``: our own fixed instance, where a trial that
-    can never fit is an error now instead of a trial PENDING forever."""
+    GPUs (``resources.gpus: auto``): one per actor when the cluster has any now, or its autoscaler has a node
+    type with GPUs (the trial waits for it to add them, :func:`raymeta.runtime.cluster_view`); ``resources.gpus``
+    as a number, or ``num_gpus_per_actor``, fixes it. ``local``: our own fixed instance, where a trial that can
+    never fit is an error now instead of a trial PENDING forever."""
     import ray
     from ray import tune
 
+    from ..runtime import cluster_view
+
     r = cfg.resources
-    gpus = float(ray.cluster_resources().get("GPU", 0))
-    actor_gpus = r.num_gpus_per_actor if r.num_gpus_per_actor is not None else (1.0 if gpus >= 1 else 0.0)
+    if r.num_gpus_per_actor is not None:
+        actor_gpus = r.num_gpus_per_actor
+    elif r.gpus != "auto":
+        actor_gpus = float(r.gpus)
+    else:
+        view = cluster_view()
+        actor_gpus = 1.0 if view.total("GPU") >= 1 or view.can_add({"GPU": 1, **r.custom_resources}) else 0.0
     actor_cpus = r.num_cpus_per_actor if r.num_cpus_per_actor is not None else (1.0 if actor_gpus else 0.5)
     bundle: dict[str, float] = {"CPU": actor_cpus, **({"GPU": actor_gpus} if actor_gpus else {}), **r.custom_resources}
     bundles = [{"CPU": cfg.tune.driver_cpus}]
