@@ -197,6 +197,9 @@ def upload(local: str | Path, uri: str, *, skip: tuple[str, ...] = (), last: tup
         raise _fail(uri, "write", e) from None
 
 
+_CHUNK = 64 << 20
+
+
 def download(uri: str, local: str | Path) -> Path:
     """Copy the object or prefix ``uri`` to the local path ``local`` (created); returns it."""
     import pyarrow.fs as pafs
@@ -211,7 +214,11 @@ def download(uri: str, local: str | Path) -> Path:
             local.parent.mkdir(parents=True, exist_ok=True)
         else:
             local.mkdir(parents=True, exist_ok=True)
-        pafs.copy_files(path, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        # 64 MiB reads: copy_files' default (1 MiB) makes a ranged GET per MiB, which a server that re-reads the
+        # object per request (moto's) turns into quadratic time (benchmarks/checkpoint_storage.py, RESULTS.md §12:
+        # 28.6 s against 1.6 s to pull a MiniLM checkpoint)
+        pafs.copy_files(path, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem(),
+                        chunk_size=_CHUNK)
     except OSError as e:
         raise _fail(uri, "read", e) from None
     return local

@@ -181,3 +181,56 @@ def test_tune_with_output_dir_on_s3_keeps_its_experiment_and_report_in_the_bucke
     best_cfg = storage.read_bytes(storage.join(out, "best_config.yaml")).decode()
     assert f"output_dir: {out}/best_run" in best_cfg
     assert not any((tmp_path / "staging").iterdir())
+
+
+# `raymeta train` as the CLI runs it, except that the process SIGKILLs itself in the middle of uploading the
+# checkpoint of step argv[1] (before the argv[2]-th of its files is copied: its manifest, the last, never is).
+KILLED_MID_UPLOAD = """
+import os, signal, sys
+
+import pyarrow.fs
+
+import raymeta.cli
+
+step, nth, seen = f"step-{int(sys.argv[1]):08d}/", int(sys.argv[2]), []
+copy = pyarrow.fs.copy_files
+
+def copy_or_die(source, destination, *a, **k):
+    if step in destination and destination.startswith(tuple("abcdefghijklmnopqrstuvwxyz")):  # into the bucket
+        seen.append(destination)
+        if len(seen) == nth:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return copy(source, destination, *a, **k)
+
+pyarrow.fs.copy_files = copy_or_die
+sys.exit(raymeta.cli.main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.slow  # a Ray head of its own that outlives the driver, and two driver processes
+def test_driver_sigkilled_mid_upload_resumes_from_the_bucket_bit_equal(straight, s3, mixed_data, val_file, tmp_path):
+    """An object store has no rename: the checkpoint being uploaded when the driver dies is in the bucket without
+    its manifest. ``--resume`` (a new process, a new staging directory: the head's disk is gone too) passes over it,
+    naming its missing manifest, and goes back to the one before; the run ends bit-equal."""
+    import subprocess
+    import sys
+
+    from .cluster import env, head
+
+    out = storage.join(s3(), "killed")
+    with head(tmp_path) as h:
+        data = config(tmp_path, str(mixed_data), out, val_file)
+        data["resources"]["address"] = h["address"]
+        cfg = write_config(tmp_path, data)
+        e = env() | {"RAYMETA_STAGING_DIR": str(tmp_path / "staging")}
+        killed = subprocess.run([sys.executable, "-c", KILLED_MID_UPLOAD, "4", "3", "train", "--config", cfg],
+                                env=e, capture_output=True, text=True, timeout=300)
+        assert killed.returncode == -9, killed.stderr[-3000:]
+        partial = storage.listing(storage.join(out, "checkpoints", "step-00000004"), recursive=True)
+        assert partial and MANIFEST not in partial  # two of its files are there, the manifest is not
+        resumed = subprocess.run([sys.executable, "-m", "raymeta.cli", "train", "--config", cfg, "--resume"], env=e,
+                                 capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"checkpoint {out}/checkpoints/step-00000004/{MANIFEST} is incomplete" in resumed.stderr
+    assert f"resumed from {out}/checkpoints/step-00000002 at step 2" in resumed.stderr
+    same(final_of(storage.download(storage.join(out, "final"), tmp_path / "final")), straight)
