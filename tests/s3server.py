@@ -30,9 +30,18 @@ ENV = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{PORT}", "AWS_ACCESS_KEY_ID": "ray
        "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
 
 
+MARK = "RAYMETA_TEST_S3_ENDPOINT"  # says AWS_ENDPOINT_URL is a test process's own, not the user's
+
+
 def export_env() -> None:
-    for k, v in ENV.items():
-        os.environ.setdefault(k, v)
+    """This process's endpoint and test credentials, unless the user's environment names an endpoint of its own
+    (then the storage tests skip: they never write to a real bucket). A pytest-xdist worker inherits its controller's
+    test endpoint and replaces it with its own (each worker runs its own server)."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint is not None and endpoint != os.environ.get(MARK):
+        return
+    os.environ.update(ENV)
+    os.environ[MARK] = ENV["AWS_ENDPOINT_URL"]
 
 
 @contextlib.contextmanager

@@ -249,16 +249,26 @@ def save_checkpoint(
             (tmp / _STATE).write_text(strict_dumps({**state, "step": step}, indent=1, sort_keys=True))
             _write_manifest(tmp)
         _atomic_write_text(root / "LATEST", target.name + "\n")
-    except OSError as e:  # the disk is full, or gone: the previous checkpoint is intact (atomic_dir), say so
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES):
+    except (OSError, SafetensorError) as e:  # the disk is full, or gone: the previous checkpoint is intact (atomic_dir)
+        code = _io_errno(e)
+        if code not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES):
             raise
         prev = latest_checkpoint(output_dir, warn=False)
-        raise RaymetaError(f"checkpoint {target}: cannot be written ({os.strerror(e.errno)}); "
+        raise RaymetaError(f"checkpoint {target}: cannot be written ({os.strerror(code)}); "
                            + (f"the previous one, {prev.name}, is intact: free space, then --resume"
                               if prev is not None else "no earlier checkpoint to resume from")) from None
     for old in sorted(p for p in root.iterdir() if _STEP_DIR.match(p.name))[:-keep_last]:
         _remove_dir(old)
     return target
+
+
+def _io_errno(e: BaseException) -> int | None:
+    """The errno of a failed write: an ``OSError``'s, or the ``(os error N)`` that safetensors' Rust writer puts in
+    its message instead (a full disk under ``save_file`` is a ``SafetensorError``)."""
+    if isinstance(e, OSError):
+        return e.errno
+    m = re.search(r"\(os error (\d+)\)", str(e))
+    return int(m.group(1)) if m else None
 
 
 def latest_checkpoint(output_dir: str | Path, *, warn: bool = True) -> Path | None:

@@ -174,3 +174,26 @@ def test_checkpoints_on_s3_count_only_with_their_manifest(s3, tmp_path, encoder,
     # a new checkpoint after step 2 on this timeline removes the others' later ones
     push_checkpoint(save(tmp_path / "b", 3, encoder, tokenizer), remote, keep_last=2)
     assert sorted(storage.listing(remote)) == ["step-00000002", "step-00000003"]
+
+
+def test_a_really_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, encoder, tokenizer):
+    """The same on a real file system that fills up: a 7 MiB tmpfs holds one tiny checkpoint (4.7 MB), not two."""
+    import shutil
+    import subprocess
+
+    small = tmp_path / "small"
+    small.mkdir()
+    mount = shutil.which("mount")
+    r = subprocess.run([mount, "-t", "tmpfs", "-o", "size=7m", "tmpfs", str(small)], capture_output=True, text=True) \
+        if mount else None
+    if r is None or r.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not allowed here ({r.stderr.strip() if r else 'no mount command'})")
+    try:
+        good = save(small, 1, encoder, tokenizer)
+        with pytest.raises(RaymetaError, match=r"step-00000002: cannot be written \(No space left on device\); the "
+                                               r"previous one, step-00000001, is intact"):
+            save(small, 2, encoder, tokenizer)
+        assert latest_checkpoint(small) == good and checkpoint_problem(good) is None
+        assert sorted(p.name for p in (small / "checkpoints").iterdir()) == ["LATEST", "step-00000001"]
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
