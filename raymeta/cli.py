@@ -214,6 +214,14 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_speed(args: argparse.Namespace) -> int:
+    if args.fit_from and not args.project:
+        raise RaymetaError("--fit-from FILE goes with --project (a run fits its own rows: result['cost_model'])")
+    if args.project:  # the cost model only: no Ray, no case runs
+        from .core.costmodel import load_fit, projection_report
+
+        fitted = load_fit(args.fit_from) if args.fit_from else None
+        print(projection_report(fitted, source=f"fitted from {args.fit_from}" if fitted else None))
+        return 0
     from .speed.bench import run_from_args
 
     return run_from_args(args)
@@ -331,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--quick", action="store_true", help="CI size: tiny model, N=1,2,4, DDP at N=2 (minutes on 2 CPUs)")
     sp.add_argument("--models", help="comma-separated: minilm, tiny (default: both)")
     sp.add_argument("--tasks", help="numbers of tasks, e.g. 1,2,4,8,16")
-    sp.add_argument("--reduce", help="driver, collective or both (default: both)")
+    sp.add_argument("--reduce", help="reduce modes, comma-separated: driver, collective (meta.overlap on), "
+                    "driver:no-overlap, collective:no-overlap (default: driver,collective)")
     sp.add_argument("--steps", type=int, help="timed steps per case, after the warm-up (default 5)")
     sp.add_argument("--warmup", type=int, help="untimed steps first (default 2; --quick: 1)")
     sp.add_argument("--ddp-tasks", help="run (b), DDP, only at these N (default: every N; 'none': never)")
@@ -343,6 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--transfer-dtype", choices=["float32", "bfloat16"], help="meta.transfer_dtype of the trainer")
     sp.add_argument("--torch-threads", type=int, help="torch threads per actor (default: its CPU share)")
     sp.add_argument("--output", help="write the results as JSON here")
+    sp.add_argument("--project", action="store_true", help="run nothing: print the cost model's projection of the "
+                    "meta-step to GPU clusters (BERT-base; benchmarks/RESULTS.md §13) and what meta.reduce: auto picks")
+    sp.add_argument("--fit-from", metavar="FILE", help="with --project: constants fitted from this --output file "
+                    "instead of the shipped ones")
     sp.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every case")
     sp.set_defaults(func=_cmd_speed)
 

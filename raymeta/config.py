@@ -28,6 +28,7 @@ __all__ = [
     "EpisodeConfig",
     "TaskConfig",
     "ProtoConfig",
+    "WeightingConfig",
     "LoraConfig",
     "ModelConfig",
     "FaultInjection",
@@ -38,6 +39,7 @@ __all__ = [
     "EarlyStopping",
     "EpisodicSizes",
     "EpisodicProtocol",
+    "ValidationSetting",
     "ValidationConfig",
     "SetfitConfig",
     "EvalConfig",
@@ -299,6 +301,29 @@ class MetaOptConfig(_Aliased):
         return self
 
 
+class WeightingConfig(_Strict):
+    """How the task mixture moves during meta-training (:mod:`raymeta.core.weighting`). ``fixed``: the configured
+    weights throughout. ``alignment``: each task's log-weight follows the cosine between its gradient and the
+    target tasks' gradient, zᵢ ← zᵢ + lr·cos(gᵢ, g_target) every ``every_steps``, and
+    w = (1 − floor)·softmax(z + log w_config) + floor/N (Dery et al. 2022; Xie et al. 2023's ε-uniform floor)."""
+
+    rule: Literal["fixed", "alignment"] = "fixed"
+    # the target tasks ({use: NAME} entries or task dicts; classification), class-disjoint from every meta-training
+    # and test task by the rule eval.validation follows. None: eval.validation.tasks
+    target: list[dict[str, Any]] | None = None
+    shots: list[int] = Field(default_factory=lambda: [1, 5], min_length=1)  # g_target: the mean over these K
+    every_steps: int = Field(default=1, ge=1)
+    lr: float = Field(default=1.0, ge=0.0)  # η
+    floor: float = Field(default=0.0, ge=0.0)  # ε, at most 1/N (checked against the tasks)
+
+    @field_validator("shots")
+    @classmethod
+    def _positive_shots(cls, v: list[int]) -> list[int]:
+        if any(k < 1 for k in v):
+            raise ValueError(f"every K must be at least 1 (got {v})")
+        return v
+
+
 class MetaConfig(_Strict):
     """The meta-algorithm and its inner loop (Finn et al. 2017; Nichol et al. 2018)."""
 
@@ -310,7 +335,17 @@ class MetaConfig(_Strict):
     proto: ProtoConfig = Field(default_factory=ProtoConfig)  # protonet's metric, and the Proto-MAML head's
     metaopt: MetaOptConfig = Field(default_factory=MetaOptConfig)  # algorithm: metaopt's base learner
     combine: Literal["mean", "pcgrad"] = "mean"
-    reduce: Literal["driver", "collective"] = "driver"
+    # Where Σ wᵢ gᵢ is formed: the driver gathers every task gradient, or the actors all-reduce among themselves.
+    # auto: raymeta.core.costmodel.default_reduce picks from the number of task actors, the trainable parameters and
+    # where the actors run (benchmarks/RESULTS.md §13); the trainer logs its choice and saves it in config.yaml.
+    reduce: Literal["auto", "driver", "collective"] = "auto"
+    # Hide the exchange behind the compute (benchmarks/RESULTS.md §13): under collective, each bucket of the task
+    # gradient is all-reduced from an autograd hook as soon as the backward pass has produced it (as DDP does);
+    # under driver, the driver adds each task's gradient as soon as every earlier one (in task order) has arrived.
+    # The same sums either way; false: wait for the whole gradient / every task first.
+    overlap: bool = True
+    bucket_mb: float = Field(default=25.0, gt=0.0)  # reduce: collective, overlap: the size of one all-reduce (DDP's)
+    weighting: WeightingConfig = Field(default_factory=WeightingConfig)  # the mixture: fixed, or learned (alignment)
     nan_policy: Literal["skip_task", "abort"] = "skip_task"
     # reduce: driver: the dtype task gradients travel in (the driver reduces in float32 either way).
     # bfloat16 halves the bytes per actor; it rounds each gradient to 8 significant bits.
@@ -414,6 +449,22 @@ class EpisodicProtocol(EpisodicSizes):
     split_key: str = "eval.validation.split"
 
 
+ValidationMethod = Literal["prototype", "ridge", "svm", "finetune"]
+_EPISODIC_ONLY = ("ways", "queries", "episodes")  # setting fields that only episodic methods read
+
+
+class ValidationSetting(_Strict):
+    """One entry of ``eval.validation.settings``: a method and size at which every validated step is scored. An
+    unset field is ``eval.validation``'s own (:meth:`ValidationConfig.resolved_settings` fills them in)."""
+
+    method: ValidationMethod | None = None
+    ways: int | None = Field(default=None, ge=2)  # prototype / ridge / svm only
+    shots: int | None = Field(default=None, ge=1)
+    queries: int | None = Field(default=None, ge=1)  # prototype / ridge / svm only
+    episodes: int | None = Field(default=None, ge=1)  # prototype / ridge / svm only
+    splits: int | None = Field(default=None, ge=1)  # finetune only
+
+
 class ValidationConfig(EpisodicSizes):
     """Meta-validation during meta-training: which checkpoint adapts best to *new* tasks, chosen on
     validation tasks that are neither meta-trained on nor tested on (never the test tasks). The episode
@@ -421,20 +472,112 @@ class ValidationConfig(EpisodicSizes):
 
     tasks: list[dict[str, Any]] = Field(min_length=1)  # {use: NAME} entries or task dicts; classification
     # episodic accuracy of an embedding classifier (prototype, ridge, svm: eval.ridge / eval.svm), or K-shot fine-tuning
-    method: Literal["prototype", "ridge", "svm", "finetune"] = "prototype"
+    method: ValidationMethod = "prototype"
     splits: int = Field(default=2, ge=1)  # finetune: seeded K-shot splits per task
     # rows scored: every split of a validation task, or only its test split. "test" allows in-domain selection on
     # a meta-training task's held-back rows (meta-training reads train splits only; prototype method only).
     split: Literal["all", "test"] = "all"
     every_steps: int = Field(default=10, ge=1)  # and at step 0 and at the last step
     early_stopping: EarlyStopping | None = None
+    # Score every validated step at several settings, e.g. [{method: prototype, shots: 1}, {method: prototype,
+    # shots: 5}, {method: finetune, shots: 8}]: a step that helps at 1 shot can hurt at 5 (benchmarks/RESULTS.md §0,
+    # §10.3), which one setting cannot see. Unset fields are the ones above. null: the one setting above.
+    settings: list[ValidationSetting] | None = Field(default=None, min_length=1)
+    # How best is chosen (raymeta.train.validation). mean: the highest score (with several settings, the mean of
+    # the settings' scores). no_harm: the highest mean gain over step 0 among the steps whose paired gain over step 0
+    # has a 95% CI lower bound >= -tolerance at every setting (none: step 0). null: no_harm with several settings,
+    # else mean (the choice of a single setting as ever).
+    select: Literal["mean", "no_harm"] | None = None
+    # The loss that no_harm forgives, in the unit of the scores: accuracy as a fraction (0.01 = one point).
+    tolerance: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+
+    @property
+    def selection(self) -> Literal["mean", "no_harm"]:
+        """``select``, resolved: no_harm with more than one setting, else mean."""
+        if self.select is not None:
+            return self.select
+        return "no_harm" if self.settings is not None and len(self.settings) > 1 else "mean"
+
+    def resolved_settings(self) -> list[ValidationSetting]:
+        """Every setting with every field filled in from this section (without ``settings``: the one setting of
+        this section's own fields)."""
+        base = {"method": self.method, "ways": self.ways, "shots": self.shots, "queries": self.queries,
+                "episodes": self.episodes, "splits": self.splits}
+        return [ValidationSetting(**{**base, **s.model_dump(exclude_none=True)}) for s in self.settings or [ValidationSetting()]]
+
+    def setting_names(self) -> list[str]:
+        """Each resolved setting's name in records, metrics.jsonl and TensorBoard tags: ``prototype_5w1s``,
+        ``finetune_8s``, with ``_q<queries>``, ``_e<episodes>`` (``_x<splits>``) where those differ from this
+        section's own (two distinct settings never share a name)."""
+        names = []
+        for s in self.resolved_settings():
+            if s.method == "finetune":
+                name = f"finetune_{s.shots}s" + (f"_x{s.splits}" if s.splits != self.splits else "")
+            else:
+                name = f"{s.method}_{s.ways}w{s.shots}s" + (f"_q{s.queries}" if s.queries != self.queries else "") + \
+                    (f"_e{s.episodes}" if s.episodes != self.episodes else "")
+            names.append(name)
+        return names
+
+    @field_validator("settings")
+    @classmethod
+    def _settings_fit(cls, v: list[ValidationSetting] | None, info: Any) -> list[ValidationSetting] | None:
+        # here, the error names eval.validation.settings; the model check below repeats it after an assignment
+        if v is not None and {"method", "ways", "shots", "queries", "episodes", "splits", "max_rows_per_class",
+                              "split", "tasks"} <= set(info.data):
+            problem = _settings_problem(v, info.data)
+            if problem:
+                raise ValueError(problem)
+        return v
 
     @model_validator(mode="after")
     def _held_out_rows_are_prototype_only(self) -> "ValidationConfig":
         if self.split == "test" and self.method == "finetune":
             raise ValueError("split: test scores held-out rows with episodes (method: prototype, ridge or svm); "
                              "finetune validation draws its K-shot splits from train")
+        if self.settings is None and self.method != "finetune" and self.shots + self.queries > self.max_rows_per_class:
+            raise ValueError(f"shots + queries = {self.shots + self.queries} rows per class, but validation embeds at "
+                             f"most max_rows_per_class = {self.max_rows_per_class} per class")
+        problem = _settings_problem(self.settings, self.__dict__) if self.settings is not None else None
+        if problem:
+            raise ValueError(f"settings: {problem}")
+        if self.selection == "no_harm":
+            for name, s in zip(self.setting_names(), self.resolved_settings()):
+                per_task = s.splits if s.method == "finetune" else s.episodes
+                if len(self.tasks) * int(per_task or 0) < 2:  # one paired value: no CI, so no step could qualify
+                    raise ValueError(f"select: no_harm needs a 95% CI of each setting's gain over step 0, so at "
+                                     f"least 2 paired values; setting {name} has {len(self.tasks)} task x {per_task} "
+                                     f"{'splits' if s.method == 'finetune' else 'episodes'}")
         return self
+
+
+def _settings_problem(settings: list[ValidationSetting], parent: dict[str, Any]) -> str | None:
+    """What is wrong with ``eval.validation.settings`` given the section's own fields (``parent``), or None: a
+    field that the setting's method does not read, split: test with finetune, shots + queries beyond
+    max_rows_per_class (no task could supply that many), a setting listed twice."""
+    seen: dict[tuple, int] = {}
+    for i, s in enumerate(settings):
+        method = s.method or parent["method"]
+        r = {k: getattr(s, k) if getattr(s, k) is not None else parent[k]
+             for k in ("ways", "shots", "queries", "episodes", "splits")}
+        where = f"entry {i} ({method} {r['shots']}-shot)"
+        given = [k for k in _EPISODIC_ONLY if getattr(s, k) is not None]
+        if method == "finetune" and given:
+            return f"{where}: {given[0]} applies to prototype, ridge and svm only (finetune scores K-shot splits)"
+        if method != "finetune" and s.splits is not None:
+            return f"{where}: splits applies to finetune only (episodic methods score seeded episodes: episodes)"
+        if method == "finetune" and parent["split"] == "test":
+            return (f"{where}: split: test scores held-out rows with episodes (method: prototype, ridge or svm); "
+                    "finetune validation draws its K-shot splits from train")
+        if method != "finetune" and r["shots"] + r["queries"] > parent["max_rows_per_class"]:
+            return (f"{where}: shots + queries = {r['shots'] + r['queries']} rows per class, but validation embeds at "
+                    f"most {parent['max_rows_per_class']} per class (eval.validation.max_rows_per_class)")
+        key = (method, r["shots"], r["splits"]) if method == "finetune" else \
+            (method, r["ways"], r["shots"], r["queries"], r["episodes"])
+        if key in seen:
+            return f"{where} is the same setting as entry {seen[key]}"
+        seen[key] = i
+    return None
 
 
 class SetfitConfig(_Strict):
@@ -518,14 +661,20 @@ class TuneSpaceConfig(_Strict):
     temperature: tuple[float, float] | None = None  # meta.proto.temperature, log-uniform
     trainable: list[Literal["full", "lora", "top_layers"]] | None = Field(default=None, min_length=1)  # model.trainable
     lora_r: tuple[int, int] | None = None  # model.lora.r, log-uniform integers (with trainable: lora)
+    # meta.weighting.rule alignment: its step size η (meta.weighting.lr, log-uniform) and floor ε (meta.weighting.floor,
+    # as a fraction of 1/N, uniform: [0, 1] spans every legal floor); search these instead of the mixture (weights: false)
+    weighting_lr: tuple[float, float] | None = None
+    weighting_floor: tuple[float, float] | None = None
 
     @model_validator(mode="after")
     def _ordered(self) -> "TuneSpaceConfig":
-        for key in ("log_weight_range", "lr", "inner_lr", "inner_steps", "temperature", "lora_r"):
+        if self.weighting_floor is not None and not 0 <= self.weighting_floor[0] <= self.weighting_floor[1] <= 1:
+            raise ValueError(f"weighting_floor: a fraction of 1/N in [0, 1], got {list(self.weighting_floor)}")
+        for key in ("log_weight_range", "lr", "inner_lr", "inner_steps", "temperature", "lora_r", "weighting_lr"):
             r = getattr(self, key)
             if r is not None and not r[0] <= r[1]:
                 raise ValueError(f"{key}: expected [low, high] with low <= high, got {list(r)}")
-            if r is not None and key in ("lr", "inner_lr", "temperature", "lora_r") and r[0] <= 0:
+            if r is not None and key in ("lr", "inner_lr", "temperature", "lora_r", "weighting_lr") and r[0] <= 0:
                 raise ValueError(f"{key}: a log-uniform range must be positive, got {list(r)}")
         return self
 

@@ -353,19 +353,20 @@ def placement_error(waiting: Mapping[str, Mapping[str, float]], view: ClusterVie
             "resources.placement_timeout_s")
 
 
-def bundle_options(group: Any, n_actors: int) -> list[tuple[dict[str, Any], int, str]]:
-    """Ray options, torch threads and device for actors placed in ``group``'s bundles 1..n.
+def bundle_options(group: Any, n_actors: int, after: int = 0) -> list[tuple[dict[str, Any], int, str]]:
+    """Ray options, torch threads and device for actors placed in ``group``'s bundles 1..n (``after``: the bundles
+    after the first ``after`` actors', which another pool placed: ``meta.weighting``'s target actors).
 
     Bundle 0 is the owner's (a Ray Tune trial's driver); actor i takes bundle i + 1 and asks for
     exactly that bundle's resources, so a trial never competes with another for CPUs or GPUs."""
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     bundles = group.bundle_specs
-    if len(bundles) < n_actors + 1:
-        raise RaymetaError(f"placement group: {len(bundles)} bundles for a driver and {n_actors} task actors "
-                           f"(needs {n_actors + 1})")
+    if len(bundles) < after + n_actors + 1:
+        raise RaymetaError(f"placement group: {len(bundles)} bundles for a driver and {after + n_actors} actors "
+                           f"(needs {after + n_actors + 1})")
     out = []
-    for i in range(n_actors):
+    for i in range(after, after + n_actors):
         b = bundles[i + 1]
         cpus, gpus = float(b.get("CPU", 0)), float(b.get("GPU", 0))
         opts: dict[str, Any] = {

@@ -31,7 +31,7 @@ from ..tasks.episodes import Episode
 from .base_learners import proto_logits, prototypes, ridge_weights, svm_weights
 from .model import LOG_SCALE, MetaModel, pool_hidden, proto_head
 
-__all__ = ["ALGORITHMS", "TaskGradient", "task_gradient", "algorithm_options", "global_labels"]
+__all__ = ["ALGORITHMS", "GradReady", "TaskGradient", "task_gradient", "algorithm_options", "global_labels"]
 
 Batch = Mapping[str, Tensor]
 Params = dict[str, Tensor]
@@ -118,8 +118,20 @@ def global_labels(batch: Batch, classes: list[int] | None) -> dict[str, Tensor]:
     return out
 
 
-def _grads(loss: Tensor, params: Params, keys: list[str], create_graph: bool = False) -> dict[str, Tensor]:
-    gs = torch.autograd.grad(loss, [params[k] for k in keys], create_graph=create_graph, allow_unused=True)
+GradReady = Callable[[str, Tensor], None]
+
+
+def _grads(loss: Tensor, params: Params, keys: list[str], create_graph: bool = False,
+           on_grad: GradReady | None = None) -> dict[str, Tensor]:
+    """∂loss/∂params[k] for each k the loss reaches. ``on_grad(k, g)`` is called from the backward pass as soon as
+    each gradient is complete (a tensor hook fires once per leaf, with its whole gradient), before the others are
+    done: the hook a bucketed all-reduce starts from (:class:`raymeta.train.collective.GradientBuckets`)."""
+    hooks = [params[k].register_hook(lambda g, k=k: on_grad(k, g)) for k in keys] if on_grad is not None else []
+    try:
+        gs = torch.autograd.grad(loss, [params[k] for k in keys], create_graph=create_graph, allow_unused=True)
+    finally:
+        for h in hooks:
+            h.remove()
     return {k: g for k, g in zip(keys, gs) if g is not None}
 
 
@@ -139,28 +151,30 @@ def _outer(trainable: list[str]) -> list[str]:
 # ----------------------------------------------------------------------------- algorithms
 
 
-def _multitask(fn: _Functional, params: Params, ep: Episode) -> TaskGradient:
+def _multitask(fn: _Functional, params: Params, ep: Episode, on_grad: GradReady | None = None) -> TaskGradient:
     """The plain gradient of the task loss: ∇θ L_i(θ), over support ∪ query (global labels)."""
     s, q = global_labels(ep.support, ep.classes), global_labels(ep.query, ep.classes)
     ns, nq = _n(s), _n(q)
     ls, _ = fn(params, s)
     lq, logits = fn(params, q)
     loss = (ls * ns + lq * nq) / (ns + nq)
-    return TaskGradient(_grads(loss, params, list(params)), loss.item(), _accuracy(fn.type, logits, q), ns + nq)
+    return TaskGradient(_grads(loss, params, list(params), on_grad=on_grad), loss.item(), _accuracy(fn.type, logits, q),
+                        ns + nq)
 
 
-def _protonet(fn: _Functional, params: Params, ep: Episode) -> TaskGradient:
+def _protonet(fn: _Functional, params: Params, ep: Episode, on_grad: GradReady | None = None) -> TaskGradient:
     """Prototypical networks (Snell et al. 2017): query CE over distances to support means."""
     assert ep.classes is not None
     emb_s, emb_q = fn.features(params, ep.support), fn.features(params, ep.query)
     logits = proto_logits(emb_q, prototypes(emb_s, ep.support["labels"], len(ep.classes)), fn.distance, fn.temperature)
     loss = F.cross_entropy(logits, ep.query["labels"])
     enc = [k for k in params if k.startswith("encoder.")]
-    return TaskGradient(_grads(loss, params, enc), loss.item(), _accuracy(fn.type, logits, ep.query),
+    return TaskGradient(_grads(loss, params, enc, on_grad=on_grad), loss.item(), _accuracy(fn.type, logits, ep.query),
                         _n(ep.support) + _n(ep.query))
 
 
-def _metaopt(fn: _Functional, params: Params, ep: Episode, opts: MetaOptConfig) -> TaskGradient:
+def _metaopt(fn: _Functional, params: Params, ep: Episode, opts: MetaOptConfig,
+             on_grad: GradReady | None = None) -> TaskGradient:
     """MetaOptNet (Lee et al. 2019): the query cross-entropy of a linear classifier fitted to the support
     embeddings (ridge: Bertinetto et al. 2019's closed form; svm: Crammer and Singer's), differentiated through
     the fit into the encoder. The logits are scaled (``meta.metaopt.scale``, or the task's learned ``log_scale``):
@@ -178,7 +192,7 @@ def _metaopt(fn: _Functional, params: Params, ep: Episode, opts: MetaOptConfig) 
         scale = opts.scale
     logits = scale * (emb_q @ w.T)
     loss = F.cross_entropy(logits, ep.query["labels"])
-    return TaskGradient(_grads(loss, params, keys), loss.item(), _accuracy(fn.type, logits, ep.query),
+    return TaskGradient(_grads(loss, params, keys, on_grad=on_grad), loss.item(), _accuracy(fn.type, logits, ep.query),
                         _n(ep.support) + _n(ep.query))
 
 
@@ -197,7 +211,8 @@ def _with_episode_head(fn: _Functional, params: Params, ep: Episode, differentia
     return {**params, _EPISODE_W: w, _EPISODE_B: b}
 
 
-def _maml_family(algorithm: str, fn: _Functional, params: Params, ep: Episode, steps: int, lr: float) -> TaskGradient:
+def _maml_family(algorithm: str, fn: _Functional, params: Params, ep: Episode, steps: int, lr: float,
+                 on_grad: GradReady | None = None) -> TaskGradient:
     """FOMAML / MAML (Finn et al. 2017), ANIL (Raghu et al. 2020), Reptile (Nichol et al. 2018).
 
     - maml: ∇θ L_q(U^k(θ)), second order through the inner loop (and the prototype init).
@@ -211,6 +226,11 @@ def _maml_family(algorithm: str, fn: _Functional, params: Params, ep: Episode, s
       Proto-MAML episode head (W = 2·p_c, b = -‖p_c‖² from the support prototypes, taken as
       constants), so k = 1 gives ∇θ of the N-way cross-entropy under that head, with episode-local
       labels, whereas multitask trains the task's own head over all its classes.
+
+    ``on_grad`` (see :func:`_grads`) sees the outer gradients as the outer backward produces them. Reptile has no
+    outer backward: its "gradient" is a parameter difference, formed after the inner loop, so ``on_grad`` sees each
+    difference as soon as it is formed, before the query loss is evaluated (what a bucketed all-reduce can overlap
+    there is that evaluation, not a backward pass).
 
     Gradients are returned for the parameters the loss reached: the task's persistent head gets
     none when the episode head stands in for it (sequence classification), in every algorithm, so
@@ -252,6 +272,9 @@ def _maml_family(algorithm: str, fn: _Functional, params: Params, ep: Episode, s
             raise ValueError("reptile needs inner_steps >= 1")
         # not the unused persistent head: a zero "gradient" for it would still let AdamW decay it every step
         grads = {k: (params[k].detach() - fast[k].detach()) / (steps * lr) for k in _outer(trainable) if k in reached}
+        if on_grad is not None:
+            for k in reversed(list(grads)):  # last layers first, the order a backward pass produces them
+                on_grad(k, grads[k])
         with torch.no_grad():
             lq, logits = fn(fast, ep.query)
         return TaskGradient(grads, lq.item(), {**metrics, **_accuracy(fn.type, logits, ep.query)}, n)
@@ -262,9 +285,9 @@ def _maml_family(algorithm: str, fn: _Functional, params: Params, ep: Episode, s
     else:
         lq, logits = fn(fast, ep.query)
     if second_order:  # through the inner loop, back to the original θ
-        grads = _grads(lq, params, _outer(list(params)))
+        grads = _grads(lq, params, _outer(list(params)), on_grad=on_grad)
     else:  # first order: the gradient at the adapted parameters
-        grads = _grads(lq, fast, _outer(list(params)))
+        grads = _grads(lq, fast, _outer(list(params)), on_grad=on_grad)
     return TaskGradient({k: g.detach() for k, g in grads.items()}, lq.item(),
                         {**metrics, **_accuracy(fn.type, logits, ep.query)}, n)
 
@@ -279,7 +302,7 @@ def algorithm_options(meta: MetaConfig) -> dict[str, Any]:
 def task_gradient(
     algorithm: str, model: MetaModel, task: str, task_type: str, episode: Episode, params: Params,
     *, inner_steps: int = 1, inner_lr: float = 1e-3, distance: str = "euclidean", temperature: float = 1.0,
-    metaopt: MetaOptConfig | None = None,
+    metaopt: MetaOptConfig | None = None, on_grad: GradReady | None = None,
 ) -> TaskGradient:
     """One task's contribution to the meta-gradient.
 
@@ -289,16 +312,19 @@ def task_gradient(
     ``distance`` and ``temperature`` (``meta.proto``) set the prototype metric of ``protonet`` and of the
     MAML family's episode head; the defaults are the original unscaled squared Euclidean distance.
     ``metaopt`` (``meta.metaopt``) sets ``metaopt``'s base learner (default: :class:`MetaOptConfig`'s).
+    ``on_grad(name, grad)``: called with each outer gradient as soon as the last backward pass has produced it (for
+    Reptile, as soon as its parameter difference is formed), while the rest is still being computed; the result's
+    ``grads`` are the same with or without it.
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm '{algorithm}' (known: {', '.join(ALGORITHMS)})")
     classification = task_type == "sequence_classification"
     if algorithm == "multitask" or (algorithm in ("protonet", "metaopt") and not classification):
         # ProtoNet and MetaOptNet need classes; other task types contribute their supervised loss.
-        return _multitask(_Functional(model, task, task_type, episode_head=False), params, episode)
+        return _multitask(_Functional(model, task, task_type, episode_head=False), params, episode, on_grad)
     if algorithm == "protonet":
-        return _protonet(_Functional(model, task, task_type, True, distance, temperature), params, episode)
+        return _protonet(_Functional(model, task, task_type, True, distance, temperature), params, episode, on_grad)
     if algorithm == "metaopt":
-        return _metaopt(_Functional(model, task, task_type, True), params, episode, metaopt or MetaOptConfig())
+        return _metaopt(_Functional(model, task, task_type, True), params, episode, metaopt or MetaOptConfig(), on_grad)
     fn = _Functional(model, task, task_type, classification, distance, temperature)
-    return _maml_family(algorithm, fn, params, episode, inner_steps, inner_lr)
+    return _maml_family(algorithm, fn, params, episode, inner_steps, inner_lr, on_grad)

@@ -20,7 +20,7 @@ import torch
 from ..errors import RaymetaError
 
 __all__ = ["TaskGrad", "Reduced", "NonFiniteGradient", "as_tensor", "normalise_weights", "non_finite_policy",
-           "reduce_gradients", "cosine_matrix", "pcgrad"]
+           "reduce_gradients", "RunningReduce", "cosine_matrix", "pcgrad"]
 
 log = logging.getLogger(__name__)
 
@@ -161,23 +161,26 @@ def pcgrad(grads: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
     return out
 
 
+def _checked(r: TaskGrad, numel: int) -> torch.Tensor:
+    g = as_tensor(r.grad)
+    if g.dim() != 1 or g.numel() != numel or g.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise RaymetaError(
+            f"task '{r.task}': gradient of shape {tuple(g.shape)} and dtype {g.dtype} does not match "
+            f"the shared parameters ({numel},) — the task's model differs from the driver's"
+        )
+    return g
+
+
 def reduce_gradients(
     results: Sequence[TaskGrad], numel: int, *, step: int, seed: int = 0,
     rule: Literal["mean", "pcgrad"] = "mean", nan_policy: Literal["skip_task", "abort"] = "skip_task",
     affinity: bool = True, out: torch.Tensor | None = None,
 ) -> Reduced:
-    """The meta-gradient of one step. Weights are renormalised over the tasks that survive.
+    """The meta-gradient of one step, once every task's gradient is at hand. Weights are renormalised over the
+    tasks that survive. :class:`RunningReduce` gives the same result, bit for bit, while the gradients arrive.
 
     ``out``: a reusable buffer for the result (the driver keeps one: no 90 MB allocation per step)."""
-    tensors: list[torch.Tensor] = []
-    for r in results:
-        g = as_tensor(r.grad)
-        if g.dim() != 1 or g.numel() != numel or g.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            raise RaymetaError(
-                f"task '{r.task}': gradient of shape {tuple(g.shape)} and dtype {g.dtype} does not match "
-                f"the shared parameters ({numel},) — the task's model differs from the driver's"
-            )
-        tensors.append(g)
+    tensors = [_checked(r, numel) for r in results]
     if not tensors:
         raise NonFiniteGradient(f"step {step}: every task's gradient is non-finite; nothing to apply")
     meta = out if out is not None else torch.empty(numel, dtype=torch.float32)
@@ -187,10 +190,17 @@ def reduce_gradients(
     # finite (the usual case), the weighted sum. A skipped task costs a second pass below.
     sums, gram = _one_pass(tensors, [r.weight / total_all for r in results] if fused else None, meta,
                            gram=affinity and len(tensors) > 1)
+    return _finish(results, tensors, sums, gram, meta, fused, step=step, seed=seed, rule=rule, nan_policy=nan_policy)
+
+
+def _finish(results: Sequence[TaskGrad], tensors: list[torch.Tensor], sums: np.ndarray, gram: np.ndarray | None,
+            meta: torch.Tensor, fused: bool, *, step: int, seed: int, rule: str, nan_policy: str) -> Reduced:
+    """The finiteness verdict (``meta.nan_policy``), and the sum again over the surviving tasks when one was
+    skipped (or under PCGrad, which needs them all): the part both reductions share."""
     # A sum is NaN/Inf iff an element is (or the values are so large that they overflow, which is as broken).
     bad = {r.task: "loss" if not math.isfinite(r.loss) else "gradient" for i, r in enumerate(results)
            if not (math.isfinite(r.loss) and math.isfinite(sums[i]))}
-    skipped = non_finite_policy(bad, len(results), step, nan_policy)
+    skipped = non_finite_policy(bad, len(results), step, nan_policy)  # type: ignore[arg-type]
     used_idx = [i for i, r in enumerate(results) if r.task not in bad]
     used = [results[i].task for i in used_idx]
     total = sum(results[i].weight for i in used_idx)
@@ -204,3 +214,84 @@ def reduce_gradients(
         for wi, g in zip(w, grads):  # fixed order: deterministic floating-point sum
             meta.add_(g, alpha=wi)
     return Reduced(meta, used, skipped, dict(zip(used, w)), cos)
+
+
+class RunningReduce:
+    """:func:`reduce_gradients` while the gradients arrive: the driver adds each task's gradient as soon as every
+    earlier one (in the fixed task order) has arrived, instead of waiting for all N, so that only the last one's
+    share of the work is left when the slowest actor is done (benchmarks/RESULTS.md §13).
+
+    Each :meth:`add_many` makes one chunked pass over the gradients that have just arrived: their sums (the
+    finiteness check), their dot products with themselves and every earlier gradient (the task-affinity Gram rows;
+    the earlier gradients are read again, chunk by chunk, while the new chunk is in cache) and ``out += wᵢ gᵢ`` with
+    the same elementwise operations, in the same order, as :func:`reduce_gradients`' one pass: the meta-gradient is
+    the same, bit for bit. The cosines agree to float32 rounding (dot products accumulated in another order). :meth:`result` applies
+    ``meta.nan_policy`` and PCGrad as :func:`reduce_gradients` does."""
+
+    def __init__(self, results_weights: Sequence[tuple[str, float]], numel: int, *, step: int, seed: int = 0,
+                 rule: Literal["mean", "pcgrad"] = "mean", nan_policy: Literal["skip_task", "abort"] = "skip_task",
+                 affinity: bool = True, out: torch.Tensor | None = None):
+        self.tasks = [t for t, _ in results_weights]
+        n = len(self.tasks)
+        total_all = sum(w for _, w in results_weights)
+        self.raw = [w for _, w in results_weights]
+        self.weights = [w / total_all for w in self.raw]
+        self.numel, self.step, self.seed, self.rule, self.nan_policy = numel, step, seed, rule, nan_policy
+        self.fused = rule == "mean" or n == 1
+        self.meta = out if out is not None else torch.empty(numel, dtype=torch.float32)
+        self.sums = np.zeros(n)
+        self.gram = np.zeros((n, n)) if affinity and n > 1 else None
+        self.tensors: list[torch.Tensor] = []
+        self.losses: list[float] = []
+
+    def add(self, grad: np.ndarray | torch.Tensor, loss: float) -> None:
+        """The next task's gradient (task order) and loss."""
+        self.add_many([(grad, loss)])
+
+    def add_many(self, arrived: Sequence[tuple[np.ndarray | torch.Tensor, float]]) -> None:
+        """The next tasks' gradients (task order) and losses, in one chunked pass: gradients that arrive together
+        cost what :func:`reduce_gradients`' one pass costs, and all N at once is that pass (the same Gram block
+        products too). A lone arrival's Gram row is its dot products with the earlier gradients (no copies)."""
+        i0 = len(self.tensors)
+        for k, (grad, loss) in enumerate(arrived):
+            i = i0 + k
+            self.tensors.append(_checked(TaskGrad(self.tasks[i], grad, loss, self.raw[i]), self.numel))
+            self.losses.append(loss)
+        i1 = len(self.tensors)
+        step = min(_chunk(len(self.tasks)), self.numel)
+        # the new rows, and the earlier ones too when the Gram block product needs them stacked
+        stacked = i0 if self.gram is None or i1 - i0 == 1 else 0  # the first row the block holds
+        buf = _block_buffer(len(self.tasks) * step)
+        rows = np.zeros((i1 - i0, i1))
+        for a in range(0, self.numel, step):
+            b = min(self.numel, a + step)
+            block = buf[: (i1 - stacked) * (b - a)].view(i1 - stacked, b - a)
+            for r, i in enumerate(range(stacked, i1)):  # copy_ upcasts a bf16 transfer here, while it is in cache
+                block[r].copy_(self.tensors[i][a:b])
+            new = block[i0 - stacked:]
+            self.sums[i0:i1] += new.sum(1).double().numpy()
+            if self.gram is not None:
+                if i1 - i0 == 1:  # one new gradient: dot products with the earlier ones, read in place
+                    x = new[0]
+                    rows[0, :i0] += [float(torch.dot(x, self.tensors[j][a:b].float())) for j in range(i0)]
+                    rows[0, i0] += float(torch.dot(x, x))
+                else:
+                    rows += torch.mm(new, block.T).double().numpy()
+            if self.fused:
+                o = self.meta[a:b]
+                for r, i in enumerate(range(i0, i1)):  # elementwise, fixed order: reduce_gradients' sum, bit for bit
+                    if i == 0:
+                        torch.mul(new[r], self.weights[0], out=o)
+                    else:
+                        o.add_(new[r], alpha=self.weights[i])
+        if self.gram is not None:
+            self.gram[i0:i1, :i1] = rows
+            self.gram[:i1, i0:i1] = rows.T
+
+    def result(self) -> Reduced:
+        """After every task's :meth:`add`: the meta-gradient and what was used."""
+        if len(self.tensors) != len(self.tasks):
+            raise ValueError(f"RunningReduce: {len(self.tensors)} of {len(self.tasks)} gradients added")
+        results = [TaskGrad(t, g, loss, w) for t, g, loss, w in zip(self.tasks, self.tensors, self.losses, self.raw)]
+        return _finish(results, self.tensors, self.sums, self.gram, self.meta, self.fused, step=self.step,
+                       seed=self.seed, rule=self.rule, nan_policy=self.nan_policy)

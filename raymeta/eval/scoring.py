@@ -9,11 +9,16 @@ N-way K-shot episodes scored by the prototype classifier (Snell et al. 2017) wit
 (``meta.proto.distance``), or by MetaOptNet's ridge or SVM head (``method: ridge | svm``, with ``eval.ridge`` /
 ``eval.svm``; :func:`score_episodes`). The same encoder scores the same under both.
 
+Meta-validation may score each step at several settings (``eval.validation.settings``): :func:`setting_protocols`
+gives each episodic setting its protocol (the section's rows and seed, the setting's method and sizes), and the
+settings of a task share its rows and so its embeddings (:func:`embed_for_scoring`, :func:`score_embedded`).
+
 Light on purpose (no fine-tuning, no Ray): the task actors import it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 import numpy as np
@@ -24,7 +29,8 @@ from ..errors import DataError
 from ..tasks import Task
 from .episodic import EpisodicResult, embed_rows, episodic_accuracy, subsample_per_class
 
-__all__ = ["EpisodicProtocol", "choose_rows", "protocol", "score_episodes"]
+__all__ = ["EpisodicProtocol", "check_class_counts", "choose_rows", "embed_for_scoring", "protocol", "score_embedded",
+           "score_episodes", "setting_protocols"]
 
 # The rows' random stream is drawn from [seed, ROWS_STREAM], one per task (not one stream across the tasks), so a
 # task's rows do not depend on which other tasks are scored with it, nor on which actor scores it.
@@ -50,6 +56,32 @@ def protocol(cfg: ExperimentConfig, section: Literal["validation", "tune"]) -> E
                             ridge=cfg.eval.ridge, svm=cfg.eval.svm, key=key, split_key=split_key)
 
 
+def setting_protocols(cfg: ExperimentConfig) -> list[EpisodicProtocol | None]:
+    """Per resolved setting of ``eval.validation`` (:meth:`~raymeta.config.ValidationConfig.resolved_settings`), its
+    episodic protocol, None for a finetune setting. Without ``settings`` this is ``[protocol(cfg, "validation")]``
+    as it is; with them, each setting's method and sizes over the section's rows and seed, and ``key`` names the
+    setting (``eval.validation.settings[1]``) in error messages."""
+    v = cfg.eval.validation
+    if v is None:
+        raise ValueError("setting_protocols: the config has no eval.validation")
+    base = protocol(cfg, "validation")
+    if v.settings is None:
+        return [None if v.method == "finetune" else base]
+    return [None if s.method == "finetune" else
+            base.model_copy(update={"ways": s.ways, "shots": s.shots, "queries": s.queries, "episodes": s.episodes,
+                                    "classifier": s.method, "key": f"eval.validation.settings[{i}]"})
+            for i, s in enumerate(v.resolved_settings())]
+
+
+def check_class_counts(task_name: str, per_class: Mapping[object, int], p: EpisodicProtocol) -> None:
+    """:func:`choose_rows`' rule on the rows chosen per class: at least ``ways`` classes with ``shots + queries``."""
+    need = p.shots + p.queries
+    enough = sum(1 for n in per_class.values() if n >= need)
+    if enough < p.ways:
+        raise DataError(task_name, f"scoring needs {p.ways} classes ({p.key}.ways) with {need} rows each "
+                        f"({p.key}.shots + {p.key}.queries); {enough} have that many")
+
+
 def choose_rows(task: Task, p: EpisodicProtocol) -> dict[str, list[int]]:
     """A seeded subsample of at most ``p.max_rows_per_class`` rows per class over the task's splits (all of them,
     or the test split with ``split: test``), chosen once: every score of a run is on the same rows and the same
@@ -58,11 +90,7 @@ def choose_rows(task: Task, p: EpisodicProtocol) -> dict[str, list[int]]:
         raise DataError(task.name, f"{p.split_key}=test needs a test split (source.test_fraction or a test file)")
     rows, per_class = subsample_per_class(task, p.max_rows_per_class, np.random.default_rng([p.seed, ROWS_STREAM]),
                                           splits=("test",) if p.split == "test" else None)
-    need = p.shots + p.queries
-    enough = sum(1 for n in per_class.values() if n >= need)
-    if enough < p.ways:
-        raise DataError(task.name, f"scoring needs {p.ways} classes ({p.key}.ways) with {need} rows each "
-                        f"({p.key}.shots + {p.key}.queries); {enough} have that many")
+    check_class_counts(task.name, per_class, p)
     return rows
 
 
@@ -70,12 +98,22 @@ def score_episodes(model: MetaModel, task: Task, rows: dict[str, list[int]], p: 
     """The query accuracy of ``p.classifier`` over ``p.episodes`` seeded episodes of ``rows``, on ``model``'s
     pooled embeddings in eval mode (no dropout: a score must not depend on the random state), per episode in
     ``.values``. The model's train/eval mode is restored."""
+    return score_embedded(*embed_for_scoring(model, task, rows), p)
+
+
+def embed_for_scoring(model: MetaModel, task: Task, rows: dict[str, list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """``model``'s pooled embeddings of ``rows`` in eval mode (no dropout: a score must not depend on the random
+    state), and their class ids; the model's train/eval mode is restored. Settings over the same rows share them."""
     was_training = model.training
     model.eval()
     try:
-        emb, ids = embed_rows(model, task, rows)
+        return embed_rows(model, task, rows)
     finally:
         model.train(was_training)
+
+
+def score_embedded(emb: np.ndarray, ids: np.ndarray, p: EpisodicProtocol) -> EpisodicResult:
+    """The query accuracy of ``p.classifier`` over ``p.episodes`` seeded episodes of embedded rows."""
     res = episodic_accuracy(emb, ids, ways=p.ways, shots=p.shots, queries=p.queries, episodes=p.episodes, seed=p.seed,
                             distance=p.distance, temperature=p.temperature, methods=(p.classifier,), ridge=p.ridge,
                             svm=p.svm)

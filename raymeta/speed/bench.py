@@ -2,7 +2,8 @@
 
 For every model and number of tasks N, the real trainer (``MetaTrainer`` + ``TaskActor``) runs
 in both reduce modes on one set of actors (driver mode first, then the same actors form the
-process group), and in the same run the two alternatives do the same work
+process group), each with ``meta.overlap`` (``driver``, ``collective``) and, when asked, without
+(``driver:no-overlap``, ``collective:no-overlap``), and in the same run the two alternatives do the same work
 (:mod:`raymeta.speed.baselines`): (a) one process, all cores (and one thread), tasks in turn; (b) Ray Train's
 ``TorchTrainer``, DDP on gloo. The workload (benchmarks/RESULTS.md §5): N copies of ``bbc_news``
 under distinct names (own head, own seeded episodes, identical cost per task), multitask
@@ -13,7 +14,9 @@ publication (driver ``ray.put`` + the slowest actor's load), actor compute (the 
 actor's ``compute_s``), serialisation and transfer (the wait beyond the slowest actor's
 load + compute), reduction and outer step; ratios step / compute, raymeta / (a), raymeta / (b),
 bytes moved per actor per step / shared-parameter bytes; driver peak RSS (``VmHWM``), its
-drift over the steps, and the object store's peak use.
+drift over the steps, and the object store's peak use. After the cases, the cost model
+(:mod:`raymeta.core.costmodel`) is fitted to the rows: its constants and each step's prediction
+(``result["cost_model"]``). ``--project`` prints the model's projection to GPU clusters instead.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import yaml
 
 from ..arglists import names, positive_ints
 from ..config import ExperimentConfig, load_config
+from ..core.costmodel import MODES, fit_from_result, format_fit, parse_mode
 from ..core.jsonio import dumps as strict_dumps
 from ..core.model import OFFLINE_MINILM
 from ..runtime import connect
@@ -41,14 +45,16 @@ from ..train.record import StepRecord
 from .baselines import run_ddp, run_reference
 
 __all__ = ["TINY_BERT", "MODELS", "BenchSettings", "quick_settings", "bench_config", "run_bench", "check_targets", "format_table",
-           "gradient_mismatches", "settings_from_args", "run_from_args"]
+           "gradient_mismatches", "settings_from_args", "run_from_args", "ordered_modes"]
 
 # The shipped tiny config's model (configs/tiny.yaml), which the test suite uses too: one definition.
 TINY_BERT: dict[str, Any] = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml").read_text()
                                            )["model"]["from_config"]
 MODELS: dict[str, dict[str, Any]] = {"tiny": {"from_config": TINY_BERT}, "minilm": {"name_or_path": OFFLINE_MINILM}}
 TARGETS = {"step_over_compute": 1.05, "vs_reference": 1.0, "vs_ddp": 1.0, "overhead_ms_per_task": 5.0, "bytes_ratio": 2.0,
-           "lora_step_over_compute": 1.03, "lora_bytes_fall": 50.0}
+           "lora_step_over_compute": 1.03, "lora_bytes_fall": 50.0,
+           # RESULTS.md §13: meta.overlap
+           "collective_overlap_step_over_compute": 1.08, "driver_overlap_serial_fall": 0.30}
 
 
 @dataclasses.dataclass
@@ -57,6 +63,8 @@ class BenchSettings:
 
     models: list[str] = dataclasses.field(default_factory=lambda: ["minilm", "tiny"])
     tasks: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 4, 8, 16])
+    # reduce modes (raymeta.core.costmodel.MODES): driver, collective (meta.overlap on), driver:no-overlap,
+    # collective:no-overlap; the driver ones run first, then the same actors form the process group
     reduce: list[str] = dataclasses.field(default_factory=lambda: ["driver", "collective"])
     steps: int = 5  # timed steps per case, after the warm-up
     warmup: int = 2
@@ -108,7 +116,8 @@ def bench_config(model: str, n: int, s: BenchSettings, output_dir: str, trainabl
     return load_config(data={
         "name": f"bench-{model}-{n}", "seed": s.seed, "output_dir": output_dir, "model": {**MODELS[model], **TRAINABLE[trainable]},
         "tasks": [{"use": "bbc_news", "name": f"bbc_news_{i}", "max_length": 64} for i in range(n)],
-        "meta": {"algorithm": algorithm, "steps": s.warmup + s.steps, "inner_steps": 1,
+        # the run starts in driver form (not meta.reduce: auto's choice); use_collective() switches the same actors
+        "meta": {"algorithm": algorithm, "steps": s.warmup + s.steps, "inner_steps": 1, "reduce": "driver",
                  "episode": {"ways": 2, "shots": 2, "queries": 2, "support_size": 4, "query_size": 4}},
         "optim": {"warmup_steps": 0}, "checkpoint": {"every_steps": 10**6},
     }, overrides=overrides + list(s.extra))  # the user's overrides last: they win
@@ -213,7 +222,7 @@ def summarise(records: list[StepRecord], mode: str, n: int, shared_bytes: int,
         "overhead_ms": 1e3 * _med([a - b for a, b in zip(step, compute)]),
     }
     out["overhead_ms_per_task"] = out["overhead_ms"] / n
-    if mode == "driver":
+    if mode.split(":")[0] == "driver":  # driver:no-overlap too
         span = [max((r.load_s or {}).get(t, 0.0) + c for t, c in r.compute_s.items()) for r in records]
         out.update({
             "publish_ms": 1e3 * _med([r.publish_s for r in records]),
@@ -245,8 +254,15 @@ def summarise(records: list[StepRecord], mode: str, n: int, shared_bytes: int,
     return out
 
 
+def ordered_modes(modes: list[str]) -> list[str]:
+    """The driver modes first (in their given order), then the collective ones: the actors form the process group
+    once, after the driver modes."""
+    return sorted(modes, key=lambda m: parse_mode(m)[0] != "driver")
+
+
 def run_raymeta(cfg: ExperimentConfig, s: BenchSettings, started: bool) -> dict[str, Any]:
-    """Both reduce modes on one set of actors: driver mode, then the same actors form the group."""
+    """Every reduce mode on one set of actors: the driver modes, then the same actors form the group for the
+    collective ones; ``meta.overlap`` set before each mode's steps."""
     from ..train.trainer import MetaTrainer
 
     trainer = MetaTrainer(cfg)
@@ -258,18 +274,21 @@ def run_raymeta(cfg: ExperimentConfig, s: BenchSettings, started: bool) -> dict[
     total = 4 * sum(p.numel() for p in trainer.encoder.parameters())  # float32 bytes of every encoder parameter
     out.update(shared_numel=trainer.layout.numel, shared_bytes=nbytes, encoder_bytes=total)
     try:
-        for mode in s.reduce:
-            if mode == "collective":
+        for mode in ordered_modes(s.reduce):
+            base, overlap = parse_mode(mode)
+            if base == "collective" and not trainer.collective:
                 trainer.use_collective()
+            trainer.set_overlap(overlap)
             records = []
             with MemoryWatch() as mem:
                 for i in range(s.warmup + s.steps):
                     records.append(trainer.meta_step())  # in the reducer's form: use_collective() switched it
-                    if mode == "driver" and i == 0:
+                    if base == "driver" and i == 0 and "grad0" not in out:  # the run's step 0: what (a), (b) compute
                         out["grad0"] = trainer.last_meta_grad.clone()
                     mem.step_done()
             timed = mem.rss_after_step[s.warmup:]
-            out[mode] = {**summarise(records[s.warmup:], mode, n, nbytes, total), "peak_rss_mb": mem.peak_rss_mb,
+            out[mode] = {**summarise(records[s.warmup:], mode, n, nbytes, total), "overlap": overlap,
+                         "peak_rss_mb": mem.peak_rss_mb,
                          "rss_drift_mb_per_step": _slope(timed), "rss_mb": timed,
                          "store_peak_mb": None if mem.store_peak is None else mem.store_peak / 2**20}
     finally:
@@ -358,6 +377,7 @@ def run_bench(s: BenchSettings, output: Path | None = None) -> dict[str, Any]:
             ray.shutdown()
     result["wall_s"] = time.perf_counter() - t0
     result["targets"] = check_targets(result)
+    result["cost_model"] = fit_from_result(result).to_dict()  # RESULTS.md §13: the constants, each step predicted
     if output is not None:
         _write(result, output)
     return result
@@ -409,6 +429,24 @@ def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             f"minilm N=2 {mode}")
         fall = full_r["bytes_per_actor"] / lora_r["bytes_per_actor"] if full_r and lora_r else None
         add("lora: bytes per actor, full ÷ lora", fall, TARGETS["lora_bytes_fall"], f"minilm N=2 {mode}", at_least=True)
+    # RESULTS.md §13: what meta.overlap hides
+    modes = result["settings"]["reduce"]
+    if "collective" in modes:
+        r = rows.get(("minilm", 4), {}).get("collective")
+        add("collective with overlap: step / slowest-actor compute", r and r["step_over_compute"],
+            TARGETS["collective_overlap_step_over_compute"], "minilm N=4 collective")
+        # With overlap the actors' compute_s includes what the backward hooks do (bucket copies, and the gloo
+        # threads on the same cores): the same ratio against the compute measured without overlap, in the same run
+        off = rows.get(("minilm", 4), {}).get("collective:no-overlap")
+        add("collective with overlap: step / compute without overlap", r["step_ms"] / off["compute_ms"]
+            if r and off else None, TARGETS["collective_overlap_step_over_compute"],
+            "minilm N=4 collective vs collective:no-overlap")
+    if "driver" in modes and "driver:no-overlap" in modes:
+        for model in sorted({m for m, n in rows if n == 8}) or ["minilm"]:
+            on, off = rows.get((model, 8), {}).get("driver"), rows.get((model, 8), {}).get("driver:no-overlap")
+            fall = 1 - on["overhead_ms"] / off["overhead_ms"] if on and off and off["overhead_ms"] > 0 else None
+            add("driver serial time (step − compute): fall with overlap", fall, TARGETS["driver_overlap_serial_fall"],
+                f"{model} N=8 driver vs driver:no-overlap", at_least=True)
     return out
 
 
@@ -429,8 +467,9 @@ def format_table(result: dict[str, Any]) -> str:
             m = r.get(mode)
             if m is None:
                 continue
-            pub = m["publish_ms"] + m["load_ms"] if mode == "driver" else None
-            transfer = m["transfer_ms"] if mode == "driver" else m["allreduce_ms"]
+            driver = mode.split(":")[0] == "driver"
+            pub = m["publish_ms"] + m["load_ms"] if driver else None
+            transfer = m["transfer_ms"] if driver else m["allreduce_ms"]
             lines.append("| " + " | ".join([
                 r["model"], str(r["tasks"]), r.get("trainable", "full"), r.get("algorithm", "multitask"), mode,
                 _f(m["step_ms"], ".1f"),
@@ -456,7 +495,8 @@ def format_table(result: dict[str, Any]) -> str:
         met = "not measured" if t["met"] is None else ("yes" if t["met"] else "**no**")
         limit = f"≥ {t['limit']:g}" if t.get("at_least") else f"≤ {t['limit']:g}"
         tg.append(f"| {t['target']} | {t['where']} | {_f(t['value'])} | {limit} | {met} |")
-    return "\n".join(lines + base + tg)
+    fit = ["", format_fit(result["cost_model"])] if result.get("cost_model") else []
+    return "\n".join(lines + base + tg + fit)
 
 
 # ----------------------------------------------------------------------------------------- entry points
@@ -470,6 +510,10 @@ def settings_from_args(args: Any) -> BenchSettings:
         s.tasks = positive_ints(args.tasks)
     if args.reduce:
         s.reduce = names(args.reduce)
+        if not s.reduce or any(m not in MODES for m in s.reduce):
+            from ..errors import RaymetaError
+
+            raise RaymetaError(f"--reduce {args.reduce}: expected one or more of {', '.join(MODES)}, comma-separated")
     if getattr(args, "trainable", None):
         s.trainable = names(args.trainable)
     if getattr(args, "algorithms", None):

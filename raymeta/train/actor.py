@@ -25,10 +25,11 @@ from ..core.combine import as_tensor, non_finite_policy
 from ..core.model import MetaModel, ParamLayout, load_tokenizer
 from ..core.optim import optimizer_from_tensors, optimizer_tensors, outer_optimizer, outer_step
 from ..core.trainable import frozen_fingerprint
+from ..core.weighting import alignment_cosines, mean_target
 from ..errors import RaymetaError
-from ..eval.scoring import choose_rows, protocol, score_episodes
+from ..eval.scoring import EpisodicProtocol, choose_rows, embed_for_scoring, protocol, score_embedded
 from ..tasks import load_task
-from .collective import agree_on_finite, allreduce_weighted, destroy_group, free_port, init_group
+from .collective import GradientBuckets, agree_on_finite, allreduce_weighted, destroy_group, free_port, init_group
 
 __all__ = ["TaskActor", "bind_flat", "from_wire", "head_seed", "step_seed", "replica_key", "build_task_model"]
 
@@ -146,7 +147,7 @@ class TaskActor:
             "task": self.key, "type": self.task.config.type, "numel": self.layout.numel,
             "names": list(self.layout.names), "shapes": [list(s) for s in self.layout.shapes],
             "frozen": frozen_fingerprint(self.model.encoder),
-            "pid": os.getpid(), "node": _node_ip(), "threads": torch.get_num_threads(),
+            "pid": os.getpid(), "node": _node_ip(), "threads": torch.get_num_threads(), "device": self.device.type,
             "train_rows": len(self.task.features["train"]),
         }
 
@@ -189,8 +190,9 @@ class TaskActor:
                 p.data = view
             self._bound = flat
 
-    def _gradient(self, step: int) -> dict[str, Any]:
-        """This task's gradient into ``self.grad_buf``; the head takes its own step here."""
+    def _gradient(self, step: int, on_grad: Any = None) -> dict[str, Any]:
+        """This task's gradient into ``self.grad_buf``; the head takes its own step here. ``on_grad``: see
+        :func:`~raymeta.core.algorithms.task_gradient` (the overlapped all-reduce's hook)."""
         t_in = time.perf_counter()
         meta = self.cfg.meta
         episode = self.task.episode(meta.episode, self.cfg.seed, step, stream=self.key)
@@ -200,7 +202,7 @@ class TaskActor:
         params = {**self.model.shared_named_parameters(), **self.head}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             result = task_gradient(meta.algorithm, self.model, self.task.name, self.task.config.type, episode, params,
-                                   **algorithm_options(meta))
+                                   **algorithm_options(meta), on_grad=on_grad)
         grad = self.layout.flatten({n: result.grads.get(n) for n in self.layout.names}, out=self.grad_buf)
         fault = meta.fault_injection  # debugging/testing only (off by default): a real non-finite gradient
         if fault is not None and fault.task == self.key and step in fault.steps:
@@ -218,6 +220,36 @@ class TaskActor:
             self._head_step(head_grads)
         out["compute_s"] = time.perf_counter() - t_in
         return out
+
+    def target_gradient(self, shared: np.ndarray | None, step: int, shots: list[int]) -> dict[str, Any]:
+        """``meta.weighting.rule: alignment``, on a target task's actor: the gradient, at the published parameters
+        (``shared``; None: this actor's current ones), of the adapted few-shot loss on this task's own seeded
+        episodes, averaged over ``shots`` (``meta.weighting.shots``): ProtoNet's prototype loss, the MAML family's
+        query loss after its inner loop, MetaOptNet's base learner's (multitask, which does not adapt, uses the
+        prototype loss). It never enters the meta-gradient, and its head never steps."""
+        if self._init_error is not None:
+            raise self._init_error
+        t0 = time.perf_counter()
+        if shared is not None:
+            self._load_shared(shared, zero_copy=True)
+        meta = self.cfg.meta
+        algorithm = "protonet" if meta.algorithm == "multitask" else meta.algorithm
+        stream = f"target:{self.key}"
+        grad = torch.zeros(self.layout.numel, dtype=torch.float32, device=self.flat.device)
+        losses = []
+        params = {**self.model.shared_named_parameters(), **self.head}
+        for k in shots:
+            episode = self.task.episode(meta.episode.model_copy(update={"shots": k}), self.cfg.seed, step, stream=stream)
+            episode.support = {n: v.to(self.device) for n, v in episode.support.items()}
+            episode.query = {n: v.to(self.device) for n, v in episode.query.items()}
+            torch.manual_seed(step_seed(self.cfg.seed, f"{stream}:{k}", step))
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                result = task_gradient(algorithm, self.model, self.task.name, self.task.config.type, episode, params,
+                                       **algorithm_options(meta))
+            grad.add_(self.layout.flatten({n: result.grads.get(n) for n in self.layout.names}), alpha=1.0 / len(shots))
+            losses.append(float(result.loss))
+        return {"task": self.key, "grad": grad.cpu().numpy(), "loss": float(np.mean(losses)),
+                "compute_s": time.perf_counter() - t0}
 
     def _head_step(self, grads: dict[str, torch.Tensor]) -> None:
         for k, p in self.head.items():
@@ -240,56 +272,105 @@ class TaskActor:
         return addr, free_port(addr)
 
     def join_group(self, rank: int, tasks: list[str], weights: list[float], addr: str, port: int,
-                   shared: np.ndarray) -> None:
-        """Join the process group and start from the driver's parameters with the driver's optimizer."""
+                   shared: np.ndarray, overlap: bool = True) -> None:
+        """Join the process group and start from the driver's parameters with the driver's optimizer.
+        ``overlap``: all-reduce during the backward pass (``meta.overlap``)."""
         init_group(rank, len(tasks), addr, port, self.device)
         self.rank, self.group_tasks, self.group_weights = rank, tasks, weights
         self._load_shared(shared)
         self.outer_opt, self.outer_sched = outer_optimizer(self.model.shared_named_parameters(), self.cfg)
+        self.buckets = GradientBuckets(self.layout, self.cfg.meta.bucket_mb * 2**20, self.flat.device)
+        self.overlap = overlap
+        self.meta_buf = self.grad_buf  # the buffer that holds the last all-reduced meta-gradient
 
-    def collective_step(self, step: int, head_grad: np.ndarray | None = None) -> dict[str, Any]:
-        """Gradient, weighted all-reduce, then the same outer step on every rank."""
+    def set_overlap(self, overlap: bool) -> None:
+        """``meta.overlap`` from the next step (``raymeta speed`` times both on one process group)."""
+        self.overlap = overlap
+
+    def collective_step(self, step: int, head_grad: np.ndarray | None = None, targets: list[Any] | None = None,
+                        weights: list[float] | None = None) -> dict[str, Any]:
+        """Gradient, weighted all-reduce, then the same outer step on every rank.
+
+        With ``meta.overlap`` the all-reduce runs bucket by bucket during the backward pass
+        (:class:`~raymeta.train.collective.GradientBuckets`), each rank weighted by its share of the whole mixture,
+        which is right when every rank's loss and gradient are finite (the usual case; every rank learns it after
+        the backward pass). When one is not, that result is dropped and the all-reduce runs again on the kept local
+        gradients with the weights renormalised over the finite ranks, exactly as without overlap.
+
+        ``meta.weighting.rule: alignment``: ``weights``, this step's mixture (one per rank), and ``targets``, the
+        target actors' results (``ObjectRef``s, read here once this rank's gradient is done): the rank returns
+        cos(gᵢ, g_target) of its own gradient, which no other process holds."""
         self.apply_head(head_grad)
-        out = self._gradient(step)
+        if weights is not None:
+            self.group_weights = list(weights)
+        fault = self.cfg.meta.fault_injection
+        # a step with an injected fault poisons the flat gradient after the backward pass: no overlap there
+        # (every rank knows the fault's steps, so every rank takes the same path)
+        overlap = self.overlap and not (fault is not None and step in fault.steps)
+        if overlap:
+            self.buckets.begin(self.group_weights[self.rank] / sum(self.group_weights))
+        out = self._gradient(step, on_grad=self.buckets.add if overlap else None)
         t0 = time.perf_counter()
+        if overlap:
+            self.buckets.finish()
+        if targets is not None:  # the local gradient, before any all-reduce writes into grad_buf
+            import ray
+
+            out["alignment"] = alignment_cosines({"g": self.grad_buf}, mean_target(ray.get(targets)))["g"]
         flags = agree_on_finite(out["finite"], self.rank, len(self.group_tasks), self.flat.device)
         # every rank decides alike; the driver logs the skipped tasks once (raymeta.train.reduce)
         bad = non_finite_policy({t: "loss or gradient" for t, f in zip(self.group_tasks, flags.tolist()) if f == 0},
                                 len(self.group_tasks), step, self.cfg.meta.nan_policy, warn=False)
         total = sum(w for w, f in zip(self.group_weights, flags.tolist()) if f)
         weight = self.group_weights[self.rank] / total if out["finite"] else 0.0
-        allreduce_weighted(self.grad_buf, weight)
+        if overlap:
+            self.meta_buf = self.buckets.wait()
+        if not overlap or bad:
+            self.meta_buf = allreduce_weighted(self.grad_buf, weight)
         t_red = time.perf_counter()
-        norm, lr = outer_step(self.model.shared_named_parameters(), self.grad_buf, self.outer_opt, self.outer_sched,
+        norm, lr = outer_step(self.model.shared_named_parameters(), self.meta_buf, self.outer_opt, self.outer_sched,
                               self.cfg.optim.max_grad_norm)
         out.pop("t_start")
         return {**out, "skipped": bad, "grad_norm": norm, "lr": lr, "allreduce_s": t_red - t0,
                 "outer_s": time.perf_counter() - t_red, "weight": weight}
 
-    def validate(self, shared: np.ndarray | None, specs_json: list[str]) -> dict[str, list[float]]:
+    def validate(self, shared: np.ndarray | None, specs_json: list[str],
+                 protocols_json: list[str] | None = None) -> dict[str, list[float]] | list[dict[str, list[float]]]:
         """Meta-validation (:mod:`raymeta.train.validation`, scored by :mod:`raymeta.eval.scoring`, the scorer
-        ``raymeta tune`` uses too): per-episode prototype accuracy on each given task, with
-        this replica at the published parameters (reduce: driver) or its own, current ones (``shared`` None:
-        reduce: collective). A task's data and rows are loaded once, on the first validation."""
+        ``raymeta tune`` uses too): per-episode accuracy on each given task, with this replica at the published
+        parameters (reduce: driver) or its own, current ones (``shared`` None: reduce: collective).
+        ``protocols_json``: the episodic settings to score (``eval.validation.settings``, as
+        :class:`~raymeta.config.EpisodicProtocol` JSON), giving one ``{task: values}`` per setting, in order; None:
+        the one protocol of ``eval.validation``, giving ``{task: values}``. A task's data is loaded once, and its rows
+        once per setting (:func:`~raymeta.eval.scoring.choose_rows` checks them against that setting's sizes), on
+        the first validation; the settings of a task embed its rows once per call (they share the rows)."""
         if self._init_error is not None:
             raise self._init_error
         if shared is not None:
             self._load_shared(shared, zero_copy=True)
-        p = protocol(self.cfg, "validation")
-        out = {}
+        ps = [protocol(self.cfg, "validation")] if protocols_json is None else \
+            [EpisodicProtocol.model_validate_json(js) for js in protocols_json]
+        out: list[dict[str, list[float]]] = [{} for _ in ps]
         for js in specs_json:
             spec = TaskConfig.model_validate_json(js)
-            if spec.name not in self._validation:
-                task = load_task(spec, self.tokenizer, self.cfg.data_dir, self.cfg.cache_dir)
-                self._validation[spec.name] = (task, choose_rows(task, p))
-            task, rows = self._validation[spec.name]
-            out[spec.name] = score_episodes(self.model, task, rows, p).values
-        return out
+            embedded: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # rows -> their embeddings, in this call
+            for p, res in zip(ps, out):
+                key = f"{spec.name}|{p.model_dump_json()}"  # rows per (task, setting)
+                if key not in self._validation:
+                    task = next((t for k, (t, _) in self._validation.items() if k.startswith(f"{spec.name}|")), None)
+                    task = task or load_task(spec, self.tokenizer, self.cfg.data_dir, self.cfg.cache_dir)
+                    self._validation[key] = (task, choose_rows(task, p))
+                task, rows = self._validation[key]
+                seen = repr(rows)
+                if seen not in embedded:
+                    embedded[seen] = embed_for_scoring(self.model, task, rows)
+                res[spec.name] = score_embedded(*embedded[seen], p).values
+        return out[0] if protocols_json is None else out
 
     def meta_gradient(self) -> np.ndarray:
         """reduce: collective: the last all-reduced meta-gradient Σ wᵢ gᵢ (clipped in place when
         ``optim.max_grad_norm`` is set), for checks against a single-process reference."""
-        return self.grad_buf.detach().cpu().numpy().copy()
+        return self.meta_buf.detach().cpu().numpy().copy()
 
     def get_shared(self) -> np.ndarray:
         return self.flat.detach().cpu().numpy().copy()

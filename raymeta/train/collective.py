@@ -7,7 +7,9 @@ weight, all-reduces in place and applies the same outer step to its own copy of 
 parameters, so nothing is broadcast per step and the driver only orchestrates.
 
 The model is not wrapped in DDP: DDP's hooks do not sync gradients produced under double
-backward (second-order MAML), and the meta-gradient here is one flat buffer anyway.
+backward (second-order MAML), and the meta-gradient here is one flat buffer anyway. What DDP does
+that matters, hiding the all-reduce behind the backward pass (Li et al. 2020, "PyTorch Distributed:
+Experiences on Accelerating Data Parallel Training", VLDB), is :class:`GradientBuckets`.
 Pure torch: no ray import.
 """
 
@@ -19,7 +21,9 @@ import socket
 import torch
 import torch.distributed as dist
 
-__all__ = ["free_port", "init_group", "destroy_group", "agree_on_finite", "allreduce_weighted"]
+from ..core.model import ParamLayout
+
+__all__ = ["free_port", "init_group", "destroy_group", "agree_on_finite", "allreduce_weighted", "GradientBuckets"]
 
 
 def free_port(host: str) -> int:
@@ -59,3 +63,81 @@ def allreduce_weighted(grad: torch.Tensor, weight: float) -> torch.Tensor:
         grad.mul_(weight)
     dist.all_reduce(grad)
     return grad
+
+
+class GradientBuckets:
+    """The weighted all-reduce of one flat gradient, started bucket by bucket during the backward pass.
+
+    The layout's parameters are cut into buckets of about ``bucket_bytes``, each a contiguous range of the flat
+    buffer, numbered from the last parameter backwards: the order a backward pass produces gradients in, as DDP's
+    buckets (Li et al. 2020). :meth:`add` is the hook the backward pass calls with each finished gradient
+    (:func:`raymeta.core.algorithms.task_gradient`'s ``on_grad``): it copies the gradient into its bucket, and as
+    soon as a bucket is complete it is scaled by this rank's weight and its asynchronous all-reduce starts. Buckets
+    are launched strictly in their fixed order on every rank (a bucket that is complete before an earlier one waits
+    for it), so the collectives match across ranks whatever order the hooks fire in, and the sum within a bucket is
+    the backend's, the same on every run. :meth:`finish` writes zeros for the parameters the loss did not reach and
+    launches what is left; :meth:`wait` returns ``Σ_ranks w_r g_r``."""
+
+    def __init__(self, layout: ParamLayout, bucket_bytes: float, device: torch.device):
+        self.buf = torch.zeros(layout.numel, dtype=torch.float32, device=device)
+        self.views = dict(zip(layout.names, layout.unflatten(self.buf).values()))
+        self.ranges: list[tuple[int, int]] = []  # bucket -> [start, end) of the flat buffer
+        self.sizes: list[int] = []  # bucket -> how many parameters it holds
+        self.bucket_of: dict[str, int] = {}
+        end, count = layout.numel, 0
+        for name, off in reversed(list(zip(layout.names, layout.offsets))):
+            self.bucket_of[name] = len(self.ranges)
+            count += 1
+            if 4 * (end - off) >= bucket_bytes:  # float32: the bucket [off, end) is full
+                self.ranges.append((off, end))
+                self.sizes.append(count)
+                end, count = off, 0
+        if count:
+            self.ranges.append((0, end))
+            self.sizes.append(count)
+        self.begin(1.0)
+
+    def begin(self, weight: float) -> None:
+        """A new step: this rank's weight (0: it contributes zeros)."""
+        self.weight, self.missing, self.next = weight, list(self.sizes), 0
+        self.works: list[dist.Work] = []
+        self.arrived: set[str] = set()
+
+    def add(self, name: str, grad: torch.Tensor) -> None:
+        """One parameter's finished gradient (names outside the layout, a task head's, are not reduced)."""
+        b = self.bucket_of.get(name)
+        if b is None or name in self.arrived:
+            return
+        with torch.no_grad():
+            self.views[name].copy_(grad)
+        self.arrived.add(name)
+        self.missing[b] -= 1
+        self._launch_ready()
+
+    def _launch_ready(self) -> None:
+        while self.next < len(self.ranges) and self.missing[self.next] == 0:
+            a, b = self.ranges[self.next]
+            part = self.buf[a:b]
+            if self.weight == 0:  # zeroed, not multiplied: NaN * 0 is NaN
+                part.zero_()
+            else:
+                part.mul_(self.weight)
+            self.works.append(dist.all_reduce(part, async_op=True))
+            self.next += 1
+
+    def finish(self) -> None:
+        """After the backward pass: the parameters it did not reach contribute zeros; every bucket is launched."""
+        with torch.no_grad():
+            for name, b in self.bucket_of.items():
+                if name not in self.arrived:
+                    self.views[name].zero_()
+                    self.arrived.add(name)
+                    self.missing[b] -= 1
+        self._launch_ready()
+
+    def wait(self) -> torch.Tensor:
+        """The all-reduced buffer, once every bucket's all-reduce has completed."""
+        for w in self.works:
+            w.wait()
+        self.works = []
+        return self.buf

@@ -61,6 +61,7 @@ class ActorPool:
 
     def __init__(self, *, options: Mapping[str, Any] | None = None, threads: int | None = None, device: str = "cpu"):
         self.actors: dict[str, Any] = {}
+        self.devices: dict[str, str] = {}  # actor key -> its torch device type, as :meth:`check` found it
         self.owned = True
         self._fits: tuple[Any, ...] | None = None  # what the held actors were started (or reset) for
         self._options, self._threads, self._device = dict(options) if options is not None else None, threads, device
@@ -70,13 +71,16 @@ class ActorPool:
 
     # -- a run's actors ---------------------------------------------------------------------
 
-    def start(self, cfg: ExperimentConfig, *, local: bool) -> dict[str, Any]:
+    def start(self, cfg: ExperimentConfig, *, local: bool, others: int = 0, after: int = 0) -> dict[str, Any]:
         """One new actor per task replica of ``cfg`` (tasks with weight 0 get none). Inside a Ray Tune trial, actor i
         takes bundle i + 1 of the trial's placement group (bundle 0 is the trial's own); else ``resources.*`` size
         them, and per-task custom resources pin a task to a node type. A request no node can meet fails at once on a
         fixed cluster (our own local instance, or one whose head runs no autoscaler), and on an autoscaling one when
         no node type it can add meets it either (:func:`~raymeta.runtime.feasible`). The actors are placed
         asynchronously: :meth:`check` waits for them, ``resources.placement_timeout_s`` at most without progress.
+        ``others``: how many more actors of the same size another pool starts beside these (``meta.weighting``'s
+        target actors): the share of the cluster each actor is sized for counts them too. ``after``: inside a Ray Tune
+        trial, the first ``after`` actor bundles are another pool's (the target actors come after the task actors).
         (``local``, the caller's word that Ray is its own instance, is not needed: :func:`~raymeta.runtime.cluster_view`
         tells.)"""
         import ray
@@ -86,10 +90,10 @@ class ActorPool:
         n = sum(len(ks) for ks in keys.values())
         view = None
         if group is not None:
-            placed = bundle_options(group, n)
+            placed = bundle_options(group, n, after=after)
         else:
             view = cluster_view()
-            opts, threads, device = actor_options(cfg.resources, n, view=view)
+            opts, threads, device = actor_options(cfg.resources, n + others, view=view)
         sized: list[tuple[str, str, int, dict[str, Any], int, str]] = []  # key, task, replica, options, threads, device
         for name, ks in keys.items():
             for r, key in enumerate(ks):
@@ -140,6 +144,7 @@ class ActorPool:
                                    f"(Σ|w| {d['frozen']:.6g} vs {frozen:.6g}): every node must load the same model")
             log.info("task '%s' (%s): actor pid %s on %s, %d threads, %d train rows",
                      d["task"], d["type"], d["pid"], d["node"], d["threads"], d["train_rows"])
+        self.devices = {d["task"]: d["device"] for d in described}
         return {d["task"]: d["node"] for d in described}
 
     def _wait_placed(self, refs: Mapping[str, Any]) -> None:

@@ -15,7 +15,8 @@ __all__ = ["StepRecord"]
 
 # metrics.jsonl's keys, in the order they are written (the tracker appends "affinity")
 _LOGGED = ("step", "steps", "loss", "metrics", "weights", "skipped", "grad_norm", "lr", "step_s", "publish_s", "wait_s",
-           "reduce_s", "allreduce_s", "outer_s", "compute_max_s", "compute_s", "load_s", "publish_bytes", "grad_bytes")
+           "reduce_s", "allreduce_s", "outer_s", "compute_max_s", "compute_s", "load_s", "publish_bytes", "grad_bytes",
+           "alignment", "target_loss")
 
 
 @dataclass
@@ -43,6 +44,10 @@ class StepRecord:
     grad_bytes: dict[str, int] | None = None
     # reduce: collective: the slowest rank's all-reduce
     allreduce_s: float | None = None
+    # meta.weighting.rule alignment: each task's cos(gᵢ, g_target) this step (the next step's weights follow it), and
+    # each target task's adapted loss
+    alignment: dict[str, float] | None = None
+    target_loss: dict[str, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The ``metrics.jsonl`` form: every logged field this reduce form measured, in a fixed order."""

@@ -24,9 +24,10 @@ import numpy as np
 import torch
 
 from ..config import ExperimentConfig
-from ..core.combine import TaskGrad, non_finite_policy, reduce_gradients
+from ..core.combine import RunningReduce, TaskGrad, non_finite_policy, reduce_gradients
 from ..core.model import ParamLayout
 from ..core.optim import optimizer_from_tensors, optimizer_tensors, outer_step
+from ..core.weighting import alignment_cosines
 from ..runtime import get
 from .actor import from_wire
 from .record import StepRecord
@@ -50,6 +51,7 @@ class Driver(Protocol):
     opt: torch.optim.Optimizer
     sched: Any
     heads: ReplicaHeads
+    targets: Any  # meta.weighting.rule alignment: the target tasks' actors (raymeta.train.targets), else None
 
 
 class ReplicaHeads:
@@ -80,7 +82,12 @@ class Reducer:
     """One outer step of the trainer, and where its parameters live. The base is the driver form's no-ops."""
 
     collective = False
+    overlap = False  # meta.overlap: the exchange hidden behind the compute (each form says how)
     last_meta_grad: torch.Tensor | None = None  # reduce: driver: the last (clipped) meta-gradient, for checks
+
+    def set_overlap(self, t: Driver, overlap: bool) -> None:
+        """``meta.overlap`` from the next step on (``raymeta speed`` times both on one set of actors)."""
+        self.overlap = overlap
 
     def join(self, t: Driver) -> None:
         """After the actors start (or restart): whatever the form needs of them before the first step."""
@@ -96,7 +103,14 @@ class Reducer:
 
 
 class DriverReduce(Reducer):
-    """``reduce: driver``: publish, gather every task gradient, reduce and step on the driver."""
+    """``reduce: driver``: publish, gather every task gradient, reduce and step on the driver.
+
+    With ``meta.overlap`` (``overlap``) each gradient is added as soon as it and every earlier one (task order) have
+    arrived (:class:`~raymeta.core.combine.RunningReduce`: the same sum, bit for bit), so the reduction of all but
+    the last arrivals hides behind the slower actors; ``reduce_s`` is then only what is left after the last one."""
+
+    def __init__(self, overlap: bool = True):
+        self.overlap = overlap
 
     def step(self, t: Driver) -> StepRecord:
         import ray
@@ -105,16 +119,25 @@ class DriverReduce(Reducer):
         t0 = time.perf_counter()
         ref = ray.put(t.flat.numpy())  # publish once: every actor reads the same object
         t_pub = time.perf_counter()
-        results = get([a.compute.remote(ref, t.step, t.heads.pending.get(k)) for k, a in t.actors.items()])
+        refs = [a.compute.remote(ref, t.step, t.heads.pending.get(k)) for k, a in t.actors.items()]
+        target_refs = t.targets.launch(ref, t.step) if t.targets is not None else None
+        opts = dict(step=t.step, seed=cfg.seed, rule=cfg.meta.combine, nan_policy=cfg.meta.nan_policy, out=t.grad_buf)
+        if self.overlap:
+            running = RunningReduce([(k, t.actor_weights[k]) for k in t.actors], t.layout.numel, **opts)
+            results, t_got = self._as_they_arrive(refs, running)
+        else:
+            results = get(refs)
+            t_got = time.perf_counter()
         t.heads.average(results)
         del ref  # no per-step reference outlives the step
-        t_got = time.perf_counter()
-        reduced = reduce_gradients(
+        reduced = running.result() if self.overlap else reduce_gradients(
             [TaskGrad(r["task"], from_wire(r["grad"]), r["loss"], t.actor_weights[r["task"]]) for r in results],
-            t.layout.numel, step=t.step, seed=cfg.seed, rule=cfg.meta.combine, nan_policy=cfg.meta.nan_policy,
-            out=t.grad_buf,
-        )
+            t.layout.numel, **opts)
         t_red = time.perf_counter()
+        alignment = target_loss = None
+        if target_refs is not None:  # cos(gᵢ, g_target) at this step's parameters, before the outer step
+            g_target, target_loss = t.targets.gradient(target_refs)
+            alignment = alignment_cosines({r["task"]: from_wire(r["grad"]) for r in results}, g_target)
         norm, lr = outer_step(t.named, reduced.grad, t.opt, t.sched, cfg.optim.max_grad_norm)
         t_end = time.perf_counter()
         self.last_meta_grad = reduced.grad
@@ -127,8 +150,38 @@ class DriverReduce(Reducer):
             # what `raymeta speed` splits the wait into, and the bytes each actor reads and returns
             load_s={r["task"]: r["load_s"] for r in results}, publish_bytes=t.layout.nbytes,
             grad_bytes={r["task"]: int(r["grad"].nbytes) for r in results},
-            used=reduced.used, cosine=reduced.cosine,
+            used=reduced.used, cosine=reduced.cosine, alignment=alignment, target_loss=target_loss,
         )
+
+
+    @staticmethod
+    def _as_they_arrive(refs: list[Any], running: RunningReduce) -> tuple[list[dict[str, Any]], float]:
+        """Every actor's result, in task order, and when the last one arrived. Each gradient goes into ``running``
+        as soon as it and every earlier one have arrived (``ray.wait``); what is still to add when the last arrives
+        is the step's serial reduction (``reduce_s`` counts from that moment)."""
+        import ray
+
+        index = {r: i for i, r in enumerate(refs)}
+        arrived: dict[int, dict[str, Any]] = {}
+        pending, nxt, last = list(refs), 0, time.perf_counter()
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            if pending:  # and whatever else is ready now: results arriving together are reduced in one pass
+                more, pending = ray.wait(pending, num_returns=len(pending), timeout=0)
+                done += more
+            try:
+                arrived.update({index[r]: v for r, v in zip(done, ray.get(done))})
+            except ray.exceptions.RayError:
+                get(refs)  # every call's error read, a user error re-raised as itself (runtime.get)
+                raise
+            last = time.perf_counter()
+            ready = []
+            while nxt in arrived:
+                ready.append((from_wire(arrived[nxt]["grad"]), arrived[nxt]["loss"]))
+                nxt += 1
+            if ready:
+                running.add_many(ready)
+        return [arrived[i] for i in range(len(refs))], last
 
 
 class CollectiveReduce(Reducer):
@@ -137,6 +190,15 @@ class CollectiveReduce(Reducer):
 
     collective = True
 
+    def __init__(self, overlap: bool = True):
+        self.overlap = overlap
+
+    def set_overlap(self, t: Driver, overlap: bool) -> None:
+        import ray
+
+        self.overlap = overlap
+        ray.get([a.set_overlap.remote(overlap) for a in t.actors.values()])
+
     def join(self, t: Driver) -> None:
         """The actors form a process group and start from the driver's parameters."""
         import ray
@@ -144,12 +206,19 @@ class CollectiveReduce(Reducer):
         addr, port = ray.get(next(iter(t.actors.values())).rendezvous.remote())
         ref = ray.put(t.flat.numpy())
         tasks, weights = list(t.actor_weights), list(t.actor_weights.values())
-        ray.get([a.join_group.remote(rank, tasks, weights, addr, port, ref) for rank, a in enumerate(t.actors.values())])
+        ray.get([a.join_group.remote(rank, tasks, weights, addr, port, ref, self.overlap)
+                 for rank, a in enumerate(t.actors.values())])
         log.info("reduce: collective: %d actors in a process group at %s:%d", len(tasks), addr, port)
 
     def step(self, t: Driver) -> StepRecord:
         t0 = time.perf_counter()
-        results = get([a.collective_step.remote(t.step, t.heads.pending.get(k)) for k, a in t.actors.items()])
+        targets = weights = None
+        if t.targets is not None:  # rank 0's parameters (this step's: its calls run in order) to the target actors;
+            shared = next(iter(t.actors.values())).get_shared.remote()  # each rank reads g_target when it needs it
+            targets, weights = t.targets.launch(shared, t.step), list(t.actor_weights.values())
+        results = get([a.collective_step.remote(t.step, t.heads.pending.get(k), targets, weights)
+                       for k, a in t.actors.items()])
+        target_loss = t.targets.gradient(targets)[1] if targets is not None else None
         t.heads.average(results)
         r0 = results[0]
         # every rank applied meta.nan_policy already (an abort raised there); the skipped tasks are logged once, here
@@ -162,6 +231,8 @@ class CollectiveReduce(Reducer):
             allreduce_s=max(r["allreduce_s"] for r in results), outer_s=max(r["outer_s"] for r in results),
             compute_max_s=max(r["compute_s"] for r in results), compute_s={r["task"]: r["compute_s"] for r in results},
             used=[r["task"] for r in results if r["finite"]],
+            alignment={r["task"]: r["alignment"] for r in results} if targets is not None else None,
+            target_loss=target_loss,
         )
 
     def pull(self, t: Driver) -> None:
@@ -186,6 +257,6 @@ class CollectiveReduce(Reducer):
         ray.get([a.set_outer_state.remote(ref, state) for a in t.actors.values()])
 
 
-def reducer_for(cfg: ExperimentConfig) -> Reducer:
-    """``meta.reduce``'s form."""
-    return CollectiveReduce() if cfg.meta.reduce == "collective" else DriverReduce()
+def reducer_for(cfg: ExperimentConfig, mode: str) -> Reducer:
+    """The form of ``mode`` (``meta.reduce``, resolved when it is ``auto``), with ``meta.overlap``."""
+    return CollectiveReduce(cfg.meta.overlap) if mode == "collective" else DriverReduce(cfg.meta.overlap)

@@ -92,6 +92,10 @@ class Tracker:
             self.tb.add_scalar(f"loss/{task}", loss, step)
         for task, w in record["weights"].items():
             self.tb.add_scalar(f"mixture/{task}", w, step)
+        for task, c in (record.get("alignment") or {}).items():  # meta.weighting.rule alignment
+            self.tb.add_scalar(f"weights/{task}", record["weights"].get(task, 0.0), step)
+            if c is not None:
+                self.tb.add_scalar(f"alignment/{task}", c, step)
         for key in ("grad_norm", "lr", "step_s", "compute_max_s"):
             self.tb.add_scalar(f"train/{key}", record[key], step)
         self.tb.add_scalar("train/skipped_tasks", len(record["skipped"]), step)  # non-finite, left out (nan_policy)
@@ -105,7 +109,10 @@ class Tracker:
                  record["compute_max_s"], skipped)
 
     def validation(self, record: dict[str, Any]) -> None:
-        """A meta-validation record (``kind: validation``; its ``step`` counts the meta-steps done before it)."""
+        """A meta-validation record (``kind: validation``; its ``step`` counts the meta-steps done before it). With
+        several settings (``eval.validation.settings``, or ``select: no_harm``) it carries each setting's score and,
+        after step 0, its paired gain over step 0 with the 95% CI: TensorBoard shows them as ``val/<setting>/score``,
+        ``val/<setting>/gain`` and ``val/<setting>/gain_lower`` (the CI's lower bound, which no_harm reads)."""
         step = record["step"]
         self.jsonl.write(strict_dumps(record) + "\n")
         self.jsonl.flush()
@@ -113,11 +120,21 @@ class Tracker:
         self.tb.add_scalar("val/seconds", record["seconds"], step)
         for task, v in record["tasks"].items():
             self.tb.add_scalar(f"val/{task}", v, step)
+        for name, s in record.get("settings", {}).items():
+            for key in ("score", "gain", "gain_lower"):
+                if key in s and s[key] is not None and math.isfinite(s[key]):
+                    self.tb.add_scalar(f"val/{name}/{key}", s[key], step)
         self.tb.flush()
         tasks = " ".join(f"{k}={v:.3f}" for k, v in record["tasks"].items())
         best = "new best" if record["improved"] else f"best {record['best_score']:.4f} at step {record['best_step']}"
-        log.info("validation at step %d: score %.4f ± %.4f (%s) | %s | %.1fs", step, record["score"], record["ci95"], tasks,
-                 best, record["seconds"])
+        settings = ""
+        if "settings" in record:  # each setting's score, and its gain over step 0 with the CI
+            settings = " | " + " ".join(
+                f"{n}={s['score']:.3f}" + (f" ({s['gain']:+.3f} ± {s['gain_ci95']:.3f})" if "gain" in s else "")
+                for n, s in record["settings"].items()) + \
+                (" [a setting's loss may exceed the tolerance]" if "gain" in record and not record["qualifies"] else "")
+        log.info("validation at step %d: score %.4f ± %.4f (%s)%s | %s | %.1fs", step, record["score"], record["ci95"], tasks,
+                 settings, best, record["seconds"])
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         """Extra TensorBoard scalars, e.g. a Tune trial's meta-validation score."""
@@ -150,6 +167,32 @@ class Tracker:
         plt.close(fig)
         np.save(self.dir / "task_affinity.npy", mean)
         return path
+
+    def weights_png(self) -> Path | None:
+        """``task_weights.png``: each task's mixture weight over the steps, from metrics.jsonl (a resumed run's
+        earlier steps included), when the weights moved (``meta.weighting.rule: alignment``)."""
+        path = self.dir / "metrics.jsonl"
+        recs = [r for r in map(json.loads, path.read_text().splitlines()) if r.get("kind") != "validation"] \
+            if path.is_file() else []
+        if not any("alignment" in r for r in recs):
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        for task in self.tasks:
+            ax.plot([r["step"] for r in recs], [r["weights"].get(task, math.nan) for r in recs], label=task)
+        ax.set_xlabel("meta-step")
+        ax.set_ylabel("mixture weight")
+        ax.set_title("task weights (meta.weighting.rule: alignment)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        out = self.dir / "task_weights.png"
+        fig.savefig(out, dpi=110)
+        plt.close(fig)
+        return out
 
     def flush(self) -> None:
         """Everything logged so far on disk (before the run's files are mirrored to a storage URI)."""

@@ -17,28 +17,32 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence, TypeVar
 
 import numpy as np
 import torch
+import yaml
 
 from ..config import ExperimentConfig, save_config
 from ..core.checkpoint import export_model, load_checkpoint, load_encoder_weights, save_checkpoint
 from ..core.combine import normalise_weights
-from ..core.jsonio import dumps as strict_dumps
+from ..core.costmodel import A100, default_reduce
 from ..core.model import load_encoder, load_tokenizer
 from ..core.optim import optimizer_from_tensors, optimizer_tensors, outer_optimizer
 from ..core.trainable import frozen_fingerprint, layout_signature, trainable_summary
+from ..core.weighting import AlignmentWeights
 from ..errors import ConfigError, RaymetaError
 from ..runtime import connect
 from .actor import bind_flat, replica_key
 from .outputs import RUN_OUTPUTS, RunOutputs, held_outputs, remove_outputs
 from .pool import ActorPool, actor_keys
 from .record import StepRecord
-from .reduce import CollectiveReduce, ReplicaHeads, reducer_for
+from .reduce import CollectiveReduce, Reducer, ReplicaHeads, reducer_for
+from .targets import TargetActors
 from .tracking import Tracker
-from .validation import BEST_JSON, Validator, wants_best
+from .validation import Validator, target_specs, wants_best
 
 __all__ = ["MetaTrainer", "RUN_OUTPUTS", "StepHook", "StepRecord", "actor_keys", "prepare_output_dir", "train"]
 
@@ -92,12 +96,18 @@ class MetaTrainer:
         self.replicas_of = actor_keys(cfg)
         self.actor_weights = {key: self.weights[name] / len(keys) for name, keys in self.replicas_of.items()
                               for key in keys}
+        # meta.weighting.rule alignment: the weights follow each task's gradient's agreement with the target tasks'
+        # (raymeta.core.weighting), whose actors start beside the task actors; targets checked before Ray starts
+        self.target_specs = target_specs(cfg) if cfg.meta.weighting.rule == "alignment" else []
+        self.targets: TargetActors | None = None
+        self.task_weighting = self._fresh_weighting()
         self.heads = ReplicaHeads(self.replicas_of)  # replicas: averaged head gradient, applied with the next call
         self.pool = ActorPool()
         self.reused = dict(actors) if actors is not None else None
         self.keep_actors = keep_actors
         self.step = 0
-        self.reducer = reducer_for(cfg)
+        # meta.reduce: auto is resolved once the model's size and where the actors run are known (_start_actors)
+        self.reducer: Reducer = reducer_for(cfg, cfg.meta.reduce) if cfg.meta.reduce != "auto" else Reducer()
         self.local = False
         self.last_checkpoint: Path | None = None  # written or restored by this run: where a recovery goes back to
         self.restarts = 0  # actor-crash recoveries so far (checkpoint.max_actor_restarts)
@@ -148,6 +158,7 @@ class MetaTrainer:
             # at the last step restored them there.
             final = export_model(self.out / "final", self.encoder, self.tokenizer, cfg=self.cfg, step=self.step)
             self.tracker.affinity_png()
+            self.tracker.weights_png()  # meta.weighting.rule alignment: the mixture over the steps
             if self.validator is not None:
                 self._log_validation_summary(stop)
             self.tracker.flush()
@@ -157,8 +168,40 @@ class MetaTrainer:
     def meta_step(self) -> StepRecord:
         """One outer step in the configured reduce form (:mod:`raymeta.train.reduce`). Returns its record."""
         record = self.reducer.step(self)
+        if self.task_weighting is not None and record.alignment is not None:
+            self._reweight(record.alignment)
         self.step += 1
         return record
+
+    # -- meta.weighting.rule: alignment ------------------------------------------------------------
+
+    def _fresh_weighting(self) -> AlignmentWeights | None:
+        """Step 0's learned weights (z = 0), applied to the actors' mixture; None under ``rule: fixed``."""
+        w = self.cfg.meta.weighting
+        if w.rule != "alignment":
+            return None
+        self.task_weighting = AlignmentWeights(normalise_weights({t.name: t.weight for t in self.cfg.tasks}), w.lr,
+                                               w.floor, w.every_steps)
+        self._apply_weights()
+        return self.task_weighting
+
+    def _apply_weights(self) -> None:
+        assert self.task_weighting is not None
+        self.weights = self.task_weighting.weights()
+        self.actor_weights = {key: self.weights[name] / len(keys) for name, keys in self.replicas_of.items()
+                              for key in keys}
+
+    def _reweight(self, alignment: Mapping[str, float]) -> None:
+        """After step ``self.step``: each task's cosine with g_target (the mean over its replicas' finite ones) moves
+        its log-weight, every ``meta.weighting.every_steps``; the next step uses the new mixture."""
+        assert self.task_weighting is not None
+        per_task = {}
+        for name, keys in self.replicas_of.items():
+            cs = [alignment[k] for k in keys if alignment.get(k) is not None and math.isfinite(alignment[k])]
+            per_task[name] = float(np.mean(cs)) if cs else math.nan
+        if self.task_weighting.due(self.step):
+            self.task_weighting.update(per_task)
+            self._apply_weights()
 
     @contextlib.contextmanager
     def _running(self) -> Iterator[None]:
@@ -219,8 +262,12 @@ class MetaTrainer:
         """After :meth:`setup` under ``reduce: driver``: the same actors form a process group and the next
         steps reduce collectively (``raymeta speed`` times both modes on one set of actors)."""
         if not self.reducer.collective:
-            self.reducer = CollectiveReduce()
+            self.reducer = CollectiveReduce(self.cfg.meta.overlap)
             self.reducer.join(self)
+
+    def set_overlap(self, overlap: bool) -> None:
+        """``meta.overlap`` from the next step on, in the current reduce form (``raymeta speed`` times both)."""
+        self.reducer.set_overlap(self, overlap)
 
     def _build_driver_model(self) -> None:
         self.tokenizer = load_tokenizer(self.cfg.model)
@@ -249,9 +296,43 @@ class MetaTrainer:
         if self.reused is not None:
             self.pool.adopt(self.reused, self.cfg)
         else:
-            self.pool.start(self.cfg, local=self.local)
+            self.pool.start(self.cfg, local=self.local, others=len(self.target_specs))
         self.placement = self.pool.check(self.layout, frozen_fingerprint(self.encoder))
+        if self.target_specs:
+            self.targets = TargetActors(self.cfg, self.target_specs)
+            self.targets.start(local=self.local, others=len(self.actor_weights), layout=self.layout,
+                               frozen=frozen_fingerprint(self.encoder))
+        if type(self.reducer) is Reducer:  # meta.reduce: auto, first start: choose once, for the whole run
+            self._choose_reduce()
         self.reducer.join(self)
+
+    def _choose_reduce(self) -> None:
+        """``meta.reduce: auto``: the form the cost model (:func:`raymeta.core.costmodel.default_reduce`) says is
+        faster for these actors, this many trainable parameters and where they run; the run it resumes chose one
+        already (its checkpoint's config.yaml), and that one is kept. The choice goes into the config saved with
+        the run, so that ``config.yaml`` reloads as the same run."""
+        import ray
+
+        mode, why = self._resumed_reduce(), "the form of the run this one resumes"
+        if mode is None:
+            nodes = set(self.placement.values()) | {ray.util.get_node_ip_address()}
+            episode = self.cfg.meta.episode
+            seqs = episode.ways * (episode.shots + episode.queries)
+            tokens = seqs * max(t.max_length for t in self.cfg.tasks)
+            gpus = "cuda" in self.pool.devices.values()  # then A100-class compute, 40% MFU (the model's default GPU)
+            mode, why = default_reduce(len(self.actor_weights), self.layout.numel,
+                                       sum(p.numel() for p in self.encoder.parameters()), tokens,
+                                       local=len(nodes) == 1, combine=self.cfg.meta.combine, device=A100 if gpus else None)
+        log.info("meta.reduce: auto -> %s (%s)", mode, why)
+        self.cfg = self.cfg.model_copy(update={"meta": self.cfg.meta.model_copy(update={"reduce": mode})})
+        self.reducer = reducer_for(self.cfg, mode)
+
+    def _resumed_reduce(self) -> str | None:
+        if self.last_checkpoint is None or not (self.last_checkpoint / "config.yaml").is_file():
+            return None
+        saved = yaml.safe_load((self.last_checkpoint / "config.yaml").read_text()) or {}
+        mode = (saved.get("meta") or {}).get("reduce")
+        return mode if mode in ("driver", "collective") else None
 
     def _start_and_restore(self, ckpt: Path | None) -> None:
         """The task actors, then the checkpoint to resume from restored into them and the driver. An actor lost
@@ -286,7 +367,7 @@ class MetaTrainer:
         An actor that dies while the actors restart costs one more restart (the same limit), not a traceback."""
         import ray
 
-        lost = self.pool.lost()
+        lost = self._lost()
         if not lost:
             raise err
         names, failed, limit = ", ".join(f"'{k}'" for k in lost), self.step, self.cfg.checkpoint.max_actor_restarts
@@ -300,7 +381,7 @@ class MetaTrainer:
                 self._restart_actors()
                 break
             except ray.exceptions.RayError as again:
-                lost = self.pool.lost()
+                lost = self._lost()
                 if not lost:
                     raise again
                 latest = ", ".join(f"'{k}'" for k in lost)
@@ -313,6 +394,10 @@ class MetaTrainer:
         log.warning("task %s: actor died at step %d; restarted every task actor from %s (restart %d of %d)",
                     names, failed, back, self.restarts, limit)
 
+    def _lost(self) -> list[str]:
+        """The task actors, and target actors, that died."""
+        return self.pool.lost() + (self.targets.lost() if self.targets is not None else [])
+
     def _restart_actors(self) -> None:
         """Every actor anew, back at the last checkpoint (or the initial weights, step 0)."""
         # Every actor, not only the lost one: a process group cannot re-form around a lost rank, and the
@@ -321,6 +406,7 @@ class MetaTrainer:
         self.heads.pending = {}
         if self.last_checkpoint is None:
             self._build_driver_model()  # really the initial weights, with a fresh optimizer and schedule
+            self.task_weighting = self._fresh_weighting()
             self.step = 0
         self._start_actors()
         if self.last_checkpoint is not None:
@@ -345,6 +431,8 @@ class MetaTrainer:
             "rng": "stateless: episodes and dropout are seeded from (seed, task, step)",
             "layout": layout_signature(self.cfg.model, self.layout.names, self.layout.numel),
         }
+        if self.task_weighting is not None:  # the learned log-weights: a resume or a replay continues from them
+            state["task_weighting"] = self.task_weighting.state()
         if self.cfg.model.trainable != "full":  # model/ holds merged or partly frozen weights: keep the trainable ones
             tensors.update({f"shared.{k}": v.detach().clone() for k, v in self.named.items()})
         return tensors, state
@@ -374,6 +462,9 @@ class MetaTrainer:
             sub = {k[len(prefix):]: v.numpy() for k, v in tensors.items() if k.startswith(prefix)}
             calls.append(actor.set_state.remote({"tensors": sub, "param_groups": state["head_param_groups"][name]}))
         ray.get(calls)
+        if self.task_weighting is not None and "task_weighting" in state:
+            self.task_weighting.load_state(state["task_weighting"])
+            self._apply_weights()
         self.reducer.push(self)
         self.step = int(state["step"])
         self.last_checkpoint = path
@@ -402,10 +493,11 @@ class MetaTrainer:
     # -- meta-validation: which step becomes <output_dir>/best ------------------------------------
 
     def _validate(self) -> bool:
-        """Score the current parameters on the validation tasks; export ``best`` when they beat every step before.
-        Returns True when early stopping says stop."""
+        """Score the current parameters on the validation tasks (at each of ``eval.validation.settings``); export
+        ``best`` when the validator's rule (``eval.validation.select``) chooses them. Returns True when early
+        stopping says stop."""
         assert self.validator is not None
-        exported = self.validator.v.method == "finetune"  # it fine-tunes an export of the driver's copy
+        exported = any(p is None for p in self.validator.protocols)  # finetune: an export of the driver's copy
         if exported:
             self.reducer.pull(self)
         record = self.validator(self, self.step)
@@ -413,12 +505,14 @@ class MetaTrainer:
         if record["improved"] and self.validator.export_best:
             if not exported:
                 self.reducer.pull(self)  # under reduce: collective the actors hold the current parameters
-            best = {k: record[k] for k in ("step", "score", "ci95", "tasks", "n", "method")}
+            v = self.validator
+            metric = f"mean accuracy ({record['method']}, eval.validation)" if v.v.settings is None else \
+                f"mean accuracy over settings {', '.join(v.names)} (eval.validation, select: {v.select})"
             card = {"validation_score": record["score"], "validation_step": record["step"],
-                    "validation_tasks": list(record["tasks"]),
-                    "validation_metric": f"mean accuracy ({record['method']}, eval.validation)"}
-            export_model(self.validator.best_dir, self.encoder, self.tokenizer, cfg=self.cfg, step=self.step, card=card,
-                         files={BEST_JSON: strict_dumps({**best, "validation": self.cfg.eval.validation.model_dump()}, indent=1)})
+                    "validation_tasks": list(record["tasks"]), "validation_metric": metric}
+            # raymeta_best.json (and step 0's values, for a resume) travel with the weights, in one atomic export
+            export_model(v.best_dir, self.encoder, self.tokenizer, cfg=self.cfg, step=self.step, card=card,
+                         files=v.best_files(record))
         return bool(record["stop"])
 
     def _validate_after_restore(self) -> bool:
@@ -436,8 +530,11 @@ class MetaTrainer:
               "validations); " if stopped and self.validator.v.early_stopping else ""
         where = self.outputs.shown(self.validator.best_dir) if self.validator.export_best else \
             "not exported (checkpoint.best: false)"
-        log.info("%sbest step %s, validation score %.4f: %s (%d validations, %.1f s)", how, st.best_step, st.best_score,
-                 where, len(st.history), spent)
+        rule = f" (select: {self.validator.select})" if self.validator.detailed else ""
+        log.info("%sbest step %s%s, validation score %.4f: %s (%d validations, %.1f s)", how, st.best_step, rule,
+                 st.best_score, where, len(st.history), spent)
+        for line in self.validator.table():  # per step: each setting's paired gain over step 0, qualifies, the chosen
+            log.info("%s", line)
 
     def shutdown(self, stop_ray: bool = False, keep_actors: bool = False) -> None:
         """End the task actors this trainer started (not reused ones: they belong to their owner), unless
@@ -446,6 +543,9 @@ class MetaTrainer:
 
         if not keep_actors:
             self.pool.release()
+        if self.targets is not None:
+            self.targets.release()
+            self.targets = None
         if hasattr(self, "_torch_threads"):
             torch.set_num_threads(self._torch_threads)
             del self._torch_threads

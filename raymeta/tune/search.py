@@ -138,6 +138,10 @@ def _trial_resources(cfg: ExperimentConfig, local: bool) -> Any:
     for t in cfg.tasks:
         if t.weight > 0 or cfg.tune.space.weights:  # the search may give a zero-weight task a share
             bundles += [{**bundle, **t.resources}] * t.replicas
+    w = cfg.meta.weighting
+    if w.rule == "alignment":  # the target tasks' actors come after the task actors (raymeta.train.targets)
+        targets = w.target if w.target is not None else cfg.eval.validation.tasks if cfg.eval.validation else []
+        bundles += [bundle] * len(targets)
     total = ray.cluster_resources()
     for key in {k for b in bundles for k in b}:
         need = sum(b.get(key, 0) for b in bundles)

@@ -64,6 +64,11 @@ def _defaults(cfg: ExperimentConfig) -> dict[str, Any]:
         point["trainable"] = cfg.model.trainable if cfg.model.trainable in s.trainable else s.trainable[0]
     if s.lora_r is not None:
         point["lora_r"] = min(max(cfg.model.lora.r, s.lora_r[0]), s.lora_r[1])
+    if s.weighting_lr is not None:
+        point["weighting_lr"] = min(max(cfg.meta.weighting.lr, s.weighting_lr[0]), s.weighting_lr[1])
+    if s.weighting_floor is not None:
+        n = sum(1 for t in cfg.tasks if t.weight > 0)
+        point["weighting_floor"] = min(max(cfg.meta.weighting.floor * n, s.weighting_floor[0]), s.weighting_floor[1])
     return point
 
 
@@ -95,6 +100,13 @@ def search_space(cfg: ExperimentConfig, sizes: dict[str, int]) -> tuple[dict[str
         space["trainable"] = tune.choice(list(s.trainable))
     if s.lora_r is not None:  # ranks span powers of two: 2, 4, ..., 64 equally likely per octave
         space["lora_r"] = tune.lograndint(s.lora_r[0], s.lora_r[1] + 1)
+    if (s.weighting_lr is not None or s.weighting_floor is not None) and cfg.meta.weighting.rule != "alignment":
+        raise ConfigError("config key 'tune.space.weighting_lr': searching the learned weights' settings needs "
+                          "meta.weighting.rule: alignment")
+    if s.weighting_lr is not None:
+        space["weighting_lr"] = tune.loguniform(*s.weighting_lr)
+    if s.weighting_floor is not None:
+        space["weighting_floor"] = tune.uniform(*s.weighting_floor)
     if not space:
         raise ConfigError("config key 'tune.space': nothing to search (weights off and no ranges given)")
     base = _defaults(cfg)
@@ -124,6 +136,11 @@ def apply_params(cfg: ExperimentConfig, params: dict[str, Any]) -> ExperimentCon
         data["model"]["trainable"] = str(params["trainable"])
     if "lora_r" in params:
         data["model"]["lora"]["r"] = int(params["lora_r"])
+    if "weighting_lr" in params:
+        data["meta"]["weighting"]["lr"] = float(params["weighting_lr"])
+    if "weighting_floor" in params:  # a fraction of 1/N: every value of [0, 1] is a legal floor
+        n = sum(1 for t in data["tasks"] if t["weight"] > 0)
+        data["meta"]["weighting"]["floor"] = float(params["weighting_floor"]) / n
     return ExperimentConfig.model_validate(data)
 
 

@@ -82,6 +82,14 @@ CASES = [
      "badlabel.csv, row 10: label 'zzz' is not in the label set"),
     ("benchmark-label-outside-set-before-ray", lambda t, f: ["benchmark", "--config", cfg_with(t, tasks=[task(f["badlabel.csv"], labels=["a", "b"])]), "--address", "127.0.0.9:6399", "--output", str(t / "out" / "bench")],
      "badlabel.csv, row 10: label 'zzz' is not in the label set"),
+    ("validation-setting-unknown-method", lambda t, f: ["train", "--config", cfg_with(t, **{"eval.validation": {
+        "tasks": [task(f["good.csv"], name="held")], "ways": 2, "settings": [{"shots": 1}, {"method": "magic"}]}})],
+     "config key 'eval.validation.settings.1.method': Input should be 'prototype', 'ridge', 'svm' or 'finetune'"),
+    # a validation setting that a task cannot supply (10 rows a class, 9 shots + 5 queries): before Ray starts
+    ("validation-setting-too-many-shots-before-ray", lambda t, f: ["train", "--config", cfg_with(t, **{"eval.validation": {
+        "tasks": [task(f["good.csv"], name="held")], "ways": 2, "queries": 5, "settings": [{"shots": 1}, {"shots": 9}]}}),
+        "--address", "127.0.0.9:6399"],
+     "task 'held': scoring needs 2 classes (eval.validation.settings[1].ways) with 14 rows each"),
     ("empty-split", lambda t, f: ["train", "--config", cfg_with(t, tasks=[task(f["good.csv"]) | {
         "source": {"kind": "files", "format": "csv", "files": {"train": f["good.csv"], "test": f["empty.csv"]}}}])],
      "split 'test' is empty"),

@@ -33,6 +33,9 @@ CASES = [c for c in CASES if not (c[0] == "full" and c[2] == "driver")]
 # MetaOptNet: full and LoRA (its encoder gradient is ProtoNet's path with another head), both heads
 CASES = [c for c in CASES if not (c[1] == "metaopt" and c[0] == "top_layers")]
 CASES += [("lora", "metaopt-svm", "collective")]  # and full × driver in test_trainer.py
+# meta.overlap is on by default (the cases above); off, the all-reduce waits for the whole backward pass
+CASES += [("full", a, "collective:no-overlap") for a in ("protonet", "maml", "reptile")]
+CASES += [("lora", "fomaml", "driver:no-overlap")]
 
 
 def config(tmp_path, data_dir, mode: str, **meta):
@@ -46,7 +49,11 @@ def config(tmp_path, data_dir, mode: str, **meta):
 def test_meta_gradient_equals_reference_for_every_trainable_mode(mode, algorithm, reduce, task_actors, mixed_data, tmp_path):
     import ray
 
-    cfg = load_config(data=config(tmp_path, mixed_data, mode, reduce=reduce, **algorithm_meta(algorithm)))
+    reduce, _, no_overlap = reduce.partition(":")
+    data = config(tmp_path, mixed_data, mode, reduce=reduce, **algorithm_meta(algorithm))
+    # small buckets: the tiny model's 4 MB gradient is all-reduced in dozens of buckets, launched from the backward
+    data["meta"].update(overlap=not no_overlap, bucket_mb=0.05)
+    cfg = load_config(data=data)
     trainer = MetaTrainer(cfg, actors=task_actors(cfg))
     trainer.setup()
     try:

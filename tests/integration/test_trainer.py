@@ -172,6 +172,7 @@ def test_cli_train_end_to_end(mixed_data, cli, tmp_path):
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
     saved = load_config(tmp_path / "run" / "config.yaml")
     assert saved.meta.inner_steps == 1 and saved.meta.algorithm == "reptile"
+    assert saved.meta.reduce == "driver"  # meta.reduce: auto, resolved on one machine, saved as the run used it
     # Run again into the same output_dir: refused in one line, before Ray starts, the run left as it was.
     before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "run").rglob("*"))
     again = cli.run(["train", "--config", path, "meta.inner_steps=1"], cwd=Path.cwd(), timeout=120)

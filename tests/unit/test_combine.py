@@ -121,3 +121,73 @@ def test_outer_step_clips_the_flat_gradient_in_place_and_steps():
     assert all(not torch.equal(before[k], p) for k, p in named.items())
     with pytest.raises(ValueError, match="does not match the 9 values"):
         outer_step(named, torch.zeros(8), opt, sched, None)
+
+
+def _running(results, numel, **kw):
+    from raymeta.core.combine import RunningReduce
+
+    r = RunningReduce([(t.task, t.weight) for t in results], numel, **kw)
+    for t in results:
+        r.add(t.grad, t.loss)
+    return r.result()
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_running_reduce_is_reduce_gradients_bit_for_bit(n, dtype):
+    """meta.overlap under reduce: driver adds each gradient as it arrives: the same meta-gradient, bit for bit, and
+    the same cosines to float32 rounding. 300,001 elements: several chunks, and a ragged last one."""
+    g = torch.Generator().manual_seed(n)
+    numel = 300_001
+    results = [TaskGrad(f"t{i}", torch.randn(numel, generator=g).to(dtype), 0.5 + i, 0.1 + 0.37 * i) for i in range(n)]
+    batch = reduce_gradients(results, numel, step=3)
+    running = _running(results, numel, step=3)
+    assert torch.equal(batch.grad, running.grad) and batch.used == running.used and batch.weights == running.weights
+    if n > 1:
+        assert np.allclose(batch.cosine, running.cosine, atol=1e-5)
+
+
+@pytest.mark.parametrize("rule", ["mean", "pcgrad"])
+def test_running_reduce_skips_a_non_finite_task_as_reduce_gradients_does(rule):
+    numel = 70_000
+    g = torch.Generator().manual_seed(0)
+    vals = [torch.randn(numel, generator=g) for _ in range(3)]
+    vals[1][123] = float("nan")
+    results = [TaskGrad(f"t{i}", v, 1.0, 1.0 + i) for i, v in enumerate(vals)]
+    batch = reduce_gradients(results, numel, step=0, rule=rule)
+    running = _running(results, numel, step=0, rule=rule)
+    assert running.skipped == batch.skipped == ["t1"] and running.used == ["t0", "t2"]
+    assert torch.equal(batch.grad, running.grad)
+    with pytest.raises(NonFiniteGradient, match="task 't1': non-finite gradient at step 0"):
+        _running(results, numel, step=0, nan_policy="abort")
+
+
+def test_running_reduce_names_a_task_whose_gradient_has_the_wrong_shape():
+    from raymeta.core.combine import RunningReduce
+
+    r = RunningReduce([("a", 1.0), ("b", 1.0)], 10, step=0)
+    r.add(torch.zeros(10), 1.0)
+    with pytest.raises(RaymetaError, match="task 'b': gradient of shape"):
+        r.add(torch.zeros(9), 1.0)
+    with pytest.raises(ValueError, match="1 of 2 gradients added"):
+        r.result()
+
+
+def test_running_reduce_in_any_grouping_of_arrivals_is_bit_equal():
+    """Gradients that arrive together are reduced in one pass, lone ones one by one: the same sum either way."""
+    from raymeta.core.combine import RunningReduce
+
+    numel = 200_003
+    g = torch.Generator().manual_seed(1)
+    results = [TaskGrad(f"t{i}", torch.randn(numel, generator=g), 1.0, 1.0 + i) for i in range(5)]
+    batch = reduce_gradients(results, numel, step=0)
+    for groups in ([5], [1, 1, 1, 1, 1], [2, 3], [1, 3, 1]):
+        r, i = RunningReduce([(t.task, t.weight) for t in results], numel, step=0), 0
+        for k in groups:
+            r.add_many([(t.grad, t.loss) for t in results[i:i + k]])
+            i += k
+        got = r.result()
+        assert torch.equal(got.grad, batch.grad), groups
+        assert np.allclose(got.cosine, batch.cosine, atol=1e-5), groups
+        if groups == [5]:
+            assert np.array_equal(got.cosine, batch.cosine)  # all at once: reduce_gradients' own pass

@@ -96,3 +96,18 @@ def test_actor_keys_name_one_actor_per_replica_and_none_for_weight_zero(tmp_path
     trainer = MetaTrainer(cfg)
     assert trainer.replicas_of == actor_keys(cfg)
     assert trainer.actor_weights == pytest.approx({"a": 0.25, "a#1": 0.25, "a#2": 0.25, "b": 0.25})
+
+
+def test_the_learned_weights_settings_are_searched_instead_of_the_mixture():
+    cfg = _cfg(weights=False, lr=None, weighting_lr=[0.1, 10.0], weighting_floor=[0.0, 0.5])
+    with pytest.raises(ConfigError, match="needs meta.weighting.rule: alignment"):
+        search_space(cfg, {"a": 10, "b": 10})
+    data = cfg.model_dump(mode="json")
+    data["meta"]["weighting"] = {"rule": "alignment", "target": [{"use": "bbc_news"}]}
+    cfg = load_config(data=data)
+    space, _ = search_space(cfg, {"a": 10, "b": 10})
+    assert set(space) == {"weighting_lr", "weighting_floor"}
+    got = apply_params(cfg, {"weighting_lr": 3.0, "weighting_floor": 0.5})
+    assert (got.meta.weighting.lr, got.meta.weighting.floor) == (3.0, 0.25)  # half of 1/N, N = 2
+    with pytest.raises(ConfigError, match=r"weighting_floor: a fraction of 1/N in \[0, 1\]"):
+        _cfg(weighting_floor=[0.0, 2.0])

@@ -24,6 +24,11 @@ def cfg_with(tmp_path, validation=None, **top):
     return load_config(data=data)
 
 
+def rows_csv(classes: int, per_class: int) -> str:
+    """A classification CSV of ``classes`` classes (c0, c1, ...) with ``per_class`` rows each."""
+    return "text,label\n" + "".join(f"row {i} of c{c},c{c}\n" for i in range(per_class) for c in range(classes))
+
+
 def val_task(path, name="held", **kw):
     return {"name": name, "type": "sequence_classification", "source": {"kind": "files", "format": "csv",
                                                                            "files": {"train": str(path)}}, **kw}
@@ -107,7 +112,7 @@ def test_resume_counts_validations_since_the_best(tmp_path, best_step, resumed_a
     """every_steps 2; the validation at the resumed step runs again, so it is not counted here, and a best from
     that step or later (another timeline) is forgotten: the re-run validation finds it again."""
     other = tmp_path / "b.csv"
-    other.write_text("text,label\nx,a\n")
+    other.write_text(rows_csv(5, 15))  # a Validator checks before Ray starts that the task supplies its episodes
     v = Validator(cfg_with(tmp_path, {"tasks": [val_task(other)], "every_steps": 2}), tmp_path / "run")
     v.best_dir.mkdir(parents=True)
     (v.best_dir / BEST_JSON).write_text(json.dumps({"step": best_step, "score": 0.5}))
