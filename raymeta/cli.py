@@ -349,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "--quick: full,lora)")
     sp.add_argument("--algorithms", help="meta-algorithms side by side, e.g. protonet,metaopt,metaopt:svm "
                     "(metaopt with its SVM head; default: multitask)")
+    sp.add_argument("--weighting", help="meta.weighting rules side by side: fixed, alignment (one target task; "
+                    "default: fixed)")
     sp.add_argument("--transfer-dtype", choices=["float32", "bfloat16"], help="meta.transfer_dtype of the trainer")
     sp.add_argument("--torch-threads", type=int, help="torch threads per actor (default: its CPU share)")
     sp.add_argument("--output", help="write the results as JSON here")

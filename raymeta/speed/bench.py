@@ -71,6 +71,9 @@ class BenchSettings:
     # meta-algorithms, each a row of its own on the same (model, N, trainable), side by side; the §5.4 targets
     # read the first one's rows
     algorithms: list[str] = dataclasses.field(default_factory=lambda: ["multitask"])
+    # meta.weighting.rule, each a row of its own on the same (model, N, trainable, algorithm): what learning the
+    # mixture costs per step (alignment: one target task, chatterbot_topics_val, at the workload's episode size)
+    weighting: list[str] = dataclasses.field(default_factory=lambda: ["fixed"])
     reference: bool = True  # (a)
     ddp_tasks: list[int] | None = None  # (b) at these N (None: every N; []: never)
     transfer_dtype: str = "float32"
@@ -95,7 +98,7 @@ TRAINABLE: dict[str, dict[str, Any]] = {"full": {}, "lora": {"trainable": "lora"
 
 
 def bench_config(model: str, n: int, s: BenchSettings, output_dir: str, trainable: str = "full",
-                 algorithm: str | None = None) -> ExperimentConfig:
+                 algorithm: str | None = None, weighting: str = "fixed") -> ExperimentConfig:
     """N copies of bbc_news (distinct names: own head and episode stream), 8 × 64 tokens each, meta-trained by
     ``algorithm`` (default: the first of ``s.algorithms``); ``metaopt:svm`` is ``metaopt`` with its SVM head
     (``meta.metaopt.head``; the iterations are ``meta.metaopt.iterations``, else 50)."""
@@ -113,12 +116,19 @@ def bench_config(model: str, n: int, s: BenchSettings, output_dir: str, trainabl
         overrides += [f"meta.metaopt.head={head}"] + (["meta.metaopt.iterations=50"] if head == "svm" else [])
     if s.torch_threads:
         overrides.append(f"resources.torch_threads={s.torch_threads}")
+    if weighting not in ("fixed", "alignment"):
+        from ..errors import RaymetaError
+
+        raise RaymetaError(f"bench: unknown weighting rule '{weighting}' (known: fixed, alignment)")
+    learned = {"rule": "alignment", "target": [{"use": "chatterbot_topics_val"}], "shots": [2]} \
+        if weighting == "alignment" else {}
     return load_config(data={
         "name": f"bench-{model}-{n}", "seed": s.seed, "output_dir": output_dir, "model": {**MODELS[model], **TRAINABLE[trainable]},
         "tasks": [{"use": "bbc_news", "name": f"bbc_news_{i}", "max_length": 64} for i in range(n)],
         # the run starts in driver form (not meta.reduce: auto's choice); use_collective() switches the same actors
         "meta": {"algorithm": algorithm, "steps": s.warmup + s.steps, "inner_steps": 1, "reduce": "driver",
-                 "episode": {"ways": 2, "shots": 2, "queries": 2, "support_size": 4, "query_size": 4}},
+                 "episode": {"ways": 2, "shots": 2, "queries": 2, "support_size": 4, "query_size": 4},
+                 "weighting": learned},
         "optim": {"warmup_steps": 0}, "checkpoint": {"every_steps": 10**6},
     }, overrides=overrides + list(s.extra))  # the user's overrides last: they win
 
@@ -306,21 +316,23 @@ def _rel(a: torch.Tensor | None, b: torch.Tensor | None) -> float | None:
 
 
 def run_case(model: str, n: int, s: BenchSettings, started: bool, workdir: Path, trainable: str = "full",
-             algorithm: str | None = None) -> dict[str, Any]:
+             algorithm: str | None = None, weighting: str = "fixed") -> dict[str, Any]:
     """One (model, N, trainable, algorithm): raymeta in both modes, then (a) and (b) on the same config, one after another.
     The baselines run for ``full`` only: they compare distribution costs at equal work, which the full rows
     measure; the other modes' rows sit beside those for what a frozen encoder saves."""
     import ray
 
     algorithm = algorithm or s.algorithms[0]
-    cfg = bench_config(model, n, s, str(workdir / f"{model}-n{n}-{trainable}-{algorithm.replace(':', '-')}"), trainable,
-                       algorithm)
+    cfg = bench_config(model, n, s, str(workdir / f"{model}-n{n}-{trainable}-{algorithm.replace(':', '-')}-{weighting}"),
+                       trainable, algorithm, weighting)
     total = float(ray.cluster_resources().get("CPU", 1))
-    row: dict[str, Any] = {"model": model, "tasks": n, "trainable": trainable, "algorithm": algorithm}
+    row: dict[str, Any] = {"model": model, "tasks": n, "trainable": trainable, "algorithm": algorithm,
+                           "weighting": weighting}
+    baselines = trainable == "full" and weighting == "fixed"  # (a), (b): equal work, the fixed mixture's
     rm = run_raymeta(cfg, s, started)
     grad0 = rm.pop("grad0", None)
     row.update(rm)
-    if s.reference and trainable == "full":
+    if s.reference and baselines:
         # (a) as benchmarks/RESULTS.md §5 defines it, with every core; and with one thread, which on a loaded machine
         # (two OpenMP threads stall on every small op when the other CPU is busy) can be the faster one
         for key, threads in (("reference", max(1, int(total))), ("reference_1t", 1)):
@@ -329,7 +341,7 @@ def run_case(model: str, n: int, s: BenchSettings, started: bool, workdir: Path,
             ref = run_reference(cfg, s.warmup + s.steps, threads=threads)
             row[key] = {"step_ms": 1e3 * _med(ref["step_s"][s.warmup:]), "threads": ref["threads"],
                         "grad0_rel_err": _rel(ref["grad0"], grad0)}
-    if s.ddp_at(n) and trainable == "full":
+    if s.ddp_at(n) and baselines:
         share = max(0.01, math.floor(total / n * 100) / 100)
         ddp = run_ddp(cfg, s.warmup + s.steps, share)
         row["ddp"] = {"step_ms": 1e3 * _med(ddp["step_s"][s.warmup:]), "threads": ddp["threads"], "fit_s": ddp["fit_s"],
@@ -366,8 +378,9 @@ def run_bench(s: BenchSettings, output: Path | None = None) -> dict[str, Any]:
                 for n in s.tasks:
                     for trainable in s.trainable:  # side by side: the same machine load for every mode
                         for alg in s.algorithms:
-                            console.log(f"bench: {model}, {n} task(s), trainable {trainable}, {alg}")
-                            result["rows"].append(run_case(model, n, s, started, Path(d), trainable, alg))
+                            for rule in s.weighting:
+                                console.log(f"bench: {model}, {n} task(s), trainable {trainable}, {alg}, {rule}")
+                                result["rows"].append(run_case(model, n, s, started, Path(d), trainable, alg, rule))
                     if output is not None:  # partial results survive an interrupted long run
                         _write(result, output)
     finally:
@@ -395,7 +408,7 @@ def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     """The targets of benchmarks/RESULTS.md §5.4 (and §6.2 for LoRA), each with the measured figure and
     met / not met (None: not measured here)."""
     first = result["settings"].get("algorithms", ["multitask"])[0]
-    mine = [r for r in result["rows"] if r.get("algorithm", first) == first]
+    mine = [r for r in result["rows"] if r.get("algorithm", first) == first and r.get("weighting", "fixed") == "fixed"]
     rows = {(r["model"], r["tasks"]): r for r in mine if r.get("trainable", "full") == "full"}
     lora = {(r["model"], r["tasks"]): r for r in mine if r.get("trainable") == "lora"}
     out: list[dict[str, Any]] = []
@@ -429,6 +442,17 @@ def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             f"minilm N=2 {mode}")
         fall = full_r["bytes_per_actor"] / lora_r["bytes_per_actor"] if full_r and lora_r else None
         add("lora: bytes per actor, full ÷ lora", fall, TARGETS["lora_bytes_fall"], f"minilm N=2 {mode}", at_least=True)
+    # RESULTS.md §14: what learning the mixture costs per step (meta.weighting.rule alignment, one target task):
+    # at most one task's compute (the slowest actor's) plus 5% of the fixed mixture's step, side by side
+    learned = {(r["model"], r["tasks"]): r for r in result["rows"] if r.get("weighting") == "alignment"
+               and r.get("algorithm", first) == first and r.get("trainable", "full") == "full"}
+    for (model, n), r in sorted(learned.items()):
+        fixed = rows.get((model, n))
+        for mode in result["settings"]["reduce"]:
+            if fixed and mode in fixed and mode in r:
+                f = fixed[mode]
+                add("alignment: step − fixed step (ms)", r[mode]["step_ms"] - f["step_ms"],
+                    f["compute_ms"] + 0.05 * f["step_ms"], f"{model} N={n} {mode}; limit = one task's compute + 5%")
     # RESULTS.md §13: what meta.overlap hides
     modes = result["settings"]["reduce"]
     if "collective" in modes:
@@ -471,7 +495,8 @@ def format_table(result: dict[str, Any]) -> str:
             pub = m["publish_ms"] + m["load_ms"] if driver else None
             transfer = m["transfer_ms"] if driver else m["allreduce_ms"]
             lines.append("| " + " | ".join([
-                r["model"], str(r["tasks"]), r.get("trainable", "full"), r.get("algorithm", "multitask"), mode,
+                r["model"], str(r["tasks"]), r.get("trainable", "full"),
+                r.get("algorithm", "multitask") + (" + alignment" if r.get("weighting") == "alignment" else ""), mode,
                 _f(m["step_ms"], ".1f"),
                 _f(m["compute_ms"], ".1f"), _f(pub, ".1f"),
                 _f(transfer, ".1f"), _f(m.get("reduce_ms"), ".1f"), _f(m["outer_ms"], ".1f"), _f(m["step_over_compute"]),
@@ -518,6 +543,8 @@ def settings_from_args(args: Any) -> BenchSettings:
         s.trainable = names(args.trainable)
     if getattr(args, "algorithms", None):
         s.algorithms = names(args.algorithms)
+    if getattr(args, "weighting", None):
+        s.weighting = names(args.weighting)
     for key in ("steps", "warmup", "transfer_dtype", "torch_threads"):
         if getattr(args, key) is not None:
             setattr(s, key, getattr(args, key))
