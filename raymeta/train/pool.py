@@ -33,7 +33,7 @@ from ..runtime import (
 )
 from .actor import TaskActor, replica_key
 
-__all__ = ["ActorPool", "actor_keys"]
+__all__ = ["ActorPool", "actor_keys", "target_count"]
 
 log = logging.getLogger("raymeta.train")
 
@@ -47,8 +47,17 @@ def actor_keys(cfg: ExperimentConfig) -> dict[str, list[str]]:
 
 
 def _fit(cfg: ExperimentConfig) -> tuple[Any, ...]:
-    """What an actor started for ``cfg`` was sized for: which actors, with which resources."""
-    return actor_keys(cfg), cfg.resources.model_dump(), {t.name: t.resources for t in cfg.tasks}
+    """What an actor started for ``cfg`` was sized for: which actors, with which resources, and how many target
+    actors (``meta.weighting.rule: alignment``) share the cluster with them."""
+    return actor_keys(cfg), cfg.resources.model_dump(), {t.name: t.resources for t in cfg.tasks}, target_count(cfg)
+
+
+def target_count(cfg: ExperimentConfig) -> int:
+    """How many target actors a run of ``cfg`` starts beside its task actors (``meta.weighting.rule: alignment``)."""
+    w = cfg.meta.weighting
+    if w.rule != "alignment":
+        return 0
+    return len(w.target if w.target is not None else cfg.eval.validation.tasks if cfg.eval.validation else [])
 
 
 class ActorPool:

@@ -27,7 +27,7 @@ from ..config import ExperimentConfig
 from ..core.jsonio import write_json_atomic
 from ..errors import ConfigError, RaymetaError
 from ..train.outputs import RunOutputs
-from ..train.pool import ActorPool
+from ..train.pool import ActorPool, target_count
 from ..train.record import StepRecord
 from ..train.validation import held_back
 from .scoring import METRIC, FewShotScorer, task_specs, validation_scorer
@@ -138,10 +138,7 @@ def _trial_resources(cfg: ExperimentConfig, local: bool) -> Any:
     for t in cfg.tasks:
         if t.weight > 0 or cfg.tune.space.weights:  # the search may give a zero-weight task a share
             bundles += [{**bundle, **t.resources}] * t.replicas
-    w = cfg.meta.weighting
-    if w.rule == "alignment":  # the target tasks' actors come after the task actors (raymeta.train.targets)
-        targets = w.target if w.target is not None else cfg.eval.validation.tasks if cfg.eval.validation else []
-        bundles += [bundle] * len(targets)
+    bundles += [bundle] * target_count(cfg)  # meta.weighting's target actors come after the task actors
     total = ray.cluster_resources()
     for key in {k for b in bundles for k in b}:
         need = sum(b.get(key, 0) for b in bundles)
