@@ -61,6 +61,8 @@ def config(tmp: Path, data_dir: Path, *, pinned: bool) -> dict:
     both fit on the head's one CPU once the worker is gone. ``pinned``: ner needs nodeB, which only the worker has."""
     data = run_config(tmp, data_dir)
     data["resources"] = {**data["resources"], "num_cpus_per_actor": 0.5, "placement_timeout_s": 30}
+    # the driver form, whose recovery these tests check: on two nodes meta.reduce: auto would choose by the cost model
+    data["meta"] = {**data["meta"], "reduce": "driver"}
     if pinned:
         data["tasks"][1]["resources"] = {"nodeB": 1}
     return data
