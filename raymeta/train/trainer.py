@@ -94,8 +94,7 @@ class MetaTrainer:
         self.weights = normalise_weights({t.name: t.weight for t in cfg.tasks})
         # one actor per task replica, keyed "<task>" or "<task>#<r>"; a replica carries w / replicas
         self.replicas_of = actor_keys(cfg)
-        self.actor_weights = {key: self.weights[name] / len(keys) for name, keys in self.replicas_of.items()
-                              for key in keys}
+        self.actor_weights = self._actor_weights()
         # meta.weighting.rule alignment: the weights follow each task's gradient's agreement with the target tasks'
         # (raymeta.core.weighting), whose actors start beside the task actors; targets checked before Ray starts
         self.target_specs = target_specs(cfg) if cfg.meta.weighting.rule == "alignment" else []
@@ -188,8 +187,11 @@ class MetaTrainer:
     def _apply_weights(self) -> None:
         assert self.task_weighting is not None
         self.weights = self.task_weighting.weights()
-        self.actor_weights = {key: self.weights[name] / len(keys) for name, keys in self.replicas_of.items()
-                              for key in keys}
+        self.actor_weights = self._actor_weights()
+
+    def _actor_weights(self) -> dict[str, float]:
+        """Actor key -> its share of the mixture: its task's weight over the task's replicas."""
+        return {key: self.weights[name] / len(keys) for name, keys in self.replicas_of.items() for key in keys}
 
     def _reweight(self, alignment: Mapping[str, float]) -> None:
         """After step ``self.step``: each task's cosine with g_target (the mean over its replicas' finite ones) moves

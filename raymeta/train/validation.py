@@ -108,54 +108,51 @@ def _overlap(spec: TaskConfig, other: TaskConfig) -> str | None:
     return "same files and classes" if _files(spec) & _files(other) and classes_meet else None
 
 
-def validation_specs(cfg: ExperimentConfig) -> list[TaskConfig]:
-    """The validation tasks, checked: classification, and disjoint from every meta-training task and every
-    task the run evaluates on (``eval.tasks``, ``eval.episodic_tasks``): not the same name, and not the same
-    files unless both keep disjoint classes, as ``huffpost_meta_{train,val,test}`` do. A choice made on a test
-    task would make its test score optimistic."""
-    v = cfg.eval.validation
-    assert v is not None
-    specs = [task_from_entry(e, data_dir=cfg.data_dir) for e in v.tasks]
+def _held_out_specs(cfg: ExperimentConfig, entries: list[dict[str, Any]], key: str, what: str, must: str,
+                    held_back_ok: bool = False) -> list[TaskConfig]:
+    """``entries`` as checked task configs: classification, and disjoint from every meta-training task and every task
+    the run evaluates on (``eval.tasks``, ``eval.episodic_tasks``): not the same name, and not the same files unless
+    both keep disjoint classes, as ``huffpost_meta_{train,val,test}`` do. ``held_back_ok``: a meta-training task's
+    held-back rows count as disjoint (``eval.validation.split: test``). One line naming ``key`` otherwise, ending in
+    ``what`` (a wrong type) or ``must`` (an overlap)."""
+    specs = [task_from_entry(e, data_dir=cfg.data_dir) for e in entries]
     tests = [task_from_entry(e, data_dir=cfg.data_dir) for e in [*cfg.eval.tasks, *cfg.eval.episodic_tasks]]
     for spec in specs:
         if spec.type != "sequence_classification":
-            raise ConfigError(f"config key 'eval.validation.tasks': task '{spec.name}' is {spec.type}; "
-                              "validation scores classification tasks")
+            raise ConfigError(f"config key '{key}': task '{spec.name}' is {spec.type}; {what} classification tasks")
         for role, others in (("meta-training", cfg.tasks), ("evaluation (test)", tests)):
             for other in others:
-                if role == "meta-training" and v.split == "test" and held_back(spec, other):
+                if role == "meta-training" and held_back_ok and held_back(spec, other):
                     continue  # in-domain selection on the rows that meta-training holds back
                 why = _overlap(spec, other)
                 if why:
-                    raise ConfigError(f"config key 'eval.validation.tasks': task '{spec.name}' overlaps the {role} "
-                                      f"task '{other.name}' ({why}); validation must be on tasks the run never "
-                                      "trains or tests on" + (" (or its held-back rows: eval.validation.split=test)"
-                                                              if role == "meta-training" and v.split != "test" else ""))
+                    hint = " (or its held-back rows: eval.validation.split=test)" \
+                        if key == "eval.validation.tasks" and role == "meta-training" and not held_back_ok else ""
+                    raise ConfigError(f"config key '{key}': task '{spec.name}' overlaps the {role} task "
+                                      f"'{other.name}' ({why}); {must}{hint}")
     return specs
+
+
+def validation_specs(cfg: ExperimentConfig) -> list[TaskConfig]:
+    """The validation tasks, checked (:func:`_held_out_specs`): a choice made on a test task would make its test
+    score optimistic."""
+    v = cfg.eval.validation
+    assert v is not None
+    return _held_out_specs(cfg, v.tasks, "eval.validation.tasks", "validation scores",
+                           "validation must be on tasks the run never trains or tests on", held_back_ok=v.split == "test")
 
 
 def target_specs(cfg: ExperimentConfig) -> list[TaskConfig]:
     """``meta.weighting.rule: alignment``'s target tasks (``meta.weighting.target``, else ``eval.validation.tasks``),
-    checked by the rule validation tasks follow: classification, and disjoint from every meta-training task and every
-    task the run evaluates on. One line naming the key and the task otherwise, before any actor starts."""
+    checked by the rule validation tasks follow (:func:`_held_out_specs`), and its floor against the tasks. One line
+    naming the key and the task otherwise, before any actor starts."""
     w, key = cfg.meta.weighting, "meta.weighting.target"
     entries = w.target if w.target is not None else cfg.eval.validation.tasks if cfg.eval.validation else None
     if not entries:
         raise ConfigError(f"config key '{key}': meta.weighting.rule alignment needs target tasks: list them there, "
                           "or give eval.validation.tasks (the default target)")
-    specs = [task_from_entry(e, data_dir=cfg.data_dir) for e in entries]
-    tests = [task_from_entry(e, data_dir=cfg.data_dir) for e in [*cfg.eval.tasks, *cfg.eval.episodic_tasks]]
-    for spec in specs:
-        if spec.type != "sequence_classification":
-            raise ConfigError(f"config key '{key}': task '{spec.name}' is {spec.type}; target tasks are "
-                              "classification tasks")
-        for role, others in (("meta-training", cfg.tasks), ("evaluation (test)", tests)):
-            for other in others:
-                why = _overlap(spec, other)
-                if why:
-                    raise ConfigError(f"config key '{key}': task '{spec.name}' overlaps the {role} task "
-                                      f"'{other.name}' ({why}); target tasks must be ones the run never trains or "
-                                      "tests on")
+    specs = _held_out_specs(cfg, entries, key, "target tasks are",
+                            "target tasks must be ones the run never trains or tests on")
     n = sum(1 for t in cfg.tasks if t.weight > 0)
     if w.floor > 1.0 / n:
         raise ConfigError(f"config key 'meta.weighting.floor': {w.floor} is outside [0, 1/N] = [0, {1.0 / n:.6g}] "
