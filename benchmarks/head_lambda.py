@@ -56,7 +56,7 @@ def main() -> None:
     rows = []
     for name in a.task:
         spec = resolve_eval_task(name)
-        emb, ids = embed_task(a.init, spec, data_dir=data_dir, cache_dir=None, splits=(a.split,))
+        emb, ids, _ = embed_task(a.init, spec, data_dir=data_dir, cache_dir=None, splits=(a.split,))
         for k in shots:
             kw = dict(ways=5, shots=k, queries=15, episodes=a.episodes, seed=0)
             base = episodic_accuracy(emb, ids, **kw)["prototype"].mean

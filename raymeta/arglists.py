@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .errors import RaymetaError
 
-__all__ = ["positive_ints", "names"]
+__all__ = ["positive_ints", "shot_counts", "names"]
 
 
 def positive_ints(text: str) -> list[int]:
@@ -18,6 +18,20 @@ def positive_ints(text: str) -> list[int]:
         raise RaymetaError(f"expected comma-separated integers such as 4,8,16, got '{text}'") from None
     if not vals or min(vals) < 1:
         raise RaymetaError(f"expected positive integers, got '{text}'")
+    return vals
+
+
+def shot_counts(text: str, zero_ok: bool = False) -> list[int]:
+    """K values for ``--shots``: :func:`positive_ints`, and 0 too when ``zero_ok`` (zero-shot with a label prior);
+    a 0 without it names the flag that allows it."""
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise RaymetaError(f"expected comma-separated integers such as 4,8,16, got '{text}'") from None
+    if vals and min(vals) == 0 and not zero_ok:
+        raise RaymetaError("--shots 0 (zero-shot) needs --label-prior WEIGHT (> 0): the label names are the prototypes")
+    if not vals or min(vals) < 0:
+        raise RaymetaError(f"expected non-negative integers, got '{text}'")
     return vals
 
 

@@ -28,6 +28,7 @@ from .eval.finetune import FinetuneSettings
 from .eval.metrics import paired_ci95
 from .eval.report import kshot_label, kshot_results, percent_cell, plot_curves, plot_scores, results_table
 from .eval.setfit import SetfitSettings
+from .tasks.holdout import resolve_holdout
 from .tasks.registry import task_from_entry
 from .train.validation import BEST_JSON, validation_specs, wants_best
 
@@ -112,7 +113,8 @@ def _finished(run_cfg: ExperimentConfig) -> bool:
         old = redact(ExperimentConfig.model_validate(yaml.safe_load(saved.read_text())).model_dump(mode="json"))
     except Exception:
         return False
-    new = redact(run_cfg.model_dump(mode="json"))
+    # as the run trains it (eval.validation.holdout_classes resolved: its saved config.yaml is the resolved one)
+    new = redact(resolve_holdout(run_cfg)[0].model_dump(mode="json"))
     return all(old.get(k) == new.get(k) for k in new if k not in _NOT_TRAINING)
 
 
@@ -182,13 +184,40 @@ def _baselines(cfg: ExperimentConfig, results: dict[str, Any]) -> dict[str, list
     return out
 
 
-def _merge(kshot: dict[str, Any] | None, episodic: dict[str, Any] | None) -> dict[str, Any]:
+def _names_track(cfg: ExperimentConfig, init: str, kshot_tasks: list[Any], episodic_tasks: list[Any],
+                 settings: FinetuneSettings) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """``eval.label_prior``: the prototype classifier with the class names as support points (``prototype+names``)
+    on the K-shot classification tasks and the episodes, at K = 0 too; (None, None) without it."""
+    ev = cfg.eval
+    if ev.label_prior is None:
+        return None, None
+    prior = {"label_prior": ev.label_prior.weight, "label_template": ev.label_prior.template}
+    classified = [t for t in kshot_tasks if t.type == "sequence_classification"]
+    k = evaluate(init, classified, shots=sorted({0, *ev.shots}), n_splits=ev.splits, settings=settings, seed=cfg.seed,
+                 data_dir=cfg.data_dir, cache_dir=cfg.cache_dir, progress=False, method=["prototype"],
+                 **prior) if classified else None
+    e = evaluate_episodic(init, episodic_tasks, ways=ev.ways, shots=sorted({0, *ev.episodic_shots}), queries=ev.queries,
+                          episodes=ev.episodes, head_steps=0, seed=cfg.seed, data_dir=cfg.data_dir,
+                          cache_dir=cfg.cache_dir, methods=["prototype"], **prior) if episodic_tasks else None
+    return k, e
+
+
+def _deep_update(into: dict[str, Any], new: dict[str, Any]) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_update(into[key], value)
+        else:
+            into[key] = value
+
+
+def _merge(*parts: dict[str, Any] | None) -> dict[str, Any]:
+    """One init's results: K-shot and episodic (and the label-name track's), task by task, setting by setting."""
     merged: dict[str, Any] = {"tasks": {}}
-    for part in (kshot, episodic):  # a task can have both K-shot and episodic results
+    for part in parts:  # a task can have both K-shot and episodic results
         for name, entry in (part or {}).get("tasks", {}).items():
-            merged["tasks"].setdefault(name, {}).update(entry)
+            _deep_update(merged["tasks"].setdefault(name, {}), entry)
         if part and part.get("splits"):
-            merged["splits"] = part["splits"]
+            _deep_update(merged.setdefault("splits", {}), part["splits"])
     return merged
 
 
@@ -249,7 +278,7 @@ def run_benchmark(cfg: ExperimentConfig, out_dir: str | Path) -> dict[str, Any]:
                                   episodes=ev.episodes, head_steps=ev.head_steps, seed=cfg.seed, data_dir=cfg.data_dir,
                                   cache_dir=cfg.cache_dir, methods=ev.episodic_methods, ridge=ev.ridge,
                                   svm=ev.svm) if episodic_tasks else None
-            results[name] = _merge(k, e)
+            results[name] = _merge(k, e, *_names_track(cfg, init, kshot_tasks, episodic_tasks, settings))
             log.info("evaluated %s in %.0fs", name, time.perf_counter() - t0)
     finally:
         kept.release()

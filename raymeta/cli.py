@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from .arglists import positive_ints
+from .arglists import shot_counts
 from .errors import RaymetaError
 
 if TYPE_CHECKING:  # the commands import what they need when they run: `raymeta --help` stays fast
@@ -121,8 +121,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .config import EMBEDDING_CLASSIFIERS, EVAL_METHODS, ExperimentConfig
-    from .eval.evaluate import evaluate, evaluate_episodic, resolve_eval_task
+    from .config import EMBEDDING_CLASSIFIERS, EVAL_METHODS, ExperimentConfig, LabelPriorConfig
+    from .eval.evaluate import check_label_prior, evaluate, evaluate_episodic, resolve_eval_task
     from .eval.finetune import FinetuneSettings
     from .eval.setfit import SetfitSettings
 
@@ -156,12 +156,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     ridge = base.eval.ridge.model_copy(update={"lam": args.ridge_lambda} if args.ridge_lambda else {})
     svm = base.eval.svm.model_copy(update={k: v for k, v in (("lam", args.svm_lambda),
                                                              ("iterations", args.svm_iterations)) if v})
+    if args.label_template is not None and args.label_prior is None:
+        raise RaymetaError("--label-template goes with --label-prior WEIGHT")
+    prior = {"label_prior": args.label_prior or 0.0, "label_template": args.label_template or "{name}"}
+    if args.label_template is not None:
+        from pydantic import ValidationError
+
+        try:
+            LabelPriorConfig(template=args.label_template)  # the schema's check: {name} and no other field
+        except ValidationError as e:
+            raise RaymetaError(f"--label-template '{args.label_template}': "
+                               f"{e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+    shots = shot_counts(args.shots, zero_ok=bool(args.label_prior))
+    check_label_prior(methods, shots, prior["label_prior"])
     tasks = [resolve_eval_task(t) for t in args.task]
     if args.episodic:
-        out = evaluate_episodic(args.init, tasks, ways=args.ways, shots=positive_ints(args.shots), queries=args.queries,
+        out = evaluate_episodic(args.init, tasks, ways=args.ways, shots=shots, queries=args.queries,
                                 episodes=args.episodes, head_steps=args.head_steps, seed=args.seed,
                                 data_dir=data_dir, cache_dir=base.cache_dir, output=args.output, methods=methods,
-                                ridge=ridge, svm=svm)
+                                ridge=ridge, svm=svm, **prior)
     else:
         settings = FinetuneSettings(steps=args.steps, lr=args.lr, head_lr=args.head_lr, batch_size=args.batch_size,
                                     max_test=args.max_test or None)
@@ -169,9 +182,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                  "batch_size": args.setfit_batch_size, "body_lr": args.setfit_lr}
         # the config schema's eval.setfit defaults, where a flag is not given
         setfit = SetfitSettings(**{**base.eval.setfit.model_dump(), **{k: v for k, v in flags.items() if v is not None}})
-        out = evaluate(args.init, tasks, shots=positive_ints(args.shots), n_splits=args.splits, settings=settings,
+        out = evaluate(args.init, tasks, shots=shots, n_splits=args.splits, settings=settings,
                        seed=args.seed, data_dir=data_dir, cache_dir=base.cache_dir, output=args.output,
-                       method=methods, setfit=setfit, address=args.address, ridge=ridge, svm=svm)
+                       method=methods, setfit=setfit, address=args.address, ridge=ridge, svm=svm, **prior)
     table = format_results(out)
     sys.stderr.flush()  # the progress bar (stderr) is done: the table goes to stdout on lines of its own
     print(table, flush=True)
@@ -301,6 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--ridge-lambda", type=float, help=f"ridge: the regulariser λ (default {ev_defaults.ridge.lam:g})")
     ev.add_argument("--svm-lambda", type=float, help=f"svm: the regulariser λ = 1/C (default {ev_defaults.svm.lam:g})")
     ev.add_argument("--svm-iterations", type=int, help=f"svm: dual solver steps (default {ev_defaults.svm.iterations})")
+    ev.add_argument("--label-prior", type=float, metavar="WEIGHT",
+                    help="prototype: each class's name (the task's label_names, else the label with underscores as "
+                    "spaces, lower case) is one more support point of this weight; reported as prototype+names, the "
+                    "label-name track. With it, --shots 0 is a zero-shot classifier from the names alone")
+    ev.add_argument("--label-template", metavar="TEXT", help="with --label-prior: the text embedded for a name, e.g. "
+                    "'This is about {name}.' (default: '{name}')")
     ev.add_argument("--steps", type=int, default=ev_defaults.finetune_steps, help="fine-tuning steps per split")
     ev.add_argument("--lr", type=float, default=ev_defaults.finetune_lr, help="encoder learning rate")
     ev.add_argument("--head-lr", type=float, default=ev_defaults.head_lr, help="the new head's learning rate")

@@ -138,7 +138,8 @@ class EpisodeConfig(_Strict):
     """Support/query sizes of one episode (Vinyals et al. 2016's N-way K-shot protocol)."""
 
     ways: int | None = Field(default=5, ge=2)  # classification: None = every class
-    shots: int = Field(default=5, ge=1)  # classification: support examples per class
+    # classification: support examples per class (0, zero-shot from label names, in evaluation only)
+    shots: int = Field(default=5, ge=0)
     queries: int = Field(default=5, ge=1)  # classification: query examples per class
     support_size: int = Field(default=8, ge=1)  # other task types: examples in the support set
     query_size: int = Field(default=8, ge=1)
@@ -155,6 +156,11 @@ class TaskConfig(_Strict):
     columns: dict[str, str | list[str]] = Field(default_factory=dict)
     labels: list[str] | None = None  # None: every label seen in the train split, sorted
     include_labels: list[str] | None = None  # keep only these classes (class-disjoint meta-splits)
+    # label -> its name in words ({card_arrival: "card arrival"}), read by meta.proto.label_prior and evaluate
+    # --label-prior; or a JSON file of that mapping (``${data_dir}`` substituted; a value may be a list, [name,
+    # description, ...], as FewRel's pid2name.json: its first item). Without it each label is named by itself,
+    # underscores as spaces, lower case (raymeta.tasks.label_name). It must name every label, and only labels.
+    label_names: dict[str, str] | str | None = None
     max_length: int = Field(default=128, ge=8, le=8192)
     stride: int = Field(default=64, ge=0)  # extractive_qa: overlap between context windows
     weight: float = Field(default=1.0, ge=0.0)  # mixture weight (normalised by the trainer)
@@ -185,6 +191,25 @@ class TaskConfig(_Strict):
         # YAML gives ints for numeric labels (SST-2's 0/1); labels are compared as strings.
         if isinstance(v, list):
             return [str(x) for x in v]
+        return v
+
+    @field_validator("label_names", mode="before")
+    @classmethod
+    def _names_as_str(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {str(k): str(x) if isinstance(x, (int, float)) else x for k, x in v.items()}
+        return v
+
+    @field_validator("label_names")
+    @classmethod
+    def _names_not_blank(cls, v: dict[str, str] | str | None) -> dict[str, str] | str | None:
+        if isinstance(v, str):
+            if not v.strip():
+                raise ValueError("expected a mapping label -> name, or a JSON file of one")
+            return v
+        for k, name in (v or {}).items():
+            if not name.strip():
+                raise ValueError(f"label '{k}' has an empty name")
         return v
 
 
@@ -237,6 +262,30 @@ class FaultInjection(_Strict):
     value: Literal["nan", "inf"] = "nan"
 
 
+class LabelPriorConfig(_Strict):
+    """Each class's name, embedded by the same encoder, as one more support point of its prototype, weighted λ:
+    p_c = (Σ_{x ∈ S_c} f(x) + λ·f(name_c)) / (|S_c| + λ) (:func:`raymeta.core.base_learners.prototypes`).
+
+    A prior from label semantics, as in LaSAML (Luo et al., Findings of ACL 2021), which uses the label names
+    in ProtoNet's support set, and in SetFit-style zero-shot set-ups; with K = 0 the names alone are the
+    prototypes (a zero-shot classifier). λ = 0 gives today's prototypes bit for bit. ``template`` makes the text
+    embedded for a name (e.g. "This is about {name}.")."""
+
+    weight: float = Field(default=1.0, ge=0.0, allow_inf_nan=False)
+    template: str = "{name}"
+
+    @field_validator("template")
+    @classmethod
+    def _one_name(cls, v: str) -> str:
+        try:
+            v.format(name="x")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"must contain {{name}} and no other field ({e})") from None
+        if "{name}" not in v:
+            raise ValueError("must contain {name}")
+        return v
+
+
 class ProtoConfig(_Strict):
     """The prototype metric of ``protonet`` and of the MAML family's episode head (Proto-MAML).
 
@@ -256,6 +305,18 @@ class ProtoConfig(_Strict):
 
     distance: Literal["euclidean", "cosine"] = "euclidean"
     temperature: float = Field(default=10.0, gt=0.0)
+    # label names as prior support points of their class's prototype (LabelPriorConfig); None: today's prototypes
+    label_prior: LabelPriorConfig | None = None
+
+    @property
+    def prior_weight(self) -> float:
+        """λ of ``label_prior`` (0 without one)."""
+        return self.label_prior.weight if self.label_prior is not None else 0.0
+
+    @property
+    def prior_template(self) -> str | None:
+        """The template an episode's label names are made with (None without a prior of weight > 0: no names)."""
+        return self.label_prior.template if self.label_prior is not None and self.label_prior.weight > 0 else None
 
 
 class _Aliased(_Strict):
@@ -445,6 +506,9 @@ class EpisodicProtocol(EpisodicSizes):
     classifier: EmbeddingClassifier = "prototype"  # the episodes' classifier (eval.ridge / eval.svm: its settings)
     ridge: RidgeConfig = Field(default_factory=RidgeConfig)
     svm: SvmConfig = Field(default_factory=SvmConfig)
+    # the run's meta.proto.label_prior (λ, template): the prototype classifier's label-name prior; 0: none
+    label_prior: float = Field(default=0.0, ge=0.0)
+    label_template: str = "{name}"
     key: str = "eval.validation"
     split_key: str = "eval.validation.split"
 
@@ -470,7 +534,10 @@ class ValidationConfig(EpisodicSizes):
     validation tasks that are neither meta-trained on nor tested on (never the test tasks). The episode
     fields (ways, shots, queries, episodes, max_rows_per_class) are :class:`EpisodicSizes`, shared with ``tune``."""
 
-    tasks: list[dict[str, Any]] = Field(min_length=1)  # {use: NAME} entries or task dicts; classification
+    tasks: list[dict[str, Any]] = Field(default_factory=list)  # {use: NAME} entries or task dicts; classification
+    # Instead of tasks: hold back this seeded fraction (e.g. 0.2) of each meta-training classification task's classes;
+    # meta-training never sees them, validation scores them (raymeta.tasks.holdout; <output_dir>/holdout_classes.json)
+    holdout_classes: float | None = Field(default=None, gt=0.0, lt=1.0)
     # episodic accuracy of an embedding classifier (prototype, ridge, svm: eval.ridge / eval.svm), or K-shot fine-tuning
     method: ValidationMethod = "prototype"
     splits: int = Field(default=2, ge=1)  # finetune: seeded K-shot splits per task
@@ -532,6 +599,11 @@ class ValidationConfig(EpisodicSizes):
 
     @model_validator(mode="after")
     def _held_out_rows_are_prototype_only(self) -> "ValidationConfig":
+        if (self.holdout_classes is None) == (not self.tasks):  # explicit validation tasks: today's rules, alone
+            raise ValueError("eval.validation.tasks and eval.validation.holdout_classes exclude each other: validate "
+                             "on tasks of your own, or on held-back classes of the meta-training tasks" if self.tasks
+                             else "give validation tasks (eval.validation.tasks), or eval.validation.holdout_classes "
+                             "to validate on held-back classes of the meta-training tasks")
         if self.split == "test" and self.method == "finetune":
             raise ValueError("split: test scores held-out rows with episodes (method: prototype, ridge or svm); "
                              "finetune validation draws its K-shot splits from train")
@@ -544,9 +616,10 @@ class ValidationConfig(EpisodicSizes):
         if self.selection == "no_harm":
             for name, s in zip(self.setting_names(), self.resolved_settings()):
                 per_task = s.splits if s.method == "finetune" else s.episodes
-                if len(self.tasks) * int(per_task or 0) < 2:  # one paired value: no CI, so no step could qualify
+                n = len(self.tasks) or 1  # holdout_classes: one task or more (checked again once resolved)
+                if n * int(per_task or 0) < 2:  # one paired value: no CI, so no step could qualify
                     raise ValueError(f"select: no_harm needs a 95% CI of each setting's gain over step 0, so at "
-                                     f"least 2 paired values; setting {name} has {len(self.tasks)} task x {per_task} "
+                                     f"least 2 paired values; setting {name} has {n} task x {per_task} "
                                      f"{'splits' if s.method == 'finetune' else 'episodes'}")
         return self
 
@@ -614,6 +687,10 @@ class EvalConfig(_Strict):
     queries: int = Field(default=15, ge=1)
     episodes: int = Field(default=500, ge=1)
     head_steps: int = Field(default=50, ge=0)
+    # The label-name track (``raymeta benchmark``): besides every score above, the prototype classifier of the K-shot
+    # classification tasks and of the episodes again with each class's name as a support point of weight λ, and at
+    # K = 0 (the names alone), reported as prototype+names: apart from the no-name track, for honest comparisons.
+    label_prior: LabelPriorConfig | None = None
     validation: ValidationConfig | None = None  # meta-validation during training: picks <output_dir>/best
 
     @field_validator("methods", "episodic_methods")
@@ -736,6 +813,16 @@ class ExperimentConfig(_Strict):
             if t.name in seen:
                 raise ValueError(f"task name '{t.name}' appears twice")
             seen.add(t.name)
+        return self
+
+    @model_validator(mode="after")
+    def _zero_shot_episodes(self) -> "ExperimentConfig":
+        # K = 0 is an evaluation setting (label-name prototypes: raymeta evaluate --shots 0 --label-prior W); a
+        # meta-training episode needs a support set for every algorithm's base learner
+        for key, ep in [("meta.episode", self.meta.episode), *((f"tasks.{t.name}.episode", t.episode) for t in self.tasks)]:
+            if ep is not None and ep.shots == 0:
+                raise ValueError(f"{key}.shots is 0: meta-training episodes need a support set (K = 0, the label names "
+                                 "alone, is for evaluation: raymeta evaluate --shots 0 --label-prior W)")
         return self
 
     def task(self, name: str) -> TaskConfig:

@@ -59,11 +59,22 @@ class _Functional:
     """The model evaluated at an explicit parameter dict: encoder features, then a head."""
 
     def __init__(self, model: MetaModel, task: str, task_type: str, episode_head: bool,
-                 distance: str = "euclidean", temperature: float = 1.0):
+                 distance: str = "euclidean", temperature: float = 1.0, label_prior: float = 0.0):
         self.model, self.task, self.type = model, task, task_type
         self.episode_head = episode_head
         self.distance, self.temperature = distance, temperature  # the prototype metric (meta.proto)
+        self.label_prior = label_prior  # λ of meta.proto.label_prior (0: none)
         self.head_prefix = model.head_prefix(task)
+
+    def prototypes(self, params: Params, emb: Tensor, ep: Episode) -> Tensor:
+        """The support set's class means, with each class's name as one more point of weight λ when
+        ``meta.proto.label_prior`` is on (its embedding at the same ``params``, so the names train too)."""
+        assert ep.classes is not None
+        if self.label_prior == 0.0:
+            return prototypes(emb, ep.support["labels"], len(ep.classes))
+        if ep.names is None:
+            raise ValueError(f"task '{self.task}': meta.proto.label_prior needs the episode's label names")
+        return prototypes(emb, ep.support["labels"], len(ep.classes), self.features(params, ep.names), self.label_prior)
 
     def features(self, params: Params, batch: Batch) -> Tensor:
         enc = _split(params, "encoder.")
@@ -166,7 +177,7 @@ def _protonet(fn: _Functional, params: Params, ep: Episode, on_grad: GradReady |
     """Prototypical networks (Snell et al. 2017): query CE over distances to support means."""
     assert ep.classes is not None
     emb_s, emb_q = fn.features(params, ep.support), fn.features(params, ep.query)
-    logits = proto_logits(emb_q, prototypes(emb_s, ep.support["labels"], len(ep.classes)), fn.distance, fn.temperature)
+    logits = proto_logits(emb_q, fn.prototypes(params, emb_s, ep), fn.distance, fn.temperature)
     loss = F.cross_entropy(logits, ep.query["labels"])
     enc = [k for k in params if k.startswith("encoder.")]
     return TaskGradient(_grads(loss, params, enc, on_grad=on_grad), loss.item(), _accuracy(fn.type, logits, ep.query),
@@ -202,7 +213,7 @@ def _with_episode_head(fn: _Functional, params: Params, ep: Episode, differentia
     assert ep.classes is not None
     with torch.set_grad_enabled(differentiable):
         emb = fn.features(params, ep.support)
-        w, b = proto_head(prototypes(emb, ep.support["labels"], len(ep.classes)), fn.distance, fn.temperature)
+        w, b = proto_head(fn.prototypes(params, emb, ep), fn.distance, fn.temperature)
         if differentiable and not b.requires_grad:
             # cosine: b (zeros) has no path to θ; a leaf of its own, adapted by the inner loop like the Euclidean bias
             b.requires_grad_(True)
@@ -296,13 +307,13 @@ def algorithm_options(meta: MetaConfig) -> dict[str, Any]:
     """:func:`task_gradient`'s keyword arguments from ``meta``: one place for the task actor, the speed
     baselines and the tests' single-process references."""
     return {"inner_steps": meta.inner_steps, "inner_lr": meta.inner_lr, "distance": meta.proto.distance,
-            "temperature": meta.proto.temperature, "metaopt": meta.metaopt}
+            "temperature": meta.proto.temperature, "metaopt": meta.metaopt, "label_prior": meta.proto.prior_weight}
 
 
 def task_gradient(
     algorithm: str, model: MetaModel, task: str, task_type: str, episode: Episode, params: Params,
     *, inner_steps: int = 1, inner_lr: float = 1e-3, distance: str = "euclidean", temperature: float = 1.0,
-    metaopt: MetaOptConfig | None = None, on_grad: GradReady | None = None,
+    metaopt: MetaOptConfig | None = None, on_grad: GradReady | None = None, label_prior: float = 0.0,
 ) -> TaskGradient:
     """One task's contribution to the meta-gradient.
 
@@ -312,6 +323,8 @@ def task_gradient(
     ``distance`` and ``temperature`` (``meta.proto``) set the prototype metric of ``protonet`` and of the
     MAML family's episode head; the defaults are the original unscaled squared Euclidean distance.
     ``metaopt`` (``meta.metaopt``) sets ``metaopt``'s base learner (default: :class:`MetaOptConfig`'s).
+    ``label_prior`` λ (``meta.proto.label_prior``): each class's name (``episode.names``) is one more support point
+    of the prototypes of ``protonet`` and of the episode head (:func:`raymeta.core.base_learners.prototypes`).
     ``on_grad(name, grad)``: called with each outer gradient as soon as the last backward pass has produced it (for
     Reptile, as soon as its parameter difference is formed), while the rest is still being computed; the result's
     ``grads`` are the same with or without it.
@@ -323,8 +336,9 @@ def task_gradient(
         # ProtoNet and MetaOptNet need classes; other task types contribute their supervised loss.
         return _multitask(_Functional(model, task, task_type, episode_head=False), params, episode, on_grad)
     if algorithm == "protonet":
-        return _protonet(_Functional(model, task, task_type, True, distance, temperature), params, episode, on_grad)
+        return _protonet(_Functional(model, task, task_type, True, distance, temperature, label_prior), params, episode,
+                         on_grad)
     if algorithm == "metaopt":
         return _metaopt(_Functional(model, task, task_type, True), params, episode, metaopt or MetaOptConfig(), on_grad)
-    fn = _Functional(model, task, task_type, classification, distance, temperature)
+    fn = _Functional(model, task, task_type, classification, distance, temperature, label_prior)
     return _maml_family(algorithm, fn, params, episode, inner_steps, inner_lr, on_grad)

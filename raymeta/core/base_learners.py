@@ -28,10 +28,20 @@ __all__ = ["prototypes", "proto_logits", "ridge_weights", "svm_weights", "svm_du
            "svm_kkt_residual", "project_rows"]
 
 
-def prototypes(emb: Tensor, labels: Tensor, n_classes: int) -> Tensor:
-    """Class means of the support embeddings (Snell et al. 2017, eq. 1): the nearest-mean base learner."""
+def prototypes(emb: Tensor, labels: Tensor, n_classes: int, prior: Tensor | None = None,
+               prior_weight: float = 0.0) -> Tensor:
+    """Class means of the support embeddings (Snell et al. 2017, eq. 1): the nearest-mean base learner.
+
+    With ``prior`` (one row per class: its label name's embedding) and ``prior_weight`` λ > 0, the name is one more
+    support point of weight λ: p_c = (Σ_{i: y_i = c} e_i + λ·prior_c) / (n_c + λ) (the label-name prior,
+    ``meta.proto.label_prior``; LaSAML, Luo et al. 2021, uses label names in the support set the same way). A class
+    with no support example (K = 0) is its name. λ = 0 is exactly the plain class mean."""
     onehot = F.one_hot(labels, n_classes).to(emb.dtype)
-    return (onehot.T @ emb) / onehot.sum(0).unsqueeze(1)
+    if prior is None or prior_weight == 0.0:
+        return (onehot.T @ emb) / onehot.sum(0).unsqueeze(1)
+    if prior.shape != (n_classes, emb.shape[-1]):
+        raise ValueError(f"label prior of shape {tuple(prior.shape)}; expected ({n_classes}, {emb.shape[-1]})")
+    return (onehot.T @ emb + prior_weight * prior.to(emb.dtype)) / (onehot.sum(0) + prior_weight).unsqueeze(1)
 
 
 def proto_logits(query: Tensor, protos: Tensor, distance: str = "euclidean", temperature: float = 1.0) -> Tensor:

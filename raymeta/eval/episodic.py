@@ -25,7 +25,7 @@ from ..tasks import Task, load_task
 from ..tasks.episodes import sample_episode
 from .metrics import mean_ci95
 
-__all__ = ["EpisodicResult", "classifier_logits", "embed_task", "embed_rows", "episodic_accuracy",
+__all__ = ["EpisodicResult", "classifier_logits", "embed_label_names", "embed_task", "embed_rows", "episodic_accuracy",
            "evaluate_init_episodic", "subsample_per_class"]
 
 
@@ -50,13 +50,26 @@ class EpisodicResult:
 
 @torch.no_grad()
 def embed_task(init: str, task: TaskConfig, *, data_dir: str, cache_dir: str | None, splits: tuple[str, ...] = ("test",),
-               batch_size: int = 128, pooling: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled embeddings of every row of ``splits`` (concatenated) and their class ids."""
+               batch_size: int = 128, pooling: str | None = None,
+               label_template: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Pooled embeddings of every row of ``splits`` (concatenated), their class ids, and, with ``label_template``,
+    each class's name embedding (:func:`embed_label_names`; else None)."""
     mcfg = ModelConfig(name_or_path=init, pooling=pooling)
     tok = load_tokenizer(mcfg)
     model = MetaModel(load_encoder(mcfg), mcfg.pooling).eval()
     loaded = load_task(task, tok, data_dir, cache_dir)
-    return embed_rows(model, loaded, {s: None for s in splits}, batch_size=batch_size)
+    names = embed_label_names(model, loaded, label_template) if label_template is not None else None
+    return (*embed_rows(model, loaded, {s: None for s in splits}, batch_size=batch_size), names)
+
+
+@torch.no_grad()
+def embed_label_names(model: MetaModel, task: Task, template: str = "{name}") -> np.ndarray:
+    """One row per class id: the pooled embedding of the class's name under ``template``
+    (:meth:`raymeta.tasks.Task.label_texts`), in eval mode, as the rows are embedded: the label-name prior's
+    support points (``meta.proto.label_prior``)."""
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in task.label_batch(None, template).items()}
+    return model.embed(batch).float().cpu().numpy()
 
 
 @torch.no_grad()
@@ -122,12 +135,17 @@ def _finetune_head(
 
 def classifier_logits(method: str, support: torch.Tensor, labels: torch.Tensor, n_classes: int, query: torch.Tensor, *,
                       distance: str = "euclidean", ridge: RidgeConfig | None = None,
-                      svm: SvmConfig | None = None) -> torch.Tensor:
+                      svm: SvmConfig | None = None, prior: torch.Tensor | None = None,
+                      prior_weight: float = 0.0) -> torch.Tensor:
     """The query logits of an embedding classifier fitted to ``support``: ``prototype`` (nearest class mean under
     ``distance``), ``ridge`` or ``svm`` (``eval.ridge`` / ``eval.svm``). One definition for episodic evaluation,
-    meta-validation, ``raymeta tune``'s score and the K-shot ``--method prototype | ridge | svm``."""
+    meta-validation, ``raymeta tune``'s score and the K-shot ``--method prototype | ridge | svm``. ``prior`` (one
+    row per class, its name's embedding) with ``prior_weight`` λ > 0: the label-name prior of the prototypes
+    (:func:`raymeta.core.base_learners.prototypes`; prototype only)."""
     if method == "prototype":
-        return proto_logits(query, prototypes(support, labels, n_classes), distance)
+        return proto_logits(query, prototypes(support, labels, n_classes, prior, prior_weight), distance)
+    if prior is not None and prior_weight > 0:
+        raise ValueError(f"the label-name prior is for the prototype classifier, not {method}")
     if method == "ridge":
         return query @ ridge_weights(support, labels, n_classes, (ridge or RidgeConfig()).lam).T
     if method == "svm":
@@ -140,15 +158,24 @@ def episodic_accuracy(emb: np.ndarray, class_ids: np.ndarray, *, ways: int, shot
                       episodes: int, seed: int = 0, head_steps: int = 0, head_lr: float = 1e-2,
                       distance: str = "euclidean", temperature: float = 1.0,
                       methods: Sequence[str] = ("prototype",), ridge: RidgeConfig | None = None,
-                      svm: SvmConfig | None = None) -> dict[str, EpisodicResult]:
+                      svm: SvmConfig | None = None, names: np.ndarray | None = None,
+                      prior_weight: float = 0.0) -> dict[str, EpisodicResult]:
     """Mean query accuracy over seeded episodes of each embedding classifier in ``methods`` (no training; see
     :func:`classifier_logits`) and, with ``head_steps > 0``, of a prototype-initialised linear head fine-tuned on
     each support set (``finetuned_head``). Every classifier sees the same episodes.
 
+    ``names`` (one row per class id: :func:`embed_label_names`) and ``prior_weight`` λ > 0: the prototypes, and the
+    fine-tuned head's start, take each class's name as one more support point of weight λ (the other classifiers
+    are unchanged). ``shots = 0``: the names alone are the prototypes (zero-shot; no head is fine-tuned).
+
     ``distance`` (``meta.proto.distance``) changes which prototype is nearest; ``temperature`` cannot change
     the prototype classifier's argmax, only the fine-tuned head's starting scale (so its training)."""
+    use_prior = names is not None and prior_weight > 0
+    if shots == 0 and not use_prior:
+        raise ValueError("0-shot episodes need label names (a label prior of weight > 0)")
     cfg = EpisodeConfig(ways=ways, shots=shots, queries=queries)
     x = torch.from_numpy(emb)
+    name_x = torch.from_numpy(names) if use_prior else None
     xn = torch.nn.functional.normalize(x, dim=-1) if distance == "cosine" else x  # what the cosine head reads
     accs: dict[str, list[float]] = {m: [] for m in methods}
     head_accs = []
@@ -157,12 +184,15 @@ def episodic_accuracy(emb: np.ndarray, class_ids: np.ndarray, *, ways: int, shot
         assert classes is not None
         local = {c: j for j, c in enumerate(classes)}
         ys = torch.tensor([local[int(class_ids[i])] for i in s])
-        yq = torch.tensor([local[int(class_ids[i])] for i in q])
+        yq = torch.tensor([local[int(class_ids[i])] for i in q], dtype=torch.long)
+        ys = ys.to(torch.long)
+        prior = name_x[classes] if name_x is not None else None
         for m in methods:
-            logits = classifier_logits(m, x[s], ys, len(classes), x[q], distance=distance, ridge=ridge, svm=svm)
+            logits = classifier_logits(m, x[s], ys, len(classes), x[q], distance=distance, ridge=ridge, svm=svm,
+                                       **({"prior": prior, "prior_weight": prior_weight} if m == "prototype" else {}))
             accs[m].append(float((logits.argmax(-1) == yq).float().mean()))
-        if head_steps > 0:
-            protos = prototypes(x[s], ys, len(classes))
+        if head_steps > 0 and shots > 0:
+            protos = prototypes(x[s], ys, len(classes), prior, prior_weight)
             with torch.enable_grad():
                 w, b = _finetune_head(xn[s], ys, protos, head_steps, head_lr, distance, temperature)
             head_accs.append(float(((xn[q] @ w.T + b).argmax(-1) == yq).float().mean()))
@@ -177,10 +207,13 @@ def evaluate_init_episodic(init: str, task: TaskConfig, *, data_dir: str, cache_
                            seed: int = 0, head_steps: int = 0, splits: tuple[str, ...] = ("test",),
                            distance: str = "euclidean", temperature: float = 1.0,
                            methods: Sequence[str] = ("prototype",), ridge: RidgeConfig | None = None,
-                           svm: SvmConfig | None = None) -> dict[int, dict[str, EpisodicResult]]:
+                           svm: SvmConfig | None = None, label_prior: float = 0.0,
+                           label_template: str = "{name}") -> dict[int, dict[str, EpisodicResult]]:
     """Per K: each classifier's result in ``methods`` (and the fine-tuned head's, if ``head_steps``).
-    Episodes are drawn from the rows of ``splits`` (default: the test split)."""
-    emb, ids = embed_task(init, task, data_dir=data_dir, cache_dir=cache_dir, splits=splits)
+    Episodes are drawn from the rows of ``splits`` (default: the test split). ``label_prior`` λ > 0: the label-name
+    prior of the prototypes (``template``), and K = 0 is the names alone."""
+    emb, ids, names = embed_task(init, task, data_dir=data_dir, cache_dir=cache_dir, splits=splits,
+                                 label_template=label_template if label_prior > 0 else None)
     return {k: episodic_accuracy(emb, ids, ways=ways, shots=k, queries=queries, episodes=episodes, seed=seed,
                                  head_steps=head_steps, distance=distance, temperature=temperature, methods=methods,
-                                 ridge=ridge, svm=svm) for k in shots}
+                                 ridge=ridge, svm=svm, names=names, prior_weight=label_prior) for k in shots}

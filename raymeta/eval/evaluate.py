@@ -42,8 +42,12 @@ from .frozen import check_frozen_task, frozen_evaluate
 from .metrics import PRIMARY, mean_ci95
 from .setfit import SetfitSettings, check_setfit_task, require_setfit, setfit_and_evaluate
 
-__all__ = ["resolve_init", "resolve_eval_task", "kshot_splits", "summarise", "check_methods", "evaluate",
-           "evaluate_episodic"]
+__all__ = ["resolve_init", "resolve_eval_task", "kshot_splits", "summarise", "check_methods", "check_label_prior",
+           "evaluate", "evaluate_episodic", "NAMES_SUFFIX"]
+
+# A classifier scored with the label-name prior is reported under its own name ("prototype+names"): the label-name
+# track, kept apart from the no-name track so that comparisons with the literature stay honest.
+NAMES_SUFFIX = "+names"
 
 log = logging.getLogger("raymeta.evaluate")
 
@@ -158,16 +162,41 @@ def check_methods(tasks: Sequence[TaskConfig], method: str | Sequence[str]) -> l
     return methods
 
 
+def check_label_prior(methods: Sequence[str], shots: Sequence[int], label_prior: float) -> None:
+    """The label-name prior applies to the prototype classifier; K = 0 (no examples) needs it, and only the
+    prototype classifier can run on names alone. One-line errors, before anything is read."""
+    if label_prior < 0:
+        raise RaymetaError(f"--label-prior must be at least 0, got {label_prior}")
+    if label_prior > 0 and "prototype" not in methods:
+        raise RaymetaError("--label-prior applies to --method prototype (the names are prototype support points)")
+    if 0 in shots:
+        if label_prior <= 0:
+            raise RaymetaError("--shots 0 (zero-shot) needs --label-prior WEIGHT (> 0): the label names are the prototypes")
+        if other := [m for m in methods if m != "prototype"]:
+            raise RaymetaError(f"--shots 0 (zero-shot): --method {other[0]} needs examples; only prototype runs on "
+                               "label names alone")
+
+
+def _names_track(by_method: dict[str, Any], label_prior: float) -> dict[str, Any]:
+    """With the label prior, the prototype classifier's (and the episodic fine-tuned head's) results under
+    ``<name>+names``."""
+    if label_prior <= 0:
+        return by_method
+    return {(m + NAMES_SUFFIX if m in ("prototype", "finetuned_head") else m): v for m, v in by_method.items()}
+
+
 def evaluate(
     init: str, tasks: Sequence[TaskConfig], *, shots: Sequence[int], n_splits: int, settings: FinetuneSettings,
     seed: int = 0, data_dir: str, cache_dir: str | None, output: str | Path | None = None, pooling: str | None = None,
     num_cpus_per_run: float = 1.0, progress: bool = True, method: str | Sequence[str] = "finetune",
     setfit: SetfitSettings | None = None, address: str | None = None, ridge: RidgeConfig | None = None,
-    svm: SvmConfig | None = None,
+    svm: SvmConfig | None = None, label_prior: float = 0.0, label_template: str = "{name}",
 ) -> dict[str, Any]:
     """Score ``init`` with each of ``method`` (``finetune``, ``prototype``, ``ridge``, ``svm``, ``setfit``) on every
     (task, K, split), all on the same splits and test rows (``settings.max_test``); write ``output`` only when all
-    succeed. ``ridge`` and ``svm``: those classifiers' settings (``eval.ridge``, ``eval.svm``).
+    succeed. ``ridge`` and ``svm``: those classifiers' settings (``eval.ridge``, ``eval.svm``). ``label_prior`` λ > 0:
+    the prototype classifier takes each class's name (``label_template``) as a support point of weight λ, reported as
+    ``prototype+names`` (K = 0: the names alone).
     The runs are Ray tasks on the cluster at ``address`` (default: ``$RAY_ADDRESS``, else a local instance)."""
     import ray
 
@@ -175,6 +204,7 @@ def evaluate(
     from ..runtime import connect
 
     methods = check_methods(tasks, method)  # before any model or data is read
+    check_label_prior(methods, shots, label_prior)
     setfit = setfit or SetfitSettings()
     model_path = resolve_init(init)
     # Fail fast, before any run is launched or any file written, if the init is not a loadable model.
@@ -215,9 +245,10 @@ def evaluate(
                 run = ray.remote(num_cpus=num_cpus_per_run)(frozen_evaluate)
                 for spec in tasks:
                     mine = [j for j, p in enumerate(plan) if p[0].name == spec.name]
+                    prior = {"label_prior": label_prior, "label_template": label_template} if m == "prototype" else {}
                     refs.append(run.remote(model_path, spec.model_dump_json(), [plan[j][3] for j in mine],
                                            max_test=settings.max_test, eval_batch=settings.eval_batch, method=m,
-                                           ridge=ridge, svm=svm, **common))
+                                           ridge=ridge, svm=svm, **prior, **common))
                     covers.append((m, mine))
         desc = f"{'+'.join(methods)} {Path(model_path).name}"
         results = _gather(refs, progress, desc=desc)
@@ -228,6 +259,8 @@ def evaluate(
                            "settings": settings.__dict__, "tasks": {}, "splits": splits}
     if "setfit" in methods:
         out["setfit_settings"] = setfit.__dict__
+    if label_prior > 0:
+        out["label_prior"] = {"weight": label_prior, "template": label_template}
     for spec in tasks:
         entry = out["tasks"].setdefault(spec.name, {"type": spec.type, "metric": PRIMARY[spec.type]})
         for m in methods:  # finetune under "shots" (as ever), the others under "methods"; K in the order of ``shots``
@@ -245,6 +278,8 @@ def evaluate(
         for by_k in [entry.get("shots", {}), *entry.get("methods", {}).values()]:
             for res in by_k.values():
                 res.update({"metric": entry["metric"], **summarise(res["all"][entry["metric"]])})
+        if "methods" in entry:
+            entry["methods"] = _names_track(entry["methods"], label_prior)
     if output is not None:
         write_json_atomic(output, out)
     return out
@@ -279,13 +314,17 @@ def evaluate_episodic(
     init: str, tasks: Sequence[TaskConfig], *, ways: int, shots: Sequence[int], queries: int, episodes: int,
     head_steps: int, seed: int = 0, data_dir: str, cache_dir: str | None, output: str | Path | None = None,
     methods: Sequence[str] = ("prototype",), ridge: RidgeConfig | None = None, svm: SvmConfig | None = None,
+    label_prior: float = 0.0, label_template: str = "{name}",
 ) -> dict[str, Any]:
     """N-way K-shot episodes on each task's classes: each embedding classifier of ``methods`` (prototype, ridge,
-    svm) and, with ``head_steps``, the fine-tuned head, on the same episodes; 95% CIs."""
+    svm) and, with ``head_steps``, the fine-tuned head, on the same episodes; 95% CIs. ``label_prior`` λ > 0: the
+    prototypes and the head's start take the class names as support points (``prototype+names``,
+    ``finetuned_head+names``; K = 0: the names alone)."""
     from .episodic import evaluate_init_episodic
 
     if episodes < 1:
         raise RaymetaError("--episodes must be at least 1")
+    check_label_prior(methods, shots, label_prior)
     model_path = resolve_init(init)
     out: dict[str, Any] = {"init": init, "model_path": model_path, "seed": seed, "tasks": {}}
     for spec in tasks:
@@ -293,9 +332,13 @@ def evaluate_episodic(
             raise DataError(spec.name, f"episodic evaluation needs classes; the task is {spec.type}")
         by_k = evaluate_init_episodic(model_path, spec, data_dir=data_dir, cache_dir=cache_dir, ways=ways,
                                       shots=tuple(shots), queries=queries, episodes=episodes, seed=seed,
-                                      head_steps=head_steps, methods=methods, ridge=ridge, svm=svm)
+                                      head_steps=head_steps, methods=methods, ridge=ridge, svm=svm,
+                                      label_prior=label_prior, label_template=label_template)
         out["tasks"][spec.name] = {"type": spec.type, "metric": "accuracy", "episodic": {
-            f"{ways}-way {k}-shot": {name: r.as_dict() for name, r in res.items()} for k, res in by_k.items()}}
+            f"{ways}-way {k}-shot": _names_track({name: r.as_dict() for name, r in res.items()}, label_prior)
+            for k, res in by_k.items()}}
+    if label_prior > 0:
+        out["label_prior"] = {"weight": label_prior, "template": label_template}
     if output is not None:
         write_json_atomic(output, out)
     return out

@@ -27,7 +27,7 @@ from ..config import EpisodicProtocol, ExperimentConfig
 from ..core.model import MetaModel
 from ..errors import DataError
 from ..tasks import Task
-from .episodic import EpisodicResult, embed_rows, episodic_accuracy, subsample_per_class
+from .episodic import EpisodicResult, embed_label_names, embed_rows, episodic_accuracy, subsample_per_class
 
 __all__ = ["EpisodicProtocol", "check_class_counts", "choose_rows", "embed_for_scoring", "protocol", "score_embedded",
            "score_episodes", "setting_protocols"]
@@ -49,11 +49,14 @@ def protocol(cfg: ExperimentConfig, section: Literal["validation", "tune"]) -> E
     else:
         raise ValueError(f"protocol: unknown section '{section}' (validation or tune)")
     method = cfg.tune.method if section == "tune" else cfg.eval.validation.method  # type: ignore[union-attr]
+    prior = cfg.meta.proto.label_prior
     return EpisodicProtocol(ways=s.ways, shots=s.shots, queries=s.queries, episodes=s.episodes,
                             max_rows_per_class=s.max_rows_per_class, split=split, seed=cfg.seed,
                             distance=cfg.meta.proto.distance, temperature=cfg.meta.proto.temperature,
                             classifier="prototype" if method == "finetune" else method,
-                            ridge=cfg.eval.ridge, svm=cfg.eval.svm, key=key, split_key=split_key)
+                            ridge=cfg.eval.ridge, svm=cfg.eval.svm, key=key, split_key=split_key,
+                            label_prior=cfg.meta.proto.prior_weight,
+                            label_template=prior.template if prior is not None else "{name}")
 
 
 def setting_protocols(cfg: ExperimentConfig) -> list[EpisodicProtocol | None]:
@@ -98,23 +101,27 @@ def score_episodes(model: MetaModel, task: Task, rows: dict[str, list[int]], p: 
     """The query accuracy of ``p.classifier`` over ``p.episodes`` seeded episodes of ``rows``, on ``model``'s
     pooled embeddings in eval mode (no dropout: a score must not depend on the random state), per episode in
     ``.values``. The model's train/eval mode is restored."""
-    return score_embedded(*embed_for_scoring(model, task, rows), p)
+    return score_embedded(*embed_for_scoring(model, task, rows, p), p)
 
 
-def embed_for_scoring(model: MetaModel, task: Task, rows: dict[str, list[int]]) -> tuple[np.ndarray, np.ndarray]:
+def embed_for_scoring(model: MetaModel, task: Task, rows: dict[str, list[int]],
+                      p: EpisodicProtocol | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """``model``'s pooled embeddings of ``rows`` in eval mode (no dropout: a score must not depend on the random
-    state), and their class ids; the model's train/eval mode is restored. Settings over the same rows share them."""
+    state), their class ids, and, when ``p`` has a label prior, the class names' embeddings (else None); the model's
+    train/eval mode is restored. Settings over the same rows share them (the run's label prior is theirs too)."""
     was_training = model.training
     model.eval()
     try:
-        return embed_rows(model, task, rows)
+        names = embed_label_names(model, task, p.label_template) if p is not None and p.label_prior > 0 else None
+        return (*embed_rows(model, task, rows), names)
     finally:
         model.train(was_training)
 
 
-def score_embedded(emb: np.ndarray, ids: np.ndarray, p: EpisodicProtocol) -> EpisodicResult:
-    """The query accuracy of ``p.classifier`` over ``p.episodes`` seeded episodes of embedded rows."""
+def score_embedded(emb: np.ndarray, ids: np.ndarray, names: np.ndarray | None, p: EpisodicProtocol) -> EpisodicResult:
+    """The query accuracy of ``p.classifier`` over ``p.episodes`` seeded episodes of embedded rows (with the label
+    prior of ``p`` on the class names' embeddings ``names``)."""
     res = episodic_accuracy(emb, ids, ways=p.ways, shots=p.shots, queries=p.queries, episodes=p.episodes, seed=p.seed,
                             distance=p.distance, temperature=p.temperature, methods=(p.classifier,), ridge=p.ridge,
-                            svm=p.svm)
+                            svm=p.svm, names=names, prior_weight=p.label_prior if p.classifier == "prototype" else 0.0)
     return res[p.classifier]

@@ -78,7 +78,8 @@ def run_reference(cfg: ExperimentConfig, steps: int, threads: int) -> dict[str, 
             t0 = time.perf_counter()
             meta_grad.zero_()
             for spec, task in zip(cfg.tasks, tasks):
-                episode = task.episode(cfg.meta.episode, cfg.seed, step, stream=spec.name)
+                episode = task.episode(cfg.meta.episode, cfg.seed, step, stream=spec.name,
+                                       label_template=cfg.meta.proto.prior_template)
                 torch.manual_seed(step_seed(cfg.seed, spec.name, step))
                 r = task_gradient(cfg.meta.algorithm, model, spec.name, spec.type, episode, {**shared, **heads[spec.name]},
                                   **algorithm_options(cfg.meta))

@@ -34,6 +34,8 @@ class Episode:
     query_rows: list[int]
     classes: list[int] | None = None
     meta: dict[str, int] = field(default_factory=dict)
+    # the classes' tokenised names, row j naming local label j (meta.proto.label_prior); None without a prior
+    names: dict[str, torch.Tensor] | None = None
 
 
 def episode_rng(seed: int, task: str, step: int) -> np.random.Generator:

@@ -22,7 +22,7 @@ from .. import storage
 from ..config import SourceConfig, TaskConfig
 from ..errors import DataError
 
-__all__ = ["load_raw", "resolve_path", "SPLITS"]
+__all__ = ["load_raw", "read_label_names", "resolve_path", "SPLITS"]
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
@@ -71,6 +71,29 @@ def _existing_file(written: str, src: SourceConfig, data_dir: str, task: str) ->
     if "${data_dir}" in written:
         msg += "; set data_dir= or RAYMETA_DATA_DIR if it lives elsewhere"
     raise DataError(task, msg, file=str(path))
+
+
+def read_label_names(task: TaskConfig, data_dir: str) -> dict[str, str] | None:
+    """``task.label_names`` as a mapping label -> name: as written, or read from the JSON file it names (resolved as
+    ``source.files`` are); a list value ([name, description, ...], FewRel's pid2name.json) gives its first item. A file
+    that is missing, not JSON, or not such a mapping is a one-line :class:`DataError` naming it."""
+    names = task.label_names
+    if names is None or isinstance(names, dict):
+        return names
+    path = _existing_file(names, task.source, data_dir, task.name)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(task.name, f"label_names: not a JSON file ({e})", file=str(path)) from None
+    if not isinstance(data, dict):
+        raise DataError(task.name, "label_names: expected a JSON object label -> name", file=str(path))
+    out: dict[str, str] = {}
+    for label, value in data.items():
+        name = value[0] if isinstance(value, list) and value else value
+        if not isinstance(name, str) or not name.strip():
+            raise DataError(task.name, f"label_names: label '{label}' has no name (got {value!r})", file=str(path))
+        out[str(label)] = name
+    return out
 
 
 # --------------------------------------------------------------------------- custom formats

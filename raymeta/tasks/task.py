@@ -24,10 +24,10 @@ from .episodes import Episode, sample_episode
 from .multiple_choice import MultipleChoice
 from .qa import ExtractiveQA
 from .smlmt import apply_mask_token, check_words, word_weights
-from .sources import load_raw
+from .sources import load_raw, read_label_names
 from .token_classification import TokenClassification
 
-__all__ = ["Task", "load_task", "check_tasks", "PROCESSORS"]
+__all__ = ["Task", "load_task", "check_tasks", "label_name", "PROCESSORS"]
 
 log = logging.getLogger(__name__)
 FEATURES_VERSION = 1  # bump when tokenisation changes, to invalidate cached features
@@ -53,6 +53,7 @@ class Task:
     _class_ids: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _words_checked: set[tuple[Any, ...]] = field(default_factory=set, repr=False)  # SMLMT: once per split and N, K, Q
     _class_weights: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # SMLMT: sampling: log_frequency
+    names: dict[str, str] | None = None  # label_names, read (a file's mapping) and checked
 
     @property
     def name(self) -> str:
@@ -69,6 +70,21 @@ class Task:
             return len(self.labels)
         return 2 if self.config.type == "extractive_qa" else 1
 
+    def label_texts(self, template: str = "{name}") -> list[str]:
+        """Per class id, the text embedded for its name under ``template`` (:func:`label_name`;
+        ``meta.proto.label_prior``)."""
+        if self.labels is None or self.config.type != "sequence_classification":
+            raise DataError(self.name, f"label names need a sequence_classification task; the task is {self.config.type}")
+        return [template.format(name=label_name(lab, self.names)) for lab in self.labels]
+
+    def label_batch(self, class_ids: list[int] | None = None, template: str = "{name}") -> dict[str, Any]:
+        """The tokenised label texts of ``class_ids`` (default: every class), in that order: what the encoder embeds
+        for the label-name prior."""
+        texts = self.label_texts(template)
+        chosen = [texts[c] for c in class_ids] if class_ids is not None else texts
+        return dict(self.tokenizer(chosen, truncation=True, max_length=self.config.max_length, padding=True,
+                                   return_tensors="pt"))
+
     def class_ids(self, split: str) -> np.ndarray | None:
         col = self.processor.class_column
         if col is None:
@@ -83,9 +99,12 @@ class Task:
         cols = self.features[split][list(rows)]
         return self.processor.collate([dict(zip(cols, vals)) for vals in zip(*cols.values())], self.tokenizer)
 
-    def episode(self, cfg: EpisodeConfig, seed: int, step: int, split: str = "train", stream: str | None = None) -> Episode:
+    def episode(self, cfg: EpisodeConfig, seed: int, step: int, split: str = "train", stream: str | None = None,
+                label_template: str | None = None) -> Episode:
         """The deterministic episode of ``(seed, task, step)``; labels are episode-local.
-        ``stream`` (default: the task name) gives a replica of the task its own episodes."""
+        ``stream`` (default: the task name) gives a replica of the task its own episodes. ``label_template``: the
+        episode also carries its classes' tokenised names (:meth:`label_batch`, in episode-local order) for
+        ``meta.proto.label_prior``."""
         cfg = self.config.episode or cfg
         checked = (split, cfg.ways, cfg.shots, cfg.queries)
         if self.config.source.kind == "smlmt" and checked not in self._words_checked:
@@ -108,7 +127,30 @@ class Task:
             lut[torch.tensor(classes)] = torch.arange(len(classes))
             for b in (support, query):
                 b["labels"] = lut[b["labels"]]
-        return Episode(self.name, step, support, query, s_rows, q_rows, classes)
+        names = self.label_batch(classes, label_template) if label_template is not None and classes is not None else None
+        return Episode(self.name, step, support, query, s_rows, q_rows, classes, names=names)
+
+
+def label_name(label: str, names: dict[str, str] | None = None) -> str:
+    """A class's name in words: ``names[label]`` (the task's ``label_names``), else the label itself with light
+    normalisation (underscores as spaces, lower case: ``card_arrival`` -> "card arrival", ``POLITICS`` -> "politics")."""
+    if names and label in names:
+        return names[label]
+    return " ".join(label.replace("_", " ").split()).lower()
+
+
+def _check_label_names(task: TaskConfig, names: dict[str, str], labels: list[str], source_labels: set[str]) -> None:
+    """``label_names`` names every label of the task and, written inline, only labels of its source (a class that
+    ``include_labels`` leaves out may keep its name: one mapping serves every class-disjoint split of a data set). A
+    JSON file is a vocabulary the labels are looked up in (FewRel's pid2name.json names 744 Wikidata properties):
+    only a label it misses is an error."""
+    missing = [lab for lab in labels if lab not in names]
+    if missing:
+        raise DataError(task.name, f"label_names misses label '{missing[0]}'"
+                        + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    unknown = sorted(set(names) - set(labels) - source_labels) if isinstance(task.label_names, dict) else []
+    if unknown:
+        raise DataError(task.name, f"label_names names label '{unknown[0]}', which the task does not have")
 
 
 def _fingerprint(task: TaskConfig, tok: PreTrainedTokenizerBase, raw: dict[str, datasets.Dataset]) -> str:
@@ -119,7 +161,7 @@ def _fingerprint(task: TaskConfig, tok: PreTrainedTokenizerBase, raw: dict[str, 
         stats.append([f, p.stat().st_size, p.stat().st_mtime_ns] if p.is_file() else [f])
     key = {
         "v": FEATURES_VERSION,
-        "task": task.model_dump(mode="json", exclude={"weight", "episode", "description"}),
+        "task": task.model_dump(mode="json", exclude={"weight", "episode", "description", "label_names"}),
         "tokenizer": [type(tok).__name__, str(tok.name_or_path), len(tok), tok.padding_side],
         "files": stats,
         "rows": {k: len(v) for k, v in raw.items()},
@@ -156,16 +198,20 @@ def _tokenize_cached(
 
 def _checked_rows(
     task: TaskConfig, data_dir: str, cache_dir: str | None, tokenizer: PreTrainedTokenizerBase | None,
-) -> tuple[dict[str, datasets.Dataset], list[str] | None]:
-    """A task's raw rows, columns mapped, classes filtered, every row checked; and its label set.
-    Without a tokenizer (:func:`check_tasks`), SMLMT rows keep their neutral mask."""
+) -> tuple[dict[str, datasets.Dataset], list[str] | None, dict[str, str] | None]:
+    """A task's raw rows, columns mapped, classes filtered, every row checked; its label set; and its label names
+    (``label_names``, read and checked; None without). Without a tokenizer (:func:`check_tasks`), SMLMT rows keep
+    their neutral mask."""
     proc = PROCESSORS[task.type]
     raw = load_raw(task, data_dir, cache_dir)
     if task.source.kind == "smlmt" and tokenizer is not None:  # the cached rows hold a neutral mask: this
         raw = apply_mask_token(raw, tokenizer, task)  # tokenizer's own mask token goes in
     for split, ds in raw.items():
         require_columns(ds, task, proc.required, split)
+    source_labels: set[str] = set()
     if task.include_labels is not None:
+        if task.label_names is not None:  # the names may cover the classes include_labels leaves out
+            source_labels = {str(v) for ds in raw.values() for v in columns(ds, "label")["label"]}
         keep = set(task.include_labels)
         raw = {s: ds.filter(lambda b: [str(x) in keep for x in b["label"]], batched=True) for s, ds in raw.items()}
     for split, ds in raw.items():
@@ -174,7 +220,12 @@ def _checked_rows(
     labels = task.labels or task.include_labels or proc.infer_labels(raw["train"], task)
     for ds in raw.values():
         proc.check_rows(ds, task, labels)
-    return raw, labels
+    names = read_label_names(task, data_dir)
+    if names is not None:
+        if labels is None or task.type != "sequence_classification":
+            raise DataError(task.name, f"label_names needs a sequence_classification task; the task is {task.type}")
+        _check_label_names(task, names, labels, source_labels)
+    return raw, labels, names
 
 
 def check_tasks(tasks: list[TaskConfig], data_dir: str, cache_dir: str | None = None) -> None:
@@ -188,7 +239,7 @@ def check_tasks(tasks: list[TaskConfig], data_dir: str, cache_dir: str | None = 
         key = task.model_dump_json(exclude={"weight", "episode", "description"})
         if key not in seen:
             seen.add(key)
-            _checked_rows(task, data_dir, cache_dir, None)
+            _checked_rows(task, data_dir, cache_dir, None)  # rows, labels and label names
 
 
 def load_task(
@@ -197,7 +248,7 @@ def load_task(
     """Read, map columns, filter classes, check the rows, tokenise (cached) a task."""
     datasets.disable_progress_bars() if not log.isEnabledFor(logging.DEBUG) else None
     proc = PROCESSORS[task.type]
-    raw, labels = _checked_rows(task, data_dir, cache_dir, tokenizer)
+    raw, labels, names = _checked_rows(task, data_dir, cache_dir, tokenizer)
     features, counts = _tokenize_cached(task, tokenizer, proc, raw, labels, cache_dir)
     for split, c in counts.items():
         if c.get("dropped"):
@@ -208,4 +259,4 @@ def load_task(
                      task.name, split, c["truncated"], task.max_length)
         if len(features[split]) == 0:
             raise DataError(task.name, f"split '{split}' is empty after tokenisation (max_length={task.max_length})")
-    return Task(task, tokenizer, labels, raw, features, counts)
+    return Task(task, tokenizer, labels, raw, features, counts, names=names)

@@ -195,9 +195,8 @@ class TaskActor:
         :func:`~raymeta.core.algorithms.task_gradient` (the overlapped all-reduce's hook)."""
         t_in = time.perf_counter()
         meta = self.cfg.meta
-        episode = self.task.episode(meta.episode, self.cfg.seed, step, stream=self.key)
-        episode.support = {k: v.to(self.device) for k, v in episode.support.items()}
-        episode.query = {k: v.to(self.device) for k, v in episode.query.items()}
+        episode = self._on_device(self.task.episode(meta.episode, self.cfg.seed, step, stream=self.key,
+                                                    label_template=meta.proto.prior_template))
         torch.manual_seed(step_seed(self.cfg.seed, self.key, step))
         params = {**self.model.shared_named_parameters(), **self.head}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
@@ -239,9 +238,8 @@ class TaskActor:
         losses = []
         params = {**self.model.shared_named_parameters(), **self.head}
         for k in shots:
-            episode = self.task.episode(meta.episode.model_copy(update={"shots": k}), self.cfg.seed, step, stream=stream)
-            episode.support = {n: v.to(self.device) for n, v in episode.support.items()}
-            episode.query = {n: v.to(self.device) for n, v in episode.query.items()}
+            episode = self._on_device(self.task.episode(meta.episode.model_copy(update={"shots": k}), self.cfg.seed, step,
+                                                        stream=stream, label_template=meta.proto.prior_template))
             torch.manual_seed(step_seed(self.cfg.seed, f"{stream}:{k}", step))
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 result = task_gradient(algorithm, self.model, self.task.name, self.task.config.type, episode, params,
@@ -250,6 +248,13 @@ class TaskActor:
             losses.append(float(result.loss))
         return {"task": self.key, "grad": grad.cpu().numpy(), "loss": float(np.mean(losses)),
                 "compute_s": time.perf_counter() - t0}
+
+    def _on_device(self, episode: Any) -> Any:
+        episode.support = {k: v.to(self.device) for k, v in episode.support.items()}
+        episode.query = {k: v.to(self.device) for k, v in episode.query.items()}
+        if episode.names is not None:
+            episode.names = {k: v.to(self.device) for k, v in episode.names.items()}
+        return episode
 
     def _head_step(self, grads: dict[str, torch.Tensor]) -> None:
         for k, p in self.head.items():
@@ -353,7 +358,7 @@ class TaskActor:
         out: list[dict[str, list[float]]] = [{} for _ in ps]
         for js in specs_json:
             spec = TaskConfig.model_validate_json(js)
-            embedded: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # rows -> their embeddings, in this call
+            embedded: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}  # rows -> embeddings, this call
             for p, res in zip(ps, out):
                 key = f"{spec.name}|{p.model_dump_json()}"  # rows per (task, setting)
                 if key not in self._validation:
@@ -363,7 +368,7 @@ class TaskActor:
                 task, rows = self._validation[key]
                 seen = repr(rows)
                 if seen not in embedded:
-                    embedded[seen] = embed_for_scoring(self.model, task, rows)
+                    embedded[seen] = embed_for_scoring(self.model, task, rows, p)
                 res[spec.name] = score_embedded(*embedded[seen], p).values
         return out[0] if protocols_json is None else out
 

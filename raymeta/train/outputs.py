@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .. import storage
 from ..core.checkpoint import latest_checkpoint, pull_latest_checkpoint, push_checkpoint
+from ..tasks.holdout import HOLDOUT_JSON
 
 __all__ = ["RunOutputs", "RUN_OUTPUTS", "check_writable", "held_outputs", "remove_outputs"]
 
@@ -30,7 +31,7 @@ log = logging.getLogger("raymeta.train")
 
 # What a run writes into its output_dir; a directory holding any of them holds a run.
 RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "tensorboard", "checkpoints", "final", "best", ".validation",
-               "task_affinity.png", "task_affinity.npy", "task_weights.png")
+               "task_affinity.png", "task_affinity.npy", "task_weights.png", HOLDOUT_JSON)
 _NOT_MIRRORED = ("checkpoints", ".validation")  # checkpoints go one by one, manifest last; .validation is scratch
 
 

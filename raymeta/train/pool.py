@@ -31,6 +31,7 @@ from ..runtime import (
     request_of,
     unplaced,
 )
+from ..tasks.holdout import holdout_reason
 from .actor import TaskActor, replica_key
 
 __all__ = ["ActorPool", "actor_keys", "target_count"]
@@ -57,7 +58,10 @@ def target_count(cfg: ExperimentConfig) -> int:
     w = cfg.meta.weighting
     if w.rule != "alignment":
         return 0
-    return len(w.target if w.target is not None else cfg.eval.validation.tasks if cfg.eval.validation else [])
+    v = cfg.eval.validation
+    if w.target is None and v is not None and v.holdout_classes is not None:  # one held-out task per task taking part
+        return sum(1 for t in cfg.tasks if holdout_reason(t) is None)
+    return len(w.target if w.target is not None else v.tasks if v else [])
 
 
 class ActorPool:

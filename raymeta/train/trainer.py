@@ -16,6 +16,7 @@ actors load it.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 from pathlib import Path
@@ -29,12 +30,14 @@ from ..config import ExperimentConfig, save_config
 from ..core.checkpoint import export_model, load_checkpoint, load_encoder_weights, save_checkpoint
 from ..core.combine import normalise_weights
 from ..core.costmodel import A100, default_reduce
+from ..core.jsonio import write_json_atomic
 from ..core.model import load_encoder, load_tokenizer
 from ..core.optim import optimizer_from_tensors, optimizer_tensors, outer_optimizer
 from ..core.trainable import frozen_fingerprint, layout_signature, trainable_summary
 from ..core.weighting import AlignmentWeights
 from ..errors import ConfigError, RaymetaError
 from ..runtime import connect
+from ..tasks.holdout import HOLDOUT_JSON, check_same_holdout, resolve_holdout
 from .actor import bind_flat, replica_key
 from .outputs import RUN_OUTPUTS, RunOutputs, held_outputs, remove_outputs
 from .pool import ActorPool, actor_keys
@@ -86,6 +89,9 @@ class MetaTrainer:
         stay alive and in ``self.actors`` for the caller to reuse or end (a Ray Tune trial hands them to the next
         trial of its process), also when a hook ends the run with ``SystemExit``; on an error they are ended."""
         _check_config(cfg)
+        # eval.validation.holdout_classes: the tasks restricted to their kept classes, the held ones as validation
+        # tasks (raymeta.tasks.holdout); this resolved config is the run's (and config.yaml), the choice is saved apart
+        cfg, self.holdout = resolve_holdout(cfg)
         self.cfg, self.resume, self.resume_from = cfg, resume, resume_from
         self.hooks, self.config_lr = list(hooks), config_lr
         # output_dir, or a local staging directory mirrored to it when it is a storage URI (s3://...)
@@ -219,6 +225,8 @@ class MetaTrainer:
                 "leave out --resume to start from step 0"
             raise RaymetaError(f"--resume: no complete checkpoint to resume from under output_dir {self.outputs} "
                                f"({how})")
+        if self.holdout is not None and ckpt is not None and (self.out / HOLDOUT_JSON).is_file():
+            check_same_holdout(json.loads((self.out / HOLDOUT_JSON).read_text()), self.holdout)  # the same split
         self.prepare(resume_point=ckpt)  # config mistakes that need no Ray fail before Ray starts
         started = connect(self.cfg.resources.address)
         self.local = started  # our own fixed-size instance: infeasible requests fail at once
@@ -226,6 +234,8 @@ class MetaTrainer:
         try:
             self._start_and_restore(ckpt)
             save_config(self.cfg, self.out)
+            if self.holdout is not None:  # which classes meta-training never saw: validation's (eval.validation)
+                write_json_atomic(self.out / HOLDOUT_JSON, self.holdout)
             self.tracker = Tracker(self.out, list(self.actor_weights), start_step=self.step)
             with contextlib.closing(self.tracker):
                 yield

@@ -60,6 +60,7 @@ from ..errors import ConfigError, DataError
 from ..eval.metrics import mean_ci95
 from ..eval.scoring import check_class_counts, setting_protocols
 from ..runtime import get
+from ..tasks.holdout import resolve_holdout
 from ..tasks.registry import task_from_entry
 
 __all__ = ["target_specs", "BEST_JSON", "STEP0_JSON", "Validator", "ValidationState", "check_validation_rows", "combine_settings",
@@ -77,7 +78,7 @@ def wants_best(cfg: ExperimentConfig) -> bool:
     """Whether the run exports ``best``; asking for it without validation tasks is a config error."""
     if cfg.checkpoint.best and cfg.eval.validation is None:
         raise ConfigError("config key 'checkpoint.best': choosing the best step needs validation tasks "
-                          "(eval.validation.tasks)")
+                          "(eval.validation.tasks, or eval.validation.holdout_classes)")
     return cfg.eval.validation is not None and cfg.checkpoint.best is not False
 
 
@@ -135,7 +136,9 @@ def _held_out_specs(cfg: ExperimentConfig, entries: list[dict[str, Any]], key: s
 
 def validation_specs(cfg: ExperimentConfig) -> list[TaskConfig]:
     """The validation tasks, checked (:func:`_held_out_specs`): a choice made on a test task would make its test
-    score optimistic."""
+    score optimistic. With ``eval.validation.holdout_classes``, the held-out tasks that :func:`~raymeta.tasks.holdout.
+    resolve_holdout` carves out of the meta-training tasks (checked against the tasks as the run trains them)."""
+    cfg = resolve_holdout(cfg)[0]
     v = cfg.eval.validation
     assert v is not None
     return _held_out_specs(cfg, v.tasks, "eval.validation.tasks", "validation scores",

@@ -8,6 +8,11 @@ the trial checkpoints, scores prototype accuracy of seeded N-way K-shot episodes
 **meta-validation** tasks, and calls ``tune.report`` with the checkpoint, so ASHA (Li et al. 2020)
 can stop it and PBT (Jaderberg et al. 2017) can clone and perturb it. Meta-test tasks are never
 seen here: :mod:`raymeta.tune.report` scores them once, after the search.
+
+A trial's score comes from ``tune.validation_tasks``, not ``eval.validation``, so
+``eval.validation.holdout_classes`` does not change what Tune ranks trials by. A config that sets it still gets it in
+every trial, where it belongs: the trial's trainer resolves it (:mod:`raymeta.tasks.holdout`), meta-trains on the
+kept classes and picks the trial's own ``best`` on the held ones.
 """
 
 from __future__ import annotations

@@ -116,9 +116,13 @@ def tiny_config(tmp_path, data_dir, **meta) -> dict:
 
 def algorithm_meta(name: str) -> dict:
     """``meta`` keys for a test case's algorithm name: an algorithm, or ``metaopt-svm`` (MetaOptNet's SVM head, with a
-    learned per-task scale: a head parameter that moves on the actors)."""
+    learned per-task scale: a head parameter that moves on the actors), or ``<algorithm>-prior`` (with
+    meta.proto.label_prior: the class names as weighted support points)."""
     if name == "metaopt-svm":
         return {"algorithm": "metaopt", "metaopt": {"head": "svm", "iterations": 10, "learn_scale": True}}
+    if name.endswith("-prior"):
+        return {"algorithm": name.removesuffix("-prior"),
+                "proto": {"label_prior": {"weight": 2.0, "template": "about {name}"}}}
     return {"algorithm": name}
 
 

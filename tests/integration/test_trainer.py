@@ -36,7 +36,8 @@ def reference_meta_gradient(cfg: ExperimentConfig, shared: dict[str, torch.Tenso
             with torch.no_grad():
                 for name, p in model.shared_named_parameters().items():
                     p.copy_(shared[name])
-            episode = task.episode(cfg.meta.episode, cfg.seed, step, stream=stream)
+            episode = task.episode(cfg.meta.episode, cfg.seed, step, stream=stream,
+                                   label_template=cfg.meta.proto.prior_template)
             torch.manual_seed(step_seed(cfg.seed, stream, step))
             params = {**model.shared_named_parameters(), **model.head_named_parameters(spec.name)}
             r = task_gradient(cfg.meta.algorithm, model, spec.name, spec.type, episode, params,
@@ -61,7 +62,8 @@ def reference_meta_gradient(cfg: ExperimentConfig, shared: dict[str, torch.Tenso
     return sum(w * g for w, g in zip(weights, grads))
 
 
-CASES = [(a, "mean", 1) for a in ALGORITHMS] + [("metaopt-svm", "mean", 1), ("fomaml", "pcgrad", 1), ("fomaml", "mean", 2)]
+CASES = [(a, "mean", 1) for a in ALGORITHMS] + [("metaopt-svm", "mean", 1), ("fomaml", "pcgrad", 1), ("fomaml", "mean", 2),
+                                                ("protonet-prior", "mean", 1), ("maml-prior", "mean", 1)]
 
 
 @pytest.mark.parametrize("algorithm, combine, replicas", CASES, ids=[f"{a}-{c}-x{r}" for a, c, r in CASES])

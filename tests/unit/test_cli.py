@@ -58,6 +58,14 @@ def test_tasks_show_prints_labels_lengths_and_episode(raymeta):
          "--method prototype,lasso: expected one or more of finetune, prototype, ridge, svm, setfit"),
         (("evaluate", "--init", "x", "--task", "bbc_news", "--method", "ridge,finetune", "--episodic"),
          "--method finetune scores K-shot splits; --episodic scores N-way K-shot episodes with prototype, ridge, svm"),
+        (("evaluate", "--init", "x", "--task", "bbc_news", "--method", "prototype", "--shots", "0,4"),
+         "--shots 0 (zero-shot) needs --label-prior WEIGHT (> 0): the label names are the prototypes"),
+        (("evaluate", "--init", "x", "--task", "bbc_news", "--shots", "0", "--label-prior", "1"),
+         "--label-prior applies to --method prototype"),
+        (("evaluate", "--init", "x", "--task", "bbc_news", "--method", "prototype,ridge", "--shots", "0",
+          "--label-prior", "1"), "--shots 0 (zero-shot): --method ridge needs examples"),
+        (("evaluate", "--init", "x", "--task", "bbc_news", "--method", "prototype", "--label-prior", "1",
+          "--label-template", "about"), "--label-template 'about': must contain {name}"),
     ],
 )
 def test_user_errors_are_one_line_without_traceback(args, expect, raymeta):
