@@ -183,9 +183,8 @@ def episodic_accuracy(emb: np.ndarray, class_ids: np.ndarray, *, ways: int, shot
         s, q, classes = sample_episode(len(class_ids), class_ids, cfg, seed, "episodic-eval", e)
         assert classes is not None
         local = {c: j for j, c in enumerate(classes)}
-        ys = torch.tensor([local[int(class_ids[i])] for i in s])
+        ys = torch.tensor([local[int(class_ids[i])] for i in s], dtype=torch.long)  # long even when empty (K = 0)
         yq = torch.tensor([local[int(class_ids[i])] for i in q], dtype=torch.long)
-        ys = ys.to(torch.long)
         prior = name_x[classes] if name_x is not None else None
         for m in methods:
             logits = classifier_logits(m, x[s], ys, len(classes), x[q], distance=distance, ridge=ridge, svm=svm,

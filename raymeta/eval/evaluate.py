@@ -118,7 +118,10 @@ def resolve_eval_task(spec: str) -> TaskConfig:
 
 
 def kshot_splits(task: Task, k: int, n_splits: int, seed: int) -> list[list[int]]:
-    """Seeded K-shot training sets: K rows per class (classification) or K rows (others)."""
+    """Seeded K-shot training sets: K rows per class (classification) or K rows (others). K = 0 (zero-shot, label
+    names alone) is one empty set: there is nothing to draw, so repeating it would fake a spread of zero."""
+    if k == 0:
+        return [[]]
     out = []
     class_ids = task.class_ids("train")
     n = len(task.features["train"])

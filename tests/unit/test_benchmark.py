@@ -74,3 +74,27 @@ def test_a_variant_that_sets_the_algorithm_is_one_run_and_compare_to_pairs_with_
     assert Path(runs["svm"].output_dir) == tmp_path / "runs" / "svm"
     results = {k: {} for k in ["pretrained", *runs]}
     assert _baselines(cfg, results)["base/protonet"] == ["pretrained", "base/multitask", "svm"]
+
+
+def test_the_label_name_track_merges_beside_the_no_name_scores_and_pairs_with_itself():
+    from raymeta.benchmark import _merge, gains
+
+    def one(proto, names):
+        kshot = {"tasks": {"t": {"shots": {"8": {"values": [0.5, 0.6]}},
+                                 "methods": {"prototype": {"8": {"values": proto}}}}}, "splits": {"t": {"8": [[1], [2]]}}}
+        episodic = {"tasks": {"h": {"episodic": {"5-way 1-shot": {"prototype": {"values": proto}}}}}}
+        k_names = {"tasks": {"t": {"methods": {"prototype+names": {"0": {"values": names}, "8": {"values": names}}}}},
+                   "splits": {"t": {"0": [[], []], "8": [[1], [2]]}}}
+        e_names = {"tasks": {"h": {"episodic": {"5-way 0-shot": {"prototype+names": {"values": names}},
+                                                "5-way 1-shot": {"prototype+names": {"values": names}}}}}}
+        return _merge(kshot, episodic, k_names, e_names)
+
+    plain, init = one([0.4, 0.5], [0.6, 0.7]), one([0.5, 0.5], [0.8, 0.7])
+    t = plain["tasks"]["t"]
+    assert set(t["methods"]) == {"prototype", "prototype+names"} and t["shots"]["8"]["values"] == [0.5, 0.6]
+    assert set(plain["tasks"]["h"]["episodic"]["5-way 1-shot"]) == {"prototype", "prototype+names"}
+    assert plain["splits"]["t"] == {"0": [[], []], "8": [[1], [2]]}
+    g = gains({"pretrained": plain, "init": init}, "pretrained")["init"]
+    assert g["h"]["5-way 1-shot prototype+names"]["mean"] == pytest.approx(0.1)
+    assert g["h"]["5-way 0-shot prototype+names"]["mean"] == pytest.approx(0.1)
+    assert g["h"]["5-way 1-shot prototype"]["mean"] == pytest.approx(0.05)

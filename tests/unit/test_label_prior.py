@@ -102,6 +102,10 @@ def test_label_names_normalised_mapped_and_read_from_a_file(data, tokenizer, tmp
     assert from_file.label_texts() == ["trips", "songs", "games"]
     batch = from_file.label_batch([2, 0])
     assert tokenizer.decode(batch["input_ids"][0], skip_special_tokens=True) == "games"
+    from raymeta.eval.evaluate import kshot_splits
+
+    assert kshot_splits(task, 0, 5, seed=0) == [[]]  # zero-shot: one classifier, no spread to fake
+    assert len(kshot_splits(task, 2, 5, seed=0)) == 5
 
 
 @pytest.mark.parametrize("names, expect", [
