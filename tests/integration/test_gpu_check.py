@@ -45,6 +45,7 @@ def test_without_cuda_and_without_smoke_it_fails_in_one_line(tmp_path):
     assert "Traceback" not in proc.stderr and not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow  # the smoke run (about 35 s) is one subprocess shared by these five
 def test_device_step(smoke):
     r, md, stdout = smoke
     assert r["schema"] == 1 and r["mode"] == "cpu-smoke" and r["status"] == "ok" and r["problems"] == []
@@ -54,6 +55,7 @@ def test_device_step(smoke):
     assert "no CUDA; CPU smoke mode" in stdout
 
 
+@pytest.mark.slow  # the smoke run (about 35 s) is one subprocess shared by these five
 def test_gpu_tests_step_runs_and_its_cuda_cases_skip(smoke):
     t = smoke[0]["tests"]
     assert t["status"].startswith("passed"), t
@@ -63,6 +65,7 @@ def test_gpu_tests_step_runs_and_its_cuda_cases_skip(smoke):
     assert t["skip_reasons"] == ["no CUDA device on this machine"]
 
 
+@pytest.mark.slow  # the smoke run (about 35 s) is one subprocess shared by these five
 def test_compute_rows_for_every_algorithm_and_precision(smoke):
     c = smoke[0]["compute"]
     assert c["import_mode"] == "normal"
@@ -90,6 +93,7 @@ def test_compute_rows_for_every_algorithm_and_precision(smoke):
     assert flops[("multitask", "fp32")] == flops[("multitask", "bf16")]  # the same ops, counted the same
 
 
+@pytest.mark.slow  # the smoke run (about 35 s) is one subprocess shared by these five
 def test_meta_step_breakdown_and_collective_skipped(smoke):
     m = smoke[0]["meta_step"]
     assert m["status"] == "ran" and m["tasks"] == 2 and m["model"] == "tiny"
@@ -103,6 +107,7 @@ def test_meta_step_breakdown_and_collective_skipped(smoke):
     assert m["table"].startswith("| model | N | trainable | algorithm | reduce | step ms | compute ms")
 
 
+@pytest.mark.slow  # the smoke run (about 35 s) is one subprocess shared by these five
 def test_markdown_summary(smoke):
     r, md, _ = smoke
     assert md.startswith("# GPU check (cpu-smoke)")

@@ -189,6 +189,8 @@ def test_killed_task_actors_recover_to_the_parameters_of_an_uninterrupted_run(un
     assert [s for s, _ in shown["loss/ner"]] == list(range(STEPS))
 
 
+# the seeded fault campaign (tests/fault_campaign.py, also slow) kills at these points too, in both reduce forms
+@pytest.mark.slow
 def test_killed_task_actor_in_a_collective_group_recovers(uninterrupted, ray_local, mixed_data, tmp_path, monkeypatch,
                                                           caplog):
     """reduce: collective. Killed after the checkpoint at step 3, so step 3 finds it: the survivor's all-reduce
@@ -210,6 +212,8 @@ def test_killed_task_actor_in_a_collective_group_recovers(uninterrupted, ray_loc
     assert [r["step"] for r in records(data["output_dir"])] == list(range(STEPS))
 
 
+# the seeded fault campaign (tests/fault_campaign.py, also slow) kills at these points too, in both reduce forms
+@pytest.mark.slow
 def test_actor_killed_during_a_validation_and_again_during_its_rerun_after_the_recovery(ray_local, mixed_data, val_file,
                                                                                        tmp_path, monkeypatch, caplog):
     """Meta-validation asks the task actors too. One lost there is recovered from like one lost in a step,
@@ -294,6 +298,8 @@ def wait_until(predicate, timeout: float, what: str, cli: CliForks, proc: Starte
         time.sleep(0.01)
 
 
+# the seeded fault campaign (tests/fault_campaign.py, also slow) kills at these points too, in both reduce forms
+@pytest.mark.slow
 def test_driver_sigkilled_then_resume_reaches_the_same_parameters(uninterrupted, ray_head, cli, mixed_data, tmp_path):
     data = run_config(tmp_path, mixed_data)
     config = write_yaml(tmp_path / "exp.yaml", data)

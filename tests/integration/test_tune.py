@@ -115,6 +115,7 @@ def _kill_a_task_actor_after_a_report(storage: Path, killed: list[int]) -> None:
         killed.append(a["Pid"])
 
 
+@pytest.mark.slow  # 50 s: the tier CI runs after make test (make test-slow)
 def test_search_retries_a_trial_whose_actor_dies_and_resumes_after_ctrl_c(ray_local, tune_data, cli, tmp_path):
     """`raymeta tune`, a process of its own that joins this test's Ray instance (`--address`), as on a cluster.
     Two faults in the first of two trials: its task actor is SIGKILLed once it has reported a checkpoint (Tune
