@@ -122,7 +122,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .config import EMBEDDING_CLASSIFIERS, EVAL_METHODS, ExperimentConfig, LabelPriorConfig
-    from .eval.evaluate import check_label_prior, evaluate, evaluate_episodic, resolve_eval_task
+    from .eval.evaluate import evaluate, evaluate_episodic, resolve_eval_task
     from .eval.finetune import FinetuneSettings
     from .eval.setfit import SetfitSettings
 
@@ -167,8 +167,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         except ValidationError as e:
             raise RaymetaError(f"--label-template '{args.label_template}': "
                                f"{e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
-    shots = shot_counts(args.shots, zero_ok=bool(args.label_prior))
-    check_label_prior(methods, shots, prior["label_prior"])
+    shots = shot_counts(args.shots, zero_ok=bool(args.label_prior))  # evaluate*() check the rest (check_label_prior)
     tasks = [resolve_eval_task(t) for t in args.task]
     if args.episodic:
         out = evaluate_episodic(args.init, tasks, ways=args.ways, shots=shots, queries=args.queries,

@@ -50,10 +50,10 @@ def frozen_evaluate(
     """Score ``init`` with ``method``'s classifier fitted to each K-shot training set in ``splits`` (train-split row
     indices, K per class; K = 0: empty, with a label prior); one metrics dict (accuracy, macro-F1) per split, in
     order. ``label_prior`` λ > 0 (prototype only): the class names as prior support points (``label_template``)."""
-    check_frozen_task(TaskConfig.model_validate_json(task_json), method)
+    spec = TaskConfig.model_validate_json(task_json)
+    check_frozen_task(spec, method)
     if label_prior > 0 and method != "prototype":
-        raise DataError(TaskConfig.model_validate_json(task_json).name, f"the label prior is for --method prototype, "
-                        f"not {method}")
+        raise DataError(spec.name, f"the label prior is for --method prototype, not {method}")
     mcfg, task = run_setup(init, task_json, pooling=pooling, threads=threads, data_dir=data_dir, cache_dir=cache_dir,
                            task=task)
     model = MetaModel(load_encoder(mcfg), mcfg.pooling).eval()

@@ -70,20 +70,19 @@ class Task:
             return len(self.labels)
         return 2 if self.config.type == "extractive_qa" else 1
 
-    def label_texts(self, template: str = "{name}") -> list[str]:
-        """Per class id, the text embedded for its name under ``template`` (:func:`label_name`;
-        ``meta.proto.label_prior``)."""
+    def label_texts(self, template: str = "{name}", class_ids: list[int] | None = None) -> list[str]:
+        """Per class id of ``class_ids`` (default: every class), the text embedded for its name under ``template``
+        (:func:`label_name`; ``meta.proto.label_prior``)."""
         if self.labels is None or self.config.type != "sequence_classification":
             raise DataError(self.name, f"label names need a sequence_classification task; the task is {self.config.type}")
-        return [template.format(name=label_name(lab, self.names)) for lab in self.labels]
+        ids = range(len(self.labels)) if class_ids is None else class_ids
+        return [template.format(name=label_name(self.labels[c], self.names)) for c in ids]
 
     def label_batch(self, class_ids: list[int] | None = None, template: str = "{name}") -> dict[str, Any]:
         """The tokenised label texts of ``class_ids`` (default: every class), in that order: what the encoder embeds
-        for the label-name prior."""
-        texts = self.label_texts(template)
-        chosen = [texts[c] for c in class_ids] if class_ids is not None else texts
-        return dict(self.tokenizer(chosen, truncation=True, max_length=self.config.max_length, padding=True,
-                                   return_tensors="pt"))
+        for the label-name prior (an episode's: its few classes only, formatted and tokenised per episode)."""
+        return dict(self.tokenizer(self.label_texts(template, class_ids), truncation=True,
+                                   max_length=self.config.max_length, padding=True, return_tensors="pt"))
 
     def class_ids(self, split: str) -> np.ndarray | None:
         col = self.processor.class_column
@@ -210,7 +209,7 @@ def _checked_rows(
         require_columns(ds, task, proc.required, split)
     source_labels: set[str] = set()
     if task.include_labels is not None:
-        if task.label_names is not None:  # the names may cover the classes include_labels leaves out
+        if isinstance(task.label_names, dict):  # an inline mapping may name the classes include_labels leaves out
             source_labels = {str(v) for ds in raw.values() for v in columns(ds, "label")["label"]}
         keep = set(task.include_labels)
         raw = {s: ds.filter(lambda b: [str(x) in keep for x in b["label"]], batched=True) for s, ds in raw.items()}
