@@ -738,6 +738,9 @@ class TuneSpaceConfig(_Strict):
     temperature: tuple[float, float] | None = None  # meta.proto.temperature, log-uniform
     trainable: list[Literal["full", "lora", "top_layers"]] | None = Field(default=None, min_length=1)  # model.trainable
     lora_r: tuple[int, int] | None = None  # model.lora.r, log-uniform integers (with trainable: lora)
+    # meta.episode.ways, a categorical choice: Snell et al. (2017) trained prototypical networks with more ways than
+    # the test; a user's task has as many classes as it has (RESULTS.md §15.5)
+    ways: list[int] | None = Field(default=None, min_length=1)
     # meta.weighting.rule alignment: its step size η (meta.weighting.lr, log-uniform) and floor ε (meta.weighting.floor,
     # as a fraction of 1/N, uniform: [0, 1] spans every legal floor); search these instead of the mixture (weights: false)
     weighting_lr: tuple[float, float] | None = None
@@ -745,6 +748,8 @@ class TuneSpaceConfig(_Strict):
 
     @model_validator(mode="after")
     def _ordered(self) -> "TuneSpaceConfig":
+        if self.ways is not None and min(self.ways) < 2:
+            raise ValueError(f"ways: an episode needs at least 2 classes, got {self.ways}")
         if self.weighting_floor is not None and not 0 <= self.weighting_floor[0] <= self.weighting_floor[1] <= 1:
             raise ValueError(f"weighting_floor: a fraction of 1/N in [0, 1], got {list(self.weighting_floor)}")
         for key in ("log_weight_range", "lr", "inner_lr", "inner_steps", "temperature", "lora_r", "weighting_lr"):

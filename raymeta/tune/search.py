@@ -9,10 +9,13 @@ the trial checkpoints, scores prototype accuracy of seeded N-way K-shot episodes
 can stop it and PBT (Jaderberg et al. 2017) can clone and perturb it. Meta-test tasks are never
 seen here: :mod:`raymeta.tune.report` scores them once, after the search.
 
-A trial's score comes from ``tune.validation_tasks``, not ``eval.validation``, so
-``eval.validation.holdout_classes`` does not change what Tune ranks trials by. A config that sets it still gets it in
-every trial, where it belongs: the trial's trainer resolves it (:mod:`raymeta.tasks.holdout`), meta-trains on the
-kept classes and picks the trial's own ``best`` on the held ones.
+A trial's score comes from ``tune.validation_tasks``. Without them, ``eval.validation.holdout_classes`` gives them
+(:func:`tune_holdout`): the classes it holds back of each meta-training task, resolved once before the first trial,
+so every trial meta-trains on the same kept classes and is ranked on the same held ones, which no trial trains on;
+the choice is saved as ``holdout_classes.json`` beside ``best_config.yaml`` (the resolved config: it reloads as the
+same run). This is the in-domain search of a user who has only their training tasks. With explicit
+``tune.validation_tasks`` as well, those rank the trials, and each trial's trainer resolves ``holdout_classes`` for
+its own ``best`` (:mod:`raymeta.tasks.holdout`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from .. import storage
 from ..config import ExperimentConfig
 from ..core.jsonio import write_json_atomic
 from ..errors import ConfigError, RaymetaError
+from ..tasks.holdout import HOLDOUT_JSON, resolve_holdout, task_labels
 from ..train.outputs import RunOutputs
 from ..train.pool import ActorPool, target_count
 from ..train.record import StepRecord
@@ -38,7 +42,8 @@ from ..train.validation import held_back
 from .scoring import METRIC, FewShotScorer, task_specs, validation_scorer
 from .space import WEIGHT_PREFIX, search_space
 
-__all__ = ["FewShotScorer", "run_tune", "check_tune_config", "experiment_path", "METRIC"]  # (the scorer and METRIC: re-exported)
+# (the scorer and METRIC: re-exported)
+__all__ = ["FewShotScorer", "run_tune", "check_tune_config", "experiment_path", "tune_holdout", "METRIC"]
 
 log = logging.getLogger("raymeta.tune")
 
@@ -153,11 +158,49 @@ def _trial_resources(cfg: ExperimentConfig, local: bool) -> Any:
     return tune.PlacementGroupFactory(bundles, strategy="PACK")
 
 
+def tune_holdout(cfg: ExperimentConfig) -> tuple[ExperimentConfig, dict[str, Any] | None]:
+    """``cfg`` as every trial trains with it, and the classes held back (None: ``cfg`` itself, unchanged).
+
+    Without ``tune.validation_tasks``, ``eval.validation.holdout_classes`` resolves here, once
+    (:func:`raymeta.tasks.holdout.resolve_holdout`; its one-line errors, before Ray starts), and its held-out tasks
+    become the trials' validation tasks. A searched ``tune.space.ways`` is checked against the kept classes: the
+    widest episode must fit every meta-training task it applies to."""
+    v = cfg.eval.validation
+    if cfg.tune.validation_tasks or v is None or v.holdout_classes is None:
+        return cfg, None
+    widest = max(cfg.tune.space.ways or [0])
+    probe = cfg
+    if widest > (cfg.meta.episode.ways or 2):  # resolve_holdout checks the kept classes against meta.episode.ways
+        probe = cfg.model_copy(deep=True)
+        probe.meta.episode.ways = widest
+    try:
+        resolved, record = resolve_holdout(probe)
+    except ConfigError as e:
+        raise ConfigError(str(e).replace("(meta.episode.ways)", "(the widest of tune.space.ways)") if probe is not cfg
+                          else str(e)) from None
+    resolved.meta.episode.ways = cfg.meta.episode.ways
+    resolved.tune.validation_tasks = [dict(t) for t in resolved.eval.validation.tasks]
+    resolved.tune.validation_split = "all"  # every row of a held class: no trial reads any
+    return resolved, record
+
+
+def _check_ways(cfg: ExperimentConfig) -> None:
+    """The widest searched episode against each meta-training classification task's classes (one line)."""
+    widest = max(cfg.tune.space.ways or [0])
+    for spec in cfg.tasks:
+        if widest and spec.episode is None and spec.type == "sequence_classification" and spec.source.kind != "smlmt":
+            n = len(task_labels(spec, cfg.data_dir, cfg.cache_dir))
+            if n < widest:
+                raise ConfigError(f"config key 'tune.space.ways': {widest}-way episodes, but task '{spec.name}' has "
+                                  f"{n} classes")
+
+
 def check_tune_config(cfg: ExperimentConfig) -> None:
     """The tune section against the rest of the config (which tasks score, which train): one line, before any trial."""
     t = cfg.tune
     if not t.validation_tasks:
-        raise ConfigError("config key 'tune.validation_tasks': give the meta-validation tasks that score each trial")
+        raise ConfigError("config key 'tune.validation_tasks': give the meta-validation tasks that score each trial "
+                          "(or eval.validation.holdout_classes: the classes it holds back score them)")
     train = {x.name: x for x in cfg.tasks}
     val_specs = task_specs(cfg, t.validation_tasks)
     val = {s.name for s in val_specs}
@@ -172,6 +215,7 @@ def check_tune_config(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"config key 'tune.test_tasks': task '{sorted(val & test)[0]}' is also a meta-validation task")
     if t.eval_every > cfg.meta.steps:
         raise ConfigError(f"config key 'tune.eval_every': {t.eval_every} > meta.steps ({cfg.meta.steps}): no trial would report")
+    _check_ways(cfg)
     if t.scheduler == "pbt" and t.search == "optuna":
         log.info("tune.scheduler=pbt: trials are sampled at random (PBT does its own search by perturbation)")
 
@@ -242,6 +286,7 @@ def run_tune(cfg: ExperimentConfig, *, num_samples: int | None = None, resume: b
     from ..runtime import connect
     from .report import finish
 
+    cfg, holdout = tune_holdout(cfg)
     check_tune_config(cfg)
     # Tune runs each trial in its own directory unless told not to (Ray propagates this variable to trials).
     # A relative path in the config (data_dir, task files) means the directory `raymeta tune` started in, as it
@@ -271,6 +316,8 @@ def run_tune(cfg: ExperimentConfig, *, num_samples: int | None = None, resume: b
             expected = num_samples or cfg.tune.num_samples
             tuner = _tuner(cfg, trainable, sizes, expected)
             write_json_atomic(plan, {"num_samples": expected, "experiment": path})
+            if holdout is not None:  # which classes ranked the trials, which none trained on
+                write_json_atomic(outputs.local / HOLDOUT_JSON, holdout)
             outputs.mirror()
         grid = tuner.fit()
         # Ctrl-C makes Tune save the experiment and return early; that is an interruption, not a result.

@@ -1,5 +1,5 @@
 """What ``raymeta tune`` searches: mixture weights on the simplex, learning rates, inner steps, algorithm,
-ProtoNet's temperature, and what trains (``model.trainable``, LoRA rank).
+ProtoNet's temperature, the episodes' ways, and what trains (``model.trainable``, LoRA rank).
 
 Pure functions over the config; only :func:`search_space` imports Ray, for ``ray.tune``'s sampling primitives
 (``uniform``, ``loguniform``, ``choice``...), inside the function, so the rest runs and tests without Ray.
@@ -64,6 +64,8 @@ def _defaults(cfg: ExperimentConfig) -> dict[str, Any]:
         point["trainable"] = cfg.model.trainable if cfg.model.trainable in s.trainable else s.trainable[0]
     if s.lora_r is not None:
         point["lora_r"] = min(max(cfg.model.lora.r, s.lora_r[0]), s.lora_r[1])
+    if s.ways:
+        point["ways"] = cfg.meta.episode.ways if cfg.meta.episode.ways in s.ways else s.ways[0]
     if s.weighting_lr is not None:
         point["weighting_lr"] = min(max(cfg.meta.weighting.lr, s.weighting_lr[0]), s.weighting_lr[1])
     if s.weighting_floor is not None:
@@ -100,6 +102,8 @@ def search_space(cfg: ExperimentConfig, sizes: dict[str, int]) -> tuple[dict[str
         space["trainable"] = tune.choice(list(s.trainable))
     if s.lora_r is not None:  # ranks span powers of two: 2, 4, ..., 64 equally likely per octave
         space["lora_r"] = tune.lograndint(s.lora_r[0], s.lora_r[1] + 1)
+    if s.ways:
+        space["ways"] = tune.choice(sorted(set(s.ways)))
     if (s.weighting_lr is not None or s.weighting_floor is not None) and cfg.meta.weighting.rule != "alignment":
         raise ConfigError("config key 'tune.space.weighting_lr': searching the learned weights' settings needs "
                           "meta.weighting.rule: alignment")
@@ -136,6 +140,8 @@ def apply_params(cfg: ExperimentConfig, params: dict[str, Any]) -> ExperimentCon
         data["model"]["trainable"] = str(params["trainable"])
     if "lora_r" in params:
         data["model"]["lora"]["r"] = int(params["lora_r"])
+    if "ways" in params:
+        data["meta"]["episode"]["ways"] = int(params["ways"])
     if "weighting_lr" in params:
         data["meta"]["weighting"]["lr"] = float(params["weighting_lr"])
     if "weighting_floor" in params:  # a fraction of 1/N: every value of [0, 1] is a legal floor

@@ -197,3 +197,27 @@ def test_a_trial_that_can_never_fit_is_an_error_not_a_pending_trial(ray_local, t
         _trial_resources(cfg, local=True)
     pgf = _trial_resources(load_config(data=tune_config(tmp_path, tune_data)), local=True)
     assert pgf.bundles == [{"CPU": 0.25}, {"CPU": 0.25}, {"CPU": 0.25}]
+
+
+@pytest.mark.slow  # two tiny trials: about a minute on 2 CPUs
+def test_a_search_ranked_on_held_out_classes_never_trains_on_them(ray_local, tune_data, tmp_path):
+    """No tune.validation_tasks: eval.validation.holdout_classes gives them, split once for every trial, with the
+    episodes' ways searched."""
+    data = one_task(tune_config(tmp_path, tune_data, num_samples=2, validation_tasks=[], test_tasks=[], ways=2))
+    data["tune"]["space"]["ways"] = [2]
+    data["meta"]["episode"] = {"ways": 2, "shots": 2, "queries": 2}
+    data.setdefault("eval", {})["validation"] = {"holdout_classes": 0.5, "ways": 2, "shots": 1, "queries": 2, "episodes": 5,
+                                                 "every_steps": 1000}
+    cfg = load_config(data=data)
+    summary = run_tune(cfg)
+    out = Path(cfg.output_dir)
+    split = json.loads((out / "holdout_classes.json").read_text())["tasks"]["big"]
+    assert len(split["held"]) == 2 and not set(split["held"]) & set(split["kept"])
+    assert all(t["error"] is None and t["reports"] for t in summary["trials"])
+    best = load_config(out / "best_config.yaml")  # the resolved config: the same split, the held classes validate
+    assert best.task("big").include_labels == split["kept"] and best.eval.validation.holdout_classes is None
+    assert [t["include_labels"] for t in best.tune.validation_tasks] == [split["held"]]
+    for t in summary["trials"]:  # every trial was ranked on the held-out task, and meta-trained on the kept classes
+        trial_dir = next(Path(cfg.tune.storage_path).rglob(t["trial"]))
+        assert "val/big_holdout" in (trial_dir / "result.json").read_text()
+        assert load_config(trial_dir / "run" / "config.yaml").task("big").include_labels == split["kept"]

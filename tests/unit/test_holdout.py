@@ -243,3 +243,39 @@ def test_raymeta_train_with_too_large_a_fraction_is_one_line_before_ray(cli, tmp
     assert lines == ["raymeta: error: config key 'eval.validation.holdout_classes': task 'bbc_news' has 5 classes, and "
                      "holding back 0.9 of them leaves 0 to meta-train on, fewer than its 3 ways (meta.episode.ways)"]
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+# -- raymeta tune on the held-out classes ---------------------------------------------------------------------------
+
+
+def tune_cfg(tmp_path: Path, ways: list[int] | None = None, **tune):
+    cfg = config(tmp_path, tune={"space": {"weights": False, "lr": [1e-5, 1e-4], "ways": ways}, **tune})
+    return cfg
+
+
+def test_tune_ranks_trials_on_the_held_out_classes(tmp_path):
+    from raymeta.tune.search import check_tune_config, tune_holdout
+
+    cfg = tune_cfg(tmp_path, ways=[2, 3, 7])
+    resolved, record = tune_holdout(cfg)
+    direct, same = resolve_holdout(cfg)
+    assert record == same and resolved.tasks == direct.tasks  # the trainer's split, resolved once for every trial
+    assert resolved.tune.validation_tasks == direct.eval.validation.tasks and resolved.tune.validation_split == "all"
+    assert resolved.meta.episode.ways == 3  # the config's own; the trials' ways are searched
+    check_tune_config(resolved)  # held-out tasks are class-disjoint from meta-training: accepted
+    # explicit tune.validation_tasks rank the trials: nothing resolves here (each trial's trainer does)
+    explicit = tune_cfg(tmp_path, ways=[2], validation_tasks=[task(csv(tmp_path, name="v.csv"), name="val")])
+    assert tune_holdout(explicit) == (explicit, None)
+
+
+def test_tune_ways_wider_than_the_kept_classes_is_one_line(tmp_path):
+    from raymeta.tune.search import check_tune_config, tune_holdout
+
+    with pytest.raises(ConfigError, match=r"task 'mine' has 10 classes.*leaves 7 to meta-train on, fewer than its 8 "
+                                          r"ways \(the widest of tune\.space\.ways\)"):
+        tune_holdout(tune_cfg(tmp_path, ways=[2, 8]))
+    explicit = tune_cfg(tmp_path, ways=[11], validation_tasks=[task(csv(tmp_path, name="v.csv"), name="val")])
+    with pytest.raises(ConfigError, match=r"tune\.space\.ways': 11-way episodes, but task 'mine' has 10 classes"):
+        check_tune_config(explicit)
+    with pytest.raises(ConfigError, match="at least 2 classes"):
+        tune_cfg(tmp_path, ways=[1, 5])

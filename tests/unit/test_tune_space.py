@@ -111,3 +111,13 @@ def test_the_learned_weights_settings_are_searched_instead_of_the_mixture():
     assert (got.meta.weighting.lr, got.meta.weighting.floor) == (3.0, 0.25)  # half of 1/N, N = 2
     with pytest.raises(ConfigError, match=r"weighting_floor: a fraction of 1/N in \[0, 1\]"):
         _cfg(weighting_floor=[0.0, 2.0])
+
+
+def test_ways_is_a_categorical_choice_applied_to_the_episodes():
+    cfg = _cfg(lr=None, ways=[10, 5, 5, 20])
+    space, points = search_space(cfg, {"a": 100, "b": 10})
+    assert sorted(space["ways"].categories) == [5, 10, 20]
+    assert all(p["ways"] == 5 for p in points)  # the config's own meta.episode.ways (5) seeds the heuristics
+    _, points = search_space(_cfg(lr=None, ways=[10, 20]), {"a": 100, "b": 10})
+    assert all(p["ways"] == 10 for p in points)  # not among the choices: the first one
+    assert apply_params(cfg, {"ways": 20}).meta.episode.ways == 20
