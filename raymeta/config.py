@@ -739,7 +739,7 @@ class TuneSpaceConfig(_Strict):
     trainable: list[Literal["full", "lora", "top_layers"]] | None = Field(default=None, min_length=1)  # model.trainable
     lora_r: tuple[int, int] | None = None  # model.lora.r, log-uniform integers (with trainable: lora)
     # meta.episode.ways, a categorical choice: Snell et al. (2017) trained prototypical networks with more ways than
-    # the test; a user's task has as many classes as it has (RESULTS.md §15.5)
+    # the test; a user's task has as many classes as it has (RESULTS.md §15.4, §15.5)
     ways: list[int] | None = Field(default=None, min_length=1)
     # meta.weighting.rule alignment: its step size η (meta.weighting.lr, log-uniform) and floor ε (meta.weighting.floor,
     # as a fraction of 1/N, uniform: [0, 1] spans every legal floor); search these instead of the mixture (weights: false)
