@@ -249,8 +249,7 @@ def test_raymeta_train_with_too_large_a_fraction_is_one_line_before_ray(cli, tmp
 
 
 def tune_cfg(tmp_path: Path, ways: list[int] | None = None, **tune):
-    cfg = config(tmp_path, tune={"space": {"weights": False, "lr": [1e-5, 1e-4], "ways": ways}, **tune})
-    return cfg
+    return config(tmp_path, tune={"space": {"weights": False, "lr": [1e-5, 1e-4], "ways": ways}, **tune})
 
 
 def test_tune_ranks_trials_on_the_held_out_classes(tmp_path):
