@@ -60,7 +60,7 @@ install-offline:
 gpu-check:  # under 8 minutes on one GPU; `$(NODE_PY) benchmarks/gpu_check.py --cpu-smoke --out DIR` without one
 	$(NODE_PY) benchmarks/gpu_check.py --out runs/gpu_check
 
-# The air-gapped node in one carried folder (README "GPU"; benchmarks/RESULTS.md §8): `make gpu-bundle` here writes
+# The air-gapped node in one carried folder (README "GPU"; benchmarks/results/gpu.md): `make gpu-bundle` here writes
 # .gpu/ (≤ 40 MiB: what the node's image lacks, Ray slimmed), then `bash .gpu/run.sh` on the node writes to $$OUT.
 # `make gpu-bundle-check` plays the node: a cached Python 3.12 venv of the image's packages only
 # (benchmarks/gpu_node_image.txt), network off, runs .gpu/run.sh --cpu-smoke from a copy of the bundle alone.

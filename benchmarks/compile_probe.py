@@ -22,9 +22,10 @@ import torch  # noqa: E402
 
 from raymeta.core.algorithms import task_gradient  # noqa: E402
 from raymeta.core.model import load_tokenizer  # noqa: E402
+from raymeta.core.seeds import step_seed  # noqa: E402
 from raymeta.speed.bench import MODELS, BenchSettings, bench_config  # noqa: E402
 from raymeta.tasks import load_task  # noqa: E402
-from raymeta.train.actor import build_task_model, step_seed  # noqa: E402
+from raymeta.train.actor import build_task_model  # noqa: E402
 
 
 def run(cfg, task, tok, steps: int, compiled: bool) -> tuple[list[float], dict[str, torch.Tensor]]:
@@ -53,20 +54,23 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    cfg = bench_config(args.model, 1, BenchSettings(algorithms=[args.algorithm]), "runs/compile-probe")
+    cfg = bench_config(args.model, 1, BenchSettings(algorithms=[args.algorithm]),
+                       "runs/compile-probe")
     tok = load_tokenizer(cfg.model)
     task = load_task(cfg.tasks[0], tok, cfg.data_dir, cfg.cache_dir)
     eager, g_eager = run(cfg, task, tok, args.steps, compiled=False)
     try:
         comp, g_comp = run(cfg, task, tok, args.steps, compiled=True)
-    except Exception as e:  # e.g. "torch.compile with aot_autograd does not currently support double backward"
-        print(f"{args.model} {args.algorithm}: eager {1e3 * statistics.median(eager[2:]):.1f} ms/step; "
-              f"compiled: fails ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+    # e.g. "torch.compile with aot_autograd does not currently support double backward"
+    except Exception as e:
+        print(f"{args.model} {args.algorithm}: eager {1e3 * statistics.median(eager[2:]):.1f} "
+              f"ms/step; compiled: fails ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
         return
     diff = max(float((g_eager[k] - g_comp[k]).abs().max()) for k in g_eager)
-    print(f"{args.model} {args.algorithm}: eager {1e3 * statistics.median(eager[2:]):.1f} ms/step; compiled "
-          f"{1e3 * statistics.median(comp[2:]):.1f} ms/step after a first step of {comp[0]:.1f} s (compilation); "
-          f"max |gradient difference| {diff:.1e}")
+    print(f"{args.model} {args.algorithm}: eager {1e3 * statistics.median(eager[2:]):.1f} ms/step; "
+          "compiled "
+          f"{1e3 * statistics.median(comp[2:]):.1f} ms/step after a first step of {comp[0]:.1f} s "
+          f"(compilation); max |gradient difference| {diff:.1e}")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@
 For MiniLM-L6's (or the tiny BERT's) shared parameters and N random task gradients it times,
 side by side in one process, medians over --repeat runs: ``reduce_gradients`` (one chunked pass:
 sums, Gram matrix, weighted sum), and AdamW as ``optim.outer_optimizer`` builds it (fused) and as
-before the optimisations of RESULTS.md §5.5 (the for-loop implementation), at each torch thread count. It is what
-`raymeta speed` reports as ``reduce ms`` and ``outer ms``, without actors, Ray or the network.
+before the optimisations of benchmarks/results/throughput.md#optimisations-before-and-after (the
+for-loop implementation), at each torch thread count. It is what `raymeta speed` reports as ``reduce
+ms`` and ``outer ms``, without actors, Ray or the network.
 """
 
 from __future__ import annotations
@@ -56,17 +57,21 @@ def main() -> None:
     for threads in args.threads:
         torch.set_num_threads(threads)
         for n in args.tasks:
-            grads = [TaskGrad(f"t{i}", rng.standard_normal(layout.numel, dtype=np.float32) * 1e-3, 1.0, 1.0) for i in range(n)]
+            grads = [TaskGrad(f"t{i}", rng.standard_normal(layout.numel, dtype=np.float32) * 1e-3,
+                              1.0, 1.0) for i in range(n)]
             out = torch.empty(layout.numel)
-            reduce_ms = timed(lambda g=grads, o=out: reduce_gradients(g, layout.numel, step=0, out=o), args.repeat)
+            reduce_ms = timed(lambda g=grads, o=out: reduce_gradients(g, layout.numel, step=0,
+                                                                      out=o), args.repeat)
             for p, g in zip(named.values(), layout.unflatten(out).values()):
                 p.grad = g
-            clip_ms = timed(lambda: torch.nn.utils.clip_grad_norm_(list(named.values()), 1.0), args.repeat)
+            clip_ms = timed(lambda: torch.nn.utils.clip_grad_norm_(list(named.values()), 1.0),
+                            args.repeat)
             adam = {}
             for kind, kw in (("fused", {"fused": True}), ("for-loop", {"foreach": False})):
                 opt = torch.optim.AdamW(list(named.values()), lr=1e-5, **kw)
                 adam[kind] = timed(opt.step, args.repeat)
-            print(f"| {threads} | {n} | {reduce_ms:.1f} | {adam['fused']:.1f} | {adam['for-loop']:.1f} | {clip_ms:.1f} |")
+            print(f"| {threads} | {n} | {reduce_ms:.1f} | {adam['fused']:.1f} | "
+                  f"{adam['for-loop']:.1f} | {clip_ms:.1f} |")
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ cd "$WORK/project"
 "$PY" -m pip list > "$OUT/pip-list.txt" 2>&1
 cp "$HERE/manifest.json" "$OUT/bundle-manifest.json"
 
-# Whole-call budget: the device tool allows 10 minutes a command; the check keeps under 8 (benchmarks/RESULTS.md §8).
+# Whole-call budget: the device tool allows 10 minutes a command; the check keeps under 8 (benchmarks/results/gpu.md).
 # A phase gets its own limit or what is left before the deadline (less the report's 20 s), whichever is smaller; with
 # under 15 s left it is skipped, in one line. The CPU smoke run gets more: a small shared CPU is slower than a GPU.
 if [ ${#SMOKE[@]} -gt 0 ]; then BUDGET=900; SLACK=2; else BUDGET=460; SLACK=1; fi

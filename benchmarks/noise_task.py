@@ -1,12 +1,15 @@
-"""Where a task of shuffled labels' weight goes under learned task weights (benchmarks/RESULTS.md §14).
+"""Where a task of shuffled labels' weight goes under learned task weights
+(benchmarks/results/learned-weights.md).
 
-The general-purpose recipe (configs/recipes/general_alignment.yaml's alignment variant: the seven tasks, ProtoNet,
-η and ε from its search) with one more task: TREC's training questions with their coarse labels shuffled (seeded),
-so its gradient carries no signal about any task. It meta-trains for ``--steps`` steps with
-``meta.weighting.rule: alignment`` (the validation tasks as targets) and prints each task's weight over the steps;
-the run's task_weights.png is copied to benchmarks/figures/noise_task_weights.png.
+The general-purpose recipe (configs/recipes/general_alignment.yaml's alignment variant: the seven
+tasks, ProtoNet, η and ε from its search) with one more task: TREC's training questions with their
+coarse labels shuffled (seeded), so its gradient carries no signal about any task. It meta-trains
+for ``--steps`` steps with ``meta.weighting.rule: alignment`` (the validation tasks as targets) and
+prints each task's weight over the steps; the run's task_weights.png is copied to
+benchmarks/figures/noise_task_weights.png.
 
-    python benchmarks/noise_task.py --steps 30 --out /tmp/noise_task     # 5 min 40 s here, beside another run
+    python benchmarks/noise_task.py --steps 30 --out /tmp/noise_task     # 5 min 40 s here, beside
+    another run
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ HERE = Path(__file__).resolve().parent
 
 
 def shuffled_trec(data_dir: Path, out: Path, seed: int = 0) -> Path:
-    """TREC's training questions (coarse classes) as CSV, labels shuffled: the same texts, the same label counts."""
+    """TREC's training questions (coarse classes) as CSV, labels shuffled: the same texts, the same
+    label counts."""
     rows = []
     for line in (data_dir / "trec" / "train_5500.label").read_text(encoding="latin-1").splitlines():
         label, _, text = line.partition(" ")
@@ -51,12 +55,17 @@ def main() -> None:
     data_dir = Path(os.environ.get("RAYMETA_DATA_DIR", HERE.parent.parent / "shared" / "data"))
     noise = shuffled_trec(data_dir, out)
     data = load_config(HERE.parent / "configs" / "recipes" / "general_alignment.yaml",
-                       overrides=[f"output_dir={out / 'run'}", f"meta.steps={args.steps}"]).model_dump(mode="json")
+                       overrides=[f"output_dir={out / 'run'}",
+                                  f"meta.steps={args.steps}"]).model_dump(mode="json")
     data["eval"]["validation"] = None  # the weights are what is measured; no best step to choose
-    data["tasks"].append({"name": "trec_shuffled", "type": "sequence_classification", "max_length": 48,
-                          "source": {"kind": "files", "format": "csv", "files": {"train": str(noise)}}})
-    data["meta"]["weighting"] = {"rule": "alignment", "lr": 21.3, "floor": 0.071 / len(data["tasks"]), "shots": [1, 5],
-                                 "target": [{"use": "huffpost_meta_val"}, {"use": "fewrel_meta_train"},
+    data["tasks"].append({"name": "trec_shuffled", "type": "sequence_classification",
+                          "max_length": 48,
+                          "source": {"kind": "files", "format": "csv",
+                                     "files": {"train": str(noise)}}})
+    data["meta"]["weighting"] = {"rule": "alignment", "lr": 21.3,
+                                 "floor": 0.071 / len(data["tasks"]), "shots": [1, 5],
+                                 "target": [{"use": "huffpost_meta_val"},
+                                            {"use": "fewrel_meta_train"},
                                             {"use": "chatterbot_topics_val"}]}
     data["optim"]["lr"] = 6.9e-5  # the alignment variant's (its search's choice)
     MetaTrainer(load_config(data=data)).run()
@@ -67,7 +76,8 @@ def main() -> None:
     print("|---|" + "---|" * len(tasks))
     for r in recs[:: max(1, len(recs) // 10)] + [recs[-1]]:
         print(f"| {r['step']} | " + " | ".join(f"{r['weights'][t]:.3f}" for t in tasks) + " |")
-    mean_cos = {t: sum(r["alignment"][t] for r in recs if r["alignment"].get(t) is not None) / len(recs) for t in tasks}
+    mean_cos = {t: sum(r["alignment"][t] for r in recs
+                       if r["alignment"].get(t) is not None) / len(recs) for t in tasks}
     print("mean cos(g_i, g_target): " + ", ".join(f"{t} {c:+.3f}" for t, c in mean_cos.items()))
     shutil.copy(out / "run" / "task_weights.png", HERE / "figures" / "noise_task_weights.png")
 

@@ -1,10 +1,12 @@
 """Does meta-training with a metric improve the embeddings, or only their fit to that metric?
 
-    python benchmarks/proto_cross_metric.py      # after: raymeta benchmark --config configs/proto_metric.yaml
+    python benchmarks/proto_cross_metric.py      # after: raymeta benchmark --config
+    configs/proto_metric.yaml
 
-Scores the pretrained model and runs of configs/proto_metric.yaml on that config's VALIDATION episodes (the same
-rows and seeded episodes meta-validation used) with the prototype classifier under both distances, squared
-Euclidean and cosine. Validation tasks only: no test task is read (benchmarks/RESULTS.md §9).
+Scores the pretrained model and runs of configs/proto_metric.yaml on that config's VALIDATION
+episodes (the same rows and seeded episodes meta-validation used) with the prototype classifier
+under both distances, squared Euclidean and cosine. Validation tasks only: no test task is read
+(benchmarks/results/protonet-metric.md).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ RUNS = ["euclidean_t10/protonet/best", "euclidean_t10/fomaml/best", "cosine_t0.1
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/proto_metric.yaml")
-    ap.add_argument("--runs", default="runs/proto_metric/benchmark/runs", help="the benchmark's runs/ directory")
+    ap.add_argument("--runs", default="runs/proto_metric/benchmark/runs",
+                    help="the benchmark's runs/ directory")
     args = ap.parse_args()
     cfg = load_config(args.config)
     assert cfg.eval.validation is not None, "the config has no eval.validation"
@@ -45,7 +48,8 @@ def main() -> None:
         cells = []
         for distance in ("euclidean", "cosine"):
             p = v.model_copy(update={"distance": distance})
-            s = summarise_scores({t.name: score_episodes(model, t, rows[t.name], p).values for t in tasks})
+            s = summarise_scores({t.name: score_episodes(model, t, rows[t.name],
+                                                         p).values for t in tasks})
             cells.append(f"{100 * s['score']:.1f} ± {100 * s['ci95']:.1f}")
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 

@@ -33,20 +33,25 @@ def main() -> None:
     test = task_config("huffpost_meta_test")
     rows = []
     t0 = time.time()
-    for label, init in [("MiniLM (plain)", cfg.model.name_or_path), ("MiniLM + raymeta ProtoNet", None)]:
+    for label, init in [("MiniLM (plain)", cfg.model.name_or_path), ("MiniLM + raymeta ProtoNet",
+                                                                     None)]:
         if init is None:
             t1 = time.time()
             init = str(train(cfg))
             print(f"meta-training: {cfg.meta.steps} steps in {time.time() - t1:.0f}s", flush=True)
-        by_k = evaluate_init_episodic(init, test, data_dir=cfg.data_dir, cache_dir=cfg.cache_dir, episodes=args.episodes,
-                                      splits=("train", "test"))  # every row of classes 25-40, as the reference
+        by_k = evaluate_init_episodic(init, test, data_dir=cfg.data_dir, cache_dir=cfg.cache_dir,
+                                      episodes=args.episodes,
+                                      # every row of classes 25-40, as the reference
+                                      splits=("train", "test"))
         res = [by_k[k]["prototype"] for k in sorted(by_k)]
         rows.append((label, res))
         print(label, "|", " | ".join(str(r) for r in res), flush=True)
     print("\n| init | 5-way 1-shot | 5-way 5-shot |\n|---|---|---|")
     for label, res in rows:
-        print(f"| {label} | " + " | ".join(f"{100 * r.mean:.1f} ± {100 * r.ci95:.1f}" for r in res) + " |")
-    print(f"\ntotal {time.time() - t0:.0f}s; HuffPost classes 25-40, 15 queries per class, {args.episodes} episodes")
+        print(f"| {label} | " + " | ".join(f"{100 * r.mean:.1f} ± {100 * r.ci95:.1f}"
+                                           for r in res) + " |")
+    print(f"\ntotal {time.time() - t0:.0f}s; HuffPost classes 25-40, 15 queries per class, "
+          f"{args.episodes} episodes")
 
 
 if __name__ == "__main__":

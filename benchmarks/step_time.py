@@ -31,7 +31,8 @@ def run(n: int, steps: int, model: str, algorithm: str, reduce: str, out: Path) 
         "name": f"bench-{n}", "output_dir": str(run_dir), "model": {"name_or_path": model},
         "tasks": [{"use": t, "max_length": 64} for t in TASKS[:n]],
         "meta": {"algorithm": algorithm, "steps": steps, "reduce": reduce,
-                 "episode": {"ways": 5, "shots": 4, "queries": 4, "support_size": 8, "query_size": 8}},
+                 "episode": {"ways": 5, "shots": 4, "queries": 4, "support_size": 8,
+                             "query_size": 8}},
         "checkpoint": {"every_steps": 10**6},
     })
     train(cfg)
@@ -41,9 +42,11 @@ def run(n: int, steps: int, model: str, algorithm: str, reduce: str, out: Path) 
         return statistics.median(r.get(key, float("nan")) for r in recs)
 
     step, compute = med("step_s"), med("compute_max_s")
-    # driver: publish + wait(compute) + reduce + outer on the driver; collective: all-reduce + outer on the actors
+    # driver: publish + wait(compute) + reduce + outer on the driver; collective: all-reduce + outer
+    # on the actors
     comm = med("reduce_s") + med("publish_s") if reduce == "driver" else med("allreduce_s")
-    return {"reduce": reduce, "tasks": n, "step_s": step, "compute_max_s": compute, "overhead_s": step - compute,
+    return {"reduce": reduce, "tasks": n, "step_s": step, "compute_max_s": compute,
+            "overhead_s": step - compute,
             "ratio": step / compute, "reduce_or_allreduce_s": comm, "outer_s": med("outer_s")}
 
 
@@ -56,12 +59,14 @@ def main() -> None:
     ap.add_argument("--reduce", nargs="+", default=["driver"], choices=["driver", "collective"])
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
-        rows = [run(n, args.steps, args.model, args.algorithm, mode, Path(d)) for n in args.tasks for mode in args.reduce]
+        rows = [run(n, args.steps, args.model, args.algorithm, mode,
+                    Path(d)) for n in args.tasks for mode in args.reduce]
     cols = list(rows[0])
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:
-        print("| " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+        print("| " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c])
+                                for c in cols) + " |")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Meta-step throughput: the `raymeta speed` command as a script (same options).
 
     python benchmarks/throughput.py --quick
-    python benchmarks/throughput.py --output benchmarks/throughput.json      # the full run (RESULTS.md §5.1)
+    python benchmarks/throughput.py --output benchmarks/throughput.json      # the full run
+    (benchmarks/results/throughput.md#full-run)
 """
 
 from __future__ import annotations

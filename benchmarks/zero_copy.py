@@ -4,8 +4,10 @@
 
 Two task actors (one CPU each, the same task) get the same published parameters every step: one
 makes its parameters views of the object-store buffer (what ``TaskActor.compute`` does), the other
-copies the buffer into its own (what it did before RESULTS.md §5.5). Reports the medians of each actor's
-load and compute time after two warm-up steps, and checks that both return the same gradient.
+copies the buffer into its own (what it did before
+benchmarks/results/throughput.md#optimisations-before-and-after). Reports the medians of each
+actor's load and compute time after two warm-up steps, and checks that both return the same
+gradient.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ import numpy as np  # noqa: E402
 import ray  # noqa: E402
 import torch  # noqa: E402
 
+from raymeta.cluster import connect  # noqa: E402
 from raymeta.core.model import load_encoder, load_tokenizer  # noqa: E402
-from raymeta.runtime import connect  # noqa: E402
 from raymeta.speed.bench import MODELS, BenchSettings, bench_config  # noqa: E402
 from raymeta.train.actor import TaskActor, bind_flat  # noqa: E402
 
@@ -47,7 +49,8 @@ def main() -> None:
     ray.get([views.describe.remote(), copies.describe.remote()])
     torch.manual_seed(cfg.seed)
     encoder = load_encoder(cfg.model, len(load_tokenizer(cfg.model)))
-    _, flat = bind_flat({f"encoder.{n}": p for n, p in encoder.named_parameters() if p.requires_grad})
+    _, flat = bind_flat({f"encoder.{n}": p for n,
+                         p in encoder.named_parameters() if p.requires_grad})
     times: dict[str, list[tuple[float, float]]] = {"zero-copy view": [], "copy": []}
     for step in range(args.steps):
         flat.add_(1e-6)  # new parameters every step, as after an outer step
@@ -61,7 +64,8 @@ def main() -> None:
         del ref
     print(f"| {args.model}: parameters | load ms | compute ms |\n|---|---|---|")
     for name, t in times.items():
-        print(f"| {name} | {1e3 * statistics.median(x[0] for x in t):.1f} | {1e3 * statistics.median(x[1] for x in t):.1f} |")
+        print(f"| {name} | {1e3 * statistics.median(x[0] for x in t):.1f} | "
+              f"{1e3 * statistics.median(x[1] for x in t):.1f} |")
     print(f"(medians of {len(times['copy'])} steps; identical gradients every step)")
     ray.shutdown()
 

@@ -8,7 +8,7 @@ Pipeline (arrows point one way)::
         train.trainer.MetaTrainer  -> one TaskActor per task on Ray -> <output_dir>/final (and best)
         eval.evaluate.evaluate     -> few-shot scores of an init on held-out tasks
 
-The folders are layers (README "Layout"; tests/unit/test_structure.py holds the rules).
+The folders are layers (docs/layout.md; tests/unit/test_structure.py holds the rules).
 """
 
 __version__ = "0.1.0"

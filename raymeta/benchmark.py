@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from .config import ExperimentConfig, apply_overrides, load_config
+from .config.resolve import resolve
 from .core.checkpoint import export_model
 from .core.jsonio import write_json_atomic
 from .core.model import load_encoder, load_tokenizer
@@ -26,11 +27,19 @@ from .errors import ConfigError
 from .eval.evaluate import check_methods, evaluate, evaluate_episodic
 from .eval.finetune import FinetuneSettings
 from .eval.metrics import paired_ci95
-from .eval.report import kshot_label, kshot_results, percent_cell, plot_curves, plot_scores, results_table
+from .eval.report import (
+    kshot_label,
+    kshot_results,
+    percent_cell,
+    plot_curves,
+    plot_scores,
+    results_table,
+)
 from .eval.setfit import SetfitSettings
-from .tasks.holdout import resolve_holdout
+from .storage import local_model_path
 from .tasks.registry import task_from_entry
-from .train.validation import BEST_JSON, validation_specs, wants_best
+from .train.validation import BEST_JSON
+from .train.validation_tasks import validation_specs
 
 __all__ = ["run_benchmark", "quick_config", "gains", "run_configs"]
 
@@ -45,13 +54,14 @@ def quick_config(cfg: ExperimentConfig) -> ExperimentConfig:
 
 
 def run_configs(cfg: ExperimentConfig, out: Path) -> dict[str, ExperimentConfig]:
-    """Init name -> the meta-training config of that run, all built (and checked) before any run starts.
+    """Init name -> the meta-training config of that run, all built (and checked) before any run
+    starts.
 
-    Without ``benchmark.variants``: one run per algorithm, named after it. With variants: every variant x
-    every algorithm, named ``variant/algorithm``, the variant's dotted overrides applied on top of the
-    config (tasks entries resolved like the config's own); a variant that sets ``meta.algorithm`` itself is one
-    run, named after the variant (e.g. ``{svm: {meta.algorithm: metaopt, meta.metaopt.head: svm}}``). A bad
-    override is one line naming the variant."""
+    Without ``benchmark.variants``: one run per algorithm, named after it. With variants: every
+    variant x every algorithm, named ``variant/algorithm``, the variant's dotted overrides applied
+    on top of the config (tasks entries resolved like the config's own); a variant that sets
+    ``meta.algorithm`` itself is one run, named after the variant (e.g. ``{svm: {meta.algorithm:
+    metaopt, meta.metaopt.head: svm}}``). A bad override is one line naming the variant."""
     variants = cfg.benchmark.variants or {"": {}}
     runs: dict[str, ExperimentConfig] = {}
     for variant, overrides in variants.items():
@@ -69,7 +79,8 @@ def run_configs(cfg: ExperimentConfig, out: Path) -> dict[str, ExperimentConfig]
             name = variant if own else f"{variant}/{alg}" if variant else alg
             run_cfg.output_dir = str(out / "runs" / name)
             if run_cfg.eval.validation is not None:
-                validation_specs(run_cfg)  # disjoint from this variant's tasks and the tests, before any run
+                # disjoint from this variant's tasks and the tests, before any run
+                validation_specs(run_cfg)
             runs[name] = run_cfg
     return runs
 
@@ -88,11 +99,12 @@ def _tasks(entries: list[dict[str, Any]], cfg: ExperimentConfig):
 
 
 def _pretrained_init(cfg: ExperimentConfig, out: Path) -> str:
-    """(a): the configured model; a from_config model is exported (seeded) so every step loads the same one."""
+    """(a): the configured model; a from_config model is exported (seeded) so every step loads the
+    same one."""
     if cfg.model.from_config is None:
         return cfg.model.name_or_path
     torch.manual_seed(cfg.seed)
-    tok = load_tokenizer(cfg.model)
+    tok = load_tokenizer(cfg.model, fetch=local_model_path)  # model.tokenizer may be a URI
     return str(export_model(out / "pretrained", load_encoder(cfg.model, len(tok)), tok))
 
 
@@ -100,7 +112,8 @@ _NOT_TRAINING = ("name", "output_dir", "eval", "benchmark")
 
 
 def _finished(run_cfg: ExperimentConfig) -> bool:
-    """A run directory whose final model exists and whose saved config trains exactly like ``run_cfg``."""
+    """A run directory whose final model exists and whose saved config trains exactly like
+    ``run_cfg`` (resolved: a run saves its resolved config)."""
     import yaml
 
     from .config import redact
@@ -110,22 +123,23 @@ def _finished(run_cfg: ExperimentConfig) -> bool:
     if not (run_dir / "final" / "model.safetensors").is_file() or not saved.is_file():
         return False
     try:  # through today's schema, so keys added since (with their defaults) do not force a re-run
-        old = redact(ExperimentConfig.model_validate(yaml.safe_load(saved.read_text())).model_dump(mode="json"))
+        old = redact(ExperimentConfig.model_validate(yaml.safe_load(saved.read_text()))
+                     .model_dump(mode="json"))
     except Exception:
         return False
-    # as the run trains it (eval.validation.holdout_classes resolved: its saved config.yaml is the resolved one)
-    new = redact(resolve_holdout(run_cfg)[0].model_dump(mode="json"))
+    new = redact(run_cfg.model_dump(mode="json"))
     return all(old.get(k) == new.get(k) for k in new if k not in _NOT_TRAINING)
 
 
 def _paired(a: list[float], b: list[float]) -> dict[str, Any]:
-    return paired_ci95(a, b)  # the same splits / episodes for every init: paired differences, t-based CI
+    # the same splits / episodes for every init: paired differences, t-based CI
+    return paired_ci95(a, b)
 
 
 def gains(results: dict[str, dict[str, Any]], baseline: str) -> dict[str, Any]:
-    """Per init, task and setting: paired difference to ``baseline`` (mean and 95% CI). K-shot settings are
-    ``K=8`` (fine-tuning) and ``K=8 setfit`` (another ``eval.methods`` entry): each method against the same
-    method on the baseline, split by split."""
+    """Per init, task and setting: paired difference to ``baseline`` (mean and 95% CI). K-shot
+    settings are ``K=8`` (fine-tuning) and ``K=8 setfit`` (another ``eval.methods`` entry): each
+    method against the same method on the baseline, split by split."""
     out: dict[str, Any] = {}
     base = results.get(baseline)
     if base is None:
@@ -137,7 +151,8 @@ def gains(results: dict[str, dict[str, Any]], baseline: str) -> dict[str, Any]:
             b = base["tasks"].get(task)
             if b is None:
                 continue
-            base_kshot = {(m, k): r for m, k, r in kshot_results(b)}  # every eval method, paired with itself
+            # every eval method, paired with itself
+            base_kshot = {(m, k): r for m, k, r in kshot_results(b)}
             for m, k, r in kshot_results(entry):
                 if (m, k) in base_kshot:
                     out.setdefault(init, {}).setdefault(task, {})[kshot_label(m, k)] = _paired(
@@ -163,15 +178,16 @@ def _gains_table(g: dict[str, Any], baseline: str) -> str:
                 cells.append("—")
                 continue
             ci, txt = r.get("ci95"), percent_cell(r["mean"], r.get("ci95"), signed=True)
-            cells.append(f"**{txt}**" if ci is not None and abs(r["mean"]) > ci else txt)  # NaN: never bold
+            # NaN: never bold
+            cells.append(f"**{txt}**" if ci is not None and abs(r["mean"]) > ci else txt)
         lines.append(f"| {init} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def _baselines(cfg: ExperimentConfig, results: dict[str, Any]) -> dict[str, list[str]]:
-    """Which inits each baseline is compared with (paired): everything with the pretrained model, with
-    ``multitask`` and with each run of ``benchmark.compare_to``; with variants, each later variant with the first one,
-    algorithm by algorithm."""
+    """Which inits each baseline is compared with (paired): everything with the pretrained model,
+    with ``multitask`` and with each run of ``benchmark.compare_to``; with variants, each later
+    variant with the first one, algorithm by algorithm."""
     out = {"pretrained": [k for k in results if k != "pretrained"]}
     for base in ["multitask", *cfg.benchmark.compare_to]:
         if base in results:
@@ -184,21 +200,27 @@ def _baselines(cfg: ExperimentConfig, results: dict[str, Any]) -> dict[str, list
     return out
 
 
-def _names_track(cfg: ExperimentConfig, init: str, kshot_tasks: list[Any], episodic_tasks: list[Any],
+def _names_track(cfg: ExperimentConfig, init: str, kshot_tasks: list[Any],
+                 episodic_tasks: list[Any],
                  settings: FinetuneSettings) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """``eval.label_prior``: the prototype classifier with the class names as support points (``prototype+names``)
-    on the K-shot classification tasks and the episodes, at K = 0 too; (None, None) without it."""
+    """``eval.label_prior``: the prototype classifier with the class names as support points
+    (``prototype+names``) on the K-shot classification tasks and the episodes, at K = 0 too; (None,
+    None) without it."""
     ev = cfg.eval
     if ev.label_prior is None:
         return None, None
     prior = {"label_prior": ev.label_prior.weight, "label_template": ev.label_prior.template}
     classified = [t for t in kshot_tasks if t.type == "sequence_classification"]
-    k = evaluate(init, classified, shots=sorted({0, *ev.shots}), n_splits=ev.splits, settings=settings, seed=cfg.seed,
-                 data_dir=cfg.data_dir, cache_dir=cfg.cache_dir, progress=False, method=["prototype"],
+    k = evaluate(init, classified, shots=sorted({0, *ev.shots}), n_splits=ev.splits,
+                 settings=settings, seed=cfg.seed,
+                 data_dir=cfg.data_dir, cache_dir=cfg.cache_dir, progress=False,
+                 method=["prototype"],
                  **prior) if classified else None
-    e = evaluate_episodic(init, episodic_tasks, ways=ev.ways, shots=sorted({0, *ev.episodic_shots}), queries=ev.queries,
+    e = evaluate_episodic(init, episodic_tasks, ways=ev.ways, shots=sorted({0, *ev.episodic_shots}),
+                          queries=ev.queries,
                           episodes=ev.episodes, head_steps=0, seed=cfg.seed, data_dir=cfg.data_dir,
-                          cache_dir=cfg.cache_dir, methods=["prototype"], **prior) if episodic_tasks else None
+                          cache_dir=cfg.cache_dir, methods=["prototype"],
+                          **prior) if episodic_tasks else None
     return k, e
 
 
@@ -211,7 +233,8 @@ def _deep_update(into: dict[str, Any], new: dict[str, Any]) -> None:
 
 
 def _merge(*parts: dict[str, Any] | None) -> dict[str, Any]:
-    """One init's results: K-shot and episodic (and the label-name track's), task by task, setting by setting."""
+    """One init's results: K-shot and episodic (and the label-name track's), task by task, setting
+    by setting."""
     merged: dict[str, Any] = {"tasks": {}}
     for part in parts:  # a task can have both K-shot and episodic results
         for name, entry in (part or {}).get("tasks", {}).items():
@@ -225,34 +248,40 @@ def run_benchmark(cfg: ExperimentConfig, out_dir: str | Path) -> dict[str, Any]:
     """Meta-train each algorithm, evaluate every init, write results.json, results.md and plots."""
     import ray
 
-    from .runtime import connect
+    from .cluster import connect
     from .train.pool import ActorPool
     from .train.trainer import MetaTrainer
 
     out = Path(out_dir)
     runs = run_configs(cfg, out)  # every variant's config checked before anything starts
-    check_methods(_tasks(cfg.eval.tasks, cfg), cfg.eval.methods)  # eval.methods too (setfit installed?), not after training
+    # eval.methods too (setfit installed?), not after training
+    check_methods(_tasks(cfg.eval.tasks, cfg), cfg.eval.methods)
     out.mkdir(parents=True, exist_ok=True)
     started = connect(cfg.resources.address)
-    # The runs train one after another, mostly on the same tasks: the next run resets the previous run's task actors
-    # (TaskActor.reset) instead of starting new ones, which costs seconds each (importing torch and transformers,
-    # loading the model). Only when it asks for the same actors with the same resources; a reset actor computes what
-    # a new one does (tests/integration/test_trainer.py::test_deterministic_for_a_seed).
+    # The runs train one after another, mostly on the same tasks: the next run resets the previous
+    # run's task actors (TaskActor.reset) instead of starting new ones, which costs seconds each
+    # (importing torch and transformers, loading the model). Only when it asks for the same actors
+    # with the same resources; a reset actor computes what a new one does
+    # (tests/integration/test_trainer.py::test_deterministic_for_a_seed).
     kept = ActorPool()
     try:
         inits: dict[str, str] = {"pretrained": _pretrained_init(cfg, out)}
         timing: dict[str, Any] = {}
         curves: dict[str, Path] = {}
         for name, run_cfg in runs.items():
-            run_dir = Path(run_cfg.output_dir)
-            if _finished(run_cfg):  # an interrupted benchmark resumes without re-training what is done
+            run = resolve(run_cfg)  # held-out classes and best, once per run, before it starts
+            run_cfg, run_dir = run.cfg, Path(run_cfg.output_dir)
+            # an interrupted benchmark resumes without re-training what is done
+            if _finished(run_cfg):
                 log.info("reusing the finished meta-training run %s", run_dir)
                 inits[name] = str(run_dir / "final")
             else:
-                trainer = MetaTrainer(run_cfg, actors=kept.lend(run_cfg), keep_actors=True)  # lend: None if none fit
+                # lend: None if none fit
+                trainer = MetaTrainer(run_cfg, actors=kept.lend(run_cfg), keep_actors=True)
                 inits[name] = str(trainer.run())
                 kept.keep(trainer.actors, run_cfg)
-            if wants_best(run_cfg):  # the step meta-validation chose (step 0, the pretrained model, included)
+            # the step meta-validation chose (step 0, the pretrained model, included)
+            if run.export_best:
                 inits[name] = str(run_dir / "best")
             recs = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
                     if r.get("kind") != "validation"]
@@ -261,7 +290,8 @@ def run_benchmark(cfg: ExperimentConfig, out_dir: str | Path) -> dict[str, Any]:
             if (val := _validation_summary(run_dir)) is not None:
                 timing[name]["validation"] = val
             curves[name] = run_dir / "metrics.jsonl"
-            log.info("meta-trained %s: %d steps, %.0fs of meta-steps", name, len(recs), timing[name]["train_s"])
+            log.info("meta-trained %s: %d steps, %.0fs of meta-steps", name, len(recs),
+                     timing[name]["train_s"])
         kept.release()  # their CPUs (or GPUs) go to the evaluation's runs
         ev = cfg.eval
         kshot_tasks, episodic_tasks = _tasks(ev.tasks, cfg), _tasks(ev.episodic_tasks, cfg)
@@ -271,34 +301,46 @@ def run_benchmark(cfg: ExperimentConfig, out_dir: str | Path) -> dict[str, Any]:
         results: dict[str, dict[str, Any]] = {}
         for name, init in inits.items():
             t0 = time.perf_counter()
-            k = evaluate(init, kshot_tasks, shots=ev.shots, n_splits=ev.splits, settings=settings, seed=cfg.seed,
-                         data_dir=cfg.data_dir, cache_dir=cfg.cache_dir, progress=False, method=ev.methods,
+            k = evaluate(init, kshot_tasks, shots=ev.shots, n_splits=ev.splits, settings=settings,
+                         seed=cfg.seed,
+                         data_dir=cfg.data_dir, cache_dir=cfg.cache_dir, progress=False,
+                         method=ev.methods,
                          setfit=setfit, ridge=ev.ridge, svm=ev.svm) if kshot_tasks else None
-            e = evaluate_episodic(init, episodic_tasks, ways=ev.ways, shots=ev.episodic_shots, queries=ev.queries,
-                                  episodes=ev.episodes, head_steps=ev.head_steps, seed=cfg.seed, data_dir=cfg.data_dir,
-                                  cache_dir=cfg.cache_dir, methods=ev.episodic_methods, ridge=ev.ridge,
+            e = evaluate_episodic(init, episodic_tasks, ways=ev.ways, shots=ev.episodic_shots,
+                                  queries=ev.queries,
+                                  episodes=ev.episodes, head_steps=ev.head_steps, seed=cfg.seed,
+                                  data_dir=cfg.data_dir,
+                                  cache_dir=cfg.cache_dir, methods=ev.episodic_methods,
+                                  ridge=ev.ridge,
                                   svm=ev.svm) if episodic_tasks else None
-            results[name] = _merge(k, e, *_names_track(cfg, init, kshot_tasks, episodic_tasks, settings))
+            results[name] = _merge(k, e, *_names_track(cfg, init, kshot_tasks, episodic_tasks,
+                                                       settings))
             log.info("evaluated %s in %.0fs", name, time.perf_counter() - t0)
     finally:
         kept.release()
         if started:
             ray.shutdown()
     baselines = _baselines(cfg, results)
-    report = {"config": cfg.model_dump(mode="json"), "meta_training": timing, "inits": inits, "results": results,
-              "gain_over_pretrained": gains(results, "pretrained"), "gain_over_multitask": gains(results, "multitask"),
-              "gain_over": {b: gains({k: results[k] for k in [b, *others]}, b) for b, others in baselines.items()}}
+    report = {"config": cfg.model_dump(mode="json"), "meta_training": timing, "inits": inits,
+              "results": results,
+              "gain_over_pretrained": gains(results, "pretrained"),
+              "gain_over_multitask": gains(results, "multitask"),
+              "gain_over": {b: gains({k: results[k] for k in [b, *others]}, b) for b,
+                            others in baselines.items()}}
     write_json_atomic(out / "results.json", report)
     plots = plot_scores(results, out)
     if curves:
         plots.append(plot_curves(curves, out / "meta_training_curves.png"))
-    md = [f"# raymeta benchmark: {cfg.name}\n", "Meta-training (same steps and episodes for every run):\n",
-          "| run | meta-steps | seconds in meta-steps | s / step | best step (validation) | validation score |",
+    md = [f"# raymeta benchmark: {cfg.name}\n",
+          "Meta-training (same steps and episodes for every run):\n",
+          "| run | meta-steps | seconds in meta-steps | s / step | best step (validation) | "
+          "validation score |",
           "|---|---|---|---|---|---|"]
     for a, t in timing.items():
         val = t.get("validation") or {}
         score = f"{100 * val['score']:.1f}" if val.get("score") is not None else "—"
-        md.append(f"| {a} | {t['steps']} | {t['train_s']} | {t['s_per_step']} | {val.get('best_step', '—')} | {score} |")
+        md.append(f"| {a} | {t['steps']} | {t['train_s']} | {t['s_per_step']} | "
+                  f"{val.get('best_step', '—')} | {score} |")
     md += ["", results_table(results)]
     md += [_gains_table(report["gain_over"][b], b) for b in baselines if report["gain_over"][b]]
     md += [f"![{p.stem}]({p.name})" for p in plots]

@@ -34,7 +34,8 @@ class DataError(RaymetaError):
 
     def __reduce__(self):
         # Pickle-able, so the error crosses from a Ray actor to the driver as itself.
-        return (type(self), (self.task, self.message), {"file": self.file, "row": self.row, "args": self.args})
+        return (type(self), (self.task, self.message), {"file": self.file, "row": self.row,
+                                                        "args": self.args})
 
     def __setstate__(self, state):
         self.file, self.row, self.args = state["file"], state["row"], state["args"]

@@ -11,6 +11,7 @@ from rich.table import Table
 from .config import EpisodeConfig, ModelConfig, TaskConfig
 from .core.model import load_tokenizer
 from .errors import DataError
+from .storage import local_model_path
 from .tasks import Task, load_task
 
 __all__ = ["show_tasks", "length_stats"]
@@ -19,22 +20,27 @@ __all__ = ["show_tasks", "length_stats"]
 def length_stats(task: Task, split: str) -> dict[str, float]:
     """Token lengths of a split (multiple choice: per choice)."""
     ids = task.features[split]["input_ids"]
-    lens = [len(x) for row in ids for x in row] if task.config.type == "multiple_choice" else [len(x) for x in ids]
+    lens = [len(x) for row in ids
+            for x in row] if task.config.type == "multiple_choice" else [len(x) for x in ids]
     if task.config.type == "extractive_qa":  # windows are padded to max_length: count real tokens
         lens = [int(sum(m)) for m in task.features[split]["attention_mask"]]
     a = np.asarray(lens)
-    return {"mean": float(a.mean()), "p50": float(np.median(a)), "p95": float(np.percentile(a, 95)), "max": int(a.max())}
+    return {"mean": float(a.mean()), "p50": float(np.median(a)), "p95": float(np.percentile(a, 95)),
+            "max": int(a.max())}
 
 
-def _decode_rows(task: Task, rows: list[int], batch: dict, classes: list[int] | None) -> list[tuple[str, str]]:
+def _decode_rows(task: Task, rows: list[int], batch: dict,
+                 classes: list[int] | None) -> list[tuple[str, str]]:
     tok = task.tokenizer
     out = []
     feats = task.features["train"].select(rows)
     for i, f in enumerate(feats):
         t = task.config.type
         if t == "sequence_classification":
-            label = task.labels[classes[int(batch["labels"][i])]] if classes else str(int(batch["labels"][i]))
-            # special tokens left out, except the mask: an SMLMT row shows where its word (the label) was
+            label = (task.labels[classes[int(batch["labels"][i])]] if classes
+                     else str(int(batch["labels"][i])))
+            # special tokens left out, except the mask: an SMLMT row shows where its word (the
+            # label) was
             hide = set(tok.all_special_ids) - {tok.mask_token_id}
             out.append((label, tok.decode([x for x in f["input_ids"] if x not in hide])))
         elif t == "token_classification":
@@ -59,14 +65,15 @@ def show_tasks(
     episode: EpisodeConfig, console: Console | None = None,
 ) -> list[Task]:
     console = console or Console(width=120)
-    tok = load_tokenizer(model)
+    tok = load_tokenizer(model, fetch=local_model_path)
     loaded = []
     for spec in specs:
         task = load_task(spec, tok, data_dir, cache_dir)
         loaded.append(task)
         src = spec.source
         where = {"hub": f"hub dataset {src.dataset}", "builtin": f"built-in {src.name}",
-                 "smlmt": "SMLMT (masked-word classes) over the text of " + ", ".join(map(str, src.corpus))}.get(
+                 "smlmt": ("SMLMT (masked-word classes) over the text of "
+                           + ", ".join(map(str, src.corpus)))}.get(
             src.kind, f"{src.format} files: " + ", ".join(f"{k}={v}" for k, v in src.files.items())
         ).replace("${data_dir}", data_dir)
         console.rule(f"[bold]{spec.name}[/bold]  ({spec.type})")
@@ -74,29 +81,34 @@ def show_tasks(
         if spec.description:
             console.print(f"[bold]about[/bold]   {spec.description}")
         if task.labels is not None:
-            shown = ", ".join(task.labels[:20]) + (f", ... ({len(task.labels)} in all)" if len(task.labels) > 20 else "")
+            shown = ", ".join(task.labels[:20]) + (f", ... ({len(task.labels)} in all)"
+                                                   if len(task.labels) > 20 else "")
             console.print(f"[bold]labels[/bold]  {len(task.labels)}: {shown}")
-        table = Table("split", "rows", "features", "truncated", "dropped", "tokens mean", "p50", "p95", "max")
+        table = Table("split", "rows", "features", "truncated", "dropped", "tokens mean", "p50",
+                      "p95", "max")
         for split in task.features:
             st = length_stats(task, split)
             c = task.counts.get(split, {})
             table.add_row(split, str(len(task.raw[split])), str(len(task.features[split])),
                           str(c.get("truncated", 0)), str(c.get("dropped", 0)),
-                          f"{st['mean']:.1f}", f"{st['p50']:.0f}", f"{st['p95']:.0f}", str(st["max"]))
+                          f"{st['mean']:.1f}", f"{st['p50']:.0f}", f"{st['p95']:.0f}",
+                          str(st["max"]))
         console.print(table)
         try:
             ep = task.episode(episode, seed=seed, step=0)
         except DataError as e:
-            if spec.source.kind == "smlmt":  # its words exist only as episodes' classes: no episode, no task
+            # its words exist only as episodes' classes: no episode, no task
+            if spec.source.kind == "smlmt":
                 raise
-            # a labelled task may be a K-shot evaluation task, which need not fit meta-training's episodes
+            # a labelled task may be a K-shot evaluation task, which need not fit meta-training's
+            # episodes
             console.print(f"[bold]episode[/bold] none at ways={episode.ways} shots={episode.shots} "
-                          f"queries={episode.queries}: {e} (enough for K-shot evaluation; not for meta-training "
-                          "with these episodes)", highlight=False)
+                          f"queries={episode.queries}: {e} (enough for K-shot evaluation; not for "
+                          "meta-training with these episodes)", highlight=False)
             continue
         ways = f"{len(ep.classes)}-way, " if ep.classes else ""
-        console.print(f"[bold]episode[/bold] seed={seed} step=0: {ways}{len(ep.support_rows)} support, "
-                      f"{len(ep.query_rows)} query; support set decoded:")
+        console.print(f"[bold]episode[/bold] seed={seed} step=0: {ways}{len(ep.support_rows)} "
+                      f"support, {len(ep.query_rows)} query; support set decoded:")
         for label, text in _decode_rows(task, ep.support_rows[:10], ep.support, ep.classes):
             console.print(f"  [cyan]{label}[/cyan]  {text[:200]}", highlight=False)
     return loaded

@@ -7,11 +7,11 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download: fail fast instead of hanging
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-# One intra-op thread per process (before torch is imported; Ray workers started from here inherit it). The
-# suite runs two xdist workers, each with its own Ray instance and actors, on 2 CPUs: with torch's default
-# (a thread per core in every process), busy OpenMP threads outnumber the cores and a step can take 10x as
-# long (measured: 0.6 s -> 7.5 s per MiniLM step when two 2-thread actors shared 2 CPUs). Tests that set a
-# count themselves (resources.torch_threads, bench) still do.
+# One intra-op thread per process (before torch is imported; Ray workers started from here inherit
+# it). The suite runs two xdist workers, each with its own Ray instance and actors, on 2 CPUs: with
+# torch's default (a thread per core in every process), busy OpenMP threads outnumber the cores and
+# a step can take 10x as long (measured: 0.6 s -> 7.5 s per MiniLM step when two 2-thread actors
+# shared 2 CPUs). Tests that set a count themselves (resources.torch_threads, bench) still do.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 from pathlib import Path
 
@@ -20,14 +20,17 @@ import yaml
 
 from .s3server import export_env
 
-export_env()  # before any Ray instance starts: its workers inherit the S3 endpoint (tests/s3server.py)
+# before any Ray instance starts: its workers inherit the S3 endpoint (tests/s3server.py)
+export_env()
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RAYMETA_DATA_DIR", REPO.parent / "shared" / "data"))
 
-# A BERT small enough to train in milliseconds, the MiniLM vocabulary so its tokenizer fits: the shipped tiny config's
-# model (raymeta/configs/tiny.yaml, which `raymeta speed`'s "tiny" reads too), the suite's one tiny model.
-TINY_BERT: dict = yaml.safe_load((REPO / "raymeta" / "configs" / "tiny.yaml").read_text())["model"]["from_config"]
+# A BERT small enough to train in milliseconds, the MiniLM vocabulary so its tokenizer fits: the
+# shipped tiny config's model (raymeta/configs/tiny.yaml, which `raymeta speed`'s "tiny" reads too),
+# the suite's one tiny model.
+TINY_BERT: dict = yaml.safe_load((REPO / "raymeta" / "configs" / "tiny.yaml")
+                                 .read_text())["model"]["from_config"]
 
 
 @pytest.fixture(scope="session")
@@ -47,9 +50,10 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def cli(tmp_path_factory):
-    """`raymeta` command lines as processes of their own (``cli.run`` / ``start``, tests/cli_forks.py), forked from one
-    server per pytest process that has paid the imports once: a Python start-up with torch and transformers costs
-    seconds on 2 CPUs, and the suite runs a few dozen command lines."""
+    """`raymeta` command lines as processes of their own (``cli.run`` / ``start``,
+    tests/cli_forks.py), forked from one server per pytest process that has paid the imports once: a
+    Python start-up with torch and transformers costs seconds on 2 CPUs, and the suite runs a few
+    dozen command lines."""
     from .cli_forks import CliForks
 
     forks = CliForks(tmp_path_factory.mktemp("cli"))
@@ -71,11 +75,13 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory):
-    """A real S3-protocol server on loopback (tests/s3server.py); yields a function making a fresh bucket -> its URI."""
+    """A real S3-protocol server on loopback (tests/s3server.py); yields a function making a fresh
+    bucket -> its URI."""
     from . import s3server
 
     if os.environ.get("AWS_ENDPOINT_URL") != s3server.ENV["AWS_ENDPOINT_URL"]:
-        pytest.skip("AWS_ENDPOINT_URL is set by the environment: the tests never write to a real bucket")
+        pytest.skip("AWS_ENDPOINT_URL is set by the environment: the tests never write to a real "
+                    "bucket")
     count = iter(range(10**6))
     with s3server.moto_server(s3server.PORT, tmp_path_factory.mktemp("s3") / "moto.log"):
         yield lambda: s3server.make_bucket(f"raymeta-test-{os.getpid()}-{next(count)}")

@@ -31,7 +31,8 @@ from ..tasks.episodes import Episode
 from .base_learners import proto_logits, prototypes, ridge_weights, svm_weights
 from .model import LOG_SCALE, MetaModel, pool_hidden, proto_head
 
-__all__ = ["ALGORITHMS", "GradReady", "TaskGradient", "task_gradient", "algorithm_options", "global_labels"]
+__all__ = ["ALGORITHMS", "GradReady", "TaskGradient", "task_gradient", "algorithm_options",
+           "global_labels"]
 
 Batch = Mapping[str, Tensor]
 Params = dict[str, Tensor]
@@ -68,13 +69,17 @@ class _Functional:
 
     def prototypes(self, params: Params, emb: Tensor, ep: Episode) -> Tensor:
         """The support set's class means, with each class's name as one more point of weight λ when
-        ``meta.proto.label_prior`` is on (its embedding at the same ``params``, so the names train too)."""
+        ``meta.proto.label_prior`` is on (its embedding at the same ``params``, so the names train
+        too)."""
         assert ep.classes is not None
         if self.label_prior == 0.0:
             return prototypes(emb, ep.support["labels"], len(ep.classes))
         if ep.names is None:
-            raise ValueError(f"task '{self.task}': meta.proto.label_prior needs the episode's label names")
-        return prototypes(emb, ep.support["labels"], len(ep.classes), self.features(params, ep.names), self.label_prior)
+            raise ValueError(f"task '{self.task}': meta.proto.label_prior needs the episode's "
+                             "label names")
+        return prototypes(emb, ep.support["labels"], len(ep.classes), self.features(params,
+                                                                                    ep.names),
+                          self.label_prior)
 
     def features(self, params: Params, batch: Batch) -> Tensor:
         enc = _split(params, "encoder.")
@@ -82,7 +87,8 @@ class _Functional:
             **self.model.encoder_inputs(batch), "return_dict": True}).last_hidden_state
         if self.episode_head:  # pooled embeddings for the prototype-initialised linear head
             mask = batch.get("attention_mask")
-            return pool_hidden(hidden, None if mask is None else mask.reshape(-1, mask.shape[-1]), self.model.pooling)
+            return pool_hidden(hidden, None if mask is None else mask.reshape(-1, mask.shape[-1]),
+                               self.model.pooling)
         return hidden
 
     def logits(self, params: Params, feats: Tensor, batch: Batch) -> Tensor:
@@ -134,12 +140,15 @@ GradReady = Callable[[str, Tensor], None]
 
 def _grads(loss: Tensor, params: Params, keys: list[str], create_graph: bool = False,
            on_grad: GradReady | None = None) -> dict[str, Tensor]:
-    """∂loss/∂params[k] for each k the loss reaches. ``on_grad(k, g)`` is called from the backward pass as soon as
-    each gradient is complete (a tensor hook fires once per leaf, with its whole gradient), before the others are
-    done: the hook a bucketed all-reduce starts from (:class:`raymeta.train.collective.GradientBuckets`)."""
-    hooks = [params[k].register_hook(lambda g, k=k: on_grad(k, g)) for k in keys] if on_grad is not None else []
+    """∂loss/∂params[k] for each k the loss reaches. ``on_grad(k, g)`` is called from the backward
+    pass as soon as each gradient is complete (a tensor hook fires once per leaf, with its whole
+    gradient), before the others are done: the hook a bucketed all-reduce starts from
+    (:class:`raymeta.train.collective.GradientBuckets`)."""
+    hooks = ([params[k].register_hook(lambda g, k=k: on_grad(k, g)) for k in keys]
+             if on_grad is not None else [])
     try:
-        gs = torch.autograd.grad(loss, [params[k] for k in keys], create_graph=create_graph, allow_unused=True)
+        gs = torch.autograd.grad(loss, [params[k] for k in keys], create_graph=create_graph,
+                                 allow_unused=True)
     finally:
         for h in hooks:
             h.remove()
@@ -162,34 +171,39 @@ def _outer(trainable: list[str]) -> list[str]:
 # ----------------------------------------------------------------------------- algorithms
 
 
-def _multitask(fn: _Functional, params: Params, ep: Episode, on_grad: GradReady | None = None) -> TaskGradient:
+def _multitask(fn: _Functional, params: Params, ep: Episode,
+               on_grad: GradReady | None = None) -> TaskGradient:
     """The plain gradient of the task loss: ∇θ L_i(θ), over support ∪ query (global labels)."""
     s, q = global_labels(ep.support, ep.classes), global_labels(ep.query, ep.classes)
     ns, nq = _n(s), _n(q)
     ls, _ = fn(params, s)
     lq, logits = fn(params, q)
     loss = (ls * ns + lq * nq) / (ns + nq)
-    return TaskGradient(_grads(loss, params, list(params), on_grad=on_grad), loss.item(), _accuracy(fn.type, logits, q),
+    return TaskGradient(_grads(loss, params, list(params), on_grad=on_grad), loss.item(),
+                        _accuracy(fn.type, logits, q),
                         ns + nq)
 
 
-def _protonet(fn: _Functional, params: Params, ep: Episode, on_grad: GradReady | None = None) -> TaskGradient:
+def _protonet(fn: _Functional, params: Params, ep: Episode,
+              on_grad: GradReady | None = None) -> TaskGradient:
     """Prototypical networks (Snell et al. 2017): query CE over distances to support means."""
     assert ep.classes is not None
     emb_s, emb_q = fn.features(params, ep.support), fn.features(params, ep.query)
     logits = proto_logits(emb_q, fn.prototypes(params, emb_s, ep), fn.distance, fn.temperature)
     loss = F.cross_entropy(logits, ep.query["labels"])
     enc = [k for k in params if k.startswith("encoder.")]
-    return TaskGradient(_grads(loss, params, enc, on_grad=on_grad), loss.item(), _accuracy(fn.type, logits, ep.query),
+    return TaskGradient(_grads(loss, params, enc, on_grad=on_grad), loss.item(),
+                        _accuracy(fn.type, logits, ep.query),
                         _n(ep.support) + _n(ep.query))
 
 
 def _metaopt(fn: _Functional, params: Params, ep: Episode, opts: MetaOptConfig,
              on_grad: GradReady | None = None) -> TaskGradient:
-    """MetaOptNet (Lee et al. 2019): the query cross-entropy of a linear classifier fitted to the support
-    embeddings (ridge: Bertinetto et al. 2019's closed form; svm: Crammer and Singer's), differentiated through
-    the fit into the encoder. The logits are scaled (``meta.metaopt.scale``, or the task's learned ``log_scale``):
-    a ridge fit to one-hot targets gives scores in about [0, 1], too flat for a softmax."""
+    """MetaOptNet (Lee et al. 2019): the query cross-entropy of a linear classifier fitted to the
+    support embeddings (ridge: Bertinetto et al. 2019's closed form; svm: Crammer and Singer's),
+    differentiated through the fit into the encoder. The logits are scaled (``meta.metaopt.scale``,
+    or the task's learned ``log_scale``): a ridge fit to one-hot targets gives scores in about [0,
+    1], too flat for a softmax."""
     assert ep.classes is not None
     emb_s, emb_q = fn.features(params, ep.support), fn.features(params, ep.query)
     labels, n = ep.support["labels"], len(ep.classes)
@@ -203,26 +217,31 @@ def _metaopt(fn: _Functional, params: Params, ep: Episode, opts: MetaOptConfig,
         scale = opts.scale
     logits = scale * (emb_q @ w.T)
     loss = F.cross_entropy(logits, ep.query["labels"])
-    return TaskGradient(_grads(loss, params, keys, on_grad=on_grad), loss.item(), _accuracy(fn.type, logits, ep.query),
+    return TaskGradient(_grads(loss, params, keys, on_grad=on_grad), loss.item(),
+                        _accuracy(fn.type, logits, ep.query),
                         _n(ep.support) + _n(ep.query))
 
 
-def _with_episode_head(fn: _Functional, params: Params, ep: Episode, differentiable: bool) -> Params:
-    """Proto-MAML head (:func:`raymeta.core.model.proto_head`): a linear layer equal to the prototype classifier
-    of the support set under ``meta.proto``, differentiable through the prototypes for second-order algorithms."""
+def _with_episode_head(fn: _Functional, params: Params, ep: Episode,
+                       differentiable: bool) -> Params:
+    """Proto-MAML head (:func:`raymeta.core.model.proto_head`): a linear layer equal to the
+    prototype classifier of the support set under ``meta.proto``, differentiable through the
+    prototypes for second-order algorithms."""
     assert ep.classes is not None
     with torch.set_grad_enabled(differentiable):
         emb = fn.features(params, ep.support)
         w, b = proto_head(fn.prototypes(params, emb, ep), fn.distance, fn.temperature)
         if differentiable and not b.requires_grad:
-            # cosine: b (zeros) has no path to θ; a leaf of its own, adapted by the inner loop like the Euclidean bias
+            # cosine: b (zeros) has no path to θ; a leaf of its own, adapted by the inner loop like
+            # the Euclidean bias
             b.requires_grad_(True)
     if not differentiable:
         w, b = w.detach().requires_grad_(True), b.detach().requires_grad_(True)
     return {**params, _EPISODE_W: w, _EPISODE_B: b}
 
 
-def _maml_family(algorithm: str, fn: _Functional, params: Params, ep: Episode, steps: int, lr: float,
+def _maml_family(algorithm: str, fn: _Functional, params: Params, ep: Episode, steps: int,
+                 lr: float,
                  on_grad: GradReady | None = None) -> TaskGradient:
     """FOMAML / MAML (Finn et al. 2017), ANIL (Raghu et al. 2020), Reptile (Nichol et al. 2018).
 
@@ -238,10 +257,11 @@ def _maml_family(algorithm: str, fn: _Functional, params: Params, ep: Episode, s
       constants), so k = 1 gives ∇θ of the N-way cross-entropy under that head, with episode-local
       labels, whereas multitask trains the task's own head over all its classes.
 
-    ``on_grad`` (see :func:`_grads`) sees the outer gradients as the outer backward produces them. Reptile has no
-    outer backward: its "gradient" is a parameter difference, formed after the inner loop, so ``on_grad`` sees each
-    difference as soon as it is formed, before the query loss is evaluated (what a bucketed all-reduce can overlap
-    there is that evaluation, not a backward pass).
+    ``on_grad`` (see :func:`_grads`) sees the outer gradients as the outer backward produces them.
+    Reptile has no outer backward: its "gradient" is a parameter difference, formed after the inner
+    loop, so ``on_grad`` sees each difference as soon as it is formed, before the query loss is
+    evaluated (what a bucketed all-reduce can overlap there is that evaluation, not a backward
+    pass).
 
     Gradients are returned for the parameters the loss reached: the task's persistent head gets
     none when the episode head stands in for it (sequence classification), in every algorithm, so
@@ -268,7 +288,8 @@ def _maml_family(algorithm: str, fn: _Functional, params: Params, ep: Episode, s
             return fn(p, ep.support)[0]
 
     first_loss = None
-    reached: set[str] = set()  # parameters the inner loop moved: the only ones with a Reptile gradient
+    # parameters the inner loop moved: the only ones with a Reptile gradient
+    reached: set[str] = set()
     for _ in range(steps):
         loss = support_loss(fast)
         first_loss = loss.item() if first_loss is None else first_loss
@@ -281,14 +302,18 @@ def _maml_family(algorithm: str, fn: _Functional, params: Params, ep: Episode, s
     if algorithm == "reptile":
         if steps == 0:
             raise ValueError("reptile needs inner_steps >= 1")
-        # not the unused persistent head: a zero "gradient" for it would still let AdamW decay it every step
-        grads = {k: (params[k].detach() - fast[k].detach()) / (steps * lr) for k in _outer(trainable) if k in reached}
+        # not the unused persistent head: a zero "gradient" for it would still let AdamW decay it
+        # every step
+        grads = {k: (params[k].detach() - fast[k].detach()) / (steps * lr)
+                 for k in _outer(trainable) if k in reached}
         if on_grad is not None:
-            for k in reversed(list(grads)):  # last layers first, the order a backward pass produces them
+            # last layers first, the order a backward pass produces them
+            for k in reversed(list(grads)):
                 on_grad(k, grads[k])
         with torch.no_grad():
             lq, logits = fn(fast, ep.query)
-        return TaskGradient(grads, lq.item(), {**metrics, **_accuracy(fn.type, logits, ep.query)}, n)
+        return TaskGradient(grads, lq.item(), {**metrics, **_accuracy(fn.type, logits, ep.query)},
+                            n)
 
     if algorithm == "anil":
         logits = fn.logits(fast, feats_q, ep.query)
@@ -304,29 +329,34 @@ def _maml_family(algorithm: str, fn: _Functional, params: Params, ep: Episode, s
 
 
 def algorithm_options(meta: MetaConfig) -> dict[str, Any]:
-    """:func:`task_gradient`'s keyword arguments from ``meta``: one place for the task actor, the speed
-    baselines and the tests' single-process references."""
-    return {"inner_steps": meta.inner_steps, "inner_lr": meta.inner_lr, "distance": meta.proto.distance,
-            "temperature": meta.proto.temperature, "metaopt": meta.metaopt, "label_prior": meta.proto.prior_weight}
+    """:func:`task_gradient`'s keyword arguments from ``meta``: one place for the task actor, the
+    speed baselines and the tests' single-process references."""
+    return {"inner_steps": meta.inner_steps, "inner_lr": meta.inner_lr,
+            "distance": meta.proto.distance,
+            "temperature": meta.proto.temperature, "metaopt": meta.metaopt,
+            "label_prior": meta.proto.prior_weight}
 
 
 def task_gradient(
     algorithm: str, model: MetaModel, task: str, task_type: str, episode: Episode, params: Params,
-    *, inner_steps: int = 1, inner_lr: float = 1e-3, distance: str = "euclidean", temperature: float = 1.0,
-    metaopt: MetaOptConfig | None = None, on_grad: GradReady | None = None, label_prior: float = 0.0,
+    *, inner_steps: int = 1, inner_lr: float = 1e-3, distance: str = "euclidean",
+                  temperature: float = 1.0,
+    metaopt: MetaOptConfig | None = None, on_grad: GradReady | None = None,
+                  label_prior: float = 0.0,
 ) -> TaskGradient:
     """One task's contribution to the meta-gradient.
 
     ``params`` maps every name the computation may use — ``encoder.*`` and the task's
     ``heads.<task>.*`` — to a tensor that requires grad. The result's ``grads`` has the
     same names (those the loss reached); the encoder part is what the driver reduces.
-    ``distance`` and ``temperature`` (``meta.proto``) set the prototype metric of ``protonet`` and of the
-    MAML family's episode head; the defaults are the original unscaled squared Euclidean distance.
-    ``metaopt`` (``meta.metaopt``) sets ``metaopt``'s base learner (default: :class:`MetaOptConfig`'s).
-    ``label_prior`` λ (``meta.proto.label_prior``): each class's name (``episode.names``) is one more support point
-    of the prototypes of ``protonet`` and of the episode head (:func:`raymeta.core.base_learners.prototypes`).
-    ``on_grad(name, grad)``: called with each outer gradient as soon as the last backward pass has produced it (for
-    Reptile, as soon as its parameter difference is formed), while the rest is still being computed; the result's
+    ``distance`` and ``temperature`` (``meta.proto``) set the prototype metric of ``protonet`` and
+    of the MAML family's episode head; the defaults are the original unscaled squared Euclidean
+    distance. ``metaopt`` (``meta.metaopt``) sets ``metaopt``'s base learner (default:
+    :class:`MetaOptConfig`'s). ``label_prior`` λ (``meta.proto.label_prior``): each class's name
+    (``episode.names``) is one more support point of the prototypes of ``protonet`` and of the
+    episode head (:func:`raymeta.core.base_learners.prototypes`). ``on_grad(name, grad)``: called
+    with each outer gradient as soon as the last backward pass has produced it (for Reptile, as soon
+    as its parameter difference is formed), while the rest is still being computed; the result's
     ``grads`` are the same with or without it.
     """
     if algorithm not in ALGORITHMS:
@@ -334,11 +364,14 @@ def task_gradient(
     classification = task_type == "sequence_classification"
     if algorithm == "multitask" or (algorithm in ("protonet", "metaopt") and not classification):
         # ProtoNet and MetaOptNet need classes; other task types contribute their supervised loss.
-        return _multitask(_Functional(model, task, task_type, episode_head=False), params, episode, on_grad)
+        return _multitask(_Functional(model, task, task_type, episode_head=False), params, episode,
+                          on_grad)
     if algorithm == "protonet":
-        return _protonet(_Functional(model, task, task_type, True, distance, temperature, label_prior), params, episode,
+        return _protonet(_Functional(model, task, task_type, True, distance, temperature,
+                                     label_prior), params, episode,
                          on_grad)
     if algorithm == "metaopt":
-        return _metaopt(_Functional(model, task, task_type, True), params, episode, metaopt or MetaOptConfig(), on_grad)
+        return _metaopt(_Functional(model, task, task_type, True), params, episode,
+                        metaopt or MetaOptConfig(), on_grad)
     fn = _Functional(model, task, task_type, classification, distance, temperature, label_prior)
     return _maml_family(algorithm, fn, params, episode, inner_steps, inner_lr, on_grad)

@@ -16,10 +16,11 @@ the previous checkpoint or the new one, never half of one: old checkpoints, too,
 to a hidden name before they are deleted, so every ``step-*`` directory is complete. Hidden
 leftovers of a killed writer are never read, and the next save removes them.
 
-A checkpoint counts only when its manifest is there and every file matches it: a checkpoint damaged after it was
-written (a truncated file, a file changed, a manifest lost) is passed over for the newest complete one, with a
-warning naming the file. On object storage, which has no rename, the manifest is the last object uploaded
-(:func:`push_checkpoint`), so the same rule makes those checkpoints atomic too (:func:`pull_latest_checkpoint`).
+A checkpoint counts only when its manifest is there and every file matches it: a checkpoint damaged
+after it was written (a truncated file, a file changed, a manifest lost) is passed over for the
+newest complete one, with a warning naming the file. On object storage, which has no rename, the
+manifest is the last object uploaded (:mod:`raymeta.train.checkpoint_mirror`), so the same rule
+makes those checkpoints atomic too. This module reads and writes local paths only.
 """
 
 from __future__ import annotations
@@ -38,22 +39,23 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .. import storage
 from ..config import ExperimentConfig, save_config
 from ..errors import ModelError, RaymetaError
 from .jsonio import dumps as strict_dumps
 from .model_card import write_model_card
 from .trainable import is_peft, merged_copy
 
-__all__ = ["ADAPTER_DIR", "MANIFEST", "save_checkpoint", "latest_checkpoint", "load_checkpoint", "load_encoder_weights",
-           "export_model", "atomic_dir", "checkpoint_problem", "push_checkpoint", "pull_latest_checkpoint"]
+__all__ = ["ADAPTER_DIR", "MANIFEST", "save_checkpoint", "latest_checkpoint", "load_checkpoint",
+           "load_encoder_weights",
+           "export_model", "atomic_dir", "checkpoint_problem", "is_step_dir"]
 
 log = logging.getLogger("raymeta.train")
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 ADAPTER_DIR = "adapter"  # model.trainable: lora: the peft adapter, beside the merged model
 _STATE = "trainer_state.json"
-MANIFEST = "manifest.json"  # written last: each file's size and SHA-256; a checkpoint without it is incomplete
+# written last: each file's size and SHA-256; a checkpoint without it is incomplete
+MANIFEST = "manifest.json"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -86,7 +88,8 @@ def _sha256(path: Path) -> str:
 def _write_manifest(root: Path) -> None:
     files = {p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
              for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST}
-    (root / MANIFEST).write_text(strict_dumps({"format": 1, "files": files}, indent=1, sort_keys=True))
+    (root / MANIFEST).write_text(strict_dumps({"format": 1, "files": files}, indent=1,
+                                              sort_keys=True))
 
 
 def _read_manifest(path: Path) -> dict[str, dict[str, Any]] | str:
@@ -103,8 +106,8 @@ def _read_manifest(path: Path) -> dict[str, dict[str, Any]] | str:
 
 
 def checkpoint_problem(path: str | Path, *, checksums: bool = True) -> str | None:
-    """What is wrong with the checkpoint directory ``path`` (one line naming the file), or None when every file its
-    manifest lists is there with its size (and, with ``checksums``, its SHA-256)."""
+    """What is wrong with the checkpoint directory ``path`` (one line naming the file), or None when
+    every file its manifest lists is there with its size (and, with ``checksums``, its SHA-256)."""
     path = Path(path)
     files = _read_manifest(path)
     if isinstance(files, str):
@@ -114,7 +117,8 @@ def checkpoint_problem(path: str | Path, *, checksums: bool = True) -> str | Non
         if not f.is_file():
             return f"{f}: missing"
         if f.stat().st_size != want["size"]:
-            return f"{f}: {f.stat().st_size} bytes, the manifest says {want['size']} (truncated or changed)"
+            return (f"{f}: {f.stat().st_size} bytes, the manifest says {want['size']} (truncated "
+                    "or changed)")
         if checksums and _sha256(f) != want["sha256"]:
             return f"{f}: its SHA-256 differs from the manifest's (changed or damaged)"
     return None
@@ -131,8 +135,8 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def _remove_dir(path: Path) -> None:
-    """Rename (atomic), then delete: a kill halfway through a delete leaves a hidden leftover, never a
-    half-deleted directory under its real name that still looks complete."""
+    """Rename (atomic), then delete: a kill halfway through a delete leaves a hidden leftover, never
+    a half-deleted directory under its real name that still looks complete."""
     trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
     os.replace(path, trash)
     shutil.rmtree(trash, ignore_errors=True)
@@ -147,15 +151,17 @@ def _writer_gone(pid: int) -> bool:
         return True
     except PermissionError:  # alive, someone else's
         return False
-    try:  # a killed process its parent has not reaped yet still answers kill(pid, 0): a zombie (Linux)
+    # a killed process its parent has not reaped yet still answers kill(pid, 0): a zombie (Linux)
+    try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except (OSError, IndexError):
         return False
 
 
 def _remove_leftovers(root: Path, names: str) -> None:
-    """Remove what killed writers left in ``root``: ``.tmp-NAME-PID``, ``.old-NAME-PID``, ``.trash-NAME-PID``
-    (NAME matching the regex ``names``) and ``.LATEST.tmpPID``, once process PID is gone."""
+    """Remove what killed writers left in ``root``: ``.tmp-NAME-PID``, ``.old-NAME-PID``,
+    ``.trash-NAME-PID`` (NAME matching the regex ``names``) and ``.LATEST.tmpPID``, once process PID
+    is gone."""
     pattern = re.compile(rf"^\.(?:(?:tmp|old|trash)-(?:{names})-|LATEST\.tmp)(\d+)$")
     for p in root.iterdir():
         m = pattern.match(p.name)
@@ -185,7 +191,8 @@ class atomic_dir:
             return
         _fsync_tree(self.tmp)
         old = self.target.with_name(f".old-{self.target.name}-{os.getpid()}")
-        if self.target.exists():  # rename can't replace a non-empty dir: move the old one aside first
+        # rename can't replace a non-empty dir: move the old one aside first
+        if self.target.exists():
             os.replace(self.target, old)
         os.replace(self.tmp, self.target)
         _fsync_dir(self.target.parent)
@@ -193,9 +200,10 @@ class atomic_dir:
 
 
 def _save_encoder(encoder: torch.nn.Module, path: Path, tokenizer: Any) -> None:
-    """A complete Hugging Face model directory at ``path``. Under ``model.trainable: lora`` the adapters are
-    merged into it (``AutoModel.from_pretrained`` needs no peft), and ``path/adapter`` holds the peft adapter
-    itself (``PeftModel.from_pretrained(base, path/adapter)``), with the tokenizer in both."""
+    """A complete Hugging Face model directory at ``path``. Under ``model.trainable: lora`` the
+    adapters are merged into it (``AutoModel.from_pretrained`` needs no peft), and ``path/adapter``
+    holds the peft adapter itself (``PeftModel.from_pretrained(base, path/adapter)``), with the
+    tokenizer in both."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one bar per save is noise in a step log
@@ -206,17 +214,22 @@ def _save_encoder(encoder: torch.nn.Module, path: Path, tokenizer: Any) -> None:
     full.save_pretrained(path, state_dict=sd, safe_serialization=True)
     tokenizer.save_pretrained(path)
     if is_peft(encoder):
-        # the embeddings are not adapted: nothing to save of them (and no probe of the base's vocabulary)
-        encoder.save_pretrained(path / ADAPTER_DIR, safe_serialization=True, save_embedding_layers=False)
+        # the embeddings are not adapted: nothing to save of them (and no probe of the base's
+        # vocabulary)
+        encoder.save_pretrained(path / ADAPTER_DIR, safe_serialization=True,
+                                save_embedding_layers=False)
         tokenizer.save_pretrained(path / ADAPTER_DIR)
 
 
-def export_model(target: Path, encoder: torch.nn.Module, tokenizer: Any, *, files: dict[str, str] | None = None,
-                 cfg: ExperimentConfig | None = None, step: int | None = None, card: dict[str, Any] | None = None) -> Path:
+def export_model(target: Path, encoder: torch.nn.Module, tokenizer: Any, *,
+                 files: dict[str, str] | None = None,
+                 cfg: ExperimentConfig | None = None, step: int | None = None,
+                 card: dict[str, Any] | None = None) -> Path:
     """A Hugging Face directory loadable by ``AutoModel.from_pretrained`` (atomic); with LoRA, also
-    ``target/adapter`` (see :func:`_save_encoder`). ``files``: more text files to write into it (name -> text),
-    inside the same atomic rename (``best``'s score travels with its weights). With ``cfg``, the directory gets
-    a Hugging Face model card (``README.md``) of the run at ``step``; ``card``: its extra fields."""
+    ``target/adapter`` (see :func:`_save_encoder`). ``files``: more text files to write into it
+    (name -> text), inside the same atomic rename (``best``'s score travels with its weights). With
+    ``cfg``, the directory gets a Hugging Face model card (``README.md``) of the run at ``step``;
+    ``card``: its extra fields."""
     with atomic_dir(target) as tmp:
         _save_encoder(encoder, tmp, tokenizer)
         if cfg is not None:
@@ -227,17 +240,19 @@ def export_model(target: Path, encoder: torch.nn.Module, tokenizer: Any, *, file
 
 
 def save_checkpoint(
-    output_dir: str | Path, step: int, *, encoder: torch.nn.Module, tokenizer: Any, cfg: ExperimentConfig,
+    output_dir: str | Path, step: int, *, encoder: torch.nn.Module, tokenizer: Any,
+                    cfg: ExperimentConfig,
     tensors: dict[str, torch.Tensor], state: dict[str, Any], keep_last: int = 2,
 ) -> Path:
     root = Path(output_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(root, r"step-\d{8}")
     target = root / f"step-{step:08d}"
-    # Checkpoints after this step belong to another timeline (an earlier run in this directory, or the
-    # steps after the checkpoint this run was restored from): removed first, so that the newest
+    # Checkpoints after this step belong to another timeline (an earlier run in this directory, or
+    # the steps after the checkpoint this run was restored from): removed first, so that the newest
     # complete checkpoint is always this run's latest one.
-    for later in sorted(p for p in root.iterdir() if _STEP_DIR.match(p.name) and p.name > target.name):
+    for later in sorted(p for p in root.iterdir() if _STEP_DIR.match(p.name)
+                        and p.name > target.name):
         _remove_dir(later)
     try:
         with atomic_dir(target) as tmp:
@@ -246,35 +261,46 @@ def save_checkpoint(
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
                       str(tmp / "trainer_state.safetensors"))
             save_config(cfg, tmp)
-            (tmp / _STATE).write_text(strict_dumps({**state, "step": step}, indent=1, sort_keys=True))
+            (tmp / _STATE).write_text(strict_dumps({**state, "step": step}, indent=1,
+                                                   sort_keys=True))
             _write_manifest(tmp)
         _atomic_write_text(root / "LATEST", target.name + "\n")
-    except (OSError, SafetensorError) as e:  # the disk is full, or gone: the previous checkpoint is intact (atomic_dir)
+    # the disk is full, or gone: the previous checkpoint is intact (atomic_dir)
+    except (OSError, SafetensorError) as e:
         code = _io_errno(e)
         if code not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES):
             raise
         prev = latest_checkpoint(output_dir, warn=False)
         raise RaymetaError(f"checkpoint {target}: cannot be written ({os.strerror(code)}); "
                            + (f"the previous one, {prev.name}, is intact: free space, then --resume"
-                              if prev is not None else "no earlier checkpoint to resume from")) from None
+                              if prev is not None
+                              else "no earlier checkpoint to resume from")) from None
     for old in sorted(p for p in root.iterdir() if _STEP_DIR.match(p.name))[:-keep_last]:
         _remove_dir(old)
     return target
 
 
 def _io_errno(e: BaseException) -> int | None:
-    """The errno of a failed write: an ``OSError``'s, or the ``(os error N)`` that safetensors' Rust writer puts in
-    its message instead (a full disk under ``save_file`` is a ``SafetensorError``)."""
+    """The errno of a failed write: an ``OSError``'s, or the ``(os error N)`` that safetensors' Rust
+    writer puts in its message instead (a full disk under ``save_file`` is a
+    ``SafetensorError``)."""
     if isinstance(e, OSError):
         return e.errno
     m = re.search(r"\(os error (\d+)\)", str(e))
     return int(m.group(1)) if m else None
 
 
+def is_step_dir(name: str) -> bool:
+    """Whether ``name`` is a checkpoint's directory name (``step-00000050``), local or under a
+    URI."""
+    return _STEP_DIR.match(name) is not None
+
+
 def latest_checkpoint(output_dir: str | Path, *, warn: bool = True) -> Path | None:
-    """The newest complete checkpoint (:func:`checkpoint_problem`). It is also the one ``LATEST`` names, except after
-    a kill between a checkpoint's rename into place and the ``LATEST`` update: then the newer, complete one wins. A
-    damaged newer one is passed over, with a warning naming the file (``warn``)."""
+    """The newest complete checkpoint (:func:`checkpoint_problem`). It is also the one ``LATEST``
+    names, except after a kill between a checkpoint's rename into place and the ``LATEST`` update:
+    then the newer, complete one wins. A damaged newer one is passed over, with a warning naming the
+    file (``warn``)."""
     root = Path(output_dir) / "checkpoints"
     if not root.is_dir():
         return None
@@ -283,45 +309,8 @@ def latest_checkpoint(output_dir: str | Path, *, warn: bool = True) -> Path | No
         if problem is None:
             return p
         if warn:
-            log.warning("checkpoint %s is incomplete or damaged (%s); trying an older one", p.name, problem)
-    return None
-
-
-def push_checkpoint(path: Path, remote_root: str, *, keep_last: int) -> str:
-    """Upload the complete local checkpoint ``path`` to ``<remote_root>/<name>``, its manifest last, so that it
-    counts there only once every file is; then delete the remote checkpoints after it (another timeline's) and the
-    ones before the ``keep_last`` newest. Returns its URI."""
-    listed = storage.listing(remote_root)
-    target = storage.join(remote_root, path.name)
-    for later in sorted(n for n in listed if _STEP_DIR.match(n) and n > path.name):
-        storage.delete(storage.join(remote_root, later))
-    storage.delete(target)  # a leftover of an upload that was cut short: its files are not this checkpoint's
-    storage.upload(path, target, last=(MANIFEST,))
-    done = sorted(n for n in storage.listing(remote_root) if _STEP_DIR.match(n) and n <= path.name)
-    for old in done[:-keep_last]:
-        storage.delete(storage.join(remote_root, old))
-    return target
-
-
-def pull_latest_checkpoint(remote_root: str, local_root: Path) -> Path | None:
-    """The newest complete checkpoint under the URI ``remote_root``, downloaded into ``local_root`` and checked
-    against its manifest; a damaged or incomplete one (no manifest: its upload was cut short) is passed over with a
-    warning naming the file."""
-    for name in sorted((n for n in storage.listing(remote_root) if _STEP_DIR.match(n)), reverse=True):
-        uri = storage.join(remote_root, name)
-        if not storage.exists(storage.join(uri, MANIFEST)):
-            log.warning("checkpoint %s/%s is incomplete (no %s: its upload was cut short); trying an older one",
-                        uri, MANIFEST, MANIFEST)
-            continue
-        local = local_root / name
-        shutil.rmtree(local, ignore_errors=True)
-        storage.download(uri, local)
-        problem = checkpoint_problem(local)
-        if problem is None:
-            return local
-        log.warning("checkpoint %s is incomplete or damaged (%s); trying an older one", uri,
-                    problem.replace(str(local), uri))
-        shutil.rmtree(local, ignore_errors=True)
+            log.warning("checkpoint %s is incomplete or damaged (%s); trying an older one", p.name,
+                        problem)
     return None
 
 
@@ -331,25 +320,30 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         tensors = load_file(str(p / "trainer_state.safetensors"))
         state = json.loads((p / _STATE).read_text())
     except (SafetensorError, OSError, ValueError) as e:
-        raise ModelError(f"checkpoint {p}: cannot be read ({str(e).splitlines()[0][:160]})") from None
+        raise ModelError(f"checkpoint {p}: cannot be read "
+                         f"({str(e).splitlines()[0][:160]})") from None
     return tensors, state
 
 
 def load_encoder_weights(encoder: torch.nn.Module, model_dir: str | Path) -> None:
-    """Load ``model.safetensors`` into an existing encoder; a different architecture is one clear line."""
+    """Load ``model.safetensors`` into an existing encoder; a different architecture is one clear
+    line."""
     f = Path(model_dir) / "model.safetensors"
     try:
         sd = load_file(str(f))
     except (SafetensorError, OSError) as e:
-        raise ModelError(f"checkpoint {f}: not a readable safetensors file ({str(e).splitlines()[0][:160]})") from None
+        raise ModelError(f"checkpoint {f}: not a readable safetensors file "
+                         f"({str(e).splitlines()[0][:160]})") from None
     own = encoder.state_dict()
     missing = [k for k in own if k not in sd]
     extra = [k for k in sd if k not in own]
     bad = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
     if missing or extra or bad:
         k = (bad or missing or extra)[0]
-        what = (f"shape {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" if bad else "missing" if missing else "unexpected")
-        raise ModelError(f"checkpoint {f}: different architecture from the configured model (tensor '{k}': {what})")
+        what = (f"shape {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" if bad else "missing"
+                if missing else "unexpected")
+        raise ModelError(f"checkpoint {f}: different architecture from the configured model "
+                         f"(tensor '{k}': {what})")
     with torch.no_grad():
         for k, v in own.items():
             v.copy_(sd[k])

@@ -9,7 +9,7 @@ import importlib.util
 import inspect
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,20 +26,26 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from .. import storage
 from ..config import ModelConfig
 from ..errors import ModelError
 from .trainable import apply_trainable, base_model
 
 __all__ = [
-    "ADAPTER_CONFIG", "CAUSAL_MODEL_TYPES", "OFFLINE_MINILM", "Head", "MetaModel", "MultipleChoiceHead",
+    "ADAPTER_CONFIG", "CAUSAL_MODEL_TYPES", "OFFLINE_MINILM", "Head", "MetaModel",
+           "MultipleChoiceHead",
     "ParamLayout", "QuestionAnsweringHead", "SequenceClassificationHead",
     "TokenClassificationHead", "build_head", "default_pooling", "load_encoder",
-    "load_tokenizer", "pool_hidden", "proto_head", "resolve_model_path", "LOG_SCALE",
+    "load_tokenizer", "pool_hidden", "proto_head", "resolve_model_path", "LOG_SCALE", "Fetch",
 ]
 
+# Turns a storage URI (``s3://.../final``) into a local copy of it:
+# raymeta.storage.local_model_path. Passed in by whoever loads a model that may live on object
+# storage (core reads local paths only).
+Fetch = Callable[[str], str]
+
 OFFLINE_MINILM = "offline:all-MiniLM-L6-v2"
-LOG_SCALE = "log_scale"  # a classification head's learned logit scale (meta.metaopt.learn_scale), when it has one
+# a classification head's learned logit scale (meta.metaopt.learn_scale), when it has one
+LOG_SCALE = "log_scale"
 ADAPTER_CONFIG = "adapter_config.json"  # what marks a peft adapter directory
 
 # Decoder-only families: pooled with the last real token (the only one that has seen the
@@ -64,12 +70,16 @@ def _not_a_model(path: str, err: BaseException) -> ModelError:
     )
 
 
-def resolve_model_path(name_or_path: str) -> str:
-    """Map the ``offline:all-MiniLM-L6-v2`` alias to the PyPI-shipped copy, and a storage URI (``s3://.../final``) to
-    a local copy of it (:func:`raymeta.storage.fetch`, made where the model is loaded: on each actor's node); pass
-    others through."""
-    if storage.is_uri(name_or_path):
-        return str(storage.fetch(name_or_path))
+def resolve_model_path(name_or_path: str, fetch: Fetch | None = None) -> str:
+    """Map the ``offline:all-MiniLM-L6-v2`` alias to the PyPI-shipped copy, and a storage URI
+    (``s3://.../final``) through ``fetch`` to a local copy of it
+    (:func:`raymeta.storage.local_model_path`, called where the model is loaded: on each actor's
+    node); pass others through. A URI with no ``fetch`` is a one-line error."""
+    if fetch is not None:
+        name_or_path = fetch(name_or_path)  # a local path or a hub name comes back as it is
+    elif "://" in name_or_path:  # neither a hub name nor a local path has a scheme
+        raise ModelError(f"model '{name_or_path}': a storage URI, but this caller cannot fetch it "
+                         "(it passes no fetch=raymeta.storage.local_model_path)")
     if name_or_path != OFFLINE_MINILM:
         return name_or_path
     # find_spec locates the package without importing it (its __init__ may pull in more).
@@ -82,23 +92,26 @@ def resolve_model_path(name_or_path: str) -> str:
     return os.path.join(next(iter(spec.submodule_search_locations)), "model")
 
 
-VERBOSE_ENV = "RAYMETA_VERBOSE"  # set by `raymeta -v`; inherited by the Ray workers a command starts
+# set by `raymeta -v`; inherited by the Ray workers a command starts
+VERBOSE_ENV = "RAYMETA_VERBOSE"
 
 
 def quiet_model_loading() -> None:
-    """Transformers' progress bars (a "Loading weights" bar per model load, in every actor, trial and evaluation
-    run) off, unless ``$RAYMETA_VERBOSE`` is set (``raymeta -v``). Called by every model load, so that it holds
-    in Ray workers too, including those of a cluster (``--address``) that never saw the command's environment."""
+    """Transformers' progress bars (a "Loading weights" bar per model load, in every actor, trial
+    and evaluation run) off, unless ``$RAYMETA_VERBOSE`` is set (``raymeta -v``). Called by every
+    model load, so that it holds in Ray workers too, including those of a cluster (``--address``)
+    that never saw the command's environment."""
     if not os.environ.get(VERBOSE_ENV):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
 
 
-def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
-    """The tokenizer of ``cfg.tokenizer`` (default: the model), with a pad token guaranteed."""
+def load_tokenizer(cfg: ModelConfig, *, fetch: Fetch | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer of ``cfg.tokenizer`` (default: the model), with a pad token guaranteed.
+    ``fetch``: for a storage URI (:func:`resolve_model_path`)."""
     quiet_model_loading()
-    path = resolve_model_path(cfg.tokenizer or cfg.name_or_path)
+    path = resolve_model_path(cfg.tokenizer or cfg.name_or_path, fetch)
     try:
         tok = AutoTokenizer.from_pretrained(
             path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
@@ -112,15 +125,18 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
 
 
 def load_encoder(
-    cfg: ModelConfig, vocab_size: int | None = None, *, attn_implementation: str | None = None
+    cfg: ModelConfig, vocab_size: int | None = None, *, attn_implementation: str | None = None,
+    fetch: Fetch | None = None,
 ) -> PreTrainedModel:
     """The bare ``AutoModel`` (no task head) in float32.
 
     ``attn_implementation="eager"`` is needed for second-order MAML: SDPA kernels (the
-    default, on CPU too) have no double backward.
+    default, on CPU too) have no double backward. ``fetch``: for a storage URI, the model's or
+    a LoRA adapter's base model's (:func:`resolve_model_path`).
     """
     quiet_model_loading()
-    extra: dict[str, Any] = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    extra: dict[str, Any] = ({"attn_implementation": attn_implementation}
+                             if attn_implementation else {})
     if cfg.from_config is not None:
         kwargs = dict(cfg.from_config)
         model_type = kwargs.pop("model_type", None)
@@ -131,16 +147,18 @@ def load_encoder(
             encoder = AutoModel.from_config(config, **extra)
         except (ValueError, TypeError, KeyError) as e:
             raise ModelError(f"model from_config {cfg.from_config}: {_short(e)}") from None
-    elif os.path.isfile(os.path.join(resolve_model_path(cfg.name_or_path), ADAPTER_CONFIG)):
-        encoder = _load_merged_adapter(resolve_model_path(cfg.name_or_path), cfg, extra)
+    # the path resolved once (a URI's fetch lists it), for both branches below
+    elif os.path.isfile(os.path.join(path := resolve_model_path(cfg.name_or_path, fetch),
+                                     ADAPTER_CONFIG)):
+        encoder = _load_merged_adapter(path, cfg, extra, fetch)
     else:
-        path = resolve_model_path(cfg.name_or_path)
         try:
             encoder = AutoModel.from_pretrained(
                 path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
                 dtype=torch.float32, **extra,
             )
-        except (OSError, ValueError, SafetensorError) as e:  # missing files, bad config, truncated weights
+        # missing files, bad config, truncated weights
+        except (OSError, ValueError, SafetensorError) as e:
             raise _not_a_model(path, e) from None
         if vocab_size is not None and vocab_size > encoder.get_input_embeddings().num_embeddings:
             encoder.resize_token_embeddings(vocab_size)  # the tokenizer added tokens
@@ -154,22 +172,28 @@ def load_encoder(
     return apply_trainable(encoder.to(torch.float32), cfg)
 
 
-def _load_merged_adapter(path: str, cfg: ModelConfig, extra: dict[str, Any]) -> PreTrainedModel:
-    """A peft LoRA adapter directory (raymeta's ``final/adapter``): its base model with the adapter merged in."""
+def _load_merged_adapter(path: str, cfg: ModelConfig, extra: dict[str, Any],
+                         fetch: Fetch | None) -> PreTrainedModel:
+    """A peft LoRA adapter directory (raymeta's ``final/adapter``): its base model with the adapter
+    merged in."""
     import json
 
     from peft import PeftModel
 
-    base_name = json.loads(open(os.path.join(path, ADAPTER_CONFIG), encoding="utf-8").read()).get("base_model_name_or_path")
+    base_name = json.loads(open(os.path.join(path, ADAPTER_CONFIG),
+                                encoding="utf-8").read()).get("base_model_name_or_path")
     if not base_name:
         raise ModelError(f"model '{path}': a LoRA adapter whose base model is not recorded "
-                         "(base_model_name_or_path); load it with PeftModel.from_pretrained(base, path)")
-    base = load_encoder(ModelConfig(name_or_path=base_name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code),
-                        attn_implementation=extra.get("attn_implementation"))
+                         "(base_model_name_or_path); load it with PeftModel.from_pretrained(base, "
+                         "path)")
+    base = load_encoder(ModelConfig(name_or_path=base_name, revision=cfg.revision,
+                                    trust_remote_code=cfg.trust_remote_code),
+                        attn_implementation=extra.get("attn_implementation"), fetch=fetch)
     try:
         return PeftModel.from_pretrained(base, path).merge_and_unload()
     except (OSError, ValueError, KeyError, SafetensorError) as e:
-        raise ModelError(f"model '{path}': not a LoRA adapter of {base_name} ({_short(e)})") from None
+        raise ModelError(f"model '{path}': not a LoRA adapter of {base_name} "
+                         f"({_short(e)})") from None
 
 
 def default_pooling(config: PretrainedConfig) -> str:
@@ -194,15 +218,17 @@ def pool_hidden(hidden: Tensor, attention_mask: Tensor | None, pooling: str) -> 
     raise ValueError(f"unknown pooling '{pooling}' (mean, cls or last)")
 
 
-def proto_head(protos: Tensor, distance: str = "euclidean", temperature: float = 1.0) -> tuple[Tensor, Tensor]:
-    """A linear layer (W, b) equal to the prototype classifier of ``protos`` (C, H): the Proto-MAML head
-    (Triantafillou et al. 2020). Squared Euclidean distance: W = 2·p_c, b = -‖p_c‖², since
-    ``W x + b = -‖x - p_c‖² + ‖x‖²`` is Snell et al. (2017)'s logit up to a per-example constant, which softmax
-    ignores. Cosine: W = p_c/‖p_c‖, b = 0, over unit-length features, which is cos(x, p_c) exactly. Both
-    divided by ``temperature`` (``meta.proto``, metric scaling, Oreshkin et al. 2018); the division is skipped
-    at 1.0, so the default head is exactly the unscaled one. The one initialiser behind the episode head of
-    the MAML family (:mod:`raymeta.core.algorithms`), the fine-tuning head (:meth:`SequenceClassificationHead.
-    init_from_prototypes`) and the episodic fine-tuned head (:mod:`raymeta.eval.episodic`)."""
+def proto_head(protos: Tensor, distance: str = "euclidean",
+               temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+    """A linear layer (W, b) equal to the prototype classifier of ``protos`` (C, H): the Proto-MAML
+    head (Triantafillou et al. 2020). Squared Euclidean distance: W = 2·p_c, b = -‖p_c‖², since
+    ``W x + b = -‖x - p_c‖² + ‖x‖²`` is Snell et al. (2017)'s logit up to a per-example constant,
+    which softmax ignores. Cosine: W = p_c/‖p_c‖, b = 0, over unit-length features, which is cos(x,
+    p_c) exactly. Both divided by ``temperature`` (``meta.proto``, metric scaling, Oreshkin et al.
+    2018); the division is skipped at 1.0, so the default head is exactly the unscaled one. The one
+    initialiser behind the episode head of the MAML family (:mod:`raymeta.core.algorithms`), the
+    fine-tuning head (:meth:`SequenceClassificationHead.init_from_prototypes`) and the episodic
+    fine-tuned head (:mod:`raymeta.eval.episodic`)."""
     if distance == "cosine":
         w, b = F.normalize(protos, dim=-1), protos.new_zeros(protos.shape[0])
     elif distance == "euclidean":
@@ -225,12 +251,14 @@ class Head(Protocol):
 
 
 class SequenceClassificationHead(nn.Module):
-    """Pool -> dropout -> Linear: (B, T, H) -> (B, num_labels). With ``log_scale``, also a learned logit scale
-    (``log_scale``, a parameter of its own) for a loss that fits its classifier per episode (``metaopt``)."""
+    """Pool -> dropout -> Linear: (B, T, H) -> (B, num_labels). With ``log_scale``, also a learned
+    logit scale (``log_scale``, a parameter of its own) for a loss that fits its classifier per
+    episode (``metaopt``)."""
 
     label_keys = ("labels",)
 
-    def __init__(self, hidden_size: int, num_labels: int, pooling: str = "mean", dropout: float = 0.1,
+    def __init__(self, hidden_size: int, num_labels: int, pooling: str = "mean",
+                 dropout: float = 0.1,
                  log_scale: float | None = None):
         super().__init__()
         self.pooling = pooling
@@ -261,7 +289,8 @@ class SequenceClassificationHead(nn.Module):
         protos = torch.zeros(num_classes, emb.shape[1], dtype=emb.dtype, device=emb.device)
         counts = torch.bincount(labels.to(emb.device), minlength=num_classes)
         if counts.numel() > num_classes or bool((counts == 0).any()):
-            raise ValueError(f"init_from_prototypes: every class in 0..{num_classes - 1} needs examples")
+            raise ValueError(f"init_from_prototypes: every class in 0..{num_classes - 1} needs "
+                             "examples")
         protos.index_add_(0, labels.to(emb.device), emb)
         protos /= counts.unsqueeze(1).to(emb.dtype)
         if self.classifier.out_features != num_classes:
@@ -340,8 +369,8 @@ class MultipleChoiceHead(nn.Module):
 
 def build_head(task_type: str, hidden_size: int, num_labels: int, pooling: str, dropout: float,
                log_scale: float | None = None) -> nn.Module:
-    """The head for a task type (``num_labels`` is unused by QA and multiple choice; ``log_scale``, the initial
-    learned logit scale, by every type but sequence classification)."""
+    """The head for a task type (``num_labels`` is unused by QA and multiple choice; ``log_scale``,
+    the initial learned logit scale, by every type but sequence classification)."""
     if task_type == "sequence_classification":
         return SequenceClassificationHead(hidden_size, num_labels, pooling, dropout, log_scale)
     if task_type == "token_classification":
@@ -361,7 +390,8 @@ def _head_key(task_name: str) -> str:
 class MetaModel(nn.Module):
     """``encoder`` (shared, meta-learned) + ``heads`` (one per task, keyed by task name)."""
 
-    def __init__(self, encoder: PreTrainedModel, pooling: str | None = None, head_dropout: float = 0.1):
+    def __init__(self, encoder: PreTrainedModel, pooling: str | None = None,
+                 head_dropout: float = 0.1):
         super().__init__()
         self.encoder = encoder
         self.heads = nn.ModuleDict()
@@ -369,7 +399,8 @@ class MetaModel(nn.Module):
         self.pooling = pooling or default_pooling(encoder.config)
         self.head_dropout = head_dropout
         self.hidden_size = int(encoder.config.hidden_size)
-        accepted = inspect.signature(base_model(encoder).forward).parameters  # a PeftModel's forward takes **kwargs
+        # a PeftModel's forward takes **kwargs
+        accepted = inspect.signature(base_model(encoder).forward).parameters
         self._inputs = ["input_ids", "attention_mask"]
         # Only segment-aware encoders (BERT: type_vocab_size 2) get token_type_ids.
         if (
@@ -383,21 +414,26 @@ class MetaModel(nn.Module):
     def from_config(
         cls, cfg: ModelConfig, tasks: Sequence[tuple[str, str, int]], *,
         vocab_size: int | None = None, attn_implementation: str | None = None,
+        fetch: Fetch | None = None,
     ) -> MetaModel:
-        """Encoder from ``cfg`` plus a head per ``(task_name, task_type, num_labels)``."""
-        encoder = load_encoder(cfg, vocab_size, attn_implementation=attn_implementation)
+        """Encoder from ``cfg`` plus a head per ``(task_name, task_type, num_labels)``; ``fetch``:
+        for a storage URI (:func:`load_encoder`)."""
+        encoder = load_encoder(cfg, vocab_size, attn_implementation=attn_implementation,
+                               fetch=fetch)
         model = cls(encoder, cfg.pooling, cfg.head_dropout)
         for name, task_type, num_labels in tasks:
             model.add_head(name, task_type, num_labels)
         return model
 
-    def add_head(self, task_name: str, task_type: str, num_labels: int, log_scale: float | None = None) -> nn.Module:
+    def add_head(self, task_name: str, task_type: str, num_labels: int,
+                 log_scale: float | None = None) -> nn.Module:
         key = _head_key(task_name)
         if key in self.heads:
             raise ModelError(f"task '{task_name}': already has a head")
         if hasattr(self.heads, key):  # e.g. a task called "keys" or "update"
             raise ModelError(f"task '{task_name}': the name clashes with a torch attribute")
-        head = build_head(task_type, self.hidden_size, num_labels, self.pooling, self.head_dropout, log_scale)
+        head = build_head(task_type, self.hidden_size, num_labels, self.pooling, self.head_dropout,
+                          log_scale)
         ref = next(self.encoder.parameters())
         self.heads[key] = head.to(device=ref.device, dtype=ref.dtype)
         self.task_types[task_name] = task_type
@@ -407,10 +443,12 @@ class MetaModel(nn.Module):
         try:
             return self.heads[_head_key(task_name)]
         except KeyError:
-            raise ModelError(f"task '{task_name}': no head (known: {sorted(self.task_types)})") from None
+            raise ModelError(f"task '{task_name}': no head "
+                             f"(known: {sorted(self.task_types)})") from None
 
     def encoder_inputs(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """The batch entries this encoder accepts, multiple-choice (B, C, T) flattened to (B*C, T)."""
+        """The batch entries this encoder accepts, multiple-choice (B, C, T) flattened to (B*C,
+        T)."""
         return {
             k: batch[k].reshape(-1, batch[k].shape[-1])  # (B, C, T) -> (B*C, T); 2-D unchanged
             for k in self._inputs
@@ -501,7 +539,8 @@ class ParamLayout:
         self.check(tensors)
         ref = next((t for t in tensors.values() if t is not None), None)
         device = ref.device if ref is not None else torch.device("cpu")
-        flat = out if out is not None else torch.empty(self.numel, dtype=torch.float32, device=device)
+        flat = out if out is not None else torch.empty(self.numel, dtype=torch.float32,
+                                                       device=device)
         for name, shape, off in zip(self.names, self.shapes, self.offsets):
             t = tensors[name]
             n = math.prod(shape)

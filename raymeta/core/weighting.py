@@ -1,17 +1,20 @@
-"""Task weights learned during meta-training, from how well each task's gradient agrees with the gradient of held-out
-target tasks (``meta.weighting.rule: alignment``).
+"""Task weights learned during meta-training, from how well each task's gradient agrees with the
+gradient of held-out target tasks (``meta.weighting.rule: alignment``).
 
-Every ``every_steps`` the log-weights move by the cosine between each task's gradient gᵢ and the target gradient:
+Every ``every_steps`` the log-weights move by the cosine between each task's gradient gᵢ and the
+target gradient:
 
     zᵢ ← zᵢ + η · cos(gᵢ, g_target),    w = (1 − ε) · softmax(z + log w_config) + ε / N
 
-META-TARTAN's update of the task logits (Dery et al., ICLR 2022, "Should We Be Pre-training? An Argument for End-task
-Aware Training as an Alternative"), mixed with ε-uniform as DoReMi mixes its weights (Xie et al., NeurIPS 2023), so no
-task's weight falls below ε / N. A task whose gradient points away from the target's loses weight at every update;
-gating an auxiliary task by that cosine keeps training on the target's descent directions (Du et al. 2018, "Adapting
-Auxiliary Losses Using Gradient Similarity"), which is the do-no-harm argument for it.
+META-TARTAN's update of the task logits (Dery et al., ICLR 2022, "Should We Be Pre-training? An
+Argument for End-task Aware Training as an Alternative"), mixed with ε-uniform as DoReMi mixes its
+weights (Xie et al., NeurIPS 2023), so no task's weight falls below ε / N. A task whose gradient
+points away from the target's loses weight at every update; gating an auxiliary task by that cosine
+keeps training on the target's descent directions (Du et al. 2018, "Adapting Auxiliary Losses Using
+Gradient Similarity"), which is the do-no-harm argument for it.
 
-Pure numpy/torch, no ray: the trainer holds one :class:`AlignmentWeights` and feeds it each step's cosines.
+Pure numpy/torch, no ray: the trainer holds one :class:`AlignmentWeights` and feeds it each step's
+cosines.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ __all__ = ["AlignmentWeights", "alignment_cosines", "mean_target"]
 
 def alignment_cosines(grads: Mapping[str, np.ndarray | torch.Tensor], target: torch.Tensor,
                       chunk: int = 1 << 20) -> dict[str, float]:
-    """cos(gᵢ, g_target) for each task gradient, in one chunked pass over each (the target's chunk stays in cache).
-    A non-finite gradient, or a zero one, gets NaN: :meth:`AlignmentWeights.update` leaves its weight alone."""
+    """cos(gᵢ, g_target) for each task gradient, in one chunked pass over each (the target's chunk
+    stays in cache). A non-finite gradient, or a zero one, gets NaN: :meth:`AlignmentWeights.update`
+    leaves its weight alone."""
     target = target.float()
     tn = float(target.double().norm())
     out: dict[str, float] = {}
@@ -41,12 +45,14 @@ def alignment_cosines(grads: Mapping[str, np.ndarray | torch.Tensor], target: to
             x = g[a:a + chunk].float()
             dot += float(torch.dot(x, target[a:a + chunk]))
             norm += float(torch.dot(x, x))
-        out[name] = dot / (math.sqrt(norm) * tn) if norm > 0 and tn > 0 and math.isfinite(dot) else math.nan
+        out[name] = (dot / (math.sqrt(norm) * tn)
+                     if norm > 0 and tn > 0 and math.isfinite(dot) else math.nan)
     return out
 
 
 def mean_target(results: Sequence[Mapping[str, Any]]) -> torch.Tensor:
-    """g_target: the mean of the target tasks' flat gradients (their ``"grad"``), summed in their order."""
+    """g_target: the mean of the target tasks' flat gradients (their ``"grad"``), summed in their
+    order."""
     g = torch.zeros(len(results[0]["grad"]), dtype=torch.float32)
     for r in results:
         g.add_(as_tensor(np.asarray(r["grad"], dtype=np.float32)), alpha=1.0 / len(results))
@@ -54,8 +60,9 @@ def mean_target(results: Sequence[Mapping[str, Any]]) -> torch.Tensor:
 
 
 class AlignmentWeights:
-    """The mixture of one run under ``meta.weighting.rule: alignment``: the log-weights ``z`` (the state a checkpoint
-    carries), the configured mixture ``base`` (normalised), the step size η (``lr``) and the floor ε."""
+    """The mixture of one run under ``meta.weighting.rule: alignment``: the log-weights ``z`` (the
+    state a checkpoint carries), the configured mixture ``base`` (normalised), the step size η
+    (``lr``) and the floor ε."""
 
     def __init__(self, base: Mapping[str, float], lr: float, floor: float, every_steps: int = 1):
         n = len(base)
@@ -80,8 +87,8 @@ class AlignmentWeights:
         return (step + 1) % self.every_steps == 0
 
     def update(self, cosines: Mapping[str, float]) -> None:
-        """zᵢ ← zᵢ + η · cos(gᵢ, g_target); a task without a finite cosine this step (skipped, or not computed) keeps
-        its zᵢ."""
+        """zᵢ ← zᵢ + η · cos(gᵢ, g_target); a task without a finite cosine this step (skipped, or
+        not computed) keeps its zᵢ."""
         for i, t in enumerate(self.tasks):
             c = cosines.get(t, math.nan)
             if math.isfinite(c):
@@ -94,5 +101,6 @@ class AlignmentWeights:
         """z from a checkpoint (:meth:`state`), for the same tasks in the same order."""
         tasks: Sequence[str] = state["tasks"]
         if list(tasks) != self.tasks:
-            raise ValueError(f"task weights of tasks {list(tasks)} cannot resume a run of tasks {self.tasks}")
+            raise ValueError(f"task weights of tasks {list(tasks)} cannot resume a run of tasks "
+                             f"{self.tasks}")
         self.z = np.array(state["z"], dtype=np.float64)

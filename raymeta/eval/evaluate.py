@@ -3,9 +3,11 @@
 For every task, K and split, the init learns from K examples per class (classification)
 or K examples (NER, QA, multiple choice) and is scored on the test split, by one or more methods:
 
-- ``finetune`` (the default): encoder + a new head fine-tuned for a fixed step budget (:mod:`raymeta.eval.finetune`);
-- ``prototype``, ``ridge``, ``svm``: no training, a classifier fitted to the K examples' embeddings: the nearest
-  class mean (Snell et al. 2017), ridge regression or the multi-class SVM (MetaOptNet's heads, Lee et al. 2019;
+- ``finetune`` (the default): encoder + a new head fine-tuned for a fixed step budget
+  (:mod:`raymeta.eval.finetune`);
+- ``prototype``, ``ridge``, ``svm``: no training, a classifier fitted to the K examples' embeddings:
+  the nearest class mean (Snell et al. 2017), ridge regression or the multi-class SVM (MetaOptNet's
+  heads, Lee et al. 2019;
   :mod:`raymeta.eval.frozen`), classification only;
 - ``setfit``: SetFit, contrastive fine-tuning + a logistic-regression head (Tunstall et al. 2022;
   :mod:`raymeta.eval.setfit`, the optional ``setfit`` extra), classification only.
@@ -15,10 +17,11 @@ init and every method sees exactly the same examples, and is scored on the same 
 Runs go out as parallel Ray tasks: one per (task, K, split) for ``finetune`` and ``setfit``, one per
 task for the embedding classifiers (each embeds the test rows once for all of its splits).
 
-Results: ``tasks[name]["shots"][K]`` holds ``finetune``'s scores, as it always has; every other method's
-go to ``tasks[name]["methods"][method][K]``, with the same fields (``all``: every metric per split;
-``values``, ``mean``, ``std``, ``ci95``, ``n``: the task's primary metric, :func:`summarise`).
-Many-class data sets also get episodic N-way K-shot evaluation (:mod:`raymeta.eval.episodic`).
+Results: ``tasks[name]["shots"][K]`` holds ``finetune``'s scores, as it always has; every other
+method's go to ``tasks[name]["methods"][method][K]``, with the same fields (``all``: every metric
+per split; ``values``, ``mean``, ``std``, ``ci95``, ``n``: the task's primary metric,
+:func:`summarise`). Many-class data sets also get episodic N-way K-shot evaluation
+(:mod:`raymeta.eval.episodic`).
 """
 
 from __future__ import annotations
@@ -31,8 +34,17 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import storage
-from ..config import EMBEDDING_CLASSIFIERS, EVAL_METHODS, ModelConfig, RidgeConfig, SvmConfig, TaskConfig
-from ..core.jsonio import write_json_atomic  # strict JSON: NaN/inf -> null, listed under "nonfinite"
+from ..config import (
+    EMBEDDING_CLASSIFIERS,
+    EVAL_METHODS,
+    ModelConfig,
+    RidgeConfig,
+    SvmConfig,
+    TaskConfig,
+)
+
+# strict JSON: NaN/inf -> null, listed under "nonfinite"
+from ..core.jsonio import write_json_atomic
 from ..core.model import ADAPTER_CONFIG
 from ..errors import DataError, ModelError, RaymetaError
 from ..tasks import Task, load_task
@@ -42,84 +54,97 @@ from .frozen import check_frozen_task, frozen_evaluate
 from .metrics import PRIMARY, mean_ci95
 from .setfit import SetfitSettings, check_setfit_task, require_setfit, setfit_and_evaluate
 
-__all__ = ["resolve_init", "resolve_eval_task", "kshot_splits", "summarise", "check_methods", "check_label_prior",
+__all__ = ["resolve_init", "resolve_eval_task", "kshot_splits", "summarise", "check_methods",
+           "check_label_prior",
            "evaluate", "evaluate_episodic", "NAMES_SUFFIX"]
 
-# A classifier scored with the label-name prior is reported under its own name ("prototype+names"): the label-name
-# track, kept apart from the no-name track so that comparisons with the literature stay honest.
+# A classifier scored with the label-name prior is reported under its own name ("prototype+names"):
+# the label-name track, kept apart from the no-name track so that comparisons with the literature
+# stay honest.
 NAMES_SUFFIX = "+names"
 
 log = logging.getLogger("raymeta.evaluate")
 
 
 def resolve_init(init: str) -> str:
-    """A raymeta run or checkpoint directory, a Hugging Face model directory, or a hub name -> a model path.
+    """A raymeta run or checkpoint directory, a Hugging Face model directory, or a hub name -> a
+    model path.
 
-    A run directory gives its ``best/`` (the step meta-validation chose, the model ``raymeta train`` says to use)
-    when it has one, else its ``final/``; a run's ``final/`` (or any model directory) given as such is taken as
-    it is. Which one was taken is logged in one line. A directory comes back absolute: the runs that load it are
-    Ray tasks, whose working directory on a joined cluster is not this process's. A storage URI (``s3://.../run``)
-    is chosen from the same way and comes back as a URI: each process that loads it fetches its own copy
-    (:func:`raymeta.core.model.resolve_model_path`)."""
+    A run directory gives its ``best/`` (the step meta-validation chose, the model ``raymeta train``
+    says to use) when it has one, else its ``final/``; a run's ``final/`` (or any model directory)
+    given as such is taken as it is. Which one was taken is logged in one line. A directory comes
+    back absolute: the runs that load it are Ray tasks, whose working directory on a joined cluster
+    is not this process's. A storage URI (``s3://.../run``) is chosen from the same way and comes
+    back as a URI: each process that loads it fetches its own copy
+    (:func:`raymeta.storage.local_model_path`, the ``fetch=`` of the model loaders)."""
     if storage.is_uri(init):
         return _resolve_init_uri(init)
     p = Path(init).expanduser()
     if p.is_dir():
         from ..core.checkpoint import latest_checkpoint
 
-        for cand, why in ((p / "best", "best/: the step meta-validation chose"), (p / "final", "final/: the last step"),
+        for cand, why in ((p / "best", "best/: the step meta-validation chose"), (p / "final",
+                                                                                  "final/: the "
+                                                                                  "last step"),
                           (p / "model", "model/: a checkpoint's model"), (p, "")):
             if (cand / "config.json").is_file():
                 if why:
                     log.info("--init %s: scoring %s (%s)", init, cand, why)
                 return str(cand.absolute())
-        if (p / ADAPTER_CONFIG).is_file():  # a LoRA adapter (raymeta's final/adapter): merged into its base on load
+        # a LoRA adapter (raymeta's final/adapter): merged into its base on load
+        if (p / ADAPTER_CONFIG).is_file():
             return str(p.absolute())
         ckpt = latest_checkpoint(p)
         if ckpt is not None:
             return str((ckpt / "model").absolute())
-        raise ModelError(f"--init {init}: a directory, but neither a Hugging Face model (no config.json) "
-                         "nor a raymeta run or checkpoint")
+        raise ModelError(f"--init {init}: a directory, but neither a Hugging Face model (no "
+                         "config.json) nor a raymeta run or checkpoint")
     if p.exists() or init.startswith(("./", "../", "/")):
         raise ModelError(f"--init {init}: not a model directory")
     return init  # a hub name (or the offline: alias)
 
 
 def _resolve_init_uri(init: str) -> str:
-    for cand, why in (("best", "best/: the step meta-validation chose"), ("final", "final/: the last step"),
+    for cand, why in (("best", "best/: the step meta-validation chose"), ("final",
+                                                                          "final/: the last step"),
                       ("model", "model/: a checkpoint's model"), ("", "")):
         uri = storage.join(init, cand) if cand else init
-        if storage.exists(storage.join(uri, "config.json")) or storage.exists(storage.join(uri, ADAPTER_CONFIG)):
+        if (storage.exists(storage.join(uri, "config.json"))
+                or storage.exists(storage.join(uri, ADAPTER_CONFIG))):
             if why:
                 log.info("--init %s: scoring %s (%s)", init, uri, why)
             return uri
-    raise ModelError(f"--init {init}: neither a Hugging Face model (no config.json) nor a raymeta run with best/ or "
-                     "final/ there")
+    raise ModelError(f"--init {init}: neither a Hugging Face model (no config.json) nor a raymeta "
+                     "run with best/ or final/ there")
 
 
 def resolve_eval_task(spec: str) -> TaskConfig:
-    """A ready-made task name, a task YAML file, or a directory with train.jsonl + test.jsonl (text, label)."""
+    """A ready-made task name, a task YAML file, or a directory with train.jsonl + test.jsonl (text,
+    label)."""
     p = Path(spec)
     if p.is_dir():
         missing = [f for f in ("train.jsonl", "test.jsonl") if not (p / f).is_file()]
         if missing:
-            raise DataError(p.name, f"directory {p} needs train.jsonl and test.jsonl with 'text' and 'label' "
-                            f"(missing: {', '.join(missing)})")
+            raise DataError(p.name,
+                            f"directory {p} needs train.jsonl and test.jsonl with 'text' and "
+                            f"'label' (missing: {', '.join(missing)})")
         name = "".join(c if c.isalnum() or c in "_.-" else "_" for c in p.resolve().name) or "task"
         return TaskConfig.model_validate({
             "name": name, "type": "sequence_classification", "description": f"jsonl directory {p}",
             "source": {"kind": "files", "format": "jsonl",
-                       "files": {"train": str((p / "train.jsonl").resolve()), "test": str((p / "test.jsonl").resolve())}},
+                       "files": {"train": str((p / "train.jsonl").resolve()),
+                                 "test": str((p / "test.jsonl").resolve())}},
         })
     if spec in catalog_names() or p.suffix in (".yaml", ".yml"):
         return task_config(spec)
-    raise DataError(spec, f"not a ready-made task ({', '.join(catalog_names())}), a task YAML file, "
-                    "or a directory with train.jsonl and test.jsonl")
+    raise DataError(spec, f"not a ready-made task ({', '.join(catalog_names())}), a task YAML "
+                    "file, or a directory with train.jsonl and test.jsonl")
 
 
 def kshot_splits(task: Task, k: int, n_splits: int, seed: int) -> list[list[int]]:
-    """Seeded K-shot training sets: K rows per class (classification) or K rows (others). K = 0 (zero-shot, label
-    names alone) is one empty set: there is nothing to draw, so repeating it would fake a spread of zero."""
+    """Seeded K-shot training sets: K rows per class (classification) or K rows (others). K = 0
+    (zero-shot, label names alone) is one empty set: there is nothing to draw, so repeating it would
+    fake a spread of zero."""
     if k == 0:
         return [[]]
     out = []
@@ -130,8 +155,9 @@ def kshot_splits(task: Task, k: int, n_splits: int, seed: int) -> list[list[int]
         short = [i for i, c in enumerate(counts) if c < k]
         if short:
             assert task.labels is not None
-            raise DataError(task.name, f"K={k} but class '{task.labels[short[0]]}' has only {counts[short[0]]} "
-                            "training examples (lower --shots)")
+            raise DataError(task.name,
+                            f"K={k} but class '{task.labels[short[0]]}' has only "
+                            f"{counts[short[0]]} training examples (lower --shots)")
     elif n < k:
         raise DataError(task.name, f"K={k} but the train split has only {n} examples")
     for split in range(n_splits):
@@ -145,15 +171,19 @@ def kshot_splits(task: Task, k: int, n_splits: int, seed: int) -> list[list[int]
     return out
 
 
-summarise = mean_ci95  # mean, std and the t-based 95% CI of a task's per-split scores (few splits: t, not 1.96)
+# mean, std and the t-based 95% CI of a task's per-split scores (few splits: t, not 1.96)
+summarise = mean_ci95
 
 
 def check_methods(tasks: Sequence[TaskConfig], method: str | Sequence[str]) -> list[str]:
-    """The evaluation methods as a list, after the checks that need no model or data: known names, each once;
-    the embedding classifiers and ``setfit`` only on classification tasks; ``setfit`` installed. One-line errors."""
+    """The evaluation methods as a list, after the checks that need no model or data: known names,
+    each once; the embedding classifiers and ``setfit`` only on classification tasks; ``setfit``
+    installed. One-line errors."""
     methods = [method] if isinstance(method, str) else list(method)
-    if not methods or any(m not in EVAL_METHODS for m in methods) or len(set(methods)) != len(methods):
-        raise RaymetaError(f"--method {','.join(methods)}: expected one or more of {', '.join(EVAL_METHODS)}, each once")
+    if not methods or any(m not in EVAL_METHODS
+                          for m in methods) or len(set(methods)) != len(methods):
+        raise RaymetaError(f"--method {','.join(methods)}: expected one or more of "
+                           f"{', '.join(EVAL_METHODS)}, each once")
     if "setfit" in methods:
         require_setfit()
     for spec in tasks:
@@ -166,57 +196,67 @@ def check_methods(tasks: Sequence[TaskConfig], method: str | Sequence[str]) -> l
 
 
 def check_label_prior(methods: Sequence[str], shots: Sequence[int], label_prior: float) -> None:
-    """The label-name prior applies to the prototype classifier; K = 0 (no examples) needs it, and only the
-    prototype classifier can run on names alone. One-line errors, before anything is read."""
+    """The label-name prior applies to the prototype classifier; K = 0 (no examples) needs it, and
+    only the prototype classifier can run on names alone. One-line errors, before anything is
+    read."""
     if label_prior < 0:
         raise RaymetaError(f"--label-prior must be at least 0, got {label_prior}")
     if label_prior > 0 and "prototype" not in methods:
-        raise RaymetaError("--label-prior applies to --method prototype (the names are prototype support points)")
+        raise RaymetaError("--label-prior applies to --method prototype (the names are prototype "
+                           "support points)")
     if 0 in shots:
         if label_prior <= 0:
-            raise RaymetaError("--shots 0 (zero-shot) needs --label-prior WEIGHT (> 0): the label names are the prototypes")
+            raise RaymetaError("--shots 0 (zero-shot) needs --label-prior WEIGHT (> 0): the label "
+                               "names are the prototypes")
         if other := [m for m in methods if m != "prototype"]:
-            raise RaymetaError(f"--shots 0 (zero-shot): --method {other[0]} needs examples; only prototype runs on "
-                               "label names alone")
+            raise RaymetaError(f"--shots 0 (zero-shot): --method {other[0]} needs examples; only "
+                               "prototype runs on label names alone")
 
 
 def _names_track(by_method: dict[str, Any], label_prior: float) -> dict[str, Any]:
-    """With the label prior, the prototype classifier's (and the episodic fine-tuned head's) results under
-    ``<name>+names``."""
+    """With the label prior, the prototype classifier's (and the episodic fine-tuned head's) results
+    under ``<name>+names``."""
     if label_prior <= 0:
         return by_method
-    return {(m + NAMES_SUFFIX if m in ("prototype", "finetuned_head") else m): v for m, v in by_method.items()}
+    return {(m + NAMES_SUFFIX if m in ("prototype", "finetuned_head") else m): v for m,
+            v in by_method.items()}
 
 
 def evaluate(
-    init: str, tasks: Sequence[TaskConfig], *, shots: Sequence[int], n_splits: int, settings: FinetuneSettings,
-    seed: int = 0, data_dir: str, cache_dir: str | None, output: str | Path | None = None, pooling: str | None = None,
+    init: str, tasks: Sequence[TaskConfig], *, shots: Sequence[int], n_splits: int,
+             settings: FinetuneSettings,
+    seed: int = 0, data_dir: str, cache_dir: str | None, output: str | Path | None = None,
+             pooling: str | None = None,
     num_cpus_per_run: float = 1.0, progress: bool = True, method: str | Sequence[str] = "finetune",
-    setfit: SetfitSettings | None = None, address: str | None = None, ridge: RidgeConfig | None = None,
+    setfit: SetfitSettings | None = None, address: str | None = None,
+             ridge: RidgeConfig | None = None,
     svm: SvmConfig | None = None, label_prior: float = 0.0, label_template: str = "{name}",
 ) -> dict[str, Any]:
-    """Score ``init`` with each of ``method`` (``finetune``, ``prototype``, ``ridge``, ``svm``, ``setfit``) on every
-    (task, K, split), all on the same splits and test rows (``settings.max_test``); write ``output`` only when all
-    succeed. ``ridge`` and ``svm``: those classifiers' settings (``eval.ridge``, ``eval.svm``). ``label_prior`` λ > 0:
-    the prototype classifier takes each class's name (``label_template``) as a support point of weight λ, reported as
-    ``prototype+names`` (K = 0: the names alone).
-    The runs are Ray tasks on the cluster at ``address`` (default: ``$RAY_ADDRESS``, else a local instance)."""
+    """Score ``init`` with each of ``method`` (``finetune``, ``prototype``, ``ridge``, ``svm``,
+    ``setfit``) on every (task, K, split), all on the same splits and test rows
+    (``settings.max_test``); write ``output`` only when all succeed. ``ridge`` and ``svm``: those
+    classifiers' settings (``eval.ridge``, ``eval.svm``). ``label_prior`` λ > 0: the prototype
+    classifier takes each class's name (``label_template``) as a support point of weight λ, reported
+    as ``prototype+names`` (K = 0: the names alone). The runs are Ray tasks on the cluster at
+    ``address`` (default: ``$RAY_ADDRESS``, else a local instance)."""
     import ray
 
+    from ..cluster import connect
     from ..core.model import load_encoder, load_tokenizer
-    from ..runtime import connect
 
     methods = check_methods(tasks, method)  # before any model or data is read
     check_label_prior(methods, shots, label_prior)
     setfit = setfit or SetfitSettings()
     model_path = resolve_init(init)
-    # Fail fast, before any run is launched or any file written, if the init is not a loadable model.
-    tok = load_tokenizer(ModelConfig(name_or_path=model_path))
-    load_encoder(ModelConfig(name_or_path=model_path))
+    # Fail fast, before any run is launched or any file written, if the init is not a loadable
+    # model.
+    tok = load_tokenizer(ModelConfig(name_or_path=model_path), fetch=storage.local_model_path)
+    load_encoder(ModelConfig(name_or_path=model_path), fetch=storage.local_model_path)
     plan: list[tuple[TaskConfig, int, int, list[int]]] = []
     splits: dict[str, dict[str, list[list[int]]]] = {}
     for spec in tasks:
-        task = load_task(spec, tok, data_dir, cache_dir)  # checks the rows: bad rows/labels fail here, not in a worker
+        # checks the rows: bad rows/labels fail here, not in a worker
+        task = load_task(spec, tok, data_dir, cache_dir)
         if "test" not in task.features:
             raise DataError(spec.name, "has no test split (add one, or set source.test_fraction)")
         if "setfit" in methods:
@@ -229,28 +269,38 @@ def evaluate(
     started = connect(address)
     try:
         threads = max(1, int(num_cpus_per_run))
-        common = {"data_dir": data_dir, "cache_dir": cache_dir, "pooling": pooling, "threads": threads}
+        common = {"data_dir": data_dir, "cache_dir": cache_dir, "pooling": pooling,
+                  "threads": threads}
         refs: list[Any] = []
-        covers: list[tuple[str, list[int]]] = []  # per ref: its method and the plan entries it scores, in order
+        # per ref: its method and the plan entries it scores, in order
+        covers: list[tuple[str, list[int]]] = []
         for m in methods:
             if m == "finetune":
                 run = ray.remote(num_cpus=num_cpus_per_run)(finetune_and_evaluate)
-                refs += [run.remote(model_path, spec.model_dump_json(), rows, settings=settings, seed=seed * 1000 + i,
+                refs += [run.remote(model_path, spec.model_dump_json(), rows, settings=settings,
+                                    seed=seed * 1000 + i,
                                     **common) for spec, _, i, rows in plan]
                 covers += [(m, [j]) for j in range(len(plan))]
             elif m == "setfit":
                 run = ray.remote(num_cpus=num_cpus_per_run)(setfit_and_evaluate)
-                refs += [run.remote(model_path, spec.model_dump_json(), rows, settings=setfit, seed=seed * 1000 + i,
-                                    max_test=settings.max_test, eval_batch=settings.eval_batch, **common)
+                refs += [run.remote(model_path, spec.model_dump_json(), rows, settings=setfit,
+                                    seed=seed * 1000 + i,
+                                    max_test=settings.max_test, eval_batch=settings.eval_batch,
+                                    **common)
                          for spec, _, i, rows in plan]
                 covers += [(m, [j]) for j in range(len(plan))]
-            else:  # an embedding classifier: one run per task, which embeds the test rows once for all of its splits
+            # an embedding classifier: one run per task, which embeds the test rows once for all of
+            # its splits
+            else:
                 run = ray.remote(num_cpus=num_cpus_per_run)(frozen_evaluate)
                 for spec in tasks:
                     mine = [j for j, p in enumerate(plan) if p[0].name == spec.name]
-                    prior = {"label_prior": label_prior, "label_template": label_template} if m == "prototype" else {}
-                    refs.append(run.remote(model_path, spec.model_dump_json(), [plan[j][3] for j in mine],
-                                           max_test=settings.max_test, eval_batch=settings.eval_batch, method=m,
+                    prior = {"label_prior": label_prior,
+                             "label_template": label_template} if m == "prototype" else {}
+                    refs.append(run.remote(model_path, spec.model_dump_json(),
+                                           [plan[j][3] for j in mine],
+                                           max_test=settings.max_test,
+                                           eval_batch=settings.eval_batch, method=m,
                                            ridge=ridge, svm=svm, **prior, **common))
                     covers.append((m, mine))
         desc = f"{'+'.join(methods)} {Path(model_path).name}"
@@ -265,9 +315,12 @@ def evaluate(
     if label_prior > 0:
         out["label_prior"] = {"weight": label_prior, "template": label_template}
     for spec in tasks:
-        entry = out["tasks"].setdefault(spec.name, {"type": spec.type, "metric": PRIMARY[spec.type]})
-        for m in methods:  # finetune under "shots" (as ever), the others under "methods"; K in the order of ``shots``
-            by_k = entry.setdefault("shots", {}) if m == "finetune" else entry.setdefault("methods", {}).setdefault(m, {})
+        entry = out["tasks"].setdefault(spec.name, {"type": spec.type,
+                                                    "metric": PRIMARY[spec.type]})
+        # finetune under "shots" (as ever), the others under "methods"; K in the order of ``shots``
+        for m in methods:
+            by_k = (entry.setdefault("shots", {}) if m == "finetune"
+                    else entry.setdefault("methods", {}).setdefault(m, {}))
             for k in shots:
                 by_k[str(k)] = {"all": {}}
     for (m, entries), metrics in zip(covers, results):
@@ -297,7 +350,8 @@ def _gather(refs: list[Any], progress: bool, desc: str) -> list[Any]:
     done: dict[Any, Any] = {}
     pending = list(refs)
     # stderr, and closed (its line erased) before the caller prints the results table to stdout
-    with tqdm(total=len(refs), desc=desc, disable=not progress, leave=False, file=sys.stderr) as bar:
+    with tqdm(total=len(refs), desc=desc, disable=not progress, leave=False,
+              file=sys.stderr) as bar:
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             try:
@@ -314,15 +368,18 @@ def _gather(refs: list[Any], progress: bool, desc: str) -> list[Any]:
 
 
 def evaluate_episodic(
-    init: str, tasks: Sequence[TaskConfig], *, ways: int, shots: Sequence[int], queries: int, episodes: int,
-    head_steps: int, seed: int = 0, data_dir: str, cache_dir: str | None, output: str | Path | None = None,
-    methods: Sequence[str] = ("prototype",), ridge: RidgeConfig | None = None, svm: SvmConfig | None = None,
+    init: str, tasks: Sequence[TaskConfig], *, ways: int, shots: Sequence[int], queries: int,
+                      episodes: int,
+    head_steps: int, seed: int = 0, data_dir: str, cache_dir: str | None,
+                      output: str | Path | None = None,
+    methods: Sequence[str] = ("prototype",), ridge: RidgeConfig | None = None,
+                      svm: SvmConfig | None = None,
     label_prior: float = 0.0, label_template: str = "{name}",
 ) -> dict[str, Any]:
-    """N-way K-shot episodes on each task's classes: each embedding classifier of ``methods`` (prototype, ridge,
-    svm) and, with ``head_steps``, the fine-tuned head, on the same episodes; 95% CIs. ``label_prior`` λ > 0: the
-    prototypes and the head's start take the class names as support points (``prototype+names``,
-    ``finetuned_head+names``; K = 0: the names alone)."""
+    """N-way K-shot episodes on each task's classes: each embedding classifier of ``methods``
+    (prototype, ridge, svm) and, with ``head_steps``, the fine-tuned head, on the same episodes; 95%
+    CIs. ``label_prior`` λ > 0: the prototypes and the head's start take the class names as support
+    points (``prototype+names``, ``finetuned_head+names``; K = 0: the names alone)."""
     from .episodic import evaluate_init_episodic
 
     if episodes < 1:
@@ -332,13 +389,17 @@ def evaluate_episodic(
     out: dict[str, Any] = {"init": init, "model_path": model_path, "seed": seed, "tasks": {}}
     for spec in tasks:
         if spec.type != "sequence_classification":
-            raise DataError(spec.name, f"episodic evaluation needs classes; the task is {spec.type}")
-        by_k = evaluate_init_episodic(model_path, spec, data_dir=data_dir, cache_dir=cache_dir, ways=ways,
-                                      shots=tuple(shots), queries=queries, episodes=episodes, seed=seed,
+            raise DataError(spec.name,
+                            f"episodic evaluation needs classes; the task is {spec.type}")
+        by_k = evaluate_init_episodic(model_path, spec, data_dir=data_dir, cache_dir=cache_dir,
+                                      ways=ways,
+                                      shots=tuple(shots), queries=queries, episodes=episodes,
+                                      seed=seed,
                                       head_steps=head_steps, methods=methods, ridge=ridge, svm=svm,
                                       label_prior=label_prior, label_template=label_template)
         out["tasks"][spec.name] = {"type": spec.type, "metric": "accuracy", "episodic": {
-            f"{ways}-way {k}-shot": _names_track({name: r.as_dict() for name, r in res.items()}, label_prior)
+            f"{ways}-way {k}-shot": _names_track({name: r.as_dict() for name, r in res.items()},
+                                                 label_prior)
             for k, res in by_k.items()}}
     if label_prior > 0:
         out["label_prior"] = {"weight": label_prior, "template": label_template}

@@ -15,6 +15,7 @@ import torch
 
 from ..config import ModelConfig, TaskConfig
 from ..core.model import MetaModel, load_encoder, load_tokenizer
+from ..storage import local_model_path
 from ..tasks import Task, load_task
 from .metrics import classification_metrics, ner_metrics, qa_metrics, qa_predictions, to_tags
 
@@ -49,7 +50,8 @@ def test_rows(task: Task, max_test: int | None, seed: int) -> list[int]:
 def _train(model: MetaModel, task: Task, rows: list[int], s: FinetuneSettings, seed: int) -> None:
     head = model.head(task.name)
     if task.config.type == "sequence_classification":
-        # Proto init (Triantafillou et al. 2020): the K-shot head starts as the prototype classifier.
+        # Proto init (Triantafillou et al. 2020): the K-shot head starts as the prototype
+        # classifier.
         with torch.no_grad():
             batch = task.batch(rows)
             head.init_from_prototypes(model.embed(batch), batch["labels"], task.num_labels)
@@ -59,7 +61,8 @@ def _train(model: MetaModel, task: Task, rows: list[int], s: FinetuneSettings, s
     rng = np.random.default_rng(seed)
     model.train()
     for _ in range(s.steps):
-        chosen = rows if len(rows) <= s.batch_size else rng.choice(rows, s.batch_size, replace=False).tolist()
+        chosen = rows if len(rows) <= s.batch_size else rng.choice(rows, s.batch_size,
+                                                                   replace=False).tolist()
         loss, _ = model(task.name, task.batch(chosen))
         loss.backward()
         opt.step()
@@ -74,7 +77,9 @@ def _evaluate(model: MetaModel, task: Task, rows: list[int], eval_batch: int) ->
     for start in range(0, len(rows), eval_batch):
         chunk = rows[start:start + eval_batch]
         batch = task.batch(chunk, "test")
-        _, logits = model(task.name, {k: v for k, v in batch.items() if k not in ("labels", "start_positions", "end_positions")})
+        _, logits = model(task.name, {k: v for k, v in batch.items() if k not in ("labels",
+                                                                                  "start_positions",
+                                                                                  "end_positions")})
         if t == "token_classification":  # pad to a common length so chunks concatenate
             logits_all += list(logits.argmax(-1))
             gold_all += list(batch["labels"])
@@ -107,8 +112,9 @@ def _evaluate(model: MetaModel, task: Task, rows: list[int], eval_batch: int) ->
 
 def run_setup(init: str, task_json: str, *, pooling: str | None, threads: int | None, data_dir: str,
               cache_dir: str | None, task: Task | None) -> tuple[ModelConfig, Task]:
-    """What every K-shot evaluation run does first, in its Ray worker: quiet the per-load progress bars, size
-    torch's threads, and load the task (unless the caller passes it) with the init's tokenizer."""
+    """What every K-shot evaluation run does first, in its Ray worker: quiet the per-load progress
+    bars, size torch's threads, and load the task (unless the caller passes it) with the init's
+    tokenizer."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per run is noise
@@ -116,19 +122,23 @@ def run_setup(init: str, task_json: str, *, pooling: str | None, threads: int | 
         torch.set_num_threads(threads)
     mcfg = ModelConfig(name_or_path=init, pooling=pooling)
     if task is None:
-        task = load_task(TaskConfig.model_validate_json(task_json), load_tokenizer(mcfg), data_dir, cache_dir)
+        tok = load_tokenizer(mcfg, fetch=local_model_path)  # a storage URI: a copy on this node
+        task = load_task(TaskConfig.model_validate_json(task_json), tok, data_dir, cache_dir)
     return mcfg, task
 
 
 def finetune_and_evaluate(
-    init: str, task_json: str, train_rows: list[int], *, settings: FinetuneSettings, seed: int, data_dir: str,
-    cache_dir: str | None, pooling: str | None = None, threads: int | None = None, task: Task | None = None,
+    init: str, task_json: str, train_rows: list[int], *, settings: FinetuneSettings, seed: int,
+                          data_dir: str,
+    cache_dir: str | None, pooling: str | None = None, threads: int | None = None,
+                          task: Task | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``init`` (encoder + a new head) on ``train_rows`` and score the test split."""
-    mcfg, task = run_setup(init, task_json, pooling=pooling, threads=threads, data_dir=data_dir, cache_dir=cache_dir,
+    mcfg, task = run_setup(init, task_json, pooling=pooling, threads=threads, data_dir=data_dir,
+                           cache_dir=cache_dir,
                            task=task)
     torch.manual_seed(seed)
-    model = MetaModel(load_encoder(mcfg), mcfg.pooling)
+    model = MetaModel(load_encoder(mcfg, fetch=local_model_path), mcfg.pooling)
     model.add_head(task.name, task.config.type, task.num_labels)
     _train(model, task, list(train_rows), settings, seed)
     return _evaluate(model, task, test_rows(task, settings.max_test, seed=0), settings.eval_batch)

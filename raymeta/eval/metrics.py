@@ -3,8 +3,9 @@
 - classification and multiple choice: accuracy and macro-F1 (scikit-learn);
 - NER: entity-level F1 (``seqeval``, CoNLL evaluation semantics);
 - extractive QA: exact match and F1 (``torchmetrics``' port of the official SQuAD v1.1 script);
-- the 95% confidence interval of a mean (:func:`mean_ci95`, :func:`paired_ci95`): Student's t, the one
-  helper behind every "± CI" this package reports (K-shot splits, episodes, validation, Tune, benchmark gains).
+- the 95% confidence interval of a mean (:func:`mean_ci95`, :func:`paired_ci95`): Student's t, the
+  one helper behind every "± CI" this package reports (K-shot splits, episodes, validation, Tune,
+  benchmark gains).
 
 ``evaluate.load("squad")`` would fetch its metric script from the Hugging Face Hub at run
 time, which clusters behind a firewall and CI cannot do; these packages ship their code.
@@ -18,18 +19,21 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-__all__ = ["PRIMARY", "classification_metrics", "ner_metrics", "qa_predictions", "qa_metrics", "mean_ci95", "paired_ci95"]
+__all__ = ["PRIMARY", "classification_metrics", "ner_metrics", "qa_predictions", "qa_metrics",
+           "mean_ci95", "paired_ci95"]
 
 #: the metric each task type is ranked by
-PRIMARY = {"sequence_classification": "accuracy", "multiple_choice": "accuracy", "token_classification": "f1",
+PRIMARY = {"sequence_classification": "accuracy", "multiple_choice": "accuracy",
+           "token_classification": "f1",
            "extractive_qa": "f1"}
 
 
 def mean_ci95(values: Sequence[float]) -> dict[str, Any]:
-    """Mean, sample std (ddof 1; 0 for one value) and the 95% CI half-width of the mean from Student's t with
-    n - 1 degrees of freedom (NaN below two values), n, and the values. t, not the normal 1.96: a few K-shot
-    splits or seeds are a small sample (t_0.975 is 2.78 at n = 5), and at the hundreds of episodes of an episodic
-    score the two agree to the third digit (1.972 against 1.960 at n = 200)."""
+    """Mean, sample std (ddof 1; 0 for one value) and the 95% CI half-width of the mean from
+    Student's t with n - 1 degrees of freedom (NaN below two values), n, and the values. t, not the
+    normal 1.96: a few K-shot splits or seeds are a small sample (t_0.975 is 2.78 at n = 5), and at
+    the hundreds of episodes of an episodic score the two agree to the third digit (1.972 against
+    1.960 at n = 200)."""
     a = np.asarray(values, dtype=float)
     if a.ndim != 1 or len(a) == 0:
         raise ValueError(f"mean_ci95: expected a non-empty list of numbers, got shape {a.shape}")
@@ -41,13 +45,16 @@ def mean_ci95(values: Sequence[float]) -> dict[str, Any]:
         half = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
     else:
         half = float("nan")
-    return {"mean": float(a.mean()), "std": std, "ci95": half, "n": n, "values": [float(x) for x in a]}
+    return {"mean": float(a.mean()), "std": std, "ci95": half, "n": n,
+            "values": [float(x) for x in a]}
 
 
 def paired_ci95(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
-    """:func:`mean_ci95` of the per-item differences ``a - b`` (the same splits or episodes scored twice)."""
+    """:func:`mean_ci95` of the per-item differences ``a - b`` (the same splits or episodes scored
+    twice)."""
     if len(a) != len(b):
-        raise ValueError(f"paired_ci95: paired scores need equal lengths, got {len(a)} and {len(b)}")
+        raise ValueError(f"paired_ci95: paired scores need equal lengths, got {len(a)} and "
+                         f"{len(b)}")
     return mean_ci95([x - y for x, y in zip(a, b)])
 
 
@@ -66,8 +73,10 @@ def ner_metrics(pred_tags: list[list[str]], gold_tags: list[list[str]]) -> dict[
             "recall": float(recall_score(gold_tags, pred_tags, zero_division=0))}
 
 
-def qa_predictions(start_logits: np.ndarray, end_logits: np.ndarray, offsets: list[list[Any]], rows: Sequence[int],
-                   contexts: dict[int, str], max_answer_tokens: int = 30, n_best: int = 20) -> dict[int, str]:
+def qa_predictions(start_logits: np.ndarray, end_logits: np.ndarray, offsets: list[list[Any]],
+                   rows: Sequence[int],
+                   contexts: dict[int, str], max_answer_tokens: int = 30,
+                   n_best: int = 20) -> dict[int, str]:
     """Best span per question over all its windows (the Hugging Face ``run_qa`` post-processing)."""
     best: dict[int, tuple[float, str]] = {}
     for w, row in enumerate(rows):
@@ -88,13 +97,16 @@ def qa_metrics(predictions: dict[int, str], answers: dict[int, list[str]]) -> di
     from torchmetrics.functional.text import squad
 
     preds = [{"prediction_text": predictions.get(row, ""), "id": str(row)} for row in answers]
-    target = [{"answers": {"text": texts, "answer_start": [0] * len(texts)}, "id": str(row)} for row, texts in answers.items()]
+    target = [{"answers": {"text": texts, "answer_start": [0] * len(texts)},
+               "id": str(row)} for row, texts in answers.items()]
     out = squad(preds, target)
     return {"exact_match": float(out["exact_match"]) / 100, "f1": float(out["f1"]) / 100}
 
 
-def to_tags(pred_ids: torch.Tensor, label_ids: torch.Tensor, labels: list[str]) -> tuple[list[list[str]], list[list[str]]]:
-    """Word-level tag sequences: positions whose gold label is -100 (continuation pieces, specials) are skipped."""
+def to_tags(pred_ids: torch.Tensor, label_ids: torch.Tensor,
+            labels: list[str]) -> tuple[list[list[str]], list[list[str]]]:
+    """Word-level tag sequences: positions whose gold label is -100 (continuation pieces, specials)
+    are skipped."""
     preds, golds = [], []
     for p, g in zip(pred_ids.tolist(), label_ids.tolist()):
         keep = [(labels[pi], labels[gi]) for pi, gi in zip(p, g) if gi != -100]

@@ -1,19 +1,24 @@
-"""K-shot evaluation with SetFit (Tunstall et al. 2022), the baseline a user would pick instead of meta-pretraining.
+"""K-shot evaluation with SetFit (Tunstall et al. 2022), the baseline a user would pick instead of
+meta-pretraining.
 
-``raymeta evaluate --method setfit``. On the same seeded K-shot splits (:func:`raymeta.eval.evaluate.kshot_splits`)
-and the same test rows (:func:`raymeta.eval.finetune.test_rows`) as fine-tuning, the init being evaluated becomes a
-sentence transformer (its encoder + raymeta's pooling for it: mean for encoders, the last token for GPT-style
-models; no normalisation layer), which the ``setfit`` library's own ``Trainer`` fine-tunes contrastively on
-pairs of the K-shot rows (same class: cosine 1, other class: 0), then fits a logistic-regression head on the
-embeddings of those rows. Scored with raymeta's own metrics (accuracy, macro-F1).
+``raymeta evaluate --method setfit``. On the same seeded K-shot splits
+(:func:`raymeta.eval.evaluate.kshot_splits`) and the same test rows
+(:func:`raymeta.eval.finetune.test_rows`) as fine-tuning, the init being evaluated becomes a
+sentence transformer (its encoder + raymeta's pooling for it: mean for encoders, the last token for
+GPT-style models; no normalisation layer), which the ``setfit`` library's own ``Trainer`` fine-tunes
+contrastively on pairs of the K-shot rows (same class: cosine 1, other class: 0), then fits a
+logistic-regression head on the embeddings of those rows. Scored with raymeta's own metrics
+(accuracy, macro-F1).
 
-Every init gets its body built the same way, so that SetFit on the plain model and on a meta-trained init differ
-in their weights only (the offline MiniLM's sentence-transformers folder is read as a plain encoder too).
-Runs are seeded: ``seed`` is setfit's ``TrainingArguments.seed`` (the trainer's batch shuffling and dropout);
-setfit builds its pairs in a fixed order, and the logistic regression (lbfgs) is deterministic.
+Every init gets its body built the same way, so that SetFit on the plain model and on a meta-trained
+init differ in their weights only (the offline MiniLM's sentence-transformers folder is read as a
+plain encoder too). Runs are seeded: ``seed`` is setfit's ``TrainingArguments.seed`` (the trainer's
+batch shuffling and dropout); setfit builds its pairs in a fixed order, and the logistic regression
+(lbfgs) is deterministic.
 
-Pure torch + setfit (no ray): :mod:`raymeta.eval.evaluate` sends one per (task, K, split) out as a Ray task.
-``setfit`` is an optional extra, imported only here, inside the functions: ``pip install 'raymeta[setfit]'``.
+Pure torch + setfit (no ray): :mod:`raymeta.eval.evaluate` sends one per (task, K, split) out as a
+Ray task. ``setfit`` is an optional extra, imported only here, inside the functions: ``pip install
+'raymeta[setfit]'``.
 """
 
 from __future__ import annotations
@@ -26,8 +31,15 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ..config import TaskConfig
-from ..core.model import ADAPTER_CONFIG, default_pooling, load_encoder, load_tokenizer, resolve_model_path
+from ..core.model import (
+    ADAPTER_CONFIG,
+    default_pooling,
+    load_encoder,
+    load_tokenizer,
+    resolve_model_path,
+)
 from ..errors import DataError, RaymetaError
+from ..storage import local_model_path
 from ..tasks import Task
 from .finetune import run_setup, test_rows
 from .metrics import classification_metrics
@@ -42,8 +54,9 @@ _POOLING = {"mean": "mean", "cls": "cls", "last": "lasttoken"}
 
 @dataclass(frozen=True)
 class SetfitSettings:
-    """The fields of ``eval.setfit`` (:class:`raymeta.config.SetfitConfig`); the defaults are SetFit's few-shot
-    ones (Tunstall et al. 2022: 20 iterations, 1 epoch, batch 16, body learning rate 2e-5)."""
+    """The fields of ``eval.setfit`` (:class:`raymeta.config.SetfitConfig`); the defaults are
+    SetFit's few-shot ones (Tunstall et al. 2022: 20 iterations, 1 epoch, batch 16, body learning
+    rate 2e-5)."""
 
     iterations: int = 20  # setfit num_iterations: 2 x iterations x training rows contrastive pairs
     epochs: int = 1
@@ -58,12 +71,17 @@ def require_setfit() -> None:
 
 
 def check_setfit_task(spec: TaskConfig, task: Task | None = None) -> None:
-    """SetFit classifies single sentences: any other task type, or a sentence-pair task, is a one-line
+    """SetFit classifies single sentences: any other task type, or a sentence-pair task, is a
+    one-line
     :class:`DataError` naming the task."""
     if spec.type != "sequence_classification":
-        raise DataError(spec.name, f"--method setfit needs a sequence_classification task; the task is {spec.type}")
+        raise DataError(spec.name,
+                        "--method setfit needs a sequence_classification task; the task is "
+                        f"{spec.type}")
     if task is not None and any("text_pair" in ds.column_names for ds in task.raw.values()):
-        raise DataError(spec.name, "--method setfit takes single sentences; the task has sentence pairs (text_pair)")
+        raise DataError(spec.name,
+                        "--method setfit takes single sentences; the task has sentence pairs "
+                        "(text_pair)")
 
 
 def _texts(task: Task, split: str, rows: Sequence[int]) -> list[str]:
@@ -77,7 +95,9 @@ def _body(path: str, pooling: str | None, max_length: int) -> Any:
     from sentence_transformers import SentenceTransformer
     from transformers import AutoConfig
 
-    try:  # sentence-transformers >= 5.4; ``sentence_transformers.models`` (earlier ones) is deprecated there
+    # sentence-transformers >= 5.4; ``sentence_transformers.models`` (earlier ones) is deprecated
+    # there
+    try:
         from sentence_transformers.base.modules import Transformer
         from sentence_transformers.sentence_transformer.modules import Pooling
     except ImportError:
@@ -85,18 +105,24 @@ def _body(path: str, pooling: str | None, max_length: int) -> Any:
 
     config = AutoConfig.from_pretrained(path)
     word = Transformer(path, max_seq_length=max_length)
-    body = SentenceTransformer(modules=[word, Pooling(int(config.hidden_size), _POOLING[pooling or default_pooling(config)])])
+    body = SentenceTransformer(modules=[word, Pooling(int(config.hidden_size),
+                                                      _POOLING[pooling
+                                                               or default_pooling(config)])])
     if body.tokenizer.pad_token is None and body.tokenizer.eos_token is not None:
-        body.tokenizer.pad_token = body.tokenizer.eos_token  # GPT-2: padded positions are masked out
+        # GPT-2: padded positions are masked out
+        body.tokenizer.pad_token = body.tokenizer.eos_token
     return body
 
 
 def setfit_and_evaluate(
-    init: str, task_json: str, train_rows: list[int], *, settings: SetfitSettings, seed: int, data_dir: str,
-    cache_dir: str | None, max_test: int | None, pooling: str | None = None, threads: int | None = None,
+    init: str, task_json: str, train_rows: list[int], *, settings: SetfitSettings, seed: int,
+                        data_dir: str,
+    cache_dir: str | None, max_test: int | None, pooling: str | None = None,
+                        threads: int | None = None,
     eval_batch: int = 64, task: Task | None = None,
 ) -> dict[str, float]:
-    """SetFit ``init`` on ``train_rows`` (train-split row indices) and score the task's test rows."""
+    """SetFit ``init`` on ``train_rows`` (train-split row indices) and score the task's test
+    rows."""
     try:
         import setfit
     except ImportError:
@@ -109,7 +135,8 @@ def setfit_and_evaluate(
     datasets.disable_progress_bars()
     spec = TaskConfig.model_validate_json(task_json)
     check_setfit_task(spec)
-    mcfg, task = run_setup(init, task_json, pooling=pooling, threads=threads, data_dir=data_dir, cache_dir=cache_dir,
+    mcfg, task = run_setup(init, task_json, pooling=pooling, threads=threads, data_dir=data_dir,
+                           cache_dir=cache_dir,
                            task=task)
     check_setfit_task(spec, task)
     train_ids = task.class_ids("train")
@@ -119,24 +146,30 @@ def setfit_and_evaluate(
     rows = test_rows(task, max_test, seed=0)
     test_ids = task.class_ids("test")
     assert test_ids is not None
-    path = resolve_model_path(init)
+    path = resolve_model_path(init, local_model_path)  # a storage URI: a copy on this node
     with tempfile.TemporaryDirectory(prefix="raymeta-setfit-") as tmp:
-        if os.path.isfile(os.path.join(path, ADAPTER_CONFIG)):  # a LoRA adapter: its merged model, as a plain directory
+        # a LoRA adapter: its merged model, as a plain directory
+        if os.path.isfile(os.path.join(path, ADAPTER_CONFIG)):
             merged = os.path.join(tmp, "merged")
-            load_encoder(mcfg).save_pretrained(merged)
-            load_tokenizer(mcfg).save_pretrained(merged)
+            load_encoder(mcfg, fetch=local_model_path).save_pretrained(merged)
+            load_tokenizer(mcfg, fetch=local_model_path).save_pretrained(merged)
             path = merged
-        model = setfit.SetFitModel(model_body=_body(path, mcfg.pooling, spec.max_length), model_head=LogisticRegression())
+        model = setfit.SetFitModel(model_body=_body(path, mcfg.pooling, spec.max_length),
+                                   model_head=LogisticRegression())
         args = setfit.TrainingArguments(
-            output_dir=os.path.join(tmp, "trainer"), batch_size=settings.batch_size, num_epochs=settings.epochs,
-            num_iterations=settings.iterations, body_learning_rate=float(settings.body_lr), seed=seed,
+            output_dir=os.path.join(tmp, "trainer"), batch_size=settings.batch_size,
+                                        num_epochs=settings.epochs,
+            num_iterations=settings.iterations, body_learning_rate=float(settings.body_lr),
+                                        seed=seed,
             report_to="none", save_strategy="no", logging_strategy="no", logging_first_step=False,
             show_progress_bar=False,
         )
         trainer = setfit.Trainer(model=model, args=args, train_dataset=train)
         trainer.remove_callback(ProgressCallback)  # a tqdm bar per run is noise in a Ray job log
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*pin_memory.*")  # the DataLoader default, on CPU
+            # the DataLoader default, on CPU
+            warnings.filterwarnings("ignore", message=".*pin_memory.*")
             trainer.train()
-        pred = model.predict(_texts(task, "test", rows), batch_size=eval_batch, as_numpy=True, show_progress_bar=False)
+        pred = model.predict(_texts(task, "test", rows), batch_size=eval_batch, as_numpy=True,
+                             show_progress_bar=False)
     return classification_metrics([int(p) for p in pred], [int(test_ids[r]) for r in rows])

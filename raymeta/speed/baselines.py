@@ -26,24 +26,30 @@ import numpy as np
 import torch
 
 from ..config import ExperimentConfig
-from ..core.algorithms import algorithm_options, global_labels, task_gradient  # the multitask loss uses global class ids
+
+# the multitask loss uses global class ids
+from ..core.algorithms import algorithm_options, global_labels, task_gradient
 from ..core.combine import normalise_weights
 from ..core.jsonio import dumps as strict_dumps
 from ..core.model import load_encoder, load_tokenizer
 from ..core.optim import outer_optimizer, outer_step
+from ..core.seeds import head_seed, step_seed
 from ..tasks import load_task
-from ..train.actor import bind_flat, build_task_model, head_seed, step_seed
+from ..train.actor import bind_flat, build_task_model
 
 __all__ = ["run_reference", "run_ddp"]
 
 
 def _initial_encoder_state(cfg: ExperimentConfig, vocab: int) -> dict[str, torch.Tensor]:
-    """The driver's θ₀: the trainer seeds before building its encoder (a from_config model is random)."""
+    """The driver's θ₀: the trainer seeds before building its encoder (a from_config model is
+    random)."""
     torch.manual_seed(cfg.seed)
-    return {f"encoder.{n}": p.detach().clone() for n, p in load_encoder(cfg.model, vocab).named_parameters()}
+    return {f"encoder.{n}": p.detach().clone() for n, p in load_encoder(cfg.model,
+                                                                        vocab).named_parameters()}
 
 
-def _head_optimizer(params: list[torch.nn.Parameter], cfg: ExperimentConfig) -> torch.optim.Optimizer:
+def _head_optimizer(params: list[torch.nn.Parameter],
+                    cfg: ExperimentConfig) -> torch.optim.Optimizer:
     o = cfg.optim  # as TaskActor builds it
     return torch.optim.AdamW(params, lr=o.head_lr, weight_decay=o.weight_decay, betas=o.betas)
 
@@ -60,7 +66,8 @@ def run_reference(cfg: ExperimentConfig, steps: int, threads: int) -> dict[str, 
         tasks = [load_task(spec, tok, cfg.data_dir, cfg.cache_dir) for spec in cfg.tasks]
         first = cfg.tasks[0]
         model = build_task_model(cfg, first.name, first.type, tasks[0].num_labels, len(tok))
-        for spec, task in zip(cfg.tasks[1:], tasks[1:]):  # one encoder, one head per task, seeded as the actors' are
+        # one encoder, one head per task, seeded as the actors' are
+        for spec, task in zip(cfg.tasks[1:], tasks[1:]):
             torch.manual_seed(head_seed(cfg.seed, spec.name))
             model.add_head(spec.name, spec.type, task.num_labels)
         shared = model.shared_named_parameters()
@@ -81,7 +88,8 @@ def run_reference(cfg: ExperimentConfig, steps: int, threads: int) -> dict[str, 
                 episode = task.episode(cfg.meta.episode, cfg.seed, step, stream=spec.name,
                                        label_template=cfg.meta.proto.prior_template)
                 torch.manual_seed(step_seed(cfg.seed, spec.name, step))
-                r = task_gradient(cfg.meta.algorithm, model, spec.name, spec.type, episode, {**shared, **heads[spec.name]},
+                r = task_gradient(cfg.meta.algorithm, model, spec.name, spec.type, episode,
+                                  {**shared, **heads[spec.name]},
                                   **algorithm_options(cfg.meta))
                 g = layout.flatten({n: r.grads.get(n) for n in layout.names}, out=task_grad)
                 meta_grad.add_(g, alpha=weights[spec.name])
@@ -91,7 +99,8 @@ def run_reference(cfg: ExperimentConfig, steps: int, threads: int) -> dict[str, 
                         p.grad = head_grads.get(k)
                     head_opts[spec.name].step()
                     head_opts[spec.name].zero_grad(set_to_none=True)
-            outer_step(shared, meta_grad, opt, sched, cfg.optim.max_grad_norm)  # clips meta_grad in place
+            # clips meta_grad in place
+            outer_step(shared, meta_grad, opt, sched, cfg.optim.max_grad_norm)
             if step == 0:
                 grad0 = meta_grad.clone()
             times.append(time.perf_counter() - t0)
@@ -120,7 +129,8 @@ def _ddp_worker(config: dict[str, Any]) -> None:
     with torch.no_grad():
         for name, p in shared.items():
             p.copy_(theta0[name])
-    # Only the encoder is shared: heads differ in shape between tasks and stay local, as on the actors.
+    # Only the encoder is shared: heads differ in shape between tasks and stay local, as on the
+    # actors.
     encoder = DistributedDataParallel(model.encoder)
     head = model.head(spec.name)
     opt, sched = outer_optimizer(shared, cfg)
@@ -131,12 +141,16 @@ def _ddp_worker(config: dict[str, Any]) -> None:
         ep = task.episode(cfg.meta.episode, cfg.seed, step, stream=spec.name)
         torch.manual_seed(step_seed(cfg.seed, spec.name, step))
         s, q = global_labels(ep.support, ep.classes), global_labels(ep.query, ep.classes)
-        losses = [head.loss(head(encoder(**model.encoder_inputs(b), return_dict=True).last_hidden_state, b), b) for b in (s, q)]
+        losses = [head.loss(head(encoder(**model.encoder_inputs(b),
+                                         return_dict=True).last_hidden_state, b),
+                            b) for b in (s, q)]
         ns, nq = int(s["input_ids"].shape[0]), int(q["input_ids"].shape[0])
-        ((losses[0] * ns + losses[1] * nq) / (ns + nq)).backward()  # DDP all-reduces (averages) bucket by bucket
-        # .grad is DDP's; on the step whose gradient is checked it is copied into one flat buffer first, which the
-        # outer step then clips in place (and leaves clipped)
-        grad = torch.cat([p.grad.reshape(-1) for p in shared.values()]) if step == 0 and rank == 0 else None
+        # DDP all-reduces (averages) bucket by bucket
+        ((losses[0] * ns + losses[1] * nq) / (ns + nq)).backward()
+        # .grad is DDP's; on the step whose gradient is checked it is copied into one flat buffer
+        # first, which the outer step then clips in place (and leaves clipped)
+        grad = torch.cat([p.grad.reshape(-1)
+                          for p in shared.values()]) if step == 0 and rank == 0 else None
         outer_step(shared, grad, opt, sched, cfg.optim.max_grad_norm)
         if grad is not None:
             np.save(Path(config["out"]) / "grad0.npy", grad.numpy())
@@ -145,11 +159,13 @@ def _ddp_worker(config: dict[str, Any]) -> None:
         times.append(time.perf_counter() - t0)
     dist.barrier()
     if rank == 0:  # result.metrics can be None without a checkpoint: rank 0 writes a file instead
-        (Path(config["out"]) / "times.json").write_text(strict_dumps({"step_s": times, "threads": config["threads"]}))
+        times_file = Path(config["out"]) / "times.json"
+        times_file.write_text(strict_dumps({"step_s": times, "threads": config["threads"]}))
 
 
 def run_ddp(cfg: ExperimentConfig, steps: int, cpus_per_worker: float) -> dict[str, Any]:
-    """(b) ``TorchTrainer`` with one gloo DDP worker per task of ``cfg``; per-step times of rank 0."""
+    """(b) ``TorchTrainer`` with one gloo DDP worker per task of ``cfg``; per-step times of rank
+    0."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -160,10 +176,13 @@ def run_ddp(cfg: ExperimentConfig, steps: int, cpus_per_worker: float) -> dict[s
         out.mkdir()
         trainer = TorchTrainer(
             _ddp_worker,
-            train_loop_config={"cfg": cfg.model_dump_json(), "steps": steps, "threads": threads, "out": str(out)},
+            train_loop_config={"cfg": cfg.model_dump_json(), "steps": steps, "threads": threads,
+                               "out": str(out)},
             torch_config=TorchConfig(backend="gloo"),
-            scaling_config=ScalingConfig(num_workers=n, use_gpu=False, resources_per_worker={"CPU": cpus_per_worker}),
-            run_config=RunConfig(storage_path=str(Path(d) / "storage"), name=f"ddp-n{n}-{os.getpid()}"),
+            scaling_config=ScalingConfig(num_workers=n, use_gpu=False,
+                                         resources_per_worker={"CPU": cpus_per_worker}),
+            run_config=RunConfig(storage_path=str(Path(d) / "storage"),
+                                 name=f"ddp-n{n}-{os.getpid()}"),
         )
         t0 = time.perf_counter()
         trainer.fit()

@@ -15,7 +15,8 @@ from transformers import PreTrainedTokenizerBase
 from ..config import TaskConfig
 from ..errors import DataError
 
-__all__ = ["TaskProcessor", "Prepared", "require_columns", "natural_sort", "bad_row", "strip_bookkeeping", "columns",
+__all__ = ["TaskProcessor", "Prepared", "require_columns", "natural_sort", "bad_row",
+           "strip_bookkeeping", "columns",
            "map_batched"]
 
 Batch = dict[str, torch.Tensor]
@@ -41,40 +42,48 @@ class TaskProcessor(Protocol):
         self, ds: datasets.Dataset, tok: PreTrainedTokenizerBase, task: TaskConfig,
         labels: list[str] | None, split: str, fingerprint: str,
     ) -> tuple[datasets.Dataset, dict[str, int]]:
-        """Features (Arrow) and counters such as ``{"truncated": n, "dropped": m}``. ``fingerprint`` names the
-        features (see :func:`map_batched`): the caller's key covers everything they are made from."""
+        """Features (Arrow) and counters such as ``{"truncated": n, "dropped": m}``. ``fingerprint``
+        names the features (see :func:`map_batched`): the caller's key covers everything they are
+        made from."""
 
     def collate(self, rows: list[dict[str, Any]], tok: PreTrainedTokenizerBase) -> Batch:
         """Pad a list of feature rows into a batch of tensors."""
 
 
 def columns(ds: datasets.Dataset, *names: str) -> dict[str, list[Any]]:
-    """Whole columns of ``ds`` as Python lists, in one columnar read. Iterating (or indexing) a ``datasets``
-    column goes through Arrow's formatting row by row: 6 s instead of 0.01 s for SST-2's 67k rows."""
+    """Whole columns of ``ds`` as Python lists, in one columnar read. Iterating (or indexing) a
+    ``datasets`` column goes through Arrow's formatting row by row: 6 s instead of 0.01 s for
+    SST-2's 67k rows."""
     return ds.select_columns(list(names)).to_dict()
 
 
-def map_batched(ds: datasets.Dataset, fn: Any, *, fingerprint: str, keep: tuple[str, ...], desc: str) -> datasets.Dataset:
-    """``ds.map(fn, batched=True)``, keeping only the ``keep`` columns of ``ds``, named ``fingerprint``.
+def map_batched(ds: datasets.Dataset, fn: Any, *, fingerprint: str, keep: tuple[str, ...],
+                desc: str) -> datasets.Dataset:
+    """``ds.map(fn, batched=True)``, keeping only the ``keep`` columns of ``ds``, named
+    ``fingerprint``.
 
-    Why name it: without ``new_fingerprint``, ``datasets`` dill-hashes ``fn`` twice per call, the tokenizer
-    it closes over included, to name the result. That was 85% of the CPU time of loading a small task (a
-    48-row csv: 0.106 s a load, 0.015 s named), and every task actor, trainer and evaluation loads its tasks.
-    The caller's fingerprint already covers what the features are made from (task config, tokenizer, files,
-    ``FEATURES_VERSION``).
-    ``load_from_cache_file=False``: raymeta's own features cache (``task.py``) is then the one cache that is
-    read, so a change to the code is never served a ``datasets`` cache file written by the old code."""
-    return ds.map(fn, batched=True, remove_columns=[c for c in ds.column_names if c not in keep], desc=desc,
+    Why name it: without ``new_fingerprint``, ``datasets`` dill-hashes ``fn`` twice per call, the
+    tokenizer it closes over included, to name the result. That was 85% of the CPU time of loading a
+    small task (a 48-row csv: 0.106 s a load, 0.015 s named), and every task actor, trainer and
+    evaluation loads its tasks. The caller's fingerprint already covers what the features are made
+    from (task config, tokenizer, files, ``FEATURES_VERSION``).
+    ``load_from_cache_file=False``: raymeta's own features cache (``task.py``) is then the one cache
+    that is read, so a change to the code is never served a ``datasets`` cache file written by the
+    old code."""
+    return ds.map(fn, batched=True, remove_columns=[c for c in ds.column_names if c not in keep],
+                  desc=desc,
                   new_fingerprint=fingerprint, load_from_cache_file=False)
 
 
-def require_columns(ds: datasets.Dataset, task: TaskConfig, cols: tuple[str, ...], split: str) -> None:
+def require_columns(ds: datasets.Dataset, task: TaskConfig, cols: tuple[str, ...],
+                    split: str) -> None:
     for c in cols:
         if c not in ds.column_names:
             file = ds["_file"][0] if len(ds) and "_file" in ds.column_names else None
             shown = ", ".join(x for x in ds.column_names if not x.startswith("_"))
             raise DataError(
-                task.name, f"split '{split}': missing column '{c}' (map it with columns.{c}: <source column>; "
+                task.name, f"split '{split}': missing column '{c}' (map it with columns.{c}: "
+                            "<source column>; "
                 f"columns present: {shown})", file=file,
             )
 
@@ -92,5 +101,6 @@ def natural_sort(values: set[str] | list[str]) -> list[str]:
 
 
 def strip_bookkeeping(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Feature rows without the ``_row`` / ``_file`` columns kept for error messages: collators pad every column."""
+    """Feature rows without the ``_row`` / ``_file`` columns kept for error messages: collators pad
+    every column."""
     return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]

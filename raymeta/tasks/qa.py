@@ -32,11 +32,13 @@ class ExtractiveQA:
             for text, start in zip(ans["text"], ans["answer_start"]):
                 if ctx[start:start + len(text)] != text:
                     raise bad_row(
-                        task, ds, i, f"answer '{text[:40]}' does not match its context at character {start} "
+                        task, ds, i, f"answer '{text[:40]}' does not match its context at "
+                                  f"character {start} "
                         f"(context has '{ctx[start:start + len(text)][:40]}')",
                     )
 
-    def tokenize(self, ds, tok: PreTrainedTokenizerBase, task: TaskConfig, labels, split, fingerprint):
+    def tokenize(self, ds, tok: PreTrainedTokenizerBase, task: TaskConfig, labels, split,
+                 fingerprint):
         pad_right = tok.padding_side == "right"
         train = split == "train"
 
@@ -70,7 +72,8 @@ class ExtractiveQA:
                     ends.append(e + 1)
                 example.append(b["_row"][ex])
                 # keep context offsets only, so evaluation can map logits back to text
-                offsets.append([o if seq[k] == (1 if pad_right else 0) else (-1, -1) for k, o in enumerate(offs)])
+                offsets.append([o if seq[k] == (1 if pad_right else 0) else (-1, -1) for k,
+                                o in enumerate(offs)])
             enc["offset_mapping"] = offsets
             enc["start_positions"] = starts
             enc["end_positions"] = ends
@@ -78,7 +81,8 @@ class ExtractiveQA:
             enc["_file"] = [b["_file"][sample_map[i]] for i in range(len(starts))]
             return enc
 
-        feats = map_batched(ds, fn, fingerprint=fingerprint, keep=(), desc=f"{task.name}/{split}: tokenize")
+        feats = map_batched(ds, fn, fingerprint=fingerprint, keep=(),
+                            desc=f"{task.name}/{split}: tokenize")
         windows = len(feats)
         col = columns(feats, "_row", "start_positions")
         no_answer = [i for i, s in enumerate(col["start_positions"]) if s == 0]
@@ -87,7 +91,8 @@ class ExtractiveQA:
         if train and no_answer:  # few-shot episodes learn nothing from windows that lack the answer
             keep = sorted(set(range(windows)) - set(no_answer))
             feats = feats.select(keep)
-        return feats, {"windows": windows, "dropped": len(no_answer) if train else 0, "truncated": lost}
+        return feats, {"windows": windows, "dropped": len(no_answer) if train else 0,
+                       "truncated": lost}
 
     def collate(self, rows: list[dict[str, Any]], tok: PreTrainedTokenizerBase) -> Batch:
         rows = strip_bookkeeping(rows)

@@ -3,8 +3,8 @@
 Every row carries ``_file`` and ``_row`` (1-based) so that a bad row can be named in the
 error. Generic formats go through ``datasets``' own builders (csv, json, parquet); the few
 formats with no builder (CoNLL, SQuAD JSON, CLINC150, TREC, FewRel) are parsed here into
-``Dataset.from_dict``. Built-in corpora live in :mod:`raymeta.tasks.builtin`; SMLMT rows (words masked in
-other sources' text) in :mod:`raymeta.tasks.smlmt`.
+``Dataset.from_dict``. Built-in corpora live in :mod:`raymeta.tasks.builtin`; SMLMT rows (words
+masked in other sources' text) in :mod:`raymeta.tasks.smlmt`.
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ Rows = dict[str, list[Any]]
 
 
 def _not_read_failures(record: logging.LogRecord) -> bool:
-    # datasets' csv/json builders log the parser's error, then raise it: the DataError raised from it in
-    # _from_file names it in its one line, so the log line would only print it twice more.
-    return not record.getMessage().startswith(("Failed to read file", "Failed to load JSON from file"))
+    # datasets' csv/json builders log the parser's error, then raise it: the DataError raised from
+    # it in _from_file names it in its one line, so the log line would only print it twice more.
+    return not record.getMessage().startswith(("Failed to read file",
+                                               "Failed to load JSON from file"))
 
 
 for _name in ("datasets.packaged_modules.csv.csv", "datasets.packaged_modules.json.json"):
@@ -40,10 +41,12 @@ for _name in ("datasets.packaged_modules.csv.csv", "datasets.packaged_modules.js
 
 
 def resolve_path(path: str, data_dir: str, base_dir: str | None = None) -> Path | str:
-    """A ``source.files`` path: ``${data_dir}`` substituted; a relative path (without ``${data_dir}``) starts at
-    ``base_dir``, the folder of the task YAML it was written in (None: the current directory). A storage URI
-    (``s3://bucket/tasks/x.csv``, or ``${data_dir}/x.csv`` with a URI ``data_dir``) stays a URI."""
-    written = path.replace("${data_dir}", data_dir.rstrip("/") if storage.is_uri(data_dir) else data_dir)
+    """A ``source.files`` path: ``${data_dir}`` substituted; a relative path (without
+    ``${data_dir}``) starts at ``base_dir``, the folder of the task YAML it was written in (None:
+    the current directory). A storage URI (``s3://bucket/tasks/x.csv``, or ``${data_dir}/x.csv``
+    with a URI ``data_dir``) stays a URI."""
+    written = path.replace("${data_dir}",
+                           data_dir.rstrip("/") if storage.is_uri(data_dir) else data_dir)
     if storage.is_uri(written):
         return written
     out = Path(written).expanduser()
@@ -53,10 +56,12 @@ def resolve_path(path: str, data_dir: str, base_dir: str | None = None) -> Path 
 
 
 def _existing_file(written: str, src: SourceConfig, data_dir: str, task: str) -> Path:
-    """``written`` (a ``source.files`` path) resolved; a missing file is an error naming the path as written and
-    as resolved, with the ``data_dir`` hint only when the path goes through ``${data_dir}``."""
+    """``written`` (a ``source.files`` path) resolved; a missing file is an error naming the path as
+    written and as resolved, with the ``data_dir`` hint only when the path goes through
+    ``${data_dir}``."""
     path = resolve_path(written, data_dir, src.base_dir)
-    if isinstance(path, str):  # a URI: read through pyarrow.fs into a local cache, on the node that reads it
+    # a URI: read through pyarrow.fs into a local cache, on the node that reads it
+    if isinstance(path, str):
         try:
             return storage.fetch(path)
         except storage.StorageError as e:
@@ -74,9 +79,10 @@ def _existing_file(written: str, src: SourceConfig, data_dir: str, task: str) ->
 
 
 def read_label_names(task: TaskConfig, data_dir: str) -> dict[str, str] | None:
-    """``task.label_names`` as a mapping label -> name: as written, or read from the JSON file it names (resolved as
-    ``source.files`` are); a list value ([name, description, ...], FewRel's pid2name.json) gives its first item. A file
-    that is missing, not JSON, or not such a mapping is a one-line :class:`DataError` naming it."""
+    """``task.label_names`` as a mapping label -> name: as written, or read from the JSON file it
+    names (resolved as ``source.files`` are); a list value ([name, description, ...], FewRel's
+    pid2name.json) gives its first item. A file that is missing, not JSON, or not such a mapping is
+    a one-line :class:`DataError` naming it."""
     names = task.label_names
     if names is None or isinstance(names, dict):
         return names
@@ -86,12 +92,14 @@ def read_label_names(task: TaskConfig, data_dir: str) -> dict[str, str] | None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataError(task.name, f"label_names: not a JSON file ({e})", file=str(path)) from None
     if not isinstance(data, dict):
-        raise DataError(task.name, "label_names: expected a JSON object label -> name", file=str(path))
+        raise DataError(task.name, "label_names: expected a JSON object label -> name",
+                        file=str(path))
     out: dict[str, str] = {}
     for label, value in data.items():
         name = value[0] if isinstance(value, list) and value else value
         if not isinstance(name, str) or not name.strip():
-            raise DataError(task.name, f"label_names: label '{label}' has no name (got {value!r})", file=str(path))
+            raise DataError(task.name, f"label_names: label '{label}' has no name (got {value!r})",
+                            file=str(path))
         out[str(label)] = name
     return out
 
@@ -100,7 +108,8 @@ def read_label_names(task: TaskConfig, data_dir: str) -> dict[str, str] | None:
 
 
 def _read_conll(path: Path, task: str, opts: dict[str, Any]) -> Rows:
-    """CoNLL: one ``token<sep>tag`` per line (tag in the last column), blank line between sentences."""
+    """CoNLL: one ``token<sep>tag`` per line (tag in the last column), blank line between
+    sentences."""
     sep = opts.get("delimiter", "\t")
     rows: Rows = {"tokens": [], "tags": [], "_row": []}
     tokens: list[str] = []
@@ -119,7 +128,8 @@ def _read_conll(path: Path, task: str, opts: dict[str, Any]) -> Rows:
             parts = line.split(sep) if sep != " " else line.split()
             if len(parts) < 2:
                 raise DataError(
-                    task, f"expected 'token{sep!r}tag', got {len(parts)} field(s): token/tag length mismatch",
+                    task, f"expected 'token{sep!r}tag', got {len(parts)} field(s): token/tag "
+                                "length mismatch",
                     file=str(path), row=lineno,
                 )
             tokens.append(parts[0])
@@ -146,7 +156,8 @@ def _read_squad(path: Path, task: str, opts: dict[str, Any]) -> Rows:
                 rows["context"].append(para.get("context", ""))
                 rows["question"].append(qa.get("question", ""))
                 rows["answers"].append(
-                    {"text": [a["text"] for a in answers], "answer_start": [int(a["answer_start"]) for a in answers]}
+                    {"text": [a["text"] for a in answers],
+                     "answer_start": [int(a["answer_start"]) for a in answers]}
                 )
                 rows["_row"].append(n)
     return rows
@@ -162,7 +173,8 @@ def _read_clinc(path: Path, task: str, opts: dict[str, Any]) -> dict[str, Rows]:
         if keep_oos:
             pairs += data.get(f"oos_{src}", [])
         out[split] = {
-            "text": [p[0] for p in pairs], "label": [p[1] for p in pairs], "_row": list(range(1, len(pairs) + 1))
+            "text": [p[0] for p in pairs], "label": [p[1] for p in pairs],
+                      "_row": list(range(1, len(pairs) + 1))
         }
     return out
 
@@ -199,7 +211,8 @@ def _read_fewrel(path: Path, task: str, opts: dict[str, Any]) -> Rows:
                 marks = {h[0]: ["@"], t[0]: ["#"]}
                 ends = {h[-1]: ["@"], t[-1]: ["#"]}
             except (KeyError, IndexError, TypeError):
-                raise DataError(task, f"relation {rel}: instance lacks tokens/h/t spans", file=str(path), row=n) from None
+                raise DataError(task, f"relation {rel}: instance lacks tokens/h/t spans",
+                                file=str(path), row=n) from None
             out: list[str] = []
             for i, tok in enumerate(toks):
                 out += marks.get(i, []) + [tok] + ends.get(i, [])
@@ -217,7 +230,8 @@ def _load_json(path: Path, task: str) -> Any:
 
 
 _CUSTOM: dict[str, Callable[..., Any]] = {
-    "conll": _read_conll, "squad": _read_squad, "clinc": _read_clinc, "trec": _read_trec, "fewrel": _read_fewrel,
+    "conll": _read_conll, "squad": _read_squad, "clinc": _read_clinc, "trec": _read_trec,
+                                          "fewrel": _read_fewrel,
 }
 _BUILDERS = {"csv": "csv", "tsv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}
 
@@ -241,15 +255,16 @@ def _from_file(
             )
         except Exception as e:  # datasets wraps parser errors in several types; keep one line
             if "corresponds to no data" in str(e):
-                raise DataError(task, f"split '{split}' is empty: the file has no rows", file=str(path)) from None
+                raise DataError(task, f"split '{split}' is empty: the file has no rows",
+                                file=str(path)) from None
             raise _read_error(e, fmt, path, task) from None
         ds = ds.add_column("_row", list(range(1, len(ds) + 1)))
     return ds.add_column("_file", [str(path)] * len(ds))
 
 
 def _read_error(e: BaseException, fmt: str, path: Path, task: str) -> DataError:
-    """One line with the parser's own reason: datasets raises "An error occurred while generating the dataset"
-    with pandas' (or pyarrow's) error as its cause."""
+    """One line with the parser's own reason: datasets raises "An error occurred while generating
+    the dataset" with pandas' (or pyarrow's) error as its cause."""
     chain = [e]
     while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and nxt not in chain:
         chain.append(nxt)
@@ -260,26 +275,32 @@ def _read_error(e: BaseException, fmt: str, path: Path, task: str) -> DataError:
         m = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(err))
         if m is not None:
             header, line, saw = (int(x) for x in m.groups())
-            return DataError(task, f"{saw} fields, the header has {header} (line {line} of the file; "
-                             "a separator inside a value needs quotes)", file=str(path), row=line - 1)
+            return DataError(task, f"{saw} fields, the header has {header} (line {line} of the "
+                             "file; a separator inside a value needs quotes)", file=str(path),
+                             row=line - 1)
     deepest = next((x for x in reversed(chain) if str(x).strip()), e)
-    reason = str(deepest).strip().splitlines()[-1][:200] if str(deepest).strip() else type(deepest).__name__
+    reason = (str(deepest).strip().splitlines()[-1][:200] if str(deepest).strip()
+              else type(deepest).__name__)
     return DataError(task, f"cannot read as {fmt}: {reason}", file=str(path))
 
 
-def _load_files(src: SourceConfig, task: str, data_dir: str, cache_dir: str | None) -> dict[str, datasets.Dataset]:
+def _load_files(src: SourceConfig, task: str, data_dir: str,
+                cache_dir: str | None) -> dict[str, datasets.Dataset]:
     assert src.format is not None
     out: dict[str, datasets.Dataset] = {}
     if src.format == "clinc":  # one file holds every split
         path = _existing_file(_single(src.files, task), src, data_dir, task)
         for split, rows in _read_clinc(path, task, src.read_options).items():
-            out[split] = datasets.Dataset.from_dict({**rows, "_file": [str(path)] * len(rows["text"])})
+            out[split] = datasets.Dataset.from_dict({**rows,
+                                                     "_file": [str(path)] * len(rows["text"])})
         return out
     for split, paths in src.files.items():
         if split not in SPLITS:
-            raise DataError(task, f"source.files: unknown split '{split}' (use {', '.join(SPLITS)})")
+            raise DataError(task, f"source.files: unknown split '{split}' "
+                            f"(use {', '.join(SPLITS)})")
         parts = [
-            _from_file(src.format, _existing_file(p, src, data_dir, task), task, src.read_options, cache_dir, split)
+            _from_file(src.format, _existing_file(p, src, data_dir, task), task, src.read_options,
+                       cache_dir, split)
             for p in ([paths] if isinstance(paths, str) else paths)
         ]
         out[split] = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
@@ -299,20 +320,24 @@ def _load_hub(src: SourceConfig, task: str, cache_dir: str | None) -> dict[str, 
     for split, hub_split in names.items():
         try:
             ds = datasets.load_dataset(
-                src.dataset, src.config_name, split=hub_split, revision=src.revision, cache_dir=cache_dir
+                src.dataset, src.config_name, split=hub_split, revision=src.revision,
+                                       cache_dir=cache_dir
             )
         except ValueError as e:
             if "split" in str(e).lower() and not src.splits:
                 continue  # default split names: a missing validation/test split is fine
-            raise DataError(task, f"hub dataset '{src.dataset}': {str(e).splitlines()[0][:200]}") from None
+            raise DataError(task, f"hub dataset '{src.dataset}': "
+                            f"{str(e).splitlines()[0][:200]}") from None
         except Exception as e:
-            raise DataError(task, f"hub dataset '{src.dataset}' cannot be loaded: {str(e).splitlines()[0][:200]}") from None
+            raise DataError(task, f"hub dataset '{src.dataset}' cannot be loaded: "
+                            f"{str(e).splitlines()[0][:200]}") from None
         ds = ds.add_column("_row", list(range(1, len(ds) + 1)))
         out[split] = ds.add_column("_file", [f"hub:{src.dataset}/{hub_split}"] * len(ds))
     return out
 
 
-def _stratified_split(labels: list[Any] | None, n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+def _stratified_split(labels: list[Any] | None, n: int, fraction: float,
+                      seed: int) -> tuple[list[int], list[int]]:
     """Deterministic train/test index split; stratified by label when labels are given."""
     rng = np.random.default_rng(seed)
     if labels is None:
@@ -331,14 +356,16 @@ def _stratified_split(labels: list[Any] | None, n: int, fraction: float, seed: i
     return sorted(train), sorted(test)
 
 
-def load_raw(task: TaskConfig, data_dir: str, cache_dir: str | None = None) -> dict[str, datasets.Dataset]:
+def load_raw(task: TaskConfig, data_dir: str,
+             cache_dir: str | None = None) -> dict[str, datasets.Dataset]:
     """Raw rows of every available split, with the task's column mapping applied."""
     src = task.source
     if src.kind == "hub":
         splits = _load_hub(src, task.name, cache_dir)
     elif src.kind == "files":
         splits = _load_files(src, task.name, data_dir, cache_dir)
-    elif src.kind == "smlmt":  # reads its inputs through this function: passed in, so the modules import one way
+    # reads its inputs through this function: passed in, so the modules import one way
+    elif src.kind == "smlmt":
         from .smlmt import load_smlmt
 
         splits = load_smlmt(task, data_dir, cache_dir, read=load_raw)
@@ -350,20 +377,24 @@ def load_raw(task: TaskConfig, data_dir: str, cache_dir: str | None = None) -> d
     if "train" not in splits:
         raise DataError(task.name, "the source has no 'train' split")
     if src.test_fraction is not None and "test" not in splits:
-        label_col = "label" if task.type == "sequence_classification" and "label" in splits["train"].column_names else None
+        label_col = ("label" if task.type == "sequence_classification"
+                     and "label" in splits["train"].column_names else None)
         labels = splits["train"][label_col] if label_col else None
         tr, te = _stratified_split(labels, len(splits["train"]), src.test_fraction, src.split_seed)
         splits["train"], splits["test"] = splits["train"].select(tr), splits["train"].select(te)
     if src.max_rows is not None:
         splits = {
-            k: v.shuffle(seed=src.split_seed).select(range(min(src.max_rows, len(v)))).sort("_row") if len(v) > src.max_rows else v
+            k: v.shuffle(seed=src.split_seed).select(range(min(src.max_rows,
+                                                               len(v)))).sort("_row")
+                  if len(v) > src.max_rows else v
             for k, v in splits.items()
         }
     return splits
 
 
 def _rename(ds: datasets.Dataset, task: TaskConfig) -> datasets.Dataset:
-    """Apply ``columns`` (canonical -> source). List values (e.g. MC choices) are packed into one column."""
+    """Apply ``columns`` (canonical -> source). List values (e.g. MC choices) are packed into one
+    column."""
     for canon, col in task.columns.items():
         cols = [col] if isinstance(col, str) else list(col)
         missing = [c for c in cols if c not in ds.column_names]
@@ -381,5 +412,6 @@ def _rename(ds: datasets.Dataset, task: TaskConfig) -> datasets.Dataset:
                     ds = ds.remove_columns(canon)
                 ds = ds.rename_column(col, canon)
         else:
-            ds = ds.map(lambda r, cs=cols, name=canon: {name: [str(r[c]) for c in cs]}, desc=f"{task.name}: pack {canon}")
+            ds = ds.map(lambda r, cs=cols, name=canon: {name: [str(r[c]) for c in cs]},
+                        desc=f"{task.name}: pack {canon}")
     return ds

@@ -27,18 +27,22 @@ class TokenClassification:
         col = columns(ds, "tokens", "tags")
         for i, (toks, tags) in enumerate(zip(col["tokens"], col["tags"])):
             if len(toks) != len(tags):
-                raise bad_row(task, ds, i, f"token/tag length mismatch: {len(toks)} tokens, {len(tags)} tags")
+                raise bad_row(task, ds, i,
+                              f"token/tag length mismatch: {len(toks)} tokens, {len(tags)} tags")
             if not toks:
                 raise bad_row(task, ds, i, "empty sentence")
             for t in tags:
                 if str(t) not in known:
-                    raise bad_row(task, ds, i, f"tag '{t}' is not in the label set ({', '.join(labels)})")
+                    raise bad_row(task, ds, i,
+                                  f"tag '{t}' is not in the label set ({', '.join(labels)})")
 
-    def tokenize(self, ds, tok: PreTrainedTokenizerBase, task: TaskConfig, labels, split, fingerprint):
+    def tokenize(self, ds, tok: PreTrainedTokenizerBase, task: TaskConfig, labels, split,
+                 fingerprint):
         index = {lab: i for i, lab in enumerate(labels)}
 
         def fn(b: dict[str, list[Any]]) -> dict[str, Any]:
-            enc = tok(b["tokens"], is_split_into_words=True, truncation=True, max_length=task.max_length)
+            enc = tok(b["tokens"], is_split_into_words=True, truncation=True,
+                      max_length=task.max_length)
             out_labels, lost = [], []
             for i, tags in enumerate(b["tags"]):
                 prev, lab = None, []
@@ -52,9 +56,11 @@ class TokenClassification:
             enc["_words_lost"] = lost
             return enc
 
-        feats = map_batched(ds, fn, fingerprint=fingerprint, keep=("_row", "_file"), desc=f"{task.name}/{split}: tokenize")
+        feats = map_batched(ds, fn, fingerprint=fingerprint, keep=("_row", "_file"),
+                            desc=f"{task.name}/{split}: tokenize")
         truncated = sum(1 for n in columns(feats, "_words_lost")["_words_lost"] if n > 0)
         return feats, {"truncated": truncated, "dropped": 0}
 
     def collate(self, rows: list[dict[str, Any]], tok: PreTrainedTokenizerBase) -> Batch:
-        return dict(DataCollatorForTokenClassification(tok, return_tensors="pt")(strip_bookkeeping(rows)))
+        collator = DataCollatorForTokenClassification(tok, return_tensors="pt")
+        return dict(collator(strip_bookkeeping(rows)))

@@ -1,17 +1,20 @@
-"""``RunOutputs``: where a run's outputs live: ``output_dir`` itself, or, when ``output_dir`` is a storage URI
-(``s3://bucket/prefix``, :mod:`raymeta.storage`), a local staging directory mirrored to it.
+"""``RunOutputs``: where a run's outputs live: ``output_dir`` itself, or, when ``output_dir`` is a
+storage URI (``s3://bucket/prefix``, :mod:`raymeta.storage`), a local staging directory mirrored to
+it.
 
-The trainer, its tracker and its validator write local files only (TensorBoard, safetensors, matplotlib need
-paths). With a URI, they write into the staging directory, and this class copies to the URI at the moments that
-matter, as Ray Train persists a trial's checkpoints to its ``storage_path``:
+The trainer, its tracker and its validator write local files only (TensorBoard, safetensors,
+matplotlib need paths). With a URI, they write into the staging directory, and this class copies to
+the URI at the moments that matter, as Ray Train persists a trial's checkpoints to its
+``storage_path``:
 
-- each checkpoint, once complete, with its manifest as the last object (:func:`~raymeta.core.checkpoint.push_checkpoint`),
-  then the run's other files (``metrics.jsonl``, ``tensorboard/``, ``config.yaml``, ``best/``);
+- each checkpoint, once complete, with its manifest as the last object
+  (:func:`~raymeta.train.checkpoint_mirror.push_checkpoint`), then the run's other files
+  (``metrics.jsonl``, ``tensorboard/``, ``config.yaml``, ``best/``);
 - at the end, ``final/`` and the plots.
 
 So a head node that is replaced, or a job resubmitted on another cluster, resumes from the bucket
-(:meth:`RunOutputs.resume_point` pulls the newest complete checkpoint and the run's files back), and a step after the
-last checkpoint is lost exactly as it is on a local disk.
+(:meth:`RunOutputs.resume_point` pulls the newest complete checkpoint and the run's files back), and
+a step after the last checkpoint is lost exactly as it is on a local disk.
 """
 
 from __future__ import annotations
@@ -22,27 +25,33 @@ import tempfile
 from pathlib import Path
 
 from .. import storage
-from ..core.checkpoint import latest_checkpoint, pull_latest_checkpoint, push_checkpoint
+from ..core.checkpoint import latest_checkpoint
+from ..errors import RaymetaError
 from ..tasks.holdout import HOLDOUT_JSON
+from .checkpoint_mirror import pull_latest_checkpoint, push_checkpoint
 
-__all__ = ["RunOutputs", "RUN_OUTPUTS", "check_writable", "held_outputs", "remove_outputs"]
+__all__ = ["RunOutputs", "RUN_OUTPUTS", "check_writable", "held_outputs", "prepare_output_dir",
+           "remove_outputs"]
 
 log = logging.getLogger("raymeta.train")
 
 # What a run writes into its output_dir; a directory holding any of them holds a run.
-RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "tensorboard", "checkpoints", "final", "best", ".validation",
+RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "tensorboard", "checkpoints", "final", "best",
+               ".validation",
                "task_affinity.png", "task_affinity.npy", "task_weights.png", HOLDOUT_JSON)
-_NOT_MIRRORED = ("checkpoints", ".validation")  # checkpoints go one by one, manifest last; .validation is scratch
+# checkpoints go one by one, manifest last; .validation is scratch
+_NOT_MIRRORED = ("checkpoints", ".validation")
 
 
 class RunOutputs:
-    """``local``: the directory the run writes into. ``uri``: the storage URI it is mirrored to (None: a local
-    ``output_dir``, written in place)."""
+    """``local``: the directory the run writes into. ``uri``: the storage URI it is mirrored to
+    (None: a local ``output_dir``, written in place)."""
 
     def __init__(self, output_dir: str):
         self.uri = output_dir.rstrip("/") if storage.is_uri(output_dir) else None
         if self.uri is not None:
-            storage.check_uri(self.uri, "output_dir")  # no credentials inside it: it is saved with the config
+            # no credentials inside it: it is saved with the config
+            storage.check_uri(self.uri, "output_dir")
         if self.uri is None:
             self.local = Path(output_dir)
         else:
@@ -54,7 +63,8 @@ class RunOutputs:
         return self.uri or str(self.local)
 
     def where(self, name: str) -> str:
-        """Where ``name`` (``final``, ``best``) of this run is, for the user: a URI or a local path."""
+        """Where ``name`` (``final``, ``best``) of this run is, for the user: a URI or a local
+        path."""
         return storage.join(self.uri, name) if self.uri else str(self.local / name)
 
     def shown(self, path: Path | str) -> str:
@@ -67,20 +77,36 @@ class RunOutputs:
             return str(path)
 
     def check_writable(self) -> None:
-        """Fail now, in one line naming the URI, when the bucket is missing or the credentials are refused."""
+        """Fail now, in one line naming the URI, when the bucket is missing or the credentials are
+        refused."""
         if self.uri is not None:
             check_writable(self.uri)
 
     def resume_point(self) -> Path | None:
-        """The newest complete checkpoint (local: in place; a URI: pulled into staging with the run's files)."""
+        """The newest complete checkpoint (local: in place; a URI: pulled into staging with the
+        run's files)."""
         if self.uri is None:
             return latest_checkpoint(self.local)
-        ckpt = pull_latest_checkpoint(storage.join(self.uri, "checkpoints"), self.local / "checkpoints")
+        ckpt = pull_latest_checkpoint(storage.join(self.uri, "checkpoints"),
+                                      self.local / "checkpoints")
         if ckpt is not None:
             for name in storage.listing(self.uri):
                 if name in RUN_OUTPUTS and name not in _NOT_MIRRORED:
                     storage.download(storage.join(self.uri, name), self.local / name)
             self._sent = self._signature()
+        return ckpt
+
+    def start_point(self, *, resume: bool, resume_from: Path | None) -> Path | None:
+        """The checkpoint a run starts from: ``resume_from``; with ``resume``, the newest complete
+        one here (none is one line: a typo in output_dir must not train anew); else None."""
+        if resume_from is not None:
+            return Path(resume_from)
+        ckpt = self.resume_point() if resume else None
+        if resume and ckpt is None:
+            how = "start it over with --overwrite instead of --resume" if held_outputs(str(self)) \
+                else "leave out --resume to start from step 0"
+            raise RaymetaError("--resume: no complete checkpoint to resume from under output_dir "
+                               f"{self} ({how})")
         return ckpt
 
     def checkpoint_saved(self, path: Path, keep_last: int) -> None:
@@ -102,7 +128,8 @@ class RunOutputs:
         out = {}
         for p in sorted(self.local.rglob("*")):
             rel = p.relative_to(self.local)
-            if p.is_file() and rel.parts[0] not in _NOT_MIRRORED and not rel.parts[0].startswith("."):
+            top = rel.parts[0]
+            if p.is_file() and top not in _NOT_MIRRORED and not top.startswith("."):
                 st = p.stat()
                 out[rel.as_posix()] = (st.st_size, st.st_mtime_ns)
         return out
@@ -114,8 +141,8 @@ class RunOutputs:
 
 
 def check_writable(uri: str) -> None:
-    """One small object written and deleted under ``uri``: a missing bucket or refused credentials fail here, in one
-    line naming ``output_dir``, before anything runs or is written anywhere."""
+    """One small object written and deleted under ``uri``: a missing bucket or refused credentials
+    fail here, in one line naming ``output_dir``, before anything runs or is written anywhere."""
     probe = storage.join(uri, ".raymeta-write-probe")
     try:
         storage.write_bytes(probe, b"")
@@ -135,12 +162,27 @@ def held_outputs(output_dir: str) -> list[str]:
 
 
 def remove_outputs(output_dir: str, names: list[str]) -> None:
+    """Delete each of ``names`` (a directory with everything in it, or a file) from
+    ``output_dir``, a path or a URI."""
     for name in names:
-        if storage.is_uri(output_dir):
-            storage.delete(storage.join(output_dir, name))
-            continue
-        path = Path(output_dir) / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+        storage.delete(storage.join(output_dir, name))
+
+
+def prepare_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool) -> None:
+    """Before ``raymeta train`` writes into ``output_dir``, as Hugging Face's
+    ``overwrite_output_dir`` has it: a directory that already holds a run is refused unless the run
+    is continued (``--resume``) or started over (``--overwrite``, which first removes that run's
+    outputs, so that no old metrics, checkpoints or TensorBoard events mix with the new ones).
+    Files of the user's own in the directory are left alone."""
+    out = str(output_dir)
+    if resume and overwrite:
+        raise RaymetaError("--resume continues the run in output_dir, --overwrite starts it over: "
+                           "give one of them")
+    held = held_outputs(out)
+    if resume or not held:
+        return
+    if not overwrite:
+        raise RaymetaError(f"output_dir {out} already holds a run ({', '.join(held)}): add "
+                           "--resume to continue it, or --overwrite to start it over")
+    remove_outputs(out, held)
+    log.warning("--overwrite: removed the previous run's %s from %s", ", ".join(held), out)

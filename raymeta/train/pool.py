@@ -1,11 +1,13 @@
 """``ActorPool``: the task actors of a run, and the ones kept between runs, in one place.
 
-One actor per task replica, keyed ``<task>`` or ``<task>#<r>`` (:func:`~raymeta.train.actor.replica_key`). The pool
-starts them (sized by ``resources.*``, or in the bundles of a Ray Tune trial's placement group), resets ones started
-before to another configuration (``TaskActor.reset``), checks that they compute for the driver's layout, tells which
-are lost, and ends them. The trainer holds one for its run (:class:`~raymeta.train.trainer.MetaTrainer`); Ray Tune
-(one per trial process), ``raymeta benchmark`` (one per sweep) and the integration tests (one per module) hold one
-to lend its actors to the next trainer: process start-up (importing torch and transformers, loading the model; on a
+One actor per task replica, keyed ``<task>`` or ``<task>#<r>``
+(:func:`~raymeta.config.resolve.replica_key`). The pool starts them (sized by ``resources.*``, or in
+the bundles of a Ray Tune trial's placement group), resets ones started before to another
+configuration (``TaskActor.reset``), checks that they compute for the driver's layout, tells which
+are lost, and ends them. The trainer holds one for its run
+(:class:`~raymeta.train.trainer.MetaTrainer`); Ray Tune (one per trial process), ``raymeta
+benchmark`` (one per sweep) and the integration tests (one per module) hold one to lend its actors
+to the next trainer: process start-up (importing torch and transformers, loading the model; on a
 GPU, a CUDA context too) costs seconds per actor, a reset a fraction of that.
 """
 
@@ -15,10 +17,7 @@ import logging
 import time
 from typing import Any, Mapping
 
-from ..config import ExperimentConfig
-from ..core.model import ParamLayout
-from ..errors import RaymetaError
-from ..runtime import (
+from ..cluster import (
     ClusterView,
     actor_options,
     actor_states,
@@ -31,8 +30,12 @@ from ..runtime import (
     request_of,
     unplaced,
 )
+from ..config import ExperimentConfig
+from ..config.resolve import actor_keys
+from ..core.model import ParamLayout
+from ..errors import RaymetaError
 from ..tasks.holdout import holdout_reason
-from .actor import TaskActor, replica_key
+from .actor import TaskActor
 
 __all__ = ["ActorPool", "actor_keys", "target_count"]
 
@@ -41,61 +44,67 @@ log = logging.getLogger("raymeta.train")
 POLL_S = 2.0  # how often a wait for the actors to be placed looks again
 
 
-def actor_keys(cfg: ExperimentConfig) -> dict[str, list[str]]:
-    """Task name -> the keys of its task actors, ``<task>`` then ``<task>#<r>`` for replicas r = 1, 2, ...; a task
-    with mixture weight 0 gets none."""
-    return {t.name: [replica_key(t.name, r) for r in range(t.replicas)] for t in cfg.tasks if t.weight > 0}
-
-
 def _fit(cfg: ExperimentConfig) -> tuple[Any, ...]:
-    """What an actor started for ``cfg`` was sized for: which actors, with which resources, and how many target
-    actors (``meta.weighting.rule: alignment``) share the cluster with them."""
-    return actor_keys(cfg), cfg.resources.model_dump(), {t.name: t.resources for t in cfg.tasks}, target_count(cfg)
+    """What an actor started for ``cfg`` was sized for: which actors, with which resources, and how
+    many target actors (``meta.weighting.rule: alignment``) share the cluster with them."""
+    return actor_keys(cfg), cfg.resources.model_dump(), {t.name: t.resources
+                                                         for t in cfg.tasks}, target_count(cfg)
 
 
 def target_count(cfg: ExperimentConfig) -> int:
-    """How many target actors a run of ``cfg`` starts beside its task actors (``meta.weighting.rule: alignment``)."""
+    """How many target actors a run of ``cfg`` starts beside its task actors (``meta.weighting.rule:
+    alignment``)."""
     w = cfg.meta.weighting
     if w.rule != "alignment":
         return 0
     v = cfg.eval.validation
-    if w.target is None and v is not None and v.holdout_classes is not None:  # one held-out task per task taking part
+    # one held-out task per task taking part
+    if w.target is None and v is not None and v.holdout_classes is not None:
         return sum(1 for t in cfg.tasks if holdout_reason(t) is None)
     return len(w.target if w.target is not None else v.tasks if v else [])
 
 
 class ActorPool:
-    """Task actors keyed like the trainer's. ``owned``: :meth:`release` ends them (not actors adopted from another
-    pool: their owner ends them).
+    """Task actors keyed like the trainer's. ``owned``: :meth:`release` ends them (not actors
+    adopted from another pool: their owner ends them).
 
-    ``options``: fixed ``ray.remote`` options for every actor :meth:`lend` starts (with ``threads`` torch threads
-    on ``device``), instead of sizing them to each configuration: the test suite's actors reserve no CPU, so one
-    fits any configuration and a missing key is started next to the others."""
+    ``options``: fixed ``ray.remote`` options for every actor :meth:`lend` starts (with ``threads``
+    torch threads on ``device``), instead of sizing them to each configuration: the test suite's
+    actors reserve no CPU, so one fits any configuration and a missing key is started next to the
+    others."""
 
-    def __init__(self, *, options: Mapping[str, Any] | None = None, threads: int | None = None, device: str = "cpu"):
+    def __init__(self, *, options: Mapping[str, Any] | None = None, threads: int | None = None,
+                 device: str = "cpu"):
         self.actors: dict[str, Any] = {}
-        self.devices: dict[str, str] = {}  # actor key -> its torch device type, as :meth:`check` found it
+        # actor key -> its torch device type, as :meth:`check` found it
+        self.devices: dict[str, str] = {}
         self.owned = True
-        self._fits: tuple[Any, ...] | None = None  # what the held actors were started (or reset) for
-        self._options, self._threads, self._device = dict(options) if options is not None else None, threads, device
-        # actors :meth:`start` started and :meth:`check` has not yet seen placed: what each asks for, the cluster
-        # they were sized on, when, and how long they may wait (resources.placement_timeout_s)
+        # what the held actors were started (or reset) for
+        self._fits: tuple[Any, ...] | None = None
+        self._options = dict(options) if options is not None else None
+        self._threads, self._device = threads, device
+        # actors :meth:`start` started and :meth:`check` has not yet seen placed: what each asks
+        # for, the cluster they were sized on, when, and how long they may wait
+        # (resources.placement_timeout_s)
         self._placing: tuple[dict[str, dict[str, float]], ClusterView, float, float] | None = None
 
     # -- a run's actors ---------------------------------------------------------------------
 
-    def start(self, cfg: ExperimentConfig, *, local: bool, others: int = 0, after: int = 0) -> dict[str, Any]:
-        """One new actor per task replica of ``cfg`` (tasks with weight 0 get none). Inside a Ray Tune trial, actor i
-        takes bundle i + 1 of the trial's placement group (bundle 0 is the trial's own); else ``resources.*`` size
-        them, and per-task custom resources pin a task to a node type. A request no node can meet fails at once on a
-        fixed cluster (our own local instance, or one whose head runs no autoscaler), and on an autoscaling one when
-        no node type it can add meets it either (:func:`~raymeta.runtime.feasible`). The actors are placed
-        asynchronously: :meth:`check` waits for them, ``resources.placement_timeout_s`` at most without progress.
-        ``others``: how many more actors of the same size another pool starts beside these (``meta.weighting``'s
-        target actors): the share of the cluster each actor is sized for counts them too. ``after``: inside a Ray Tune
-        trial, the first ``after`` actor bundles are another pool's (the target actors come after the task actors).
-        (``local``, the caller's word that Ray is its own instance, is not needed: :func:`~raymeta.runtime.cluster_view`
-        tells.)"""
+    def start(self, cfg: ExperimentConfig, *, local: bool, others: int = 0,
+              after: int = 0) -> dict[str, Any]:
+        """One new actor per task replica of ``cfg`` (tasks with weight 0 get none). Inside a Ray
+        Tune trial, actor i takes bundle i + 1 of the trial's placement group (bundle 0 is the
+        trial's own); else ``resources.*`` size them, and per-task custom resources pin a task to a
+        node type. A request no node can meet fails at once on a fixed cluster (our own local
+        instance, or one whose head runs no autoscaler), and on an autoscaling one when no node type
+        it can add meets it either (:func:`~raymeta.cluster.feasible`). The actors are placed
+        asynchronously: :meth:`check` waits for them, ``resources.placement_timeout_s`` at most
+        without progress. ``others``: how many more actors of the same size another pool starts
+        beside these (``meta.weighting``'s target actors): the share of the cluster each actor is
+        sized for counts them too. ``after``: inside a Ray Tune trial, the first ``after`` actor
+        bundles are another pool's (the target actors come after the task actors). (``local``, the
+        caller's word that Ray is its own instance, is not needed:
+        :func:`~raymeta.cluster.cluster_view` tells.)"""
         import ray
 
         group = ray.util.get_current_placement_group()
@@ -107,7 +116,8 @@ class ActorPool:
         else:
             view = cluster_view()
             opts, threads, device = actor_options(cfg.resources, n + others, view=view)
-        sized: list[tuple[str, str, int, dict[str, Any], int, str]] = []  # key, task, replica, options, threads, device
+        # key, task, replica, options, threads, device
+        sized: list[tuple[str, str, int, dict[str, Any], int, str]] = []
         for name, ks in keys.items():
             for r, key in enumerate(ks):
                 if group is not None:
@@ -115,7 +125,8 @@ class ActorPool:
                 else:
                     task_opts = dict(opts)
                     if cfg.task(name).resources:
-                        task_opts["resources"] = {**opts.get("resources", {}), **cfg.task(name).resources}
+                        task_opts["resources"] = {**opts.get("resources", {}),
+                                                  **cfg.task(name).resources}
                         feasible(task_opts, f"task '{name}'", view=view)  # before any actor starts
                 sized.append((key, name, r, task_opts, threads, device))
         remote, cfg_json = ray.remote(TaskActor), cfg.model_dump_json()
@@ -123,49 +134,59 @@ class ActorPool:
         requests: dict[str, dict[str, float]] = {}
         for key, name, r, task_opts, threads, device in sized:
             requests[key] = request_of(task_opts)
-            self.actors[key] = remote.options(**task_opts).remote(cfg_json, name, threads, device, r)
+            self.actors[key] = remote.options(**task_opts).remote(cfg_json, name, threads, device,
+                                                                  r)
         if view is not None:
             self._placing = (requests, view, time.monotonic(), cfg.resources.placement_timeout_s)
         return self.actors
 
     def adopt(self, given: Mapping[str, Any], cfg: ExperimentConfig) -> dict[str, Any]:
-        """Actors started elsewhere (``MetaTrainer(actors=...)``), reset to ``cfg``; :meth:`release` leaves them to
-        their owner. Every key of ``cfg`` must be among them."""
+        """Actors started elsewhere (``MetaTrainer(actors=...)``), reset to ``cfg``; :meth:`release`
+        leaves them to their owner. Every key of ``cfg`` must be among them."""
         keys = actor_keys(cfg)
         missing = [k for ks in keys.values() for k in ks if k not in given]
         if missing:
-            raise RaymetaError(f"task '{missing[0]}': no actor among the ones given to reuse ({', '.join(given)})")
-        self.actors, self.owned, self._fits = {k: given[k] for ks in keys.values() for k in ks}, False, _fit(cfg)
+            raise RaymetaError(f"task '{missing[0]}': no actor among the ones given to reuse "
+                               f"({', '.join(given)})")
+        self.actors, self.owned, self._fits = {k: given[k] for ks in keys.values()
+                                               for k in ks}, False, _fit(cfg)
         cfg_json = cfg.model_dump_json()
-        get([self.actors[k].reset.remote(cfg_json, name, r) for name, ks in keys.items() for r, k in enumerate(ks)])
+        get([self.actors[k].reset.remote(cfg_json, name, r) for name, ks in keys.items() for r,
+             k in enumerate(ks)])
         return self.actors
 
     def check(self, layout: ParamLayout, frozen: float) -> dict[str, str]:
-        """Every actor computes for the driver's ``layout`` and loaded the same frozen weights (Σ|w| ``frozen``).
-        Returns the node of each actor. Actors :meth:`start` started may first have to be placed: see
+        """Every actor computes for the driver's ``layout`` and loaded the same frozen weights (Σ|w|
+        ``frozen``). Returns the node of each actor. Actors :meth:`start` started may first have to
+        be placed: see
         :meth:`_wait_placed`."""
         refs = {key: a.describe.remote() for key, a in self.actors.items()}
         self._wait_placed(refs)
         described = get(list(refs.values()))
         for d in described:
             if d["names"] != list(layout.names) or d["shapes"] != [list(s) for s in layout.shapes]:
-                raise RaymetaError(f"task '{d['task']}': its model's shared parameters differ from the driver's "
-                                   f"({d['numel']} vs {layout.numel} values)")
-            # Frozen parameters never travel: each process loaded them, and they must be the same weights.
+                raise RaymetaError(f"task '{d['task']}': its model's shared parameters differ from "
+                                   f"the driver's ({d['numel']} vs {layout.numel} values)")
+            # Frozen parameters never travel: each process loaded them, and they must be the same
+            # weights.
             if abs(d["frozen"] - frozen) > 1e-6 * max(1.0, abs(frozen)):
-                raise RaymetaError(f"task '{d['task']}': its frozen encoder weights differ from the driver's "
-                                   f"(Σ|w| {d['frozen']:.6g} vs {frozen:.6g}): every node must load the same model")
+                raise RaymetaError(f"task '{d['task']}': its frozen encoder weights differ from "
+                                   "the driver's "
+                                   f"(Σ|w| {d['frozen']:.6g} vs {frozen:.6g}): every node must "
+                                   "load the same model")
             log.info("task '%s' (%s): actor pid %s on %s, %d threads, %d train rows",
                      d["task"], d["type"], d["pid"], d["node"], d["threads"], d["train_rows"])
         self.devices = {d["task"]: d["device"] for d in described}
         return {d["task"]: d["node"] for d in described}
 
     def _wait_placed(self, refs: Mapping[str, Any]) -> None:
-        """Until every actor :meth:`start` started is placed on a node (its first call, ``refs``, answered or the
-        actor on a node), or ``resources.placement_timeout_s`` pass in which no further actor is placed and no node
-        joins: then :class:`~raymeta.errors.RaymetaError`, one line naming what the waiting actors ask for and which
-        resource no node has (:func:`~raymeta.runtime.placement_error`). An autoscaler adding nodes one after the
-        other, or a cluster freeing resources, keeps it waiting; a request never met does not hang the run."""
+        """Until every actor :meth:`start` started is placed on a node (its first call, ``refs``,
+        answered or the actor on a node), or ``resources.placement_timeout_s`` pass in which no
+        further actor is placed and no node joins: then :class:`~raymeta.errors.RaymetaError`, one
+        line naming what the waiting actors ask for and which resource no node has
+        (:func:`~raymeta.cluster.placement_error`). An autoscaler adding nodes one after the other,
+        or a cluster freeing resources, keeps it waiting; a request never met does not hang the
+        run."""
         import ray
 
         if self._placing is None:
@@ -175,28 +196,32 @@ class ActorPool:
         pending = dict(refs)
         waiting_before, nodes_before, told = len(pending), len(view.nodes), False
         while pending:
-            _, not_ready = ray.wait(list(pending.values()), num_returns=len(pending), timeout=POLL_S)
+            _, not_ready = ray.wait(list(pending.values()), num_returns=len(pending),
+                                    timeout=POLL_S)
             still = set(not_ready)
             pending = {k: ref for k, ref in pending.items() if ref in still}
             waiting = unplaced({k: self.actors[k] for k in pending})
             if not waiting:
                 return  # placed, only still starting up (or failed: check's get says how)
             nodes = tuple(dict(n["Resources"]) for n in ray.nodes() if n.get("Alive"))
-            if len(waiting) < waiting_before or len(nodes) > nodes_before:  # progress: the wait starts again
-                since, waiting_before, nodes_before = time.monotonic(), len(waiting), max(nodes_before, len(nodes))
+            # progress: the wait starts again
+            if len(waiting) < waiting_before or len(nodes) > nodes_before:
+                since, waiting_before = time.monotonic(), len(waiting)
+                nodes_before = max(nodes_before, len(nodes))
             waited = time.monotonic() - since
             if waited > timeout_s:
                 now = ClusterView(nodes, view.autoscaler, view.node_types)
                 raise RaymetaError(placement_error({k: requests[k] for k in waiting}, now, waited))
             if not told and waited > 10:
                 told = True
-                log.info("resources: %d task actor(s) wait to be placed (%s)%s; resources.placement_timeout_s=%g",
+                log.info("resources: %d task actor(s) wait to be placed (%s)%s; "
+                         "resources.placement_timeout_s=%g",
                          len(waiting), ", ".join(waiting[:4]),
                          ", for the autoscaler to add nodes" if view.autoscaler else "", timeout_s)
 
     def lost(self, timeout_s: float = 60.0) -> list[str]:
-        """Keys of the actors whose process is gone: every actor is asked for its pid. Returns once the GCS holds
-        them dead too (:meth:`_settle`)."""
+        """Keys of the actors whose process is gone: every actor is asked for its pid. Returns once
+        the GCS holds them dead too (:meth:`_settle`)."""
         import ray
 
         probes = {key: a.pid.remote() for key, a in self.actors.items()}
@@ -213,14 +238,16 @@ class ActorPool:
         return lost
 
     def _settle(self, keys: list[str], timeout_s: float) -> None:
-        """Wait (``timeout_s`` at most) until the GCS no longer holds any of the lost actors ``keys`` alive. A call to
-        an actor whose node is gone fails at once, but the GCS marks the node dead (and then its actors) only when
-        its health checks have failed, seconds later; an actor started before that may be placed on the lost node
-        again and die there too, spending one more of checkpoint.max_actor_restarts. (An actor whose process alone
-        was killed is marked dead at once by its node.)"""
+        """Wait (``timeout_s`` at most) until the GCS no longer holds any of the lost actors
+        ``keys`` alive. A call to an actor whose node is gone fails at once, but the GCS marks the
+        node dead (and then its actors) only when its health checks have failed, seconds later; an
+        actor started before that may be placed on the lost node again and die there too, spending
+        one more of checkpoint.max_actor_restarts. (An actor whose process alone was killed is
+        marked dead at once by its node.)"""
         end = time.monotonic() + timeout_s
         while keys and time.monotonic() < end:
-            if all(state != "ALIVE" for state, _ in actor_states({k: self.actors[k] for k in keys}).values()):
+            if all(state != "ALIVE" for state,
+                   _ in actor_states({k: self.actors[k] for k in keys}).values()):
                 return
             time.sleep(0.5)
 
@@ -233,13 +260,15 @@ class ActorPool:
     # -- kept between runs ------------------------------------------------------------------
 
     def keep(self, actors: Mapping[str, Any], cfg: ExperimentConfig) -> None:
-        """Hold (and own) a finished run's actors, started or reset for ``cfg``, to lend them to the next run."""
+        """Hold (and own) a finished run's actors, started or reset for ``cfg``, to lend them to the
+        next run."""
         self.actors, self.owned, self._fits = dict(actors), True, _fit(cfg)
 
     def lend(self, cfg: ExperimentConfig) -> dict[str, Any] | None:
-        """Held actors for ``MetaTrainer(cfg, actors=...)``, which resets them: the ones kept for the same actors and
-        resources. None when they do not fit (they are ended: the trainer starts its own). A pool with fixed
-        ``options`` lends to any configuration, and starts the keys it lacks."""
+        """Held actors for ``MetaTrainer(cfg, actors=...)``, which resets them: the ones kept for
+        the same actors and resources. None when they do not fit (they are ended: the trainer starts
+        its own). A pool with fixed ``options`` lends to any configuration, and starts the keys it
+        lacks."""
         if self._options is not None:
             import ray
 
@@ -247,7 +276,8 @@ class ActorPool:
             for name, ks in actor_keys(cfg).items():
                 for r, key in enumerate(ks):
                     if key not in self.actors:
-                        self.actors[key] = remote.remote(cfg.model_dump_json(), name, self._threads, self._device, r)
+                        self.actors[key] = remote.remote(cfg.model_dump_json(), name, self._threads,
+                                                         self._device, r)
             return {k: self.actors[k] for ks in actor_keys(cfg).values() for k in ks}
         if self.actors and self._fits == _fit(cfg):
             return dict(self.actors)

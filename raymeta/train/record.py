@@ -1,7 +1,8 @@
-"""``StepRecord``: what one meta-step did, as the trainer hands it to the tracker, the step hooks and ``raymeta speed``.
+"""``StepRecord``: what one meta-step did, as the trainer hands it to the tracker, the step hooks
+and ``raymeta speed``.
 
-One typed record for both reduce forms (:mod:`raymeta.train.reduce`); the fields a form does not measure stay None
-and are left out of its ``metrics.jsonl`` line (:meth:`StepRecord.to_json`).
+One typed record for both reduce forms (:mod:`raymeta.train.reduce`); the fields a form does not
+measure stay None and are left out of its ``metrics.jsonl`` line (:meth:`StepRecord.to_json`).
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import numpy as np
 __all__ = ["StepRecord"]
 
 # metrics.jsonl's keys, in the order they are written (the tracker appends "affinity")
-_LOGGED = ("step", "steps", "loss", "metrics", "weights", "skipped", "grad_norm", "lr", "step_s", "publish_s", "wait_s",
-           "reduce_s", "allreduce_s", "outer_s", "compute_max_s", "compute_s", "load_s", "publish_bytes", "grad_bytes",
+_LOGGED = ("step", "steps", "loss", "metrics", "weights", "skipped", "grad_norm", "lr", "step_s",
+           "publish_s", "wait_s",
+           "reduce_s", "allreduce_s", "outer_s", "compute_max_s", "compute_s", "load_s",
+           "publish_bytes", "grad_bytes",
            "alignment", "target_loss")
 
 
@@ -33,9 +36,12 @@ class StepRecord:
     compute_max_s: float  # the slowest actor's compute
     compute_s: dict[str, float]
     outer_s: float
-    used: list[str] = field(default_factory=list)  # the actor keys that entered the sum, in order (not logged)
-    cosine: np.ndarray | None = None  # pairwise cosine of the used tasks' gradients, reduce: driver (not logged)
-    # reduce: driver: publication, the wait for the gradients, the reduction; what each actor read and returned
+    # the actor keys that entered the sum, in order (not logged)
+    used: list[str] = field(default_factory=list)
+    # pairwise cosine of the used tasks' gradients, reduce: driver (not logged)
+    cosine: np.ndarray | None = None
+    # reduce: driver: publication, the wait for the gradients, the reduction; what each actor read
+    # and returned
     publish_s: float | None = None
     wait_s: float | None = None
     reduce_s: float | None = None
@@ -44,11 +50,12 @@ class StepRecord:
     grad_bytes: dict[str, int] | None = None
     # reduce: collective: the slowest rank's all-reduce
     allreduce_s: float | None = None
-    # meta.weighting.rule alignment: each task's cos(gᵢ, g_target) this step (the next step's weights follow it), and
-    # each target task's adapted loss
+    # meta.weighting.rule alignment: each task's cos(gᵢ, g_target) this step (the next step's
+    # weights follow it), and each target task's adapted loss
     alignment: dict[str, float] | None = None
     target_loss: dict[str, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The ``metrics.jsonl`` form: every logged field this reduce form measured, in a fixed order."""
+        """The ``metrics.jsonl`` form: every logged field this reduce form measured, in a fixed
+        order."""
         return {k: getattr(self, k) for k in _LOGGED if getattr(self, k) is not None}

@@ -1,11 +1,12 @@
-"""Where a run's numbers go: ``metrics.jsonl``, TensorBoard event files and one console line per step,
-plus the task-affinity heatmap (pairwise cosine similarity of task gradients) at the end.
+"""Where a run's numbers go: ``metrics.jsonl``, TensorBoard event files and one console line per
+step, plus the task-affinity heatmap (pairwise cosine similarity of task gradients) at the end.
 
-Step numbers: a training record's ``step`` (metrics.jsonl, TensorBoard's global step, the console's ``step s``) is
-the step's index, the meta-steps done before it (0..N-1); a validation record's ``step`` is the number of meta-steps
-done when it ran (0 = the starting model, then every_steps, ..., N), so ``val/score`` at step 4 scores the
-parameters after the training record of step 3. A resume or recovery at step s drops the training records from
-s on and the validation at s (which runs again)."""
+Step numbers: a training record's ``step`` (metrics.jsonl, TensorBoard's global step, the console's
+``step s``) is the step's index, the meta-steps done before it (0..N-1); a validation record's
+``step`` is the number of meta-steps done when it ran (0 = the starting model, then every_steps,
+..., N), so ``val/score`` at step 4 scores the parameters after the training record of step 3. A
+resume or recovery at step s drops the training records from s on and the validation at s (which
+runs again)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ log = logging.getLogger("raymeta.train")
 
 
 def _logged_affinity(record: dict[str, Any]) -> tuple[list[str], np.ndarray]:
-    """A metrics.jsonl record's task-gradient cosines (to 5 decimals), over the tasks that entered the step."""
+    """A metrics.jsonl record's task-gradient cosines (to 5 decimals), over the tasks that entered
+    the step."""
     used = list(record["weights"])
     cosine = np.eye(len(used))
     for i, a in enumerate(used):
@@ -45,8 +47,9 @@ class Tracker:
         self._open(start_step)
 
     def _open(self, start_step: int) -> None:
-        """Log from ``start_step`` on. Records of later steps are dropped: those steps run again (resume,
-        actor-crash recovery) and must not count twice — in metrics.jsonl, TensorBoard or the affinity."""
+        """Log from ``start_step`` on. Records of later steps are dropped: those steps run again
+        (resume, actor-crash recovery) and must not count twice — in metrics.jsonl, TensorBoard or
+        the affinity."""
         from tensorboardX import SummaryWriter
 
         path = self.dir / "metrics.jsonl"
@@ -54,8 +57,9 @@ class Tracker:
             if start_step and path.is_file() else []
         self.jsonl = path.open("w", encoding="utf-8")
         self.jsonl.writelines(ln + "\n" for ln in kept)
-        # purge_step: TensorBoard hides the earlier files' events from start_step on. Each writer gets its
-        # own file name: two writers in the same second would share one, and the second truncates it.
+        # purge_step: TensorBoard hides the earlier files' events from start_step on. Each writer
+        # gets its own file name: two writers in the same second would share one, and the second
+        # truncates it.
         self.tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=start_step,
                                 filename_suffix=f".{os.getpid()}.{self._opened:03d}")
         self._opened += 1
@@ -76,16 +80,18 @@ class Tracker:
         self.cos_n[np.ix_(idx, idx)] += 1
 
     def step(self, rec: StepRecord) -> None:
-        """A meta-step's record: its ``metrics.jsonl`` line (with the task affinity, when the step measured it),
-        TensorBoard scalars and console line. All three number it by its index, the meta-steps done before it
-        (0..N-1): ``"step": 4`` is the fifth step; the console line adds ``(5/N done)``. Validation records
-        (:meth:`validation`) count the steps done when they ran instead: 0 (before training), every_steps, ..., N."""
+        """A meta-step's record: its ``metrics.jsonl`` line (with the task affinity, when the step
+        measured it), TensorBoard scalars and console line. All three number it by its index, the
+        meta-steps done before it (0..N-1): ``"step": 4`` is the fifth step; the console line adds
+        ``(5/N done)``. Validation records (:meth:`validation`) count the steps done when they ran
+        instead: 0 (before training), every_steps, ..., N."""
         record, step, cosine, used = rec.to_json(), rec.step, rec.cosine, rec.used
         if cosine is not None:
             self._add_affinity([self.tasks.index(t) for t in used], cosine)
             record["affinity"] = {f"{a}|{b}": round(float(cosine[i, j]), 5)
                                   for i, a in enumerate(used) for j, b in enumerate(used) if i < j}
-        # strict JSON: a NaN loss is written as null and named under "nonfinite" (raymeta.core.jsonio)
+        # strict JSON: a NaN loss is written as null and named under "nonfinite"
+        # (raymeta.core.jsonio)
         self.jsonl.write(strict_dumps(record) + "\n")
         self.jsonl.flush()
         for task, loss in record["loss"].items():
@@ -98,21 +104,27 @@ class Tracker:
                 self.tb.add_scalar(f"alignment/{task}", c, step)
         for key in ("grad_norm", "lr", "step_s", "compute_max_s"):
             self.tb.add_scalar(f"train/{key}", record[key], step)
-        self.tb.add_scalar("train/skipped_tasks", len(record["skipped"]), step)  # non-finite, left out (nan_policy)
+        # non-finite, left out (nan_policy)
+        self.tb.add_scalar("train/skipped_tasks", len(record["skipped"]), step)
         for pair, c in record.get("affinity", {}).items():
-            self.tb.add_scalar("affinity/" + pair.replace("|", "/"), c, step)  # "|" is not a legal tag character
+            # "|" is not a legal tag character
+            self.tb.add_scalar("affinity/" + pair.replace("|", "/"), c, step)
         losses = " ".join(f"{t}={v:.3f}" for t, v in record["loss"].items())
         skipped = f" skipped={','.join(record['skipped'])}" if record["skipped"] else ""
-        # "step" as in metrics.jsonl and TensorBoard (the step's index, 0..N-1), then how many are done (1..N)
-        log.info("step %d (%d/%d done) | loss %s | |g| %.3f | lr %.2e | %.2fs (slowest actor %.2fs)%s",
-                 step, step + 1, record["steps"], losses, record["grad_norm"], record["lr"], record["step_s"],
+        # "step" as in metrics.jsonl and TensorBoard (the step's index, 0..N-1), then how many are
+        # done (1..N)
+        log.info("step %d (%d/%d done) | loss %s | |g| %.3f | lr %.2e | %.2fs (slowest actor "
+                 "%.2fs)%s",
+                 step, step + 1, record["steps"], losses, record["grad_norm"], record["lr"],
+                 record["step_s"],
                  record["compute_max_s"], skipped)
 
     def validation(self, record: dict[str, Any]) -> None:
-        """A meta-validation record (``kind: validation``; its ``step`` counts the meta-steps done before it). With
-        several settings (``eval.validation.settings``, or ``select: no_harm``) it carries each setting's score and,
-        after step 0, its paired gain over step 0 with the 95% CI: TensorBoard shows them as ``val/<setting>/score``,
-        ``val/<setting>/gain`` and ``val/<setting>/gain_lower`` (the CI's lower bound, which no_harm reads)."""
+        """A meta-validation record (``kind: validation``; its ``step`` counts the meta-steps done
+        before it). With several settings (``eval.validation.settings``, or ``select: no_harm``) it
+        carries each setting's score and, after step 0, its paired gain over step 0 with the 95% CI:
+        TensorBoard shows them as ``val/<setting>/score``, ``val/<setting>/gain`` and
+        ``val/<setting>/gain_lower`` (the CI's lower bound, which no_harm reads)."""
         step = record["step"]
         self.jsonl.write(strict_dumps(record) + "\n")
         self.jsonl.flush()
@@ -126,14 +138,18 @@ class Tracker:
                     self.tb.add_scalar(f"val/{name}/{key}", s[key], step)
         self.tb.flush()
         tasks = " ".join(f"{k}={v:.3f}" for k, v in record["tasks"].items())
-        best = "new best" if record["improved"] else f"best {record['best_score']:.4f} at step {record['best_step']}"
+        best = "new best" if record["improved"] \
+            else f"best {record['best_score']:.4f} at step {record['best_step']}"
         settings = ""
         if "settings" in record:  # each setting's score, and its gain over step 0 with the CI
             settings = " | " + " ".join(
-                f"{n}={s['score']:.3f}" + (f" ({s['gain']:+.3f} ± {s['gain_ci95']:.3f})" if "gain" in s else "")
+                f"{n}={s['score']:.3f}" + (f" ({s['gain']:+.3f} ± {s['gain_ci95']:.3f})"
+                                           if "gain" in s else "")
                 for n, s in record["settings"].items()) + \
-                (" [a setting's loss may exceed the tolerance]" if "gain" in record and not record["qualifies"] else "")
-        log.info("validation at step %d: score %.4f ± %.4f (%s)%s | %s | %.1fs", step, record["score"], record["ci95"], tasks,
+                (" [a setting's loss may exceed the tolerance]" if "gain" in record
+                 and not record["qualifies"] else "")
+        log.info("validation at step %d: score %.4f ± %.4f (%s)%s | %s | %.1fs", step,
+                 record["score"], record["ci95"], tasks,
                  settings, best, record["seconds"])
 
     def scalars(self, values: dict[str, float], step: int) -> None:
@@ -150,7 +166,8 @@ class Tracker:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        mean = np.divide(self.cos_sum, self.cos_n, out=np.full_like(self.cos_sum, np.nan), where=self.cos_n > 0)
+        mean = np.divide(self.cos_sum, self.cos_n, out=np.full_like(self.cos_sum, np.nan),
+                         where=self.cos_n > 0)
         fig, ax = plt.subplots(figsize=(1.2 * len(self.tasks) + 3, 1.0 * len(self.tasks) + 2))
         im = ax.imshow(mean, vmin=-1, vmax=1, cmap="RdBu")
         ax.set_xticks(range(len(self.tasks)), self.tasks, rotation=45, ha="right")
@@ -169,10 +186,12 @@ class Tracker:
         return path
 
     def weights_png(self) -> Path | None:
-        """``task_weights.png``: each task's mixture weight over the steps, from metrics.jsonl (a resumed run's
-        earlier steps included), when the weights moved (``meta.weighting.rule: alignment``)."""
+        """``task_weights.png``: each task's mixture weight over the steps, from metrics.jsonl (a
+        resumed run's earlier steps included), when the weights moved (``meta.weighting.rule:
+        alignment``)."""
         path = self.dir / "metrics.jsonl"
-        recs = [r for r in map(json.loads, path.read_text().splitlines()) if r.get("kind") != "validation"] \
+        recs = [r for r in map(json.loads,
+                               path.read_text().splitlines()) if r.get("kind") != "validation"] \
             if path.is_file() else []
         if not any("alignment" in r for r in recs):
             return None
@@ -183,7 +202,8 @@ class Tracker:
 
         fig, ax = plt.subplots(figsize=(8, 4.5))
         for task in self.tasks:
-            ax.plot([r["step"] for r in recs], [r["weights"].get(task, math.nan) for r in recs], label=task)
+            ax.plot([r["step"] for r in recs], [r["weights"].get(task, math.nan) for r in recs],
+                    label=task)
         ax.set_xlabel("meta-step")
         ax.set_ylabel("mixture weight")
         ax.set_title("task weights (meta.weighting.rule: alignment)")
@@ -195,7 +215,8 @@ class Tracker:
         return out
 
     def flush(self) -> None:
-        """Everything logged so far on disk (before the run's files are mirrored to a storage URI)."""
+        """Everything logged so far on disk (before the run's files are mirrored to a storage
+        URI)."""
         self.jsonl.flush()
         self.tb.flush()
 

@@ -1,4 +1,5 @@
-"""After ``raymeta tune``: the best config and model, the seeded heuristics against the search, and a plot.
+"""After ``raymeta tune``: the best config and model, the seeded heuristics against the search, and
+a plot.
 
 Selection uses meta-validation only. The meta-test tasks (``tune.test_tasks``) are scored here,
 once, on the selected checkpoints (best trial, each heuristic, the plain pretrained init), with the
@@ -13,6 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from .. import storage
 from ..config import ExperimentConfig, ModelConfig, save_config
 from ..core.jsonio import dumps as strict_dumps
 from ..core.jsonio import write_json_atomic
@@ -27,10 +29,11 @@ log = logging.getLogger("raymeta.tune")
 
 
 def _reports(last: dict[str, Any]) -> int:
-    """How many validation scores a trial reported, along the line of checkpoints its last result continues:
-    Tune's ``training_iteration``, which a trial restored from a checkpoint takes over. Not the rows of Tune's
-    result log, which can hold a step twice (a trial started over because Ctrl-C came before Tune had registered
-    its checkpoint) or lose the rows before a checkpoint it was restored from on ``--resume`` (both seen here)."""
+    """How many validation scores a trial reported, along the line of checkpoints its last result
+    continues: Tune's ``training_iteration``, which a trial restored from a checkpoint takes over.
+    Not the rows of Tune's result log, which can hold a step twice (a trial started over because
+    Ctrl-C came before Tune had registered its checkpoint) or lose the rows before a checkpoint it
+    was restored from on ``--resume`` (both seen here)."""
     return int(last.get("training_iteration") or 0) if METRIC in last else 0
 
 
@@ -43,22 +46,28 @@ def _trial_rows(cfg: ExperimentConfig, grid: Any, sizes: dict[str, int]) -> list
         df = result.metrics_dataframe
         last = result.metrics or {}
         reports = _reports(last)
-        best = float(df[METRIC].max()) if reports and df is not None and METRIC in df else float("nan")
-        ckpt = result.get_best_checkpoint(METRIC, "max") if reports and result.best_checkpoints else None
+        best = (float(df[METRIC].max()) if reports and df is not None and METRIC in df
+                else float("nan"))
+        ckpt = result.get_best_checkpoint(METRIC,
+                                          "max") if reports and result.best_checkpoints else None
         params = dict(result.config or {})
         rows.append({
-            "trial": Path(result.path).name, "heuristic": heuristic_of(params, named), "val_score": best,
+            "trial": Path(result.path).name, "heuristic": heuristic_of(params, named),
+                     "val_score": best,
             "reports": reports, "stopped_early": reports < max_t, "last_step": last.get("step"),
             "resumed_at": last.get("resumed_at"), "reused_actors": last.get("reused_actors"),
             "error": str(result.error).splitlines()[0] if result.error else None,
-            "params": params, "mixture": mixture(params, list(sizes)) if cfg.tune.space.weights and params else None,
+            "params": params, "mixture": mixture(params,
+                                                 list(sizes)) if cfg.tune.space.weights and params
+                     else None,
             "checkpoint": ckpt,
         })
     return rows
 
 
 def _export_best(ckpt: Any, target: Path) -> Path:
-    """The best checkpoint's encoder and tokenizer as a Hugging Face directory (``AutoModel`` loads it)."""
+    """The best checkpoint's encoder and tokenizer as a Hugging Face directory (``AutoModel`` loads
+    it)."""
     from ..core.checkpoint import atomic_dir
 
     with ckpt.as_directory() as d, atomic_dir(target) as tmp:
@@ -67,8 +76,8 @@ def _export_best(ckpt: Any, target: Path) -> Path:
 
 
 def _test_scores(cfg: ExperimentConfig, inits: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """Meta-validation and meta-test scores of each init, with 95% CIs, and paired against the first init
-    (the same rows and episodes for every init, so the differences are paired per episode)."""
+    """Meta-validation and meta-test scores of each init, with 95% CIs, and paired against the first
+    init (the same rows and episodes for every init, so the differences are paired per episode)."""
     from transformers.utils import logging as hf_logging
 
     from ..core.model import load_encoder
@@ -80,7 +89,8 @@ def _test_scores(cfg: ExperimentConfig, inits: dict[str, str]) -> dict[str, dict
     episodes: dict[str, dict[str, list[float]]] = {}
     out: dict[str, dict[str, Any]] = {}
     for name, path in inits.items():
-        encoder = load_encoder(ModelConfig(name_or_path=path, pooling=cfg.model.pooling))
+        encoder = load_encoder(ModelConfig(name_or_path=path, pooling=cfg.model.pooling),
+                               fetch=storage.local_model_path)  # the pretrained init may be a URI
         out[name], episodes[name] = {}, {}
         for split, scorer in scorers.items():
             per_task = scorer.episodes(encoder)
@@ -107,7 +117,8 @@ def _plot(rows: list[dict[str, Any]], tasks: list[str], path: Path) -> Path | No
     ok = [r for r in rows if not math.isnan(r["val_score"])]
     if not ok:
         return None
-    dims = [k for k in ("lr", "inner_lr", "inner_steps", "algorithm", "temperature", "trainable", "lora_r")
+    dims = [k for k in ("lr", "inner_lr", "inner_steps", "algorithm", "temperature", "trainable",
+                        "lora_r")
             if k in ok[0]["params"]]
     dims += [f"w:{t}" for t in tasks if ok[0]["mixture"]]
     fig, axes = plt.subplots(1, len(dims), figsize=(3.2 * len(dims), 3.2), squeeze=False)
@@ -116,7 +127,8 @@ def _plot(rows: list[dict[str, Any]], tasks: list[str], path: Path) -> Path | No
         def value(r: dict[str, Any], dim: str = dim) -> Any:
             return r["mixture"][dim[2:]] if dim.startswith("w:") else r["params"][dim]
 
-        ax.scatter([value(r) for r in ok], [r["val_score"] for r in ok], c=["tab:orange" if r["heuristic"] else "tab:blue"
+        ax.scatter([value(r) for r in ok], [r["val_score"] for r in ok],
+                   c=["tab:orange" if r["heuristic"] else "tab:blue"
                                                                             for r in ok], s=22)
         for r in ok:
             if r["heuristic"]:
@@ -127,7 +139,8 @@ def _plot(rows: list[dict[str, Any]], tasks: list[str], path: Path) -> Path | No
         ax.tick_params(axis="x", labelrotation=30, labelsize=7)
         ax.set_xlabel("mixture weight of " + dim[2:] if dim.startswith("w:") else dim)
         ax.set_ylabel("meta-validation accuracy")
-    fig.suptitle("raymeta tune: best meta-validation score per trial (orange: seeded heuristics, star: best)")
+    fig.suptitle("raymeta tune: best meta-validation score per trial (orange: seeded heuristics, "
+                 "star: best)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -135,7 +148,8 @@ def _plot(rows: list[dict[str, Any]], tasks: list[str], path: Path) -> Path | No
 
 
 def summary_table(summary: dict[str, Any]) -> str:
-    """Markdown: each init's val and test accuracy (± 95% CI), and the best's paired gain over it."""
+    """Markdown: each init's val and test accuracy (± 95% CI), and the best's paired gain over
+    it."""
 
     def pct(r: dict[str, Any], split: str) -> str:
         return percent_cell(r[split], r.get(split + "_ci95")) if split in r else "not scored"
@@ -144,19 +158,22 @@ def summary_table(summary: dict[str, Any]) -> str:
         g = r.get(f"{split}_gap_to_best")
         return percent_cell(g["mean"], g.get("ci95"), signed=True) if g else "-"
 
-    lines = ["| init | mixture | val | test | best − this, val | best − this, test |", "|---|---|---|---|---|---|"]
+    lines = ["| init | mixture | val | test | best − this, val | best − this, test |",
+             "|---|---|---|---|---|---|"]
     for name, r in summary["compare"].items():
         if name == "tune best" and summary["best"].get("is_heuristic"):
             name = f"tune best (= the {summary['best']['is_heuristic']} heuristic)"
         mix = ", ".join(f"{t} {w:.2f}" for t, w in (r.get("mixture") or {}).items()) or "-"
-        lines.append(f"| {name} | {mix} | {pct(r, 'val')} | {pct(r, 'test')} | {gain(r, 'val')} | {gain(r, 'test')} |")
+        lines.append(f"| {name} | {mix} | {pct(r, 'val')} | {pct(r, 'test')} | {gain(r, 'val')} | "
+                     f"{gain(r, 'test')} |")
     return "\n".join(lines)
 
 
-def finish(cfg: ExperimentConfig, grid: Any, sizes: dict[str, int], out: Path | None = None) -> dict[str, Any]:
-    """Write ``best_config.yaml``, ``best_model/``, ``tune_scores.png`` and ``tune_summary.{json,md}`` into ``out``
-    (default: ``output_dir``; when that is a storage URI, the local directory mirrored to it)."""
-    from .. import storage
+def finish(cfg: ExperimentConfig, grid: Any, sizes: dict[str, int],
+           out: Path | None = None) -> dict[str, Any]:
+    """Write ``best_config.yaml``, ``best_model/``, ``tune_scores.png`` and
+    ``tune_summary.{json,md}`` into ``out`` (default: ``output_dir``; when that is a storage URI,
+    the local directory mirrored to it)."""
     from ..errors import RaymetaError
 
     out = Path(cfg.output_dir) if out is None else out
@@ -164,11 +181,13 @@ def finish(cfg: ExperimentConfig, grid: Any, sizes: dict[str, int], out: Path | 
     rows = _trial_rows(cfg, grid, sizes)
     scored = [r for r in rows if r["checkpoint"] is not None and not math.isnan(r["val_score"])]
     if not scored:
-        first = next((r["error"] for r in rows if r["error"]), "no trial reported a validation score")
+        first = next((r["error"] for r in rows if r["error"]),
+                     "no trial reported a validation score")
         raise RaymetaError(f"tune: no trial finished a validation report ({first})")
     best = max(scored, key=lambda r: r["val_score"])
     best_cfg = apply_params(cfg, best["params"])
-    best_cfg.output_dir = storage.join(cfg.output_dir, "best_run") if storage.is_uri(cfg.output_dir) \
+    best_cfg.output_dir = storage.join(cfg.output_dir,
+                                       "best_run") if storage.is_uri(cfg.output_dir) \
         else str(out / "best_run")
     save_config(best_cfg, out, "best_config.yaml")
     model_dir = _export_best(best["checkpoint"], out / "best_model")
@@ -184,7 +203,8 @@ def finish(cfg: ExperimentConfig, grid: Any, sizes: dict[str, int], out: Path | 
         inits["pretrained (no meta-training)"] = cfg.model.name_or_path
     scores = _test_scores(cfg, inits)
     shutil.rmtree(tmp, ignore_errors=True)
-    by_name = {name: r for r in scored for name in (["tune best"] if r is best else []) + [r["heuristic"]] if name}
+    by_name = {name: r for r in scored for name in (["tune best"] if r is best
+                                                    else []) + [r["heuristic"]] if name}
     compare = {name: {**s, "mixture": by_name[name]["mixture"] if name in by_name else None,
                       "stopped_early": by_name[name]["stopped_early"] if name in by_name else None}
                for name, s in scores.items()}
@@ -192,7 +212,8 @@ def finish(cfg: ExperimentConfig, grid: Any, sizes: dict[str, int], out: Path | 
         "experiment": grid.experiment_path, "metric": f"mean {cfg.tune.method} accuracy, "
         f"{cfg.tune.ways}-way {cfg.tune.shots}-shot, {cfg.tune.episodes} seeded episodes"
         + (f", {cfg.meta.proto.distance} distance" if cfg.tune.method == "prototype" else ""),
-        "best": {"trial": best["trial"], "val_score_during_search": best["val_score"], "params": best["params"],
+        "best": {"trial": best["trial"], "val_score_during_search": best["val_score"],
+                 "params": best["params"],
                  "mixture": best["mixture"], "is_heuristic": best["heuristic"]},
         "compare": compare,
         "trials": [{k: v for k, v in r.items() if k != "checkpoint"} for r in rows],
@@ -201,6 +222,7 @@ def finish(cfg: ExperimentConfig, grid: Any, sizes: dict[str, int], out: Path | 
     (out / "tune_summary.md").write_text(summary_table(summary) + "\n")
     plot = _plot(rows, list(sizes), out / "tune_scores.png")
     summary["files"] = {"best_config": str(out / "best_config.yaml"), "best_model": str(model_dir),
-                        "plot": str(plot) if plot else None, "summary": str(out / "tune_summary.json")}
+                        "plot": str(plot) if plot else None,
+                        "summary": str(out / "tune_summary.json")}
     log.info("best trial %s: %s", best["trial"], strict_dumps(best["params"]))
     return summary

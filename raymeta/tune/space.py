@@ -1,9 +1,10 @@
-"""What ``raymeta tune`` searches: mixture weights on the simplex, learning rates, inner steps, algorithm,
-ProtoNet's temperature, the episodes' ways, and what trains (``model.trainable``, LoRA rank).
+"""What ``raymeta tune`` searches: mixture weights on the simplex, learning rates, inner steps,
+algorithm, ProtoNet's temperature, the episodes' ways, and what trains (``model.trainable``, LoRA
+rank).
 
-Pure functions over the config; only :func:`search_space` imports Ray, for ``ray.tune``'s sampling primitives
-(``uniform``, ``loguniform``, ``choice``...), inside the function, so the rest runs and tests without Ray.
-The Tune wiring (Tuner, trials, schedulers) is in :mod:`raymeta.tune.search`.
+Pure functions over the config; only :func:`search_space` imports Ray, for ``ray.tune``'s sampling
+primitives (``uniform``, ``loguniform``, ``choice``...), inside the function, so the rest runs and
+tests without Ray. The Tune wiring (Tuner, trials, schedulers) is in :mod:`raymeta.tune.search`.
 
 A mixture is searched as one log-weight per task, normalised with a softmax, so every point of
 the box maps onto the simplex and the search never proposes an all-zero or negative mixture.
@@ -22,7 +23,8 @@ from typing import Any
 from ..config import ExperimentConfig
 from ..errors import ConfigError
 
-__all__ = ["HEURISTICS", "WEIGHT_PREFIX", "heuristic_log_weights", "mixture", "search_space", "apply_params",
+__all__ = ["HEURISTICS", "WEIGHT_PREFIX", "heuristic_log_weights", "mixture", "search_space",
+           "apply_params",
            "heuristic_of"]
 
 WEIGHT_PREFIX = "logw_"
@@ -47,7 +49,8 @@ def mixture(params: dict[str, Any], tasks: list[str]) -> dict[str, float]:
 
 
 def _defaults(cfg: ExperimentConfig) -> dict[str, Any]:
-    """The experiment's own values of the searched non-weight keys (the heuristics' starting point)."""
+    """The experiment's own values of the searched non-weight keys (the heuristics' starting
+    point)."""
     s = cfg.tune.space
     point: dict[str, Any] = {}
     if s.lr is not None:
@@ -57,24 +60,30 @@ def _defaults(cfg: ExperimentConfig) -> dict[str, Any]:
     if s.inner_steps is not None:
         point["inner_steps"] = min(max(cfg.meta.inner_steps, s.inner_steps[0]), s.inner_steps[1])
     if s.algorithms:
-        point["algorithm"] = cfg.meta.algorithm if cfg.meta.algorithm in s.algorithms else s.algorithms[0]
+        point["algorithm"] = (cfg.meta.algorithm if cfg.meta.algorithm in s.algorithms
+                              else s.algorithms[0])
     if s.temperature is not None:
-        point["temperature"] = min(max(cfg.meta.proto.temperature, s.temperature[0]), s.temperature[1])
+        point["temperature"] = min(max(cfg.meta.proto.temperature, s.temperature[0]),
+                                   s.temperature[1])
     if s.trainable:
-        point["trainable"] = cfg.model.trainable if cfg.model.trainable in s.trainable else s.trainable[0]
+        point["trainable"] = (cfg.model.trainable if cfg.model.trainable in s.trainable
+                              else s.trainable[0])
     if s.lora_r is not None:
         point["lora_r"] = min(max(cfg.model.lora.r, s.lora_r[0]), s.lora_r[1])
     if s.ways:
         point["ways"] = cfg.meta.episode.ways if cfg.meta.episode.ways in s.ways else s.ways[0]
     if s.weighting_lr is not None:
-        point["weighting_lr"] = min(max(cfg.meta.weighting.lr, s.weighting_lr[0]), s.weighting_lr[1])
+        point["weighting_lr"] = min(max(cfg.meta.weighting.lr, s.weighting_lr[0]),
+                                    s.weighting_lr[1])
     if s.weighting_floor is not None:
         n = sum(1 for t in cfg.tasks if t.weight > 0)
-        point["weighting_floor"] = min(max(cfg.meta.weighting.floor * n, s.weighting_floor[0]), s.weighting_floor[1])
+        point["weighting_floor"] = min(max(cfg.meta.weighting.floor * n, s.weighting_floor[0]),
+                                       s.weighting_floor[1])
     return point
 
 
-def search_space(cfg: ExperimentConfig, sizes: dict[str, int]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def search_space(cfg: ExperimentConfig, sizes: dict[str, int]) -> tuple[dict[str, Any],
+                                                                        list[dict[str, Any]]]:
     """Tune's ``param_space`` and the seeded heuristic points (``points_to_evaluate``)."""
     from ray import tune
 
@@ -84,7 +93,8 @@ def search_space(cfg: ExperimentConfig, sizes: dict[str, int]) -> tuple[dict[str
     space: dict[str, Any] = {}
     if s.weights:
         if len(tasks) < 2:
-            raise ConfigError("config key 'tune.space.weights': a mixture needs at least 2 meta-training tasks")
+            raise ConfigError("config key 'tune.space.weights': a mixture needs at least 2 "
+                              "meta-training tasks")
         seeded = [v for h in heur.values() for v in h.values()]
         lo, hi = min([s.log_weight_range[0], *seeded]), max([s.log_weight_range[1], *seeded])
         space.update({WEIGHT_PREFIX + t: tune.uniform(lo, hi) for t in tasks})
@@ -104,15 +114,17 @@ def search_space(cfg: ExperimentConfig, sizes: dict[str, int]) -> tuple[dict[str
         space["lora_r"] = tune.lograndint(s.lora_r[0], s.lora_r[1] + 1)
     if s.ways:
         space["ways"] = tune.choice(sorted(set(s.ways)))
-    if (s.weighting_lr is not None or s.weighting_floor is not None) and cfg.meta.weighting.rule != "alignment":
-        raise ConfigError("config key 'tune.space.weighting_lr': searching the learned weights' settings needs "
-                          "meta.weighting.rule: alignment")
+    if (s.weighting_lr is not None
+        or s.weighting_floor is not None) and cfg.meta.weighting.rule != "alignment":
+        raise ConfigError("config key 'tune.space.weighting_lr': searching the learned weights' "
+                          "settings needs meta.weighting.rule: alignment")
     if s.weighting_lr is not None:
         space["weighting_lr"] = tune.loguniform(*s.weighting_lr)
     if s.weighting_floor is not None:
         space["weighting_floor"] = tune.uniform(*s.weighting_floor)
     if not space:
-        raise ConfigError("config key 'tune.space': nothing to search (weights off and no ranges given)")
+        raise ConfigError("config key 'tune.space': nothing to search (weights off and no ranges "
+                          "given)")
     base = _defaults(cfg)
     points = [{**{WEIGHT_PREFIX + t: v for t, v in h.items()}, **base} for h in heur.values()]
     return space, points
@@ -153,7 +165,8 @@ def apply_params(cfg: ExperimentConfig, params: dict[str, Any]) -> ExperimentCon
 def heuristic_of(params: dict[str, Any], points: dict[str, dict[str, Any]]) -> str | None:
     """Which seeded heuristic a trial's parameters are (None: a searched point)."""
     for name, point in points.items():
-        if all(k in params and (abs(float(params[k]) - float(v)) < 1e-9 if isinstance(v, (int, float))
-                                else params[k] == v) for k, v in point.items()):
+        if all(k in params and (abs(float(params[k]) - float(v)) < 1e-9
+                                if isinstance(v, (int, float)) else params[k] == v)
+               for k, v in point.items()):
             return name
     return None

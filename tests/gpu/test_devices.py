@@ -23,7 +23,8 @@ def test_actor_computes_on_device(device, algorithm, tmp_path):
     cfg = load_config(data={
         "model": {"from_config": TINY_BERT}, "cache_dir": str(tmp_path),
         "tasks": [{"use": "bbc_news", "max_length": 32}],
-        "meta": {"algorithm": algorithm, "inner_steps": 1, "episode": {"ways": 3, "shots": 2, "queries": 2}},
+        "meta": {"algorithm": algorithm, "inner_steps": 1, "episode": {"ways": 3, "shots": 2,
+                                                                       "queries": 2}},
     })
     actor = TaskActor(cfg.model_dump_json(), "bbc_news", 1, device)
     assert actor.flat.device.type == device
@@ -34,4 +35,5 @@ def test_actor_computes_on_device(device, algorithm, tmp_path):
     assert out["finite"] and grad.shape == shared.shape and grad.dtype == np.float32
     assert np.isfinite(grad).all() and np.abs(grad).sum() > 0
     again = actor.compute(shared, step=0)["grad"]  # same params, same step: the same gradient
-    np.testing.assert_allclose(again, grad, rtol=1e-5 if device == "cpu" else 2e-2, atol=1e-7 if device == "cpu" else 1e-3)
+    np.testing.assert_allclose(again, grad, rtol=1e-5 if device == "cpu" else 2e-2,
+                               atol=1e-7 if device == "cpu" else 1e-3)

@@ -1,7 +1,8 @@
 """A table of bad inputs: each is one line on stderr naming the culprit, exit code 2, no traceback,
 no hang, and no checkpoint or results file left behind."""
 
-# ruff: noqa: E501  (the table reads best one case per line)
+# the table reads best one case per line
+# ruff: noqa: E501
 from __future__ import annotations
 
 import json
@@ -15,18 +16,23 @@ TINY = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
 
 
 def files(tmp: Path) -> dict[str, str]:
-    (tmp / "good.csv").write_text("text,label\n" + "".join(f"t{i},{'ab'[i % 2]}\n" for i in range(20)))
+    (tmp / "good.csv").write_text("text,label\n" + "".join(f"t{i},{'ab'[i % 2]}\n"
+                                                           for i in range(20)))
     (tmp / "nolabel.csv").write_text("text,y\nhello,a\n")
-    (tmp / "badlabel.csv").write_text("text,label\n" + "".join(f"t{i},{'ab'[i % 2]}\n" for i in range(9)) + "t9,zzz\n")
+    (tmp / "badlabel.csv").write_text("text,label\n" + "".join(f"t{i},{'ab'[i % 2]}\n"
+                                                               for i in range(9)) + "t9,zzz\n")
     (tmp / "empty.csv").write_text("text,label\n")
     (tmp / "bad.yaml").write_text("meta: {steps: [unclosed\n")
     (tmp / "notamodel").mkdir(exist_ok=True)
     (tmp / "notamodel" / "config.json").write_text("{}")
     (tmp / "trunc").mkdir(exist_ok=True)
-    (tmp / "trunc" / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1,
-                                                           "num_attention_heads": 2, "intermediate_size": 32}))
+    (tmp / "trunc" / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 32,
+                                                           "num_hidden_layers": 1,
+                                                           "num_attention_heads": 2,
+                                                           "intermediate_size": 32}))
     (tmp / "trunc" / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
-    return {k: str(tmp / k) for k in ("good.csv", "nolabel.csv", "badlabel.csv", "empty.csv", "bad.yaml", "notamodel", "trunc")}
+    return {k: str(tmp / k) for k in ("good.csv", "nolabel.csv", "badlabel.csv", "empty.csv",
+                                      "bad.yaml", "notamodel", "trunc")}
 
 
 def task(csv: str, **kw) -> dict:
@@ -50,75 +56,116 @@ def cfg_with(tmp: Path, **changes) -> str:
 
 # (id, argv builder, text the one-line error must contain)
 CASES = [
-    ("yaml-does-not-parse", lambda t, f: ["train", "--config", f["bad.yaml"]], "YAML does not parse"),
-    ("missing-config-file", lambda t, f: ["train", "--config", str(t / "nope.yaml")], "nope.yaml: not found"),
-    ("unknown-key", lambda t, f: ["train", "--config", cfg_with(t), "meta.stepz=3"], "config key 'meta.stepz': unknown key"),
-    ("wrong-type", lambda t, f: ["train", "--config", cfg_with(t), "meta.steps=many"], "config key 'meta.steps'"),
-    ("unknown-algorithm", lambda t, f: ["train", "--config", cfg_with(t), "meta.algorithm=magic"], "config key 'meta.algorithm'"),
-    ("unknown-task-type", lambda t, f: ["train", "--config", cfg_with(t, tasks=[task(f["good.csv"], type="summarize")])],
+    ("yaml-does-not-parse", lambda t, f: ["train", "--config", f["bad.yaml"]],
+     "YAML does not parse"),
+    ("missing-config-file", lambda t, f: ["train", "--config", str(t / "nope.yaml")],
+     "nope.yaml: not found"),
+    ("unknown-key", lambda t, f: ["train", "--config", cfg_with(t), "meta.stepz=3"],
+     "config key 'meta.stepz': unknown key"),
+    ("wrong-type", lambda t, f: ["train", "--config", cfg_with(t), "meta.steps=many"],
+     "config key 'meta.steps'"),
+    ("unknown-algorithm", lambda t, f: ["train", "--config", cfg_with(t), "meta.algorithm=magic"],
+     "config key 'meta.algorithm'"),
+    ("unknown-task-type", lambda t, f: ["train", "--config", cfg_with(t, tasks=[task(f["good.csv"],
+                                                                                     type="summarize")])],
      "config key 'tasks.mine.type'"),
     ("unknown-ready-made-task", lambda t, f: ["train", "--config", cfg_with(t, tasks=[{"use": "no_such"}])], "'no_such': not a ready-made"),
-    ("all-weights-zero", lambda t, f: ["train", "--config", cfg_with(t, **{"tasks.0.weight": 0, "tasks.1.weight": 0})],
+    ("all-weights-zero", lambda t, f: ["train", "--config", cfg_with(t, **{"tasks.0.weight": 0,
+                                                                           "tasks.1.weight": 0})],
      "every task has mixture weight 0"),
-    ("negative-weight", lambda t, f: ["train", "--config", cfg_with(t), "tasks.bbc_news.weight=-1"], "config key 'tasks.bbc_news.weight'"),
-    ("nan-weight", lambda t, f: ["train", "--config", cfg_with(t), "tasks.bbc_news.weight=.nan"], "config key 'tasks.bbc_news.weight'"),
-    ("negative-inner-steps", lambda t, f: ["train", "--config", cfg_with(t), "meta.inner_steps=-1"], "config key 'meta.inner_steps'"),
-    ("reptile-zero-inner-steps", lambda t, f: ["train", "--config", cfg_with(t), "meta.algorithm=reptile", "meta.inner_steps=0"],
+    ("negative-weight", lambda t, f: ["train", "--config", cfg_with(t), "tasks.bbc_news.weight=-1"],
+     "config key 'tasks.bbc_news.weight'"),
+    ("nan-weight", lambda t, f: ["train", "--config", cfg_with(t), "tasks.bbc_news.weight=.nan"],
+     "config key 'tasks.bbc_news.weight'"),
+    ("negative-inner-steps", lambda t, f: ["train", "--config", cfg_with(t), "meta.inner_steps=-1"],
+     "config key 'meta.inner_steps'"),
+    ("reptile-zero-inner-steps", lambda t, f: ["train", "--config", cfg_with(t),
+                                               "meta.algorithm=reptile", "meta.inner_steps=0"],
      "reptile needs at least 1 inner step"),
-    ("metaopt-lambda-zero", lambda t, f: ["train", "--config", cfg_with(t), "meta.algorithm=metaopt", "meta.metaopt.lambda=0"],
+    ("metaopt-lambda-zero", lambda t, f: ["train", "--config", cfg_with(t),
+                                          "meta.algorithm=metaopt", "meta.metaopt.lambda=0"],
      "config key 'meta.metaopt.lambda'"),
-    ("metaopt-unknown-head", lambda t, f: ["train", "--config", cfg_with(t), "meta.algorithm=metaopt", "meta.metaopt.head=lasso"],
+    ("metaopt-unknown-head", lambda t, f: ["train", "--config", cfg_with(t),
+                                           "meta.algorithm=metaopt", "meta.metaopt.head=lasso"],
      "config key 'meta.metaopt.head'"),
-    ("metaopt-svm-without-solver", lambda t, f: ["train", "--config", cfg_with(t), "meta.algorithm=metaopt",
-                                                  "meta.metaopt.head=svm"], "head: svm needs a solver setting: iterations"),
-    ("pcgrad-collective", lambda t, f: ["train", "--config", cfg_with(t), "meta.combine=pcgrad", "meta.reduce=collective"],
+    ("metaopt-svm-without-solver", lambda t, f: ["train", "--config", cfg_with(t),
+                                                 "meta.algorithm=metaopt",
+                                                  "meta.metaopt.head=svm"],
+     "head: svm needs a solver setting: iterations"),
+    ("pcgrad-collective", lambda t, f: ["train", "--config", cfg_with(t), "meta.combine=pcgrad",
+                                        "meta.reduce=collective"],
      "config key 'meta.combine'"),
     ("missing-file", lambda t, f: ["train", "--config", cfg_with(t, tasks=[task(str(t / "gone.csv"))])], "gone.csv: file not found"),
     ("missing-column", lambda t, f: ["train", "--config", cfg_with(t, tasks=[task(f["nolabel.csv"])])], "missing column 'label'"),
     ("label-outside-set", lambda t, f: ["train", "--config", cfg_with(t, tasks=[task(f["badlabel.csv"], labels=["a", "b"])])],
      "badlabel.csv, row 10: label 'zzz' is not in the label set"),
-    # checked before Ray starts: the error is the data's, not "no Ray cluster answers" at an address where none does
+    # checked before Ray starts: the error is the data's, not "no Ray cluster answers" at an address
+    # where none does
     ("label-outside-set-before-ray", lambda t, f: ["train", "--config", cfg_with(t, tasks=[task(f["badlabel.csv"], labels=["a", "b"])]), "--address", "127.0.0.9:6399"],
      "badlabel.csv, row 10: label 'zzz' is not in the label set"),
-    ("benchmark-label-outside-set-before-ray", lambda t, f: ["benchmark", "--config", cfg_with(t, tasks=[task(f["badlabel.csv"], labels=["a", "b"])]), "--address", "127.0.0.9:6399", "--output", str(t / "out" / "bench")],
+    ("benchmark-label-outside-set-before-ray", lambda t, f: ["benchmark", "--config",
+                                                             cfg_with(t, tasks=[task(f["badlabel.csv"], labels=["a", "b"])]), "--address", "127.0.0.9:6399", "--output", str(t / "out" / "bench")],
      "badlabel.csv, row 10: label 'zzz' is not in the label set"),
     ("validation-setting-unknown-method", lambda t, f: ["train", "--config", cfg_with(t, **{"eval.validation": {
-        "tasks": [task(f["good.csv"], name="held")], "ways": 2, "settings": [{"shots": 1}, {"method": "magic"}]}})],
-     "config key 'eval.validation.settings.1.method': Input should be 'prototype', 'ridge', 'svm' or 'finetune'"),
-    # a validation setting that a task cannot supply (10 rows a class, 9 shots + 5 queries): before Ray starts
-    ("validation-setting-too-many-shots-before-ray", lambda t, f: ["train", "--config", cfg_with(t, **{"eval.validation": {
-        "tasks": [task(f["good.csv"], name="held")], "ways": 2, "queries": 5, "settings": [{"shots": 1}, {"shots": 9}]}}),
+        "tasks": [task(f["good.csv"], name="held")], "ways": 2, "settings": [{"shots": 1},
+                                                                             {"method": "magic"}]}})],
+     "config key 'eval.validation.settings.1.method': Input should be 'prototype', 'ridge', 'svm' "
+     "or 'finetune'"),
+    # a validation setting that a task cannot supply (10 rows a class, 9 shots + 5 queries): before
+    # Ray starts
+    ("validation-setting-too-many-shots-before-ray", lambda t, f: ["train", "--config",
+                                                                   cfg_with(t, **{"eval.validation": {
+        "tasks": [task(f["good.csv"],
+                       name="held")], "ways": 2, "queries": 5, "settings": [{"shots": 1},
+                                                                            {"shots": 9}]}}),
         "--address", "127.0.0.9:6399"],
      "task 'held': scoring needs 2 classes (eval.validation.settings[1].ways) with 14 rows each"),
     ("empty-split", lambda t, f: ["train", "--config", cfg_with(t, tasks=[task(f["good.csv"]) | {
-        "source": {"kind": "files", "format": "csv", "files": {"train": f["good.csv"], "test": f["empty.csv"]}}}])],
+        "source": {"kind": "files", "format": "csv", "files": {"train": f["good.csv"],
+                                                               "test": f["empty.csv"]}}}])],
      "split 'test' is empty"),
-    ("lora-targets-absent", lambda t, f: ["train", "--config", cfg_with(t), "model.trainable=lora", "model.lora.target_modules=[c_attn]"],
-     "config key 'model.lora.target_modules': no module named 'c_attn' in this bert (its projections: dense"),
-    ("top-layers-too-many", lambda t, f: ["train", "--config", cfg_with(t), "model.trainable=top_layers", "model.top_layers=7"],
+    ("lora-targets-absent", lambda t, f: ["train", "--config", cfg_with(t), "model.trainable=lora",
+                                          "model.lora.target_modules=[c_attn]"],
+     "config key 'model.lora.target_modules': no module named 'c_attn' in this bert (its "
+     "projections: dense"),
+    ("top-layers-too-many", lambda t, f: ["train", "--config", cfg_with(t),
+                                          "model.trainable=top_layers", "model.top_layers=7"],
      "config key 'model.top_layers': 7 is more than the model's 2 layers"),
-    ("unreachable-address", lambda t, f: ["train", "--config", cfg_with(t), "--address", "127.0.0.9:6399"], "no Ray cluster answers"),
-    ("infeasible-resources", lambda t, f: ["train", "--config", cfg_with(t), "resources.num_gpus_per_actor=1"],
+    ("unreachable-address", lambda t, f: ["train", "--config", cfg_with(t), "--address",
+                                          "127.0.0.9:6399"], "no Ray cluster answers"),
+    ("infeasible-resources", lambda t, f: ["train", "--config", cfg_with(t),
+                                           "resources.num_gpus_per_actor=1"],
      "asks for GPU=1, but no node has that much"),
-    ("init-not-a-model", lambda t, f: ["evaluate", "--init", f["notamodel"], "--task", "chatterbot_topics",
+    ("init-not-a-model", lambda t, f: ["evaluate", "--init", f["notamodel"], "--task",
+                                       "chatterbot_topics",
                                        "--output", str(t / "out" / "r.json")], "notamodel"),
-    ("init-does-not-exist", lambda t, f: ["evaluate", "--init", str(t / "nope"), "--task", "chatterbot_topics",
-                                          "--output", str(t / "out" / "r.json")], "not a model directory"),
-    ("truncated-safetensors", lambda t, f: ["evaluate", "--init", f["trunc"], "--task", "chatterbot_topics",
+    ("init-does-not-exist", lambda t, f: ["evaluate", "--init", str(t / "nope"), "--task",
+                                          "chatterbot_topics",
+                                          "--output", str(t / "out" / "r.json")],
+     "not a model directory"),
+    ("truncated-safetensors", lambda t, f: ["evaluate", "--init", f["trunc"], "--task",
+                                            "chatterbot_topics",
                                             "--output", str(t / "out" / "r.json")], "trunc"),
-    ("k-larger-than-class", lambda t, f: ["evaluate", "--init", "offline:all-MiniLM-L6-v2", "--task", "chatterbot_topics",
-                                          "--shots", "500", "--output", str(t / "out" / "r.json")], "K=500 but class"),
-    ("episodic-with-address", lambda t, f: ["evaluate", "--init", "offline:all-MiniLM-L6-v2", "--task", "chatterbot_topics",
-                                            "--episodic", "--address", "127.0.0.9:6399", "--output", str(t / "out" / "r.json")],
+    ("k-larger-than-class", lambda t, f: ["evaluate", "--init", "offline:all-MiniLM-L6-v2",
+                                          "--task", "chatterbot_topics",
+                                          "--shots", "500", "--output", str(t / "out" / "r.json")],
+     "K=500 but class"),
+    ("episodic-with-address", lambda t, f: ["evaluate", "--init", "offline:all-MiniLM-L6-v2",
+                                            "--task", "chatterbot_topics",
+                                            "--episodic", "--address", "127.0.0.9:6399", "--output",
+                                            str(t / "out" / "r.json")],
      "--episodic scores its episodes in this process"),
-    ("bad-shots", lambda t, f: ["evaluate", "--init", "offline:all-MiniLM-L6-v2", "--task", "chatterbot_topics",
-                                "--shots", "4,x", "--output", str(t / "out" / "r.json")], "comma-separated integers"),
+    ("bad-shots", lambda t, f: ["evaluate", "--init", "offline:all-MiniLM-L6-v2", "--task",
+                                "chatterbot_topics",
+                                "--shots", "4,x", "--output", str(t / "out" / "r.json")],
+     "comma-separated integers"),
 ]
 
 
-# Cases whose error comes from a task actor (reading the data): their command joins this test process's Ray
-# instance (`--address`) instead of starting one of its own, seconds each. The embedded default's own instance
-# is still exercised by the cases that need it (infeasible resources, evaluate) and by test_trainer's CLI run.
+# Cases whose error comes from a task actor (reading the data): their command joins this test
+# process's Ray instance (`--address`) instead of starting one of its own, seconds each. The
+# embedded default's own instance is still exercised by the cases that need it (infeasible
+# resources, evaluate) and by test_trainer's CLI run.
 JOIN = {"missing-file", "missing-column", "label-outside-set", "empty-split"}
 
 
@@ -137,7 +184,8 @@ def test_bad_input(name, argv, expect, tmp_path, cli, request):
     assert "Traceback" not in r.stderr, r.stderr[-2000:]
     assert len(lines) == 1 and expect in lines[0], r.stderr[-2000:]
     out = tmp_path / "out"
-    assert not (out / "checkpoints").exists() and not (out / "final").exists() and not (out / "r.json").exists()
+    assert (not (out / "checkpoints").exists() and not (out / "final").exists()
+            and not (out / "r.json").exists())
 
 
 def test_table_has_at_least_twenty_cases():

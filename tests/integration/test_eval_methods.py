@@ -1,5 +1,6 @@
-"""`evaluate(method=...)`: the embedding classifiers (prototype, ridge, svm) and SetFit on a tiny init, as Ray tasks,
-on the fine-tuning method's K-shot splits and test rows (tiny settings: 2 splits, K=2, a handful of pairs, 1 epoch)."""
+"""`evaluate(method=...)`: the embedding classifiers (prototype, ridge, svm) and SetFit on a tiny
+init, as Ray tasks, on the fine-tuning method's K-shot splits and test rows (tiny settings: 2
+splits, K=2, a handful of pairs, 1 epoch)."""
 
 from __future__ import annotations
 
@@ -19,19 +20,28 @@ TINY_SETFIT = SetfitSettings(iterations=2, epochs=1, batch_size=8)
 
 def test_prototype_and_setfit_on_the_finetune_splits(ray_local, tiny_init, tmp_path):  # noqa: F811
     spec = resolve_eval_task(str(jsonl_dir(tmp_path / "colors")))
-    run = dict(shots=(2,), settings=QUICK, seed=0, data_dir=".", cache_dir=None, progress=False, setfit=TINY_SETFIT)
-    out = evaluate(tiny_init, [spec], n_splits=2, output=tmp_path / "r.json", method=["prototype", "ridge", "svm", "setfit"],
+    run = dict(shots=(2,), settings=QUICK, seed=0, data_dir=".", cache_dir=None, progress=False,
+               setfit=TINY_SETFIT)
+    out = evaluate(tiny_init, [spec], n_splits=2, output=tmp_path / "r.json", method=["prototype",
+                                                                                      "ridge",
+                                                                                      "svm",
+                                                                                      "setfit"],
                    **run)
     assert json.loads((tmp_path / "r.json").read_text())["tasks"] == out["tasks"]
     task = load_task(spec, load_tokenizer(ModelConfig(name_or_path=tiny_init)), ".", None)
-    assert out["splits"]["colors"]["2"] == kshot_splits(task, 2, 2, 0)  # what finetune trains on, split by split
+    # what finetune trains on, split by split
+    assert out["splits"]["colors"]["2"] == kshot_splits(task, 2, 2, 0)
     entry = out["tasks"]["colors"]
-    assert "shots" not in entry and set(entry["methods"]) == {"prototype", "ridge", "svm", "setfit"}  # no finetune
+    # no finetune
+    assert "shots" not in entry and set(entry["methods"]) == {"prototype", "ridge", "svm", "setfit"}
     for res in entry["methods"].values():
         r = res["2"]
-        assert set(r["all"]) == {"accuracy", "macro_f1"} and r["metric"] == "accuracy" and r["n"] == 2
-        assert all(0 <= v <= 1 for vs in r["all"].values() for v in vs) and r["values"] == r["all"]["accuracy"]
-    assert out["methods"] == ["prototype", "ridge", "svm", "setfit"] and out["setfit_settings"]["iterations"] == 2
+        assert set(r["all"]) == {"accuracy",
+                                 "macro_f1"} and r["metric"] == "accuracy" and r["n"] == 2
+        assert all(0 <= v <= 1 for vs in r["all"].values()
+                   for v in vs) and r["values"] == r["all"]["accuracy"]
+    assert out["methods"] == ["prototype", "ridge", "svm",
+                              "setfit"] and out["setfit_settings"]["iterations"] == 2
     table = results_table({"tiny": out})
     assert all(f"K=2 {m}" in table for m in out["methods"])
     # seeded: split 0 again (alone) gives the same SetFit scores

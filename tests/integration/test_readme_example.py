@@ -1,7 +1,8 @@
-"""The README's "Your own data, end to end" block, run as written: the shell block between its two markers, in an
-empty folder that holds only the user's two CSV files, with the installed ``raymeta`` command on PATH. Its Ray
-commands join this test's Ray instance through ``$RAY_ADDRESS`` (as inside ``ray job submit``), which the README's
-text does not name. Slow tier: MiniLM meta-trains for 20 steps and is scored twice (minutes on 2 CPUs)."""
+"""The README's "Your own data, end to end" block, run as written: the shell block between its two
+markers, in an empty folder that holds only the user's two CSV files, with the installed ``raymeta``
+command on PATH. Its Ray commands join this test's Ray instance through ``$RAY_ADDRESS`` (as inside
+``ray job submit``), which the README's text does not name. Slow tier: MiniLM meta-trains for 20
+steps and is scored twice (minutes on 2 CPUs)."""
 
 from __future__ import annotations
 
@@ -18,21 +19,29 @@ from ..conftest import REPO
 
 BEGIN, END = "<!-- own-data example: begin -->", "<!-- own-data example: end -->"
 
-# Intents a user might have: a few phrasings each, filled with slot words (enough rows for 2-shot splits).
+# Intents a user might have: a few phrasings each, filled with slot words (enough rows for 2-shot
+# splits).
 KNOWN = {
-    "check_balance": ["what is my {} balance", "how much money is in my {} account", "show the {} balance"],
-    "transfer": ["send money from {} to savings", "move cash out of my {} account", "transfer funds via {}"],
+    "check_balance": ["what is my {} balance", "how much money is in my {} account",
+                      "show the {} balance"],
+    "transfer": ["send money from {} to savings", "move cash out of my {} account",
+                 "transfer funds via {}"],
     "card_lost": ["I lost my {} card", "my {} card was stolen", "block my missing {} card"],
-    "open_account": ["open a new {} account", "I want to start a {} account", "how do I sign up for {}"],
-    "exchange_rate": ["what is the {} exchange rate", "convert dollars to {}", "how many euros for {}"],
+    "open_account": ["open a new {} account", "I want to start a {} account",
+                     "how do I sign up for {}"],
+    "exchange_rate": ["what is the {} exchange rate", "convert dollars to {}",
+                      "how many euros for {}"],
     "pin_change": ["change the pin of my {} card", "reset my {} pin", "I forgot the pin for {}"],
 }
 NEW = {
-    "book_flight": ["book a flight to {}", "I need a plane ticket to {}", "find flights going to {}"],
-    "weather": ["what is the weather in {}", "will it rain in {} today", "forecast for {} this week"],
+    "book_flight": ["book a flight to {}", "I need a plane ticket to {}",
+                    "find flights going to {}"],
+    "weather": ["what is the weather in {}", "will it rain in {} today",
+                "forecast for {} this week"],
     "play_music": ["play some {} music", "put on {} songs", "start a {} playlist"],
 }
-SLOTS = ["paris", "checking", "visa", "jazz", "tokyo", "business", "student", "rock", "berlin", "travel"]
+SLOTS = ["paris", "checking", "visa", "jazz", "tokyo", "business", "student", "rock", "berlin",
+         "travel"]
 
 
 def write_csv(path: Path, intents: dict[str, list[str]], per_class: int, seed: int) -> None:
@@ -67,17 +76,22 @@ def test_the_readme_own_data_example_runs_as_written(ray_local, tmp_path):
     r = subprocess.run(["bash", "-euo", "pipefail", "-c", readme_block()], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-    assert "labels  6: card_lost, check_balance, exchange_rate, open_account, pin_change, transfer" in r.stdout
-    # 5 training rows a class: a K-shot task, shown with the reason it has no meta-training episode (not an error)
-    assert "episode none at ways=5 shots=5 queries=5: task 'new_intents'" in " ".join(r.stdout.split())
+    assert ("labels  6: card_lost, check_balance, exchange_rate, open_account, pin_change, "
+            "transfer" in r.stdout)
+    # 5 training rows a class: a K-shot task, shown with the reason it has no meta-training episode
+    # (not an error)
+    assert ("episode none at ways=5 shots=5 queries=5: task 'new_intents'"
+            in " ".join(r.stdout.split()))
     final = tmp_path / "runs" / "my_run" / "final"
     assert (final / "model.safetensors").is_file() and (final / "config.json").is_file()
-    assert f"--init runs/my_run: scoring {Path('runs/my_run/final')} (final/: the last step)" in r.stderr
+    assert (f"--init runs/my_run: scoring {Path('runs/my_run/final')} (final/: the last step)"
+            in r.stderr)
     scores = {}
     for init in ("my_run", "plain"):
         out = tmp_path / "runs" / init / "new_intents.json"
         res = _strict(out)
         cell = res["tasks"]["new_intents"]
         assert "K=2" in (out.with_suffix(".md")).read_text()
-        scores[init] = json.dumps(cell)  # both scored, on the same splits (the evaluation's own tests check those)
+        # both scored, on the same splits (the evaluation's own tests check those)
+        scores[init] = json.dumps(cell)
     assert scores["my_run"] != scores["plain"]  # a different init, scored for itself

@@ -1,5 +1,5 @@
-"""An SMLMT task (Bansal et al. 2020) meta-trains through the real trainer, in both reduce modes: it is an ordinary
-sequence_classification task to everything above ``raymeta/tasks``."""
+"""An SMLMT task (Bansal et al. 2020) meta-trains through the real trainer, in both reduce modes: it
+is an ordinary sequence_classification task to everything above ``raymeta/tasks``."""
 
 from __future__ import annotations
 
@@ -23,15 +23,17 @@ def smlmt_config(tmp_path, mixed_data, **meta) -> dict:
     data = tiny_config(tmp_path, mixed_data, **meta)
     # the classification task's text ("a sentence about sport number 3") as masked-word classes:
     # sentence, number, sport, music, travel, food
-    data["tasks"][0] = {"name": "smlmt", "type": "sequence_classification", "weight": 2.0, "max_length": 24,
-                        "source": {"kind": "smlmt", "min_count": 5,
-                                   "from": [{"source": {"kind": "files", "format": "csv",
-                                                        "files": {"train": "${data_dir}/cls.csv"}}}]}}
+    data["tasks"][0] = {"name": "smlmt", "type": "sequence_classification", "weight": 2.0,
+                        "max_length": 24,
+                        "source": {"kind": "smlmt", "min_count": 5, "from": [
+                            {"source": {"kind": "files", "format": "csv",
+                                        "files": {"train": "${data_dir}/cls.csv"}}}]}}
     return data
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_smlmt_meta_gradient_equals_single_process_reference(algorithm, task_actors, mixed_data, tmp_path):
+def test_smlmt_meta_gradient_equals_single_process_reference(algorithm, task_actors, mixed_data,
+                                                             tmp_path):
     """The exactness test with an SMLMT task in the mixture (beside NER and QA), every algorithm."""
     data = smlmt_config(tmp_path, mixed_data, algorithm=algorithm)
     data["optim"]["max_grad_norm"] = None
@@ -39,7 +41,7 @@ def test_smlmt_meta_gradient_equals_single_process_reference(algorithm, task_act
     trainer = MetaTrainer(cfg, actors=task_actors(cfg))
     trainer.setup()
     try:
-        shared = {k: v.detach().clone() for k, v in trainer.named.items()}
+        shared = {k: v.detach().clone() for k, v in trainer.state.named.items()}
         trainer.meta_step()
         ref = reference_meta_gradient(cfg, shared, 0, pcgrad=False)
         rel = float((trainer.last_meta_grad - ref).norm() / ref.norm())
@@ -51,9 +53,11 @@ def test_smlmt_meta_gradient_equals_single_process_reference(algorithm, task_act
 def test_smlmt_task_trains_in_driver_and_collective_mode(task_actors, mixed_data, tmp_path):
     finals = {}
     for mode in ("driver", "collective"):
-        cfg = load_config(data=smlmt_config(tmp_path / mode, mixed_data, algorithm="protonet", reduce=mode, steps=2))
+        cfg = load_config(data=smlmt_config(tmp_path / mode, mixed_data, algorithm="protonet",
+                                            reduce=mode, steps=2))
         final = MetaTrainer(cfg, actors=task_actors(cfg)).run()
-        records = [json.loads(ln) for ln in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
+        records = [json.loads(ln)
+                   for ln in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
         steps = [r for r in records if "loss" in r]
         assert [r["step"] for r in steps] == [0, 1], mode
         assert all(math.isfinite(r["loss"]["smlmt"]) for r in steps), mode

@@ -13,17 +13,20 @@ import torch
 from safetensors.torch import load_file
 
 from raymeta.config import ExperimentConfig, load_config
+from raymeta.config.resolve import replica_key
 from raymeta.core.algorithms import ALGORITHMS, algorithm_options, task_gradient
 from raymeta.core.checkpoint import latest_checkpoint
 from raymeta.core.model import load_tokenizer
+from raymeta.core.seeds import step_seed
 from raymeta.tasks import load_task
-from raymeta.train.actor import build_task_model, replica_key, step_seed
+from raymeta.train.actor import build_task_model
 from raymeta.train.trainer import MetaTrainer, train
 
 from .conftest import algorithm_meta, driver_killed_at, tiny_config, write_config
 
 
-def reference_meta_gradient(cfg: ExperimentConfig, shared: dict[str, torch.Tensor], step: int, pcgrad: bool) -> torch.Tensor:
+def reference_meta_gradient(cfg: ExperimentConfig, shared: dict[str, torch.Tensor], step: int,
+                            pcgrad: bool) -> torch.Tensor:
     """The meta-gradient computed in this process, with no Ray and no flat buffers."""
     tok = load_tokenizer(cfg.model)
     total = sum(t.weight for t in cfg.tasks)
@@ -43,9 +46,11 @@ def reference_meta_gradient(cfg: ExperimentConfig, shared: dict[str, torch.Tenso
             r = task_gradient(cfg.meta.algorithm, model, spec.name, spec.type, episode, params,
                               **algorithm_options(cfg.meta))
             names = list(model.shared_named_parameters())
-            per_replica.append(torch.cat([r.grads[n].reshape(-1) if n in r.grads else torch.zeros(shared[n].numel())
+            per_replica.append(torch.cat([r.grads[n].reshape(-1) if n in r.grads
+                                          else torch.zeros(shared[n].numel())
                                           for n in names]))
-        grads.append(sum(per_replica) / len(per_replica))  # replicas: averaged before the mixture weighting
+        # replicas: averaged before the mixture weighting
+        grads.append(sum(per_replica) / len(per_replica))
         weights.append(spec.weight / total)
     if pcgrad:  # Yu et al. 2020, written out again here independently of raymeta.core.combine
         import zlib
@@ -62,22 +67,29 @@ def reference_meta_gradient(cfg: ExperimentConfig, shared: dict[str, torch.Tenso
     return sum(w * g for w, g in zip(weights, grads))
 
 
-CASES = [(a, "mean", 1) for a in ALGORITHMS] + [("metaopt-svm", "mean", 1), ("fomaml", "pcgrad", 1), ("fomaml", "mean", 2),
-                                                ("protonet-prior", "mean", 1), ("maml-prior", "mean", 1)]
+CASES = [(a, "mean", 1) for a in ALGORITHMS] + [("metaopt-svm", "mean", 1), ("fomaml", "pcgrad", 1),
+                                                ("fomaml", "mean", 2),
+                                                ("protonet-prior", "mean", 1), ("maml-prior",
+                                                                                "mean", 1)]
 
 
-@pytest.mark.parametrize("algorithm, combine, replicas", CASES, ids=[f"{a}-{c}-x{r}" for a, c, r in CASES])
-def test_meta_gradient_equals_single_process_reference(algorithm, combine, replicas, task_actors, mixed_data, tmp_path):
+@pytest.mark.parametrize("algorithm, combine, replicas", CASES, ids=[f"{a}-{c}-x{r}" for a, c,
+                                                                     r in CASES])
+def test_meta_gradient_equals_single_process_reference(algorithm, combine, replicas, task_actors,
+                                                       mixed_data, tmp_path):
     data = tiny_config(tmp_path, mixed_data, combine=combine, **algorithm_meta(algorithm))
     for t in data["tasks"][:2]:
         t["replicas"] = replicas  # x2: data parallelism within the classification and the NER task
-    data["optim"]["max_grad_norm"] = None  # clipping rescales .grad in place; compare the raw meta-gradient
+    # clipping rescales .grad in place; compare the raw meta-gradient
+    data["optim"]["max_grad_norm"] = None
     cfg = load_config(data=data)
-    trainer = MetaTrainer(cfg, actors=task_actors(cfg))  # the module's actors, reset to this case's config
+    # the module's actors, reset to this case's config
+    trainer = MetaTrainer(cfg, actors=task_actors(cfg))
     trainer.setup()
     try:
-        for _ in range(2):  # step 1 also checks that actor state (heads) evolves like the reference's
-            shared = {k: v.detach().clone() for k, v in trainer.named.items()}
+        # step 1 also checks that actor state (heads) evolves like the reference's
+        for _ in range(2):
+            shared = {k: v.detach().clone() for k, v in trainer.state.named.items()}
             step = trainer.step
             trainer.meta_step()
             ref = reference_meta_gradient(cfg, shared, step, pcgrad=combine == "pcgrad")
@@ -104,7 +116,8 @@ def test_deterministic_for_a_seed(task_actors, mixed_data, tmp_path):
     a = tiny_config(tmp_path / "a", mixed_data, algorithm="fomaml")
     b = tiny_config(tmp_path / "b", mixed_data, algorithm="fomaml")
     ta = final_tensors(train_reusing(load_config(data=a), task_actors).parent)
-    tb = final_tensors(train(load_config(data=b)).parent)  # new actors: reused ones must not remember anything
+    # new actors: reused ones must not remember anything
+    tb = final_tensors(train(load_config(data=b)).parent)
     assert ta.keys() == tb.keys()
     assert all(torch.equal(ta[k], tb[k]) for k in ta)
     init = tiny_config(tmp_path / "c", mixed_data, algorithm="fomaml")
@@ -113,9 +126,11 @@ def test_deterministic_for_a_seed(task_actors, mixed_data, tmp_path):
     assert not all(torch.equal(ta[k], tc[k]) for k in ta)
 
 
-def test_resume_reaches_the_same_parameters_bit_for_bit(task_actors, mixed_data, tmp_path, monkeypatch):
+def test_resume_reaches_the_same_parameters_bit_for_bit(task_actors, mixed_data, tmp_path,
+                                                        monkeypatch):
     steps = {"steps": 4, "algorithm": "maml"}
-    straight = final_tensors(train_reusing(load_config(data=tiny_config(tmp_path / "a", mixed_data, **steps)),
+    straight = final_tensors(train_reusing(load_config(data=tiny_config(tmp_path / "a", mixed_data,
+                                                                        **steps)),
                                            task_actors).parent)
 
     cfg = load_config(data=tiny_config(tmp_path / "b", mixed_data, **steps))
@@ -126,7 +141,8 @@ def test_resume_reaches_the_same_parameters_bit_for_bit(task_actors, mixed_data,
     resumed = final_tensors(train_reusing(cfg, task_actors, resume=True).parent)
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     lines = (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()
-    assert [__import__("json").loads(x)["step"] for x in lines] == [0, 1, 2, 3]  # no step twice, none skipped
+    # no step twice, none skipped
+    assert [__import__("json").loads(x)["step"] for x in lines] == [0, 1, 2, 3]
 
 
 def test_checkpoint_layout_and_hf_export(task_actors, mixed_data, tmp_path):
@@ -134,7 +150,8 @@ def test_checkpoint_layout_and_hf_export(task_actors, mixed_data, tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         final = train_reusing(cfg, task_actors)
-    # the heads' arrays come back read-only from the object store: checkpointing copies them, without a warning
+    # the heads' arrays come back read-only from the object store: checkpointing copies them,
+    # without a warning
     assert not [str(w.message) for w in caught if "not writable" in str(w.message)]
     from transformers import AutoModel, AutoTokenizer
 
@@ -143,7 +160,8 @@ def test_checkpoint_layout_and_hf_export(task_actors, mixed_data, tmp_path):
     ours = final_tensors(final.parent)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in ours.items())
     ck = latest_checkpoint(cfg.output_dir)
-    for f in ("model/model.safetensors", "model/tokenizer.json", "trainer_state.safetensors", "trainer_state.json", "config.yaml"):
+    for f in ("model/model.safetensors", "model/tokenizer.json", "trainer_state.safetensors",
+              "trainer_state.json", "config.yaml"):
         assert (ck / f).is_file(), f
     out = Path(cfg.output_dir)
     assert (out / "config.yaml").is_file() and (out / "task_affinity.png").is_file()
@@ -155,13 +173,15 @@ def test_zero_weight_task_gets_no_actor(ray_local, mixed_data, tmp_path):
     data = tiny_config(tmp_path, mixed_data, algorithm="multitask")
     data["tasks"][2]["weight"] = 0
     trainer = MetaTrainer(load_config(data=data))
-    assert list(trainer.weights) == ["cls", "ner"] and abs(sum(trainer.weights.values()) - 1) < 1e-12
-    assert trainer.weights["cls"] == pytest.approx(2 / 3)
+    weights = trainer.mixture.weights
+    assert list(weights) == ["cls", "ner"] and abs(sum(weights.values()) - 1) < 1e-12
+    assert weights["cls"] == pytest.approx(2 / 3)
 
 
 def test_cli_train_end_to_end(mixed_data, cli, tmp_path):
-    """`raymeta train` in a fresh process: it starts (and stops) its own local Ray instance. One task: what is
-    tested is the command line, not the trainer (which the tests above run with every task type)."""
+    """`raymeta train` in a fresh process: it starts (and stops) its own local Ray instance. One
+    task: what is tested is the command line, not the trainer (which the tests above run with every
+    task type)."""
     data = tiny_config(tmp_path, mixed_data, algorithm="reptile", steps=2)
     data["tasks"] = data["tasks"][:1]
     path = write_config(tmp_path, data)
@@ -174,36 +194,45 @@ def test_cli_train_end_to_end(mixed_data, cli, tmp_path):
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
     saved = load_config(tmp_path / "run" / "config.yaml")
     assert saved.meta.inner_steps == 1 and saved.meta.algorithm == "reptile"
-    assert saved.meta.reduce == "driver"  # meta.reduce: auto, resolved on one machine, saved as the run used it
-    # Run again into the same output_dir: refused in one line, before Ray starts, the run left as it was.
+    # meta.reduce: auto, resolved on one machine, saved as the run used it
+    assert saved.meta.reduce == "driver"
+    # Run again into the same output_dir: refused in one line, before Ray starts, the run left as it
+    # was.
     before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "run").rglob("*"))
     again = cli.run(["train", "--config", path, "meta.inner_steps=1"], cwd=Path.cwd(), timeout=120)
     assert again.returncode == 2 and "Traceback" not in again.stderr, again.stderr[-3000:]
     last = again.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"raymeta: error: output_dir {tmp_path / 'run'} already holds a run (config.yaml, ") and \
+    assert last.startswith(f"raymeta: error: output_dir {tmp_path / 'run'} already holds a run "
+                           "(config.yaml, ") and \
         last.endswith("): add --resume to continue it, or --overwrite to start it over"), last
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "run").rglob("*")) == before
     # --resume with nothing to resume (an output_dir typo): an error, not a new run from step 0
-    typo = cli.run(["train", "--config", path, "--resume", f"output_dir={tmp_path / 'rnu'}"], cwd=Path.cwd(), timeout=120)
+    typo = cli.run(["train", "--config", path, "--resume", f"output_dir={tmp_path / 'rnu'}"],
+                   cwd=Path.cwd(), timeout=120)
     assert typo.returncode == 2 and typo.stderr.strip().splitlines()[-1] == (
-        f"raymeta: error: --resume: no complete checkpoint to resume from under output_dir {tmp_path / 'rnu'} "
+        "raymeta: error: --resume: no complete checkpoint to resume from under output_dir "
+                                                                             f"{tmp_path / 'rnu'} "
         "(leave out --resume to start from step 0)"), typo.stderr[-3000:]
     assert not (tmp_path / "rnu").exists()
 
 
 @pytest.mark.parametrize("algorithm, replicas", [("fomaml", 1), ("maml", 1), ("multitask", 2)])
-def test_collective_reduce_matches_driver_reduce(algorithm, replicas, task_actors, mixed_data, tmp_path):
+def test_collective_reduce_matches_driver_reduce(algorithm, replicas, task_actors, mixed_data,
+                                                 tmp_path):
     """reduce: collective (gloo all-reduce between the actors, the outer step on every rank) reaches
-    the parameters of reduce: driver after several steps; second-order MAML and task replicas included."""
+    the parameters of reduce: driver after several steps; second-order MAML and task replicas
+    included."""
     finals = {}
     for mode in ("driver", "collective"):
         data = tiny_config(tmp_path / mode, mixed_data, algorithm=algorithm, reduce=mode, steps=3)
         data["tasks"][1]["replicas"] = replicas  # NER: its replicas must keep one head between them
         finals[mode] = final_tensors(train_reusing(load_config(data=data), task_actors).parent)
         if replicas > 1:
-            heads = load_file(str(latest_checkpoint(data["output_dir"]) / "trainer_state.safetensors"))
+            heads = load_file(str(latest_checkpoint(data["output_dir"])
+                                  / "trainer_state.safetensors"))
             a = {k.split(".", 2)[2]: v for k, v in heads.items() if k.startswith("task.ner.head.")}
-            b = {k.split(".", 2)[2]: v for k, v in heads.items() if k.startswith("task.ner#1.head.")}
+            b = {k.split(".", 2)[2]: v for k,
+                 v in heads.items() if k.startswith("task.ner#1.head.")}
             assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     for k, v in finals["driver"].items():
         c = finals["collective"][k]

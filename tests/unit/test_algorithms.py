@@ -18,13 +18,16 @@ from ..conftest import TINY_BERT
 @pytest.fixture(scope="module")
 def tasks(tmp_path_factory, tokenizer):
     d = tmp_path_factory.mktemp("alg")
-    (d / "c.csv").write_text("text,label\n" + "".join(f"about {t} {i},{t}\n" for i in range(8) for t in "abcd"))
+    (d / "c.csv").write_text("text,label\n" + "".join(f"about {t} {i},{t}\n" for i in range(8)
+                                                      for t in "abcd"))
     (d / "n.conll").write_text("".join("Alice\tB-per\nsaw\tO\nBob\tB-per\n\n" for _ in range(8)))
     out = {}
-    kinds = [("cls", "sequence_classification", "csv", "c.csv"), ("ner", "token_classification", "conll", "n.conll")]
+    kinds = [("cls", "sequence_classification", "csv", "c.csv"), ("ner", "token_classification",
+                                                                  "conll", "n.conll")]
     for name, type_, fmt, f in kinds:
         spec = TaskConfig.model_validate({"name": name, "type": type_, "max_length": 16,
-                                          "source": {"kind": "files", "format": fmt, "files": {"train": str(d / f)}}})
+                                          "source": {"kind": "files", "format": fmt,
+                                                     "files": {"train": str(d / f)}}})
         out[name] = load_task(spec, tokenizer, str(d))
     return out
 
@@ -36,14 +39,16 @@ def setup(task, attn="eager"):
     torch.manual_seed(0)
     cfg = ModelConfig(from_config=TINY_BERT, head_dropout=0.0)
     heads = [(task.name, task.config.type, task.num_labels)]
-    model = MetaModel.from_config(cfg, heads, attn_implementation=attn).eval()  # no dropout: comparisons are exact
+    # no dropout: comparisons are exact
+    model = MetaModel.from_config(cfg, heads, attn_implementation=attn).eval()
     params = {**model.shared_named_parameters(), **model.head_named_parameters(task.name)}
     return model, params, task.episode(EP, seed=1, step=0)
 
 
 def grad(alg, task, **kw):
     model, params, ep = setup(task)
-    return task_gradient(alg, model, task.name, task.config.type, ep, params, **kw), model, params, ep
+    return task_gradient(alg, model, task.name, task.config.type, ep, params,
+                         **kw), model, params, ep
 
 
 def close(a: dict, b: dict, keys=None, tol=1e-5):
@@ -58,7 +63,8 @@ def close(a: dict, b: dict, keys=None, tol=1e-5):
 def test_every_algorithm_gives_finite_nonzero_encoder_gradient(alg, name, tasks):
     r, *_ = grad(alg, tasks[name], inner_steps=2, inner_lr=0.05)
     enc = [g for k, g in r.grads.items() if k.startswith("encoder.")]
-    assert enc and all(torch.isfinite(g).all() for g in enc) and sum(float(g.abs().sum()) for g in enc) > 0
+    assert enc and all(torch.isfinite(g).all() for g in enc) and sum(float(g.abs().sum())
+                                                                     for g in enc) > 0
     assert r.n_examples > 0 and r.loss == r.loss
 
 
@@ -70,27 +76,29 @@ def test_reptile_one_step_is_the_multitask_gradient(tasks):
 
 
 def test_reptile_one_step_on_sequence_classification_is_the_episode_head_gradient(tasks):
-    """Sequence classification has no persistent head in the MAML family: k = 1 gives the gradient of the
-    support ∪ query N-way loss under the Proto-MAML episode head (prototypes as constants), as documented,
-    and that is not the multitask gradient (the task's own head over every class)."""
+    """Sequence classification has no persistent head in the MAML family: k = 1 gives the gradient
+    of the support ∪ query N-way loss under the Proto-MAML episode head (prototypes as constants),
+    as documented, and that is not the multitask gradient (the task's own head over every class)."""
     rep, model, params, ep = grad("reptile", tasks["cls"], inner_steps=1, inner_lr=1e-3)
     mt, *_ = grad("multitask", tasks["cls"])
     enc = {k: v for k, v in params.items() if k.startswith("encoder.")}
     with torch.no_grad():
         p = prototypes(model.embed(ep.support), ep.support["labels"], len(ep.classes))
     w, b = 2 * p, -(p**2).sum(-1)
-    losses = [F.cross_entropy(F.linear(model.embed(x), w, b), x["labels"]) for x in (ep.support, ep.query)]
+    losses = [F.cross_entropy(F.linear(model.embed(x), w, b), x["labels"]) for x in (ep.support,
+                                                                                     ep.query)]
     ns, nq = (int(x["input_ids"].shape[0]) for x in (ep.support, ep.query))
     loss = (losses[0] * ns + losses[1] * nq) / (ns + nq)
-    want = {k: g for k, g in zip(enc, torch.autograd.grad(loss, list(enc.values()), allow_unused=True)) if g is not None}
+    want = {k: g for k, g in zip(enc, torch.autograd.grad(loss, list(enc.values()),
+                                                          allow_unused=True)) if g is not None}
     assert close(rep.grads, want, keys=list(want), tol=2e-3)  # float32 difference quotient
     assert not close(rep.grads, mt.grads, keys=list(want), tol=0.1)
 
 
 @pytest.mark.parametrize("alg", ["fomaml", "reptile", "maml", "anil", "protonet", "metaopt"])
 def test_an_unused_persistent_head_gets_no_gradient(alg, tasks):
-    """The episode head stands in for the task's own head: no gradient for it at all (not a zero one,
-    which the actor's AdamW would still decay). NER keeps its head and its gradient."""
+    """The episode head stands in for the task's own head: no gradient for it at all (not a zero
+    one, which the actor's AdamW would still decay). NER keeps its head and its gradient."""
     r, model, *_ = grad(alg, tasks["cls"], inner_steps=2, inner_lr=0.05)
     assert not [k for k in r.grads if k.startswith(model.head_prefix("cls"))]
     if alg not in ("protonet", "metaopt"):
@@ -113,14 +121,16 @@ def test_maml_differs_from_fomaml_by_second_order_terms(tasks):
 
 
 def test_maml_matches_finite_differences(tasks):
-    """The second-order gradient is the true derivative of L_q(θ - α∇L_s(θ)) (float64, central differences);
-    the first-order approximation is not."""
+    """The second-order gradient is the true derivative of L_q(θ - α∇L_s(θ)) (float64, central
+    differences); the first-order approximation is not."""
     task = tasks["ner"]
     model, _, ep = setup(task)
     model = model.double()
     params = {**model.shared_named_parameters(), **model.head_named_parameters(task.name)}
-    maml = task_gradient("maml", model, task.name, task.config.type, ep, params, inner_steps=1, inner_lr=0.5)
-    fo = task_gradient("fomaml", model, task.name, task.config.type, ep, params, inner_steps=1, inner_lr=0.5)
+    maml = task_gradient("maml", model, task.name, task.config.type, ep, params, inner_steps=1,
+                         inner_lr=0.5)
+    fo = task_gradient("fomaml", model, task.name, task.config.type, ep, params, inner_steps=1,
+                       inner_lr=0.5)
     torch.manual_seed(5)
     direction = {k: torch.randn_like(v) for k, v in params.items()}
 
@@ -142,7 +152,8 @@ def test_maml_matches_finite_differences(tasks):
 
 
 def test_anil_adapts_only_the_head(tasks):
-    """ANIL (Raghu et al. 2020): with a zero inner learning rate nothing adapts, so it equals the query gradient."""
+    """ANIL (Raghu et al. 2020): with a zero inner learning rate nothing adapts, so it equals the
+    query gradient."""
     a, model, params, ep = grad("anil", tasks["ner"], inner_steps=3, inner_lr=1e-12)
     loss, _ = model(tasks["ner"].name, ep.query)
     want = dict(zip(params, torch.autograd.grad(loss, list(params.values()), allow_unused=True)))
@@ -153,7 +164,8 @@ def test_protonet_loss_is_the_prototype_cross_entropy(tasks):
     r, model, params, ep = grad("protonet", tasks["cls"])
     with torch.no_grad():
         es, eq = model.embed(ep.support), model.embed(ep.query)
-        protos = torch.stack([es[ep.support["labels"] == c].mean(0) for c in range(len(ep.classes))])
+        protos = torch.stack([es[ep.support["labels"] == c].mean(0)
+                              for c in range(len(ep.classes))])
         dist = torch.cdist(eq, protos) ** 2
         want = F.cross_entropy(-dist, ep.query["labels"])
     assert abs(r.loss - float(want)) < 1e-4
@@ -162,8 +174,9 @@ def test_protonet_loss_is_the_prototype_cross_entropy(tasks):
 
 @pytest.mark.parametrize("lam", [0.5, 4.0])
 def test_metaopt_ridge_loss_is_the_scaled_ridge_cross_entropy(tasks, lam):
-    """MetaOptNet's ridge head (Bertinetto et al. 2019): the primal solution W = (XᵀX + λI)⁻¹XᵀY, written out
-    here independently of the dual form the algorithm uses, scaled, scores the queries."""
+    """MetaOptNet's ridge head (Bertinetto et al. 2019): the primal solution W = (XᵀX + λI)⁻¹XᵀY,
+    written out here independently of the dual form the algorithm uses, scaled, scores the
+    queries."""
     opts = MetaOptConfig(head="ridge", scale=7.0, **{"lambda": lam})
     r, model, params, ep = grad("metaopt", tasks["cls"], metaopt=opts)
     with torch.no_grad():
@@ -184,8 +197,8 @@ def test_metaopt_svm_gradient_is_finite_and_differs_from_ridge(tasks):
 
 
 def test_metaopt_learned_scale_is_a_head_parameter_with_a_gradient(tasks):
-    """learn_scale: the task head's log_scale takes the place of the fixed scale; at the same value, the encoder
-    gradient is the fixed scale's."""
+    """learn_scale: the task head's log_scale takes the place of the fixed scale; at the same value,
+    the encoder gradient is the fixed scale's."""
     import math
 
     task = tasks["cls"]
@@ -195,10 +208,13 @@ def test_metaopt_learned_scale_is_a_head_parameter_with_a_gradient(tasks):
                                   attn_implementation="eager").eval()
     model.add_head(task.name, task.config.type, task.num_labels, log_scale=math.log(5.0))
     params = {**model.shared_named_parameters(), **model.head_named_parameters(task.name)}
-    learned = task_gradient("metaopt", model, task.name, task.config.type, task.episode(EP, seed=1, step=0), params,
+    learned = task_gradient("metaopt", model, task.name, task.config.type, task.episode(EP, seed=1,
+                                                                                        step=0),
+                            params,
                             metaopt=MetaOptConfig(scale=5.0, learn_scale=True))
     key = model.head_prefix(task.name) + "log_scale"
-    assert key in learned.grads and torch.isfinite(learned.grads[key]) and float(learned.grads[key]) != 0
+    assert (key in learned.grads and torch.isfinite(learned.grads[key])
+            and float(learned.grads[key]) != 0)
     assert close(learned.grads, fixed.grads, tol=1e-5)
 
 
@@ -232,7 +248,8 @@ def test_algorithms_never_import_ray():
     import subprocess
     import sys
 
-    code = ("import sys, raymeta.core.algorithms, raymeta.tasks, raymeta.core.model, raymeta.core.combine; "
-            "print('ray' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    code = ("import sys, raymeta.core.algorithms, raymeta.tasks, raymeta.core.model, "
+            "raymeta.core.combine; print('ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
     assert out == "False"

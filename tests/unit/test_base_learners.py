@@ -1,6 +1,7 @@
-"""MetaOptNet's base learners (raymeta/core/base_learners.py): ridge against sklearn and its gradient, the
-Crammer–Singer SVM's dual solver against its optimality certificates (KKT residual, duality gap) and sklearn,
-gradients through the unrolled solver, argument checks, and a separable toy problem."""
+"""MetaOptNet's base learners (raymeta/core/base_learners.py): ridge against sklearn and its
+gradient, the Crammer–Singer SVM's dual solver against its optimality certificates (KKT residual,
+duality gap) and sklearn, gradients through the unrolled solver, argument checks, and a separable
+toy problem."""
 
 from __future__ import annotations
 
@@ -24,16 +25,19 @@ from raymeta.core.base_learners import (
 
 
 def episode(seed: int, n_way: int, shot: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Support embeddings (n_way·shot, d), float64, roughly unit norm, with labels 0..n_way-1 in blocks."""
+    """Support embeddings (n_way·shot, d), float64, roughly unit norm, with labels 0..n_way-1 in
+    blocks."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n_way * shot, d, generator=g, dtype=torch.float64) / math.sqrt(d)
     return x, torch.arange(n_way).repeat_interleave(shot)
 
 
 def svm_primal(w: torch.Tensor, x: torch.Tensor, labels: torch.Tensor, c_reg: float) -> float:
-    """½‖W‖² + C_reg Σ_i max_m (W_m·x_i + 1[m≠y_i] − W_{y_i}·x_i): the Crammer–Singer objective, no bias."""
+    """½‖W‖² + C_reg Σ_i max_m (W_m·x_i + 1[m≠y_i] − W_{y_i}·x_i): the Crammer–Singer objective, no
+    bias."""
     scores = x @ w.T
-    margins = scores + 1.0 - F.one_hot(labels, w.shape[0]).to(x.dtype) - scores.gather(1, labels[:, None])
+    margins = (scores + 1.0 - F.one_hot(labels, w.shape[0]).to(x.dtype)
+               - scores.gather(1, labels[:, None]))
     return float(0.5 * (w**2).sum() + c_reg * margins.max(dim=1).values.sum())
 
 
@@ -87,24 +91,29 @@ def test_svm_solves_the_crammer_singer_dual(shot, d, lam):
     assert alpha.sum(dim=1).abs().max() < 1e-9
     assert (alpha - c_reg * Y).max() < 1e-9
 
-    # optimal: the fixed-point residual is in the units of ∇f = Kα − Y, whose Y part has entries 1, so an absolute
-    # 1e-6 is a relative one; the duality gap P(W) − D(α) ≥ 0 certifies optimality from both sides
+    # optimal: the fixed-point residual is in the units of ∇f = Kα − Y, whose Y part has entries 1,
+    # so an absolute 1e-6 is a relative one; the duality gap P(W) − D(α) ≥ 0 certifies optimality
+    # from both sides
     assert svm_kkt_residual(alpha, K, Y, c_reg) < 1e-6
     primal, dual = svm_primal(w, x, labels, c_reg), -float(svm_dual_objective(alpha, K, Y))
     gap = primal - dual
     assert -1e-9 * abs(primal) <= gap <= 1e-6 * max(1.0, abs(primal))
 
-    ref = LinearSVC(multi_class="crammer_singer", fit_intercept=False, C=c_reg, tol=1e-10, max_iter=100000,
+    ref = LinearSVC(multi_class="crammer_singer", fit_intercept=False, C=c_reg, tol=1e-10,
+                    max_iter=100000,
                     random_state=0).fit(x.numpy(), labels.numpy())
     w_ref = torch.from_numpy(ref.coef_)
-    # The primal is 1-strongly convex in W, so ½‖W − W*‖² ≤ P(W) − P* ≤ P(W) − D(α) for any W: a certified bound
-    # on how far each solution can be from the true W*, from our dual point alone, whatever liblinear's stopping
-    # rule (its tol bounds a per-sample KKT violation, not the error in W).
-    bound = math.sqrt(2 * max(gap, 0.0)) + math.sqrt(2 * max(svm_primal(w_ref, x, labels, c_reg) - dual, 0.0))
+    # The primal is 1-strongly convex in W, so ½‖W − W*‖² ≤ P(W) − P* ≤ P(W) − D(α) for any W: a
+    # certified bound on how far each solution can be from the true W*, from our dual point alone,
+    # whatever liblinear's stopping rule (its tol bounds a per-sample KKT violation, not the error
+    # in W).
+    bound = math.sqrt(2 * max(gap, 0.0)) + math.sqrt(2 * max(svm_primal(w_ref, x, labels,
+                                                                        c_reg) - dual, 0.0))
     assert float((w - w_ref).norm()) <= bound + 1e-12
-    # And a plain number: both solvers land within ~1e-9 of each other on these episodes; 1e-4 leaves room for
-    # liblinear's (shuffled, tolerance-stopped) coordinate descent on another platform without hiding a real bug,
-    # which would show as an error of the order of W itself (~0.3-2 here).
+    # And a plain number: both solvers land within ~1e-9 of each other on these episodes; 1e-4
+    # leaves room for liblinear's (shuffled, tolerance-stopped) coordinate descent on another
+    # platform without hiding a real bug, which would show as an error of the order of W itself
+    # (~0.3-2 here).
     np.testing.assert_allclose(w.numpy(), ref.coef_, atol=1e-4, rtol=0)
 
 
@@ -112,8 +121,8 @@ def test_svm_residual_and_gap_shrink_with_iterations():
     x, labels = episode(7, 5, 5, 16)
     K, Y = x @ x.T, F.one_hot(labels, 5).to(x.dtype)
     alphas = [svm_dual(x, labels, 5, 0.1, it) for it in (1, 10, 100, 1000)]
-    # every iterate is feasible, not only the converged one (the returned point is a projection, not the
-    # extrapolated momentum point)
+    # every iterate is feasible, not only the converged one (the returned point is a projection, not
+    # the extrapolated momentum point)
     for alpha in alphas:
         assert alpha.sum(dim=1).abs().max() < 1e-12 and (alpha - 10.0 * Y).max() < 1e-12
     residuals = [svm_kkt_residual(alpha, K, Y, 10.0) for alpha in alphas]
@@ -130,8 +139,8 @@ def test_projection_is_the_nearest_feasible_point():
     upper = c_reg * F.one_hot(labels, 4).to(v.dtype)
     assert p.sum(dim=1).abs().max() < 1e-12 and (p - upper).max() < 1e-12
     torch.testing.assert_close(project_rows(p, labels, c_reg), p, atol=1e-12, rtol=0)  # idempotent
-    # The projection's optimality condition: ⟨v − P(v), q − P(v)⟩ ≤ 0 for every feasible q. Random feasible
-    # points: project further random points.
+    # The projection's optimality condition: ⟨v − P(v), q − P(v)⟩ ≤ 0 for every feasible q. Random
+    # feasible points: project further random points.
     for _ in range(20):
         q = project_rows(3 * torch.randn(50, 4, generator=g, dtype=torch.float64), labels, c_reg)
         assert ((v - p) * (q - p)).sum(dim=1).max() < 1e-10
@@ -140,7 +149,8 @@ def test_projection_is_the_nearest_feasible_point():
 def test_svm_keeps_the_input_dtype():
     x, labels = episode(5, 5, 5, 32)
     w = svm_weights(x.float(), labels, 5, 1.0, 300)
-    assert w.dtype == torch.float32 and svm_dual(x.float(), labels, 5, 1.0, 300).dtype == torch.float32
+    assert w.dtype == torch.float32 and svm_dual(x.float(), labels, 5, 1.0,
+                                                 300).dtype == torch.float32
     torch.testing.assert_close(w.double(), svm_weights(x, labels, 5, 1.0, 300), atol=1e-6, rtol=0)
 
 
@@ -153,11 +163,13 @@ def test_svm_gradient_flows_to_the_support_after_moderate_iterations():
     queries, targets = episode(9, 5, 3, 64)
     loss = F.cross_entropy(queries @ svm_weights(support, labels, 5, 0.1, 50).T, targets)
     loss.backward()
-    assert support.grad is not None and torch.isfinite(support.grad).all() and support.grad.abs().max() > 1e-6
+    assert (support.grad is not None and torch.isfinite(support.grad).all()
+            and support.grad.abs().max() > 1e-6)
 
 
 def test_projection_gradient_matches_finite_differences():
-    # The projection alone, away from ties: gradcheck's ±1e-6 steps do not change which coordinates are clipped.
+    # The projection alone, away from ties: gradcheck's ±1e-6 steps do not change which coordinates
+    # are clipped.
     g = torch.Generator().manual_seed(5)
     v = torch.randn(6, 4, generator=g, dtype=torch.float64).requires_grad_()
     labels = torch.tensor([0, 1, 2, 3, 0, 1])
@@ -166,10 +178,11 @@ def test_projection_gradient_matches_finite_differences():
 
 @pytest.mark.parametrize("iterations", [5, 50])
 def test_unrolled_svm_gradient_matches_finite_differences(iterations):
-    # The step size 1/L, L = λ_max(X Xᵀ), is computed detached (a solver setting, not part of the model), so
-    # finite differences would see L move with the support while autograd does not, and before convergence the
-    # iterates depend on L. Rescaling the support to spectral norm 1 first pins L = 1 under any perturbation; the
-    # rescaling itself is differentiated normally. What is left is the exact derivative of the unrolled steps.
+    # The step size 1/L, L = λ_max(X Xᵀ), is computed detached (a solver setting, not part of the
+    # model), so finite differences would see L move with the support while autograd does not, and
+    # before convergence the iterates depend on L. Rescaling the support to spectral norm 1 first
+    # pins L = 1 under any perturbation; the rescaling itself is differentiated normally. What is
+    # left is the exact derivative of the unrolled steps.
     x, labels = episode(6, 3, 2, 8)
     queries, targets = episode(11, 3, 2, 8)
 
@@ -181,12 +194,13 @@ def test_unrolled_svm_gradient_matches_finite_differences(iterations):
 
 
 def test_converged_svm_gradient_matches_finite_differences():
-    # A tiny, well-conditioned problem (n = 6 ≤ d = 8, so K is invertible and α* unique) that the solver fits to
-    # machine precision within 200 steps. Two things make gradcheck meaningful only there: the step size 1/L is
-    # computed detached, so finite differences see L move with the support while autograd does not; and the
-    # unrolled map has kinks where the set of clipped coordinates changes. Once the iterates have converged and
-    # the active set is settled (strict complementarity holds for this seed), L no longer matters and the
-    # unrolled derivative is the derivative of the QP's solution, smooth around this support.
+    # A tiny, well-conditioned problem (n = 6 ≤ d = 8, so K is invertible and α* unique) that the
+    # solver fits to machine precision within 200 steps. Two things make gradcheck meaningful only
+    # there: the step size 1/L is computed detached, so finite differences see L move with the
+    # support while autograd does not; and the unrolled map has kinks where the set of clipped
+    # coordinates changes. Once the iterates have converged and the active set is settled (strict
+    # complementarity holds for this seed), L no longer matters and the unrolled derivative is the
+    # derivative of the QP's solution, smooth around this support.
     x, labels = episode(6, 3, 2, 8)
     queries, targets = episode(11, 3, 2, 8)
     lam = 0.5
@@ -217,7 +231,8 @@ def test_bad_iterations_and_labels_are_refused():
         svm_weights(x, labels, 3, 1.0, 0)
     with pytest.raises(ValueError, match="iterations"):
         svm_dual(x, labels, 3, 1.0, -1)
-    for fit in (lambda lab: ridge_weights(x, lab, 3, 1.0), lambda lab: svm_weights(x, lab, 3, 1.0, 10)):
+    for fit in (lambda lab: ridge_weights(x, lab, 3, 1.0), lambda lab: svm_weights(x, lab, 3, 1.0,
+                                                                                   10)):
         with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
             fit(torch.tensor([0, 1, 2, 3, 0, 1]))
         with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
@@ -226,7 +241,8 @@ def test_bad_iterations_and_labels_are_refused():
             fit(torch.tensor([0, 1, 2]))
 
 
-# ----------------------------------------------------------------------------- a separable toy problem
+# ----------------------------------------------------------------------------- a separable toy
+# problem
 
 
 @pytest.mark.parametrize("head", ["ridge", "svm"])
@@ -236,7 +252,8 @@ def test_separable_clusters_are_classified_perfectly(head):
 
     def draw(per_class):
         labels = torch.arange(4).repeat_interleave(per_class)
-        return centres[labels] + 0.1 * torch.randn(len(labels), 10, generator=g, dtype=torch.float64), labels
+        return centres[labels] + 0.1 * torch.randn(len(labels), 10, generator=g,
+                                                   dtype=torch.float64), labels
 
     (support, labels), (queries, targets) = draw(3), draw(25)
     if head == "ridge":

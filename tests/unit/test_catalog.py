@@ -10,7 +10,8 @@ import pytest
 from raymeta.config import EpisodeConfig
 from raymeta.tasks import catalog_names, load_task, task_config
 
-STARTER = ["bbc_news", "chatterbot_language", "chatterbot_response", "chatterbot_topics", "chatterbot_topics_val",
+STARTER = ["bbc_news", "chatterbot_language", "chatterbot_response", "chatterbot_topics",
+           "chatterbot_topics_val",
            "smlmt_starter"]
 SHARED = [n for n in catalog_names() if n not in STARTER]
 CFG = EpisodeConfig(ways=5, shots=2, queries=2, support_size=3, query_size=3)
@@ -47,7 +48,8 @@ def test_catalog_covers_all_four_types():
 
 
 def test_meta_splits_are_class_disjoint():
-    for group in (["huffpost_meta_train", "huffpost_meta_val", "huffpost_meta_test"], ["fewrel_meta_train", "fewrel_meta_test"],
+    for group in (["huffpost_meta_train", "huffpost_meta_val", "huffpost_meta_test"],
+                  ["fewrel_meta_train", "fewrel_meta_test"],
                   ["chatterbot_topics", "chatterbot_topics_val"]):
         sets = [set(task_config(n).include_labels) for n in group]
         for i in range(len(sets)):

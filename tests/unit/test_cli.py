@@ -1,5 +1,5 @@
-"""The console script: real processes (forked from one that has done the imports: ``tests/cli_forks.py``),
-exit codes, one-line errors with no traceback."""
+"""The console script: real processes (forked from one that has done the imports:
+``tests/cli_forks.py``), exit codes, one-line errors with no traceback."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def test_tasks_show_prints_labels_lengths_and_episode(raymeta):
     r = raymeta("tasks", "show", "bbc_news")
     assert r.returncode == 0, r.stderr
     out = r.stdout
-    for needle in ("sequence_classification", "built-in bbc_news", "labels  5: business, entertainment, politics",
+    for needle in ("sequence_classification", "built-in bbc_news",
+                   "labels  5: business, entertainment, politics",
                    "tokens mean", "episode seed=0 step=0: 5-way, 25 support"):
         assert needle in out, needle
 
@@ -44,27 +45,39 @@ def test_tasks_show_prints_labels_lengths_and_episode(raymeta):
          "--method setfit scores K-shot splits; --episodic scores N-way K-shot episodes"),
         (("evaluate", "--init", "x", "--task", "bbc_news", "--setfit-epochs", "2"),
          "--setfit-epochs applies to --method setfit only"),
-        (("evaluate", "--init", "x", "--task", "bbc_news", "--method", "setfit", "--setfit-lr", "0"),
+        (("evaluate", "--init", "x", "--task", "bbc_news", "--method", "setfit", "--setfit-lr",
+          "0"),
          "--setfit-lr must be positive, got 0.0"),
         (("evaluate", "--init", "x", "--task", "wnut17", "--method", "prototype"),
-         "task 'wnut17': --method prototype needs a sequence_classification task; the task is token_classification"),
+         "task 'wnut17': --method prototype needs a sequence_classification task; the task is "
+         "token_classification"),
         (("evaluate", "--init", "x", "--task", "wnut17", "--method", "svm"),
-         "task 'wnut17': --method svm needs a sequence_classification task; the task is token_classification"),
-        (("evaluate", "--init", "x", "--task", "bbc_news", "--method", "ridge", "--ridge-lambda", "-1"),
+         "task 'wnut17': --method svm needs a sequence_classification task; the task is "
+         "token_classification"),
+        (("evaluate", "--init", "x", "--task", "bbc_news", "--method", "ridge", "--ridge-lambda",
+          "-1"),
          "--ridge-lambda must be positive, got -1.0"),
-        (("evaluate", "--init", "x", "--task", "bbc_news", "--method", "ridge", "--svm-iterations", "5"),
+        (("evaluate", "--init", "x", "--task", "bbc_news", "--method", "ridge", "--svm-iterations",
+          "5"),
          "--svm-iterations applies to --method svm only"),
         (("evaluate", "--init", "x", "--task", "bbc_news", "--method", "prototype,lasso"),
-         "--method prototype,lasso: expected one or more of finetune, prototype, ridge, svm, setfit"),
-        (("evaluate", "--init", "x", "--task", "bbc_news", "--method", "ridge,finetune", "--episodic"),
-         "--method finetune scores K-shot splits; --episodic scores N-way K-shot episodes with prototype, ridge, svm"),
-        (("evaluate", "--init", "x", "--task", "bbc_news", "--method", "prototype", "--shots", "0,4"),
-         "--shots 0 (zero-shot) needs --label-prior WEIGHT (> 0): the label names are the prototypes"),
+         "--method prototype,lasso: expected one or more of finetune, prototype, ridge, svm, "
+         "setfit"),
+        (("evaluate", "--init", "x", "--task", "bbc_news", "--method", "ridge,finetune",
+          "--episodic"),
+         "--method finetune scores K-shot splits; --episodic scores N-way K-shot episodes with "
+         "prototype, ridge, svm"),
+        (("evaluate", "--init", "x", "--task", "bbc_news", "--method", "prototype", "--shots",
+          "0,4"),
+         "--shots 0 (zero-shot) needs --label-prior WEIGHT (> 0): the label names are the "
+         "prototypes"),
         (("evaluate", "--init", "x", "--task", "bbc_news", "--shots", "0", "--label-prior", "1"),
          "--label-prior applies to --method prototype"),
-        (("evaluate", "--init", "x", "--task", "bbc_news", "--method", "prototype,ridge", "--shots", "0",
+        (("evaluate", "--init", "x", "--task", "bbc_news", "--method", "prototype,ridge", "--shots",
+          "0",
           "--label-prior", "1"), "--shots 0 (zero-shot): --method ridge needs examples"),
-        (("evaluate", "--init", "x", "--task", "bbc_news", "--method", "prototype", "--label-prior", "1",
+        (("evaluate", "--init", "x", "--task", "bbc_news", "--method", "prototype", "--label-prior",
+          "1",
           "--label-template", "about"), "--label-template 'about': must contain {name}"),
     ],
 )
@@ -73,7 +86,8 @@ def test_user_errors_are_one_line_without_traceback(args, expect, raymeta):
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert lines == [f"raymeta: error: {lines[0].removeprefix('raymeta: error: ')}"] and expect in lines[0]
+    assert (lines == [f"raymeta: error: {lines[0].removeprefix('raymeta: error: ')}"]
+            and expect in lines[0])
 
 
 def test_bad_row_from_task_yaml(tmp_path, raymeta):
@@ -84,29 +98,35 @@ def test_bad_row_from_task_yaml(tmp_path, raymeta):
     )
     r = raymeta("tasks", "show", str(tmp_path / "t.yaml"))
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert f"task 'mine', file {tmp_path}/d.csv, row 3: label 'zzz' is not in the label set" in r.stderr
+    assert (f"task 'mine', file {tmp_path}/d.csv, row 3: label 'zzz' is not in the label set"
+            in r.stderr)
 
 
 @pytest.mark.parametrize("content, expect", [
-    ("text,label\nfine,a\nbad,b,extra\nok,a\n", "d.csv, row 2: 3 fields, the header has 2 (line 3 of the file"),
+    ("text,label\nfine,a\nbad,b,extra\nok,a\n",
+     "d.csv, row 2: 3 fields, the header has 2 (line 3 of the file"),
     ("", "d.csv: the file is empty: no header, no rows"),
 ], ids=["ragged", "empty"])
 def test_unreadable_csv_from_task_yaml_is_one_line(content, expect, tmp_path, raymeta):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "d.csv").write_text(content)
     (tmp_path / "t.yaml").write_text("name: mine\ntype: sequence_classification\n"
-                                     "source: {kind: files, format: csv, files: {train: data/d.csv}}\n")
-    r = raymeta("tasks", "show", str(tmp_path / "t.yaml"))  # run elsewhere: data/d.csv is next to t.yaml
+                                     "source: {kind: files, format: csv, files: {train: "
+                                     "data/d.csv}}\n")
+    # run elsewhere: data/d.csv is next to t.yaml
+    r = raymeta("tasks", "show", str(tmp_path / "t.yaml"))
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-    assert lines == [f"raymeta: error: task 'mine', file {tmp_path}/data/{expect}" + lines[0].split(expect, 1)[-1]], r.stderr
+    assert lines == [f"raymeta: error: task 'mine', file {tmp_path}/data/{expect}"
+                     + lines[0].split(expect, 1)[-1]], r.stderr
 
 
 def test_speed_and_benchmark_are_listed_apart(raymeta):
     r = raymeta("--help")
     assert r.returncode == 0, r.stderr
     listed = r.stdout.split("positional arguments:")[1].split("options:")[0]
-    commands = [ln.split()[0] for ln in listed.splitlines() if ln.startswith("    ") and not ln.startswith("     ")]
+    commands = [ln.split()[0] for ln in listed.splitlines() if ln.startswith("    ")
+                and not ln.startswith("     ")]
     assert "speed" in commands and "benchmark" in commands
     assert "bench" not in commands  # the deprecated name is accepted, not advertised
 
@@ -115,9 +135,10 @@ def test_speed_and_benchmark_are_listed_apart(raymeta):
 def test_bench_is_a_deprecated_alias_of_speed(argv, raymeta):
     r = raymeta(*argv)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("usage: raymeta speed ") and "--ddp-tasks" in r.stdout  # the same flags as `speed`
-    assert r.stderr.splitlines() == ["raymeta: warning: `raymeta bench` is deprecated and will be removed in the next "
-                                     "release; use `raymeta speed`"]
+    # the same flags as `speed`
+    assert r.stdout.startswith("usage: raymeta speed ") and "--ddp-tasks" in r.stdout
+    assert r.stderr.splitlines() == ["raymeta: warning: `raymeta bench` is deprecated and will be "
+                                     "removed in the next release; use `raymeta speed`"]
 
 
 def test_speed_itself_does_not_warn(raymeta):
@@ -138,8 +159,10 @@ def test_evaluate_defaults_are_the_config_schemas_and_help_shows_them(raymeta):
 
     schema = EvalConfig()
     args = build_parser().parse_args(["evaluate", "--init", "x", "--task", "bbc_news"])
-    assert (args.splits, args.episodes, args.steps, args.lr, args.head_lr, args.batch_size, args.max_test) == \
-        (schema.splits, schema.episodes, schema.finetune_steps, schema.finetune_lr, schema.head_lr, schema.batch_size,
+    assert (args.splits, args.episodes, args.steps, args.lr, args.head_lr, args.batch_size,
+            args.max_test) == \
+        (schema.splits, schema.episodes, schema.finetune_steps, schema.finetune_lr, schema.head_lr,
+         schema.batch_size,
          schema.max_test_examples)
     assert (args.ways, args.queries, args.head_steps, args.shots) == \
         (schema.ways, schema.queries, schema.head_steps, ",".join(map(str, schema.shots)))
@@ -148,17 +171,22 @@ def test_evaluate_defaults_are_the_config_schemas_and_help_shows_them(raymeta):
     text = " ".join(r.stdout.split())  # argparse wraps lines
     assert f"seeded K-shot splits per K (default: {schema.splits})" in text
     assert f"episodic: seeded episodes per task and K (default: {schema.episodes})" in text
-    assert "--address ADDRESS Ray cluster address for the K-shot runs (default: $RAY_ADDRESS" in text
-    assert "(default: None)" not in text and "(default: False)" not in text  # no default to show: none shown
+    assert ("--address ADDRESS Ray cluster address for the K-shot runs (default: $RAY_ADDRESS"
+            in text)
+    # no default to show: none shown
+    assert "(default: None)" not in text and "(default: False)" not in text
 
 
 def test_tasks_show_a_k_shot_task_too_small_for_meta_training_episodes(tmp_path, raymeta):
-    """A labelled task with 3 rows a class is a fine K-shot evaluation task: shown, with why it has no episode."""
-    (tmp_path / "d.csv").write_text("text,label\n" + "".join(f"row {i},{'abc'[i % 3]}\n" for i in range(9)))
+    """A labelled task with 3 rows a class is a fine K-shot evaluation task: shown, with why it has
+    no episode."""
+    (tmp_path / "d.csv").write_text("text,label\n" + "".join(f"row {i},{'abc'[i % 3]}\n"
+                                                             for i in range(9)))
     (tmp_path / "t.yaml").write_text("name: few\ntype: sequence_classification\n"
                                      "source: {kind: files, format: csv, files: {train: d.csv}}\n")
     r = raymeta("tasks", "show", str(tmp_path / "t.yaml"))
     assert r.returncode == 0, r.stderr
     out = " ".join(r.stdout.split())
-    assert "labels 3: a, b, c" in out and "episode none at ways=5 shots=5 queries=5: task 'few'" in out
+    assert ("labels 3: a, b, c" in out
+            and "episode none at ways=5 shots=5 queries=5: task 'few'" in out)
     assert "(enough for K-shot evaluation; not for meta-training with these episodes)" in out

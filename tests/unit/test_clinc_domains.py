@@ -1,5 +1,6 @@
-"""CLINC150 split by domain (``clinc150_domains_train`` / ``clinc150_domains_test``): the intent lists written into the
-catalog YAMLs are the documented seeded rule applied to CLINC's own domains.json, class-disjoint, covering all 150."""
+"""CLINC150 split by domain (``clinc150_domains_train`` / ``clinc150_domains_test``): the intent
+lists written into the catalog YAMLs are the documented seeded rule applied to CLINC's own
+domains.json, class-disjoint, covering all 150."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from raymeta.tasks import task_config
 
 
 def _rule(domains: dict[str, list[str]]) -> tuple[list[str], list[str]]:
-    """The rule the YAMLs document: numpy default_rng(0).permutation of the sorted domain names, the last 3 test."""
+    """The rule the YAMLs document: numpy default_rng(0).permutation of the sorted domain names, the
+    last 3 test."""
     names = sorted(domains)
     order = [names[i] for i in np.random.default_rng(0).permutation(len(names))]
     return sorted(order[:-3]), sorted(order[-3:])
@@ -23,21 +25,26 @@ def test_the_two_tasks_are_class_disjoint_and_split_by_whole_domains_without_dat
     assert len(train.include_labels) == len(set(train.include_labels)) == 105
     assert len(test.include_labels) == len(set(test.include_labels)) == 45
     assert not set(train.include_labels) & set(test.include_labels)
-    assert "yes" in train.include_labels and "no" in train.include_labels  # quoted in the YAML: not booleans
-    assert train.source == test.source and test.source.format == "clinc"  # CLINC's own train/validation/test splits
+    # quoted in the YAML: not booleans
+    assert "yes" in train.include_labels and "no" in train.include_labels
+    # CLINC's own train/validation/test splits
+    assert train.source == test.source and test.source.format == "clinc"
 
 
 def test_the_intent_lists_are_the_seeded_domain_rule(shared_data):
     domains = json.loads((shared_data / "clinc150" / "domains.json").read_text())
     assert len(domains) == 10 and all(len(v) == 15 for v in domains.values())
     train_domains, test_domains = _rule(domains)
-    assert test_domains == ["auto_and_commute", "banking", "utility"]  # as the YAMLs' descriptions say
+    # as the YAMLs' descriptions say
+    assert test_domains == ["auto_and_commute", "banking", "utility"]
     train, test = task_config("clinc150_domains_train"), task_config("clinc150_domains_test")
     for spec, chosen in ((train, train_domains), (test, test_domains)):
-        assert sorted(spec.include_labels) == sorted(i for d in chosen for i in domains[d]), spec.name
+        assert sorted(spec.include_labels) == sorted(i for d in chosen
+                                                     for i in domains[d]), spec.name
         assert all(d in spec.description for d in chosen), spec.name
     everything = {i for v in domains.values() for i in v}
-    assert set(train.include_labels) | set(test.include_labels) == everything and len(everything) == 150
+    assert (set(train.include_labels) | set(test.include_labels) == everything
+            and len(everything) == 150)
 
 
 def test_the_test_task_scores_clincs_own_test_split(shared_data, tmp_path):

@@ -1,4 +1,5 @@
-"""cluster.yaml passes the Ray autoscaler's own validation (ray-schema.json) and opens nothing to the world."""
+"""cluster.yaml passes the Ray autoscaler's own validation (ray-schema.json) and opens nothing to
+the world."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ def test_autoscaler_validation():
     from ray.autoscaler._private.util import prepare_config, validate_config
 
     config = yaml.safe_load(CLUSTER.read_text())
-    validate_config(prepare_config(config))  # raises jsonschema.ValidationError on a bad key or type
+    # raises jsonschema.ValidationError on a bad key or type
+    validate_config(prepare_config(config))
 
 
 def test_gpu_workers_scale_from_zero_and_head_runs_no_actors():
@@ -45,4 +47,5 @@ def test_no_port_open_to_the_world_and_dashboard_on_loopback():
     assert [(r["FromPort"], r["ToPort"]) for r in rules] == [(22, 22)]
     head = " ".join(config["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head and "RAY_AUTH_MODE=token" in head
-    assert all("RAY_AUTH_MODE=token" in c for c in config["worker_start_ray_commands"] if "ray start" in c)
+    assert all("RAY_AUTH_MODE=token" in c for c in config["worker_start_ray_commands"]
+               if "ray start" in c)

@@ -1,4 +1,5 @@
-"""Reduction into the meta-gradient: weights, fixed order, shape/finiteness checks, PCGrad, affinity."""
+"""Reduction into the meta-gradient: weights, fixed order, shape/finiteness checks, PCGrad,
+affinity."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raymeta.core.combine import NonFiniteGradient, TaskGrad, cosine_matrix, normalise_weights, pcgrad, reduce_gradients
+from raymeta.core.combine import (
+    NonFiniteGradient,
+    TaskGrad,
+    cosine_matrix,
+    normalise_weights,
+    pcgrad,
+    reduce_gradients,
+)
 from raymeta.errors import RaymetaError
 
 
@@ -44,7 +52,8 @@ def test_shape_mismatch_names_the_task():
 
 
 def test_nan_skip_task_renormalises_and_reports():
-    r = reduce_gradients([tg("a", [1, 1]), tg("b", [np.nan, 0]), tg("c", [3, 3], loss=float("inf"))], 2, step=4)
+    r = reduce_gradients([tg("a", [1, 1]), tg("b", [np.nan, 0]), tg("c", [3, 3],
+                                                                    loss=float("inf"))], 2, step=4)
     assert r.skipped == ["b", "c"] and r.used == ["a"]
     assert torch.equal(r.grad, torch.tensor([1.0, 1.0]))
 
@@ -71,12 +80,14 @@ def test_pcgrad_removes_conflicts():
 
 
 def test_cosine_matrix():
-    c = cosine_matrix([torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0]), torch.tensor([-3.0, 0.0])])
+    c = cosine_matrix([torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0]),
+                       torch.tensor([-3.0, 0.0])])
     assert np.allclose(c, [[1, 0, -1], [0, 1, 0], [-1, 0, 1]])
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.lists(st.floats(-10, 10, width=32), min_size=4, max_size=4), min_size=1, max_size=5),
+@given(st.lists(st.lists(st.floats(-10, 10, width=32), min_size=4, max_size=4), min_size=1,
+                max_size=5),
        st.lists(st.floats(0.1, 10), min_size=5, max_size=5))
 def test_reduction_is_deterministic_and_is_the_weighted_sum(grads, weights):
     results = [tg(f"t{i}", g, weight=w) for i, (g, w) in enumerate(zip(grads, weights))]
@@ -89,15 +100,19 @@ def test_reduction_is_deterministic_and_is_the_weighted_sum(grads, weights):
 
 
 def test_non_finite_policy_is_one_rule_for_both_reduce_forms(caplog):
-    """The driver's reduction and every collective rank apply meta.nan_policy through the same function."""
+    """The driver's reduction and every collective rank apply meta.nan_policy through the same
+    function."""
     from raymeta.core.combine import non_finite_policy
 
     with caplog.at_level("WARNING", logger="raymeta"):
         assert non_finite_policy({"b": "gradient"}, 2, 4, "skip_task") == ["b"]
         assert non_finite_policy({"b": "loss or gradient"}, 2, 4, "skip_task", warn=False) == ["b"]
     assert [r.getMessage() for r in caplog.records] == \
-        ["step 4: task 'b' has a non-finite gradient; skipped this step (meta.nan_policy=skip_task)"]
-    with pytest.raises(NonFiniteGradient, match=r"^task 'a': non-finite loss or gradient at step 4 \(meta.nan_policy=abort\)$"):
+        ["step 4: task 'b' has a non-finite gradient; skipped this step "
+         "(meta.nan_policy=skip_task)"]
+    with pytest.raises(NonFiniteGradient,
+                       match=r"^task 'a': non-finite loss or gradient at step 4 "
+                       r"\(meta.nan_policy=abort\)$"):
         non_finite_policy({"a": "loss or gradient", "b": "loss"}, 3, 4, "abort", warn=False)
     with pytest.raises(NonFiniteGradient, match="every task's gradient is non-finite"):
         non_finite_policy({"a": "loss", "b": "loss"}, 2, 4, "skip_task")
@@ -109,14 +124,17 @@ def test_outer_step_clips_the_flat_gradient_in_place_and_steps():
     from raymeta.core.optim import outer_optimizer, outer_step
 
     torch.manual_seed(0)
-    named = {"a.weight": torch.nn.Parameter(torch.randn(2, 3)), "a.bias": torch.nn.Parameter(torch.randn(3))}
-    cfg = ExperimentConfig.model_validate({"optim": {"lr": 0.1, "warmup_steps": 0, "max_grad_norm": 1.0}})
+    named = {"a.weight": torch.nn.Parameter(torch.randn(2, 3)),
+             "a.bias": torch.nn.Parameter(torch.randn(3))}
+    cfg = ExperimentConfig.model_validate({"optim": {"lr": 0.1, "warmup_steps": 0,
+                                                     "max_grad_norm": 1.0}})
     opt, sched = outer_optimizer(named, cfg)
     before = {k: p.detach().clone() for k, p in named.items()}
     grad = torch.full((9,), 2.0)
     norm, lr = outer_step(named, grad, opt, sched, cfg.optim.max_grad_norm)
     assert norm == pytest.approx(6.0) and lr == pytest.approx(0.1)
-    assert float(grad.norm()) == pytest.approx(1.0, rel=1e-5)  # left clipped, for checks against a reference
+    # left clipped, for checks against a reference
+    assert float(grad.norm()) == pytest.approx(1.0, rel=1e-5)
     assert all(p.grad is None for p in named.values()) and sched.get_last_lr()[0] < 0.1
     assert all(not torch.equal(before[k], p) for k, p in named.items())
     with pytest.raises(ValueError, match="does not match the 9 values"):
@@ -135,14 +153,17 @@ def _running(results, numel, **kw):
 @pytest.mark.parametrize("n", [1, 2, 5])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_running_reduce_is_reduce_gradients_bit_for_bit(n, dtype):
-    """meta.overlap under reduce: driver adds each gradient as it arrives: the same meta-gradient, bit for bit, and
-    the same cosines to float32 rounding. 300,001 elements: several chunks, and a ragged last one."""
+    """meta.overlap under reduce: driver adds each gradient as it arrives: the same meta-gradient,
+    bit for bit, and the same cosines to float32 rounding. 300,001 elements: several chunks, and a
+    ragged last one."""
     g = torch.Generator().manual_seed(n)
     numel = 300_001
-    results = [TaskGrad(f"t{i}", torch.randn(numel, generator=g).to(dtype), 0.5 + i, 0.1 + 0.37 * i) for i in range(n)]
+    results = [TaskGrad(f"t{i}", torch.randn(numel, generator=g).to(dtype), 0.5 + i,
+                        0.1 + 0.37 * i) for i in range(n)]
     batch = reduce_gradients(results, numel, step=3)
     running = _running(results, numel, step=3)
-    assert torch.equal(batch.grad, running.grad) and batch.used == running.used and batch.weights == running.weights
+    assert (torch.equal(batch.grad, running.grad) and batch.used == running.used
+            and batch.weights == running.weights)
     if n > 1:
         assert np.allclose(batch.cosine, running.cosine, atol=1e-5)
 
@@ -174,7 +195,8 @@ def test_running_reduce_names_a_task_whose_gradient_has_the_wrong_shape():
 
 
 def test_running_reduce_in_any_grouping_of_arrivals_is_bit_equal():
-    """Gradients that arrive together are reduced in one pass, lone ones one by one: the same sum either way."""
+    """Gradients that arrive together are reduced in one pass, lone ones one by one: the same sum
+    either way."""
     from raymeta.core.combine import RunningReduce
 
     numel = 200_003
@@ -190,4 +212,5 @@ def test_running_reduce_in_any_grouping_of_arrivals_is_bit_equal():
         assert torch.equal(got.grad, batch.grad), groups
         assert np.allclose(got.cosine, batch.cosine, atol=1e-5), groups
         if groups == [5]:
-            assert np.array_equal(got.cosine, batch.cosine)  # all at once: reduce_gradients' own pass
+            # all at once: reduce_gradients' own pass
+            assert np.array_equal(got.cosine, batch.cosine)

@@ -9,7 +9,14 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raymeta.config import ExperimentConfig, is_secret_key, load_config, parse_overrides, redact, save_config
+from raymeta.config import (
+    ExperimentConfig,
+    is_secret_key,
+    load_config,
+    parse_overrides,
+    redact,
+    save_config,
+)
 from raymeta.errors import ConfigError
 
 TASK = {"name": "t1", "type": "sequence_classification",
@@ -44,7 +51,8 @@ def test_ready_made_task_by_use_with_overrides():
         ({"modle": {}}, [], "config key 'modle': unknown key"),
         ({}, ["meta.inner_stepz=1"], "config key 'meta.inner_stepz': unknown key"),
         ({}, ["meta.steps=abc"], "config key 'meta.steps'"),
-        ({}, ["meta.inner_steps=-1"], "config key 'meta.inner_steps': Input should be greater than or equal to 0"),
+        ({}, ["meta.inner_steps=-1"],
+         "config key 'meta.inner_steps': Input should be greater than or equal to 0"),
         ({}, ["meta.algorithm=magic"], "config key 'meta.algorithm'"),
         ({"tasks": [dict(TASK, type="summarization")]}, [], "config key 'tasks.t1.type'"),
         ({"tasks": [dict(TASK, weight=-1)]}, [], "config key 'tasks.t1.weight'"),
@@ -73,7 +81,8 @@ def test_missing_config_file(tmp_path):
 
 
 def test_save_config_round_trip_and_redaction(tmp_path):
-    cfg = load_config(data={"tasks": [TASK], "model": {"from_config": {"model_type": "bert", "hf_token": "hf_" + "a" * 30}}})
+    cfg = load_config(data={"tasks": [TASK], "model": {"from_config": {
+        "model_type": "bert", "hf_token": "hf_" + "a" * 30}}})
     path = save_config(cfg, tmp_path / "run")
     text = path.read_text()
     assert "hf_aaaa" not in text and "***" in text
@@ -82,18 +91,23 @@ def test_save_config_round_trip_and_redaction(tmp_path):
 
 
 def test_redact_values_and_keys():
-    assert redact({"api_key": "x", "note": "token hf_" + "b" * 25, "n": 1}) == {"api_key": "***", "note": "token ***", "n": 1}
+    assert redact({"api_key": "x", "note": "token hf_" + "b" * 25, "n": 1}) == {"api_key": "***",
+                                                                                "note": "token ***",
+                                                                                "n": 1}
 
 
-@pytest.mark.parametrize("key", ["token", "hf_token", "HF_TOKEN", "use_auth_token", "accessToken", "api_key", "apiKey",
-                                 "password", "client_secret", "secret_access_key", "aws_secret_access_key", "auth",
+@pytest.mark.parametrize("key", ["token", "hf_token", "HF_TOKEN", "use_auth_token", "accessToken",
+                                 "api_key", "apiKey",
+                                 "password", "client_secret", "secret_access_key",
+                                 "aws_secret_access_key", "auth",
                                  "credentials", "private_key"])
 def test_secret_names_are_redacted(key):
     assert is_secret_key(key)
     assert redact({"read_options": {key: "s3cr3t-value"}}) == {"read_options": {key: "***"}}
 
 
-@pytest.mark.parametrize("key", ["tokenizer", "max_tokens", "num_tokens", "pad_token_id", "token_count", "author",
+@pytest.mark.parametrize("key", ["tokenizer", "max_tokens", "num_tokens", "pad_token_id",
+                                 "token_count", "author",
                                  "key", "secretary", "name_or_path"])
 def test_settings_that_only_contain_a_secret_word_are_kept(key):
     assert not is_secret_key(key)
@@ -101,7 +115,8 @@ def test_settings_that_only_contain_a_secret_word_are_kept(key):
 
 
 def test_saved_config_with_a_tokenizer_and_a_token_reloads_as_its_run(tmp_path):
-    """model.tokenizer is a setting (kept); a hub token in read_options is a secret (gone from the file)."""
+    """model.tokenizer is a setting (kept); a hub token in read_options is a secret (gone from the
+    file)."""
     token = "hf_" + "Z9" * 15
     task = dict(TASK, source=dict(TASK["source"], read_options={"token": token}))
     cfg = load_config(data={"tasks": [task], "model": {"tokenizer": "bert-base-uncased"}})
@@ -117,12 +132,15 @@ def test_saved_config_with_a_tokenizer_and_a_token_reloads_as_its_run(tmp_path):
 @given(steps=st.integers(min_value=1, max_value=10**6), lr=st.floats(min_value=1e-8, max_value=1.0),
        k=st.integers(min_value=1, max_value=64))
 def test_overrides_round_trip(steps, lr, k):
-    cfg = load_config(overrides=[f"meta.steps={steps}", f"optim.lr={lr!r}", f"meta.episode.shots={k}"])
-    assert cfg.meta.steps == steps and math.isclose(cfg.optim.lr, lr) and cfg.meta.episode.shots == k
+    cfg = load_config(overrides=[f"meta.steps={steps}", f"optim.lr={lr!r}",
+                                 f"meta.episode.shots={k}"])
+    assert cfg.meta.steps == steps and math.isclose(cfg.optim.lr,
+                                                    lr) and cfg.meta.episode.shots == k
 
 
 @settings(max_examples=80, deadline=None)
-@given(key=st.from_regex(r"[a-z_]{1,8}(\.[a-z_]{1,8}){0,2}", fullmatch=True), value=st.text(max_size=12))
+@given(key=st.from_regex(r"[a-z_]{1,8}(\.[a-z_]{1,8}){0,2}", fullmatch=True),
+       value=st.text(max_size=12))
 def test_any_override_is_accepted_or_a_config_error(key, value):
     """Fuzz: whatever the user types, the loader answers a config or a one-line ConfigError."""
     try:

@@ -12,7 +12,8 @@ def test_separable_classes_are_perfect_and_noise_is_chance():
     ids = np.repeat(np.arange(10), 30)
     centers = rng.normal(size=(10, 16)) * 10
     emb = (centers[ids] + rng.normal(size=(300, 16)) * 0.1).astype(np.float32)
-    good = episodic_accuracy(emb, ids, ways=5, shots=1, queries=5, episodes=100, head_steps=5)["prototype"]
+    good = episodic_accuracy(emb, ids, ways=5, shots=1, queries=5, episodes=100,
+                             head_steps=5)["prototype"]
     assert good.mean == 1.0 and good.ci95 == 0.0
     noise = rng.normal(size=(300, 16)).astype(np.float32)
     bad = episodic_accuracy(noise, ids, ways=5, shots=5, queries=5, episodes=300)["prototype"]
@@ -37,7 +38,8 @@ def test_finetuned_head_learns_what_prototypes_miss():
     emb = np.zeros((200, 2), dtype=np.float32)
     emb[:, 0] = ids * 1.0 + rng.normal(size=200) * 0.05
     emb[:, 1] = rng.normal(size=200) * 20
-    r = episodic_accuracy(emb, ids, ways=5, shots=5, queries=5, episodes=40, head_steps=100, head_lr=1.0)
+    r = episodic_accuracy(emb, ids, ways=5, shots=5, queries=5, episodes=40, head_steps=100,
+                          head_lr=1.0)
     assert r["finetuned_head"].mean > r["prototype"].mean + 0.05
 
 
@@ -57,12 +59,14 @@ def test_subsample_per_class_over_all_splits_or_only_the_given_ones():
     # splits in name order: every test row (3 per class), then train rows up to 8 per class
     assert len(rows["test"]) == 6 and len(rows["train"]) == 10 and per_class == {0: 8, 1: 8}
     rows, per_class = subsample_per_class(task, 8, np.random.default_rng(0), splits=("test",))
-    assert set(rows) == {"test"} and sorted(rows["test"]) == list(range(6)) and per_class == {0: 3, 1: 3}
+    assert (set(rows) == {"test"} and sorted(rows["test"]) == list(range(6))
+            and per_class == {0: 3, 1: 3})
 
 
 def test_every_embedding_classifier_scores_the_same_episodes():
-    """prototype, ridge and svm on one set of seeded episodes: separable clusters are all correct; on
-    overlapping ones the classifiers differ, episode by episode, with the same number of episodes each."""
+    """prototype, ridge and svm on one set of seeded episodes: separable clusters are all correct;
+    on overlapping ones the classifiers differ, episode by episode, with the same number of episodes
+    each."""
     import pytest
 
     from raymeta.config import RidgeConfig, SvmConfig
@@ -73,9 +77,12 @@ def test_every_embedding_classifier_scores_the_same_episodes():
     centres = rng.normal(size=(4, 16)) * 10
     kw = dict(ways=3, shots=2, queries=5, episodes=40, methods=("prototype", "ridge", "svm"),
               ridge=RidgeConfig(**{"lambda": 1.0}), svm=SvmConfig(**{"lambda": 1.0}, iterations=50))
-    easy = episodic_accuracy((centres[ids] + rng.normal(size=(120, 16))).astype(np.float32), ids, **kw)
+    easy = episodic_accuracy((centres[ids] + rng.normal(size=(120, 16))).astype(np.float32), ids,
+                             **kw)
     assert {m: r.mean for m, r in easy.items()} == {"prototype": 1.0, "ridge": 1.0, "svm": 1.0}
-    hard = episodic_accuracy((centres[ids] / 10 + rng.normal(size=(120, 16))).astype(np.float32), ids, **kw)
-    assert all(len(r.values) == 40 for r in hard.values()) and hard["ridge"].values != hard["prototype"].values
+    hard = episodic_accuracy((centres[ids] / 10 + rng.normal(size=(120, 16))).astype(np.float32),
+                             ids, **kw)
+    assert all(len(r.values) == 40
+               for r in hard.values()) and hard["ridge"].values != hard["prototype"].values
     with pytest.raises(ValueError, match="unknown embedding classifier 'knn'"):
         classifier_logits("knn", *[None] * 4)

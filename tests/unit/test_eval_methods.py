@@ -1,5 +1,6 @@
-"""Evaluation methods (``finetune | prototype | setfit``) without Ray or models: the config keys, the checks
-made before anything runs, and how results that hold several methods are tabled, plotted and paired."""
+"""Evaluation methods (``finetune | prototype | setfit``) without Ray or models: the config keys,
+the checks made before anything runs, and how results that hold several methods are tabled, plotted
+and paired."""
 
 from __future__ import annotations
 
@@ -17,22 +18,27 @@ from raymeta.eval.report import kshot_label, kshot_results, plot_scores, results
 from raymeta.eval.setfit import SetfitSettings, check_setfit_task, setfit_and_evaluate
 
 CLS = TaskConfig.model_validate({"name": "topics", "type": "sequence_classification",
-                                 "source": {"kind": "files", "format": "csv", "files": {"train": "x.csv"}}})
+                                 "source": {"kind": "files", "format": "csv",
+                                            "files": {"train": "x.csv"}}})
 NER = TaskConfig.model_validate({"name": "ents", "type": "token_classification",
-                                 "source": {"kind": "files", "format": "conll", "files": {"train": "x.conll"}}})
+                                 "source": {"kind": "files", "format": "conll",
+                                            "files": {"train": "x.conll"}}})
 
 
 def test_eval_methods_and_setfit_settings_in_the_config():
     cfg = load_config(None, [])
     assert cfg.eval.methods == ["finetune"]
     assert SetfitSettings(**cfg.eval.setfit.model_dump()) == SetfitSettings()  # one set of defaults
-    cfg = load_config(None, ["eval.methods=[finetune,setfit,prototype]", "eval.setfit.iterations=5"])
-    assert cfg.eval.methods == ["finetune", "setfit", "prototype"] and cfg.eval.setfit.iterations == 5
+    cfg = load_config(None, ["eval.methods=[finetune,setfit,prototype]",
+                             "eval.setfit.iterations=5"])
+    assert cfg.eval.methods == ["finetune", "setfit",
+                                "prototype"] and cfg.eval.setfit.iterations == 5
 
 
 @pytest.mark.parametrize("override, expect", [
     ("eval.methods=[finetune,knn]",
-     "config key 'eval.methods.1': Input should be 'finetune', 'prototype', 'ridge', 'svm' or 'setfit'"),
+     "config key 'eval.methods.1': Input should be 'finetune', 'prototype', 'ridge', 'svm' or "
+     "'setfit'"),
     ("eval.methods=[setfit,setfit]", "config key 'eval.methods': a method is listed twice"),
     ("eval.methods=[]", "config key 'eval.methods'"),
     ("eval.setfit.epochs=0", "config key 'eval.setfit.epochs'"),
@@ -51,30 +57,41 @@ def test_bad_eval_methods_are_config_errors(override, expect):
 def test_checks_before_anything_runs(monkeypatch):
     assert check_methods([CLS, NER], "finetune") == ["finetune"]
     assert check_methods([CLS], ["prototype", "setfit"]) == ["prototype", "setfit"]
-    with pytest.raises(RaymetaError, match="--method knn: expected one or more of finetune, prototype, ridge, svm, setfit"):
+    with pytest.raises(RaymetaError,
+                       match="--method knn: expected one or more of finetune, prototype, ridge, "
+                       "svm, setfit"):
         check_methods([CLS], "knn")
-    with pytest.raises(DataError, match="task 'ents': --method prototype needs a sequence_classification task; "
+    with pytest.raises(DataError,
+                       match="task 'ents': --method prototype needs a sequence_classification "
+                       "task; "
                                         "the task is token_classification"):
         check_methods([CLS, NER], ["finetune", "prototype"])
-    with pytest.raises(DataError, match="task 'ents': --method setfit needs a sequence_classification task"):
+    with pytest.raises(DataError,
+                       match="task 'ents': --method setfit needs a sequence_classification task"):
         check_methods([NER], "setfit")
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "setfit" else find_spec(name, *a))
-    with pytest.raises(RaymetaError, match=r"^--method setfit needs the setfit package: pip install 'raymeta\[setfit\]'$"):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name,
+                        *a: None if name == "setfit" else find_spec(name, *a))
+    with pytest.raises(RaymetaError,
+                       match=r"^--method setfit needs the setfit package: pip install "
+                       r"'raymeta\[setfit\]'$"):
         check_methods([CLS], ["finetune", "setfit"])
 
 
 def test_setfit_missing_inside_a_run_is_the_same_one_line_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "setfit", None)  # `import setfit` raises ImportError
     with pytest.raises(RaymetaError, match=r"pip install 'raymeta\[setfit\]'"):
-        setfit_and_evaluate("unused", CLS.model_dump_json(), [0], settings=SetfitSettings(), seed=0, data_dir=".",
+        setfit_and_evaluate("unused", CLS.model_dump_json(), [0], settings=SetfitSettings(), seed=0,
+                            data_dir=".",
                             cache_dir=None, max_test=None)
 
 
 def test_setfit_takes_single_sentences():
     import datasets
 
-    pairs = SimpleNamespace(raw={"train": datasets.Dataset.from_dict({"text": ["a"], "text_pair": ["b"], "label": ["x"]})})
+    pairs = SimpleNamespace(raw={"train": datasets.Dataset.from_dict({"text": ["a"],
+                                                                      "text_pair": ["b"],
+                                                                      "label": ["x"]})})
     with pytest.raises(DataError, match="task 'topics': --method setfit takes single sentences"):
         check_setfit_task(CLS, pairs)  # type: ignore[arg-type]
 
@@ -100,7 +117,8 @@ def test_kshot_results_and_labels_keep_finetune_where_it_was():
 
 def test_results_table_has_a_column_per_method():
     table = results_table({"plain": _results([0.5, 0.6, 0.7], [0.8, 0.8, 0.9]),
-                           "legacy": {"tasks": {"topics": {"metric": "accuracy", "shots": {"4": _kshot([0.4, 0.4])}}}}})
+                           "legacy": {"tasks": {"topics": {"metric": "accuracy",
+                                                           "shots": {"4": _kshot([0.4, 0.4])}}}}})
     header = next(line for line in table.splitlines() if line.startswith("| init"))
     assert header == "| init | K=4 | K=4 setfit | 5-way 1-shot prototype |"
     assert "| legacy | 40.0 ± 0.0 | — | — |" in table  # results from before methods still table
@@ -109,7 +127,8 @@ def test_results_table_has_a_column_per_method():
 
 def test_gains_pair_each_method_with_the_same_method():
     g = gains({"pretrained": _results([0.5, 0.6, 0.7], [0.8, 0.8, 0.9]),
-               "meta": _results([0.6, 0.6, 0.9], [0.7, 0.8, 0.9], episodic=False)}, "pretrained")["meta"]["topics"]
+               "meta": _results([0.6, 0.6, 0.9], [0.7, 0.8, 0.9], episodic=False)},
+              "pretrained")["meta"]["topics"]
     assert set(g) == {"K=4", "K=4 setfit"}
     assert g["K=4"]["values"] == pytest.approx([0.1, 0.0, 0.2])
     assert g["K=4 setfit"]["values"] == pytest.approx([-0.1, 0.0, 0.0])
@@ -118,7 +137,8 @@ def test_gains_pair_each_method_with_the_same_method():
 def test_plot_scores_draws_every_method(tmp_path):
     pytest.importorskip("matplotlib")
     paths = plot_scores({"plain": _results([0.5, 0.6, 0.7], [0.8, 0.8, 0.9]),
-                         "setfit only": {"tasks": {"topics": {"metric": "accuracy",
-                                                              "methods": {"setfit": {"4": _kshot([0.9, 0.9])}}}}}},
+                         "setfit only": {"tasks": {"topics": {
+                             "metric": "accuracy",
+                             "methods": {"setfit": {"4": _kshot([0.9, 0.9])}}}}}},
                         tmp_path)
     assert [p.name for p in paths] == ["scores_topics.png"] and paths[0].stat().st_size > 0

@@ -29,7 +29,8 @@ from raymeta.errors import ModelError
 from ..conftest import TINY_BERT as SUITE_TINY_BERT
 
 VOCAB = 100
-TINY_BERT = {**SUITE_TINY_BERT, "vocab_size": VOCAB, "max_position_embeddings": 64}  # the suite's, with a small vocabulary
+# the suite's, with a small vocabulary
+TINY_BERT = {**SUITE_TINY_BERT, "vocab_size": VOCAB, "max_position_embeddings": 64}
 TINY_GPT2 = {
     "model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 64,
     "vocab_size": VOCAB, "bos_token_id": 0, "eos_token_id": 0,
@@ -137,8 +138,10 @@ def test_multiple_choice_scores_each_choice_independently():
 
 
 def test_build_head_types_and_unknown():
-    assert isinstance(build_head("sequence_classification", 8, 2, "mean", 0.1), SequenceClassificationHead)
-    assert isinstance(build_head("token_classification", 8, 2, "mean", 0.1), TokenClassificationHead)
+    assert isinstance(build_head("sequence_classification", 8, 2, "mean", 0.1),
+                      SequenceClassificationHead)
+    assert isinstance(build_head("token_classification", 8, 2, "mean", 0.1),
+                      TokenClassificationHead)
     assert isinstance(build_head("extractive_qa", 8, 2, "mean", 0.1), QuestionAnsweringHead)
     assert isinstance(build_head("multiple_choice", 8, 2, "mean", 0.1), MultipleChoiceHead)
     with pytest.raises(ModelError, match="task type 'nope'"):
@@ -223,7 +226,8 @@ def test_parameter_groups_are_disjoint_and_cover(kind):
     # BERT's pooler is unused: frozen, kept out of the shared group, but still in the model
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     assert not any("pooler" in n for n in shared)
-    assert frozen == ({"encoder.pooler.dense.weight", "encoder.pooler.dense.bias"} if kind == "bert" else set())
+    assert frozen == ({"encoder.pooler.dense.weight",
+                       "encoder.pooler.dense.bias"} if kind == "bert" else set())
 
 
 def test_dotted_task_name_and_duplicate_head():
@@ -269,7 +273,8 @@ def test_second_order_maml_step_through_functional_call(kind):
     # SDPA kernels (even on CPU) have no double backward: full MAML needs eager attention.
     torch.manual_seed(0)
     cfg = ModelConfig(from_config=ENCODERS[kind])
-    model = MetaModel.from_config(cfg, [("cls", "sequence_classification", 3)], attn_implementation="eager")
+    model = MetaModel.from_config(cfg, [("cls", "sequence_classification", 3)],
+                                  attn_implementation="eager")
     assert model.encoder.config._attn_implementation == "eager"
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     support, query = batch(seed=1), batch(seed=2)
@@ -285,7 +290,8 @@ def test_second_order_maml_step_through_functional_call(kind):
 
 
 def test_param_layout_round_trip_and_views():
-    named = {"encoder.a": torch.randn(3, 4), "encoder.b": torch.randn(5), "heads.t.w": torch.randn(2, 1, 2)}
+    named = {"encoder.a": torch.randn(3, 4), "encoder.b": torch.randn(5),
+             "heads.t.w": torch.randn(2, 1, 2)}
     layout = ParamLayout.from_named(named)
     assert layout.names == tuple(named) and layout.offsets == (0, 12, 17) and layout.numel == 21
     assert layout.nbytes == 21 * 4
@@ -302,12 +308,15 @@ def test_param_layout_round_trip_and_views():
 
 def test_param_layout_errors_name_the_parameter():
     layout = ParamLayout.from_named({"encoder.x": torch.zeros(4, 4), "encoder.y": torch.zeros(2)})
-    with pytest.raises(ValueError, match=r"parameter 'encoder.x': shape \(3, 4\) does not match layout \(4, 4\)"):
+    with pytest.raises(ValueError,
+                       match=r"parameter 'encoder.x': shape \(3, 4\) does not match layout "
+                             r"\(4, 4\)"):
         layout.flatten({"encoder.x": torch.zeros(3, 4), "encoder.y": torch.zeros(2)})
     with pytest.raises(ValueError, match="parameter 'encoder.y': missing"):
         layout.flatten({"encoder.x": torch.zeros(4, 4)})
     with pytest.raises(ValueError, match="parameter 'encoder.z': not in the layout"):
-        layout.flatten({"encoder.x": torch.zeros(4, 4), "encoder.y": torch.zeros(2), "encoder.z": torch.zeros(1)})
+        layout.flatten({"encoder.x": torch.zeros(4, 4), "encoder.y": torch.zeros(2),
+                        "encoder.z": torch.zeros(1)})
     with pytest.raises(ValueError, match="flat buffer"):
         layout.unflatten(torch.zeros(3))
 
@@ -364,11 +373,13 @@ def test_gpt2_style_tokenizer_gets_eos_as_pad(tmp_path):
 
     (tmp_path / "vocab.json").write_text('{"<|endoftext|>": 0, "a": 1, "b": 2, "ab": 3}')
     (tmp_path / "merges.txt").write_text("#version: 0.2\na b\n")
-    tok = GPT2Tokenizer(vocab_file=str(tmp_path / "vocab.json"), merges_file=str(tmp_path / "merges.txt"))
+    tok = GPT2Tokenizer(vocab_file=str(tmp_path / "vocab.json"),
+                        merges_file=str(tmp_path / "merges.txt"))
     assert tok.pad_token is None
     tok.save_pretrained(tmp_path / "tok")
     # cfg.tokenizer wins over name_or_path (which would fail to load here)
-    loaded = load_tokenizer(ModelConfig(name_or_path=str(tmp_path), tokenizer=str(tmp_path / "tok")))
+    loaded = load_tokenizer(ModelConfig(name_or_path=str(tmp_path),
+                                        tokenizer=str(tmp_path / "tok")))
     assert loaded.pad_token == loaded.eos_token == "<|endoftext|>"
 
 
@@ -378,7 +389,8 @@ def test_bad_from_config_is_a_model_error():
 
 
 def test_from_config_vocab_size_and_float32():
-    enc = load_encoder(ModelConfig(from_config={k: v for k, v in TINY_BERT.items() if k != "vocab_size"}), 77)
+    enc = load_encoder(ModelConfig(from_config={k: v for k,
+                                                v in TINY_BERT.items() if k != "vocab_size"}), 77)
     assert enc.get_input_embeddings().num_embeddings == 77
     assert all(p.dtype == torch.float32 for p in enc.parameters())
 

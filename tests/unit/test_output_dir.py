@@ -1,5 +1,6 @@
-"""``raymeta train`` into an output_dir that already holds a run: refused unless ``--resume`` continues it or
-``--overwrite`` starts it over (Hugging Face's ``overwrite_output_dir``); nothing of the user's own is removed."""
+"""``raymeta train`` into an output_dir that already holds a run: refused unless ``--resume``
+continues it or ``--overwrite`` starts it over (Hugging Face's ``overwrite_output_dir``); nothing of
+the user's own is removed."""
 
 from __future__ import annotations
 
@@ -30,15 +31,18 @@ def test_a_directory_holding_a_run_is_refused_and_left_as_it_is(tmp_path):
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     with pytest.raises(RaymetaError) as err:
         prepare_output_dir(tmp_path, resume=False, overwrite=False)
-    assert str(err.value) == (f"output_dir {tmp_path} already holds a run (config.yaml, metrics.jsonl, tensorboard, "
-                              "checkpoints): add --resume to continue it, or --overwrite to start it over")
+    assert str(err.value) == (f"output_dir {tmp_path} already holds a run (config.yaml, "
+                              "metrics.jsonl, tensorboard, "
+                              "checkpoints): add --resume to continue it, or --overwrite to start "
+                              "it over")
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
 def test_resume_keeps_the_run(tmp_path):
     _a_run(tmp_path)
     prepare_output_dir(tmp_path, resume=True, overwrite=False)
-    assert (tmp_path / "checkpoints" / "step-00000002").is_dir() and (tmp_path / "metrics.jsonl").is_file()
+    assert ((tmp_path / "checkpoints" / "step-00000002").is_dir()
+            and (tmp_path / "metrics.jsonl").is_file())
 
 
 def test_overwrite_removes_the_runs_outputs_only(tmp_path, caplog):
@@ -46,7 +50,8 @@ def test_overwrite_removes_the_runs_outputs_only(tmp_path, caplog):
     prepare_output_dir(tmp_path, resume=False, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
     assert not any((tmp_path / name).exists() for name in RUN_OUTPUTS)
-    assert "removed the previous run's config.yaml, metrics.jsonl, tensorboard, checkpoints" in caplog.text
+    assert ("removed the previous run's config.yaml, metrics.jsonl, tensorboard, checkpoints"
+            in caplog.text)
 
 
 def test_resume_and_overwrite_together_is_one_line(tmp_path):

@@ -1,5 +1,6 @@
-"""``--init RUN_DIR`` scores the model ``raymeta train`` says to use: ``best/`` when the run has one, else ``final/``,
-and says which in one line; a directory given as the model itself is taken as it is."""
+"""``--init RUN_DIR`` scores the model ``raymeta train`` says to use: ``best/`` when the run has
+one, else ``final/``, and says which in one line; a directory given as the model itself is taken as
+it is."""
 
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ def test_a_run_without_best_is_scored_at_final(tmp_path, caplog):
     final = _model(tmp_path / "run" / "final")
     with caplog.at_level(logging.INFO, logger="raymeta"):
         assert resolve_init(str(tmp_path / "run")) == str(final.absolute())
-    assert [r.getMessage() for r in caplog.records] == [f"--init {tmp_path / 'run'}: scoring {final} (final/: the last step)"]
+    assert [r.getMessage()
+            for r in caplog.records] == [f"--init {tmp_path / 'run'}: scoring {final} (final/: the "
+                                         "last step)"]
 
 
 def test_final_given_as_such_is_taken(tmp_path, caplog):
@@ -40,7 +43,8 @@ def test_final_given_as_such_is_taken(tmp_path, caplog):
 
 
 def test_a_relative_run_directory_comes_back_absolute(tmp_path, monkeypatch):
-    """The Ray tasks that load it run elsewhere: a relative path would name another directory there."""
+    """The Ray tasks that load it run elsewhere: a relative path would name another directory
+    there."""
     final = _model(tmp_path / "run" / "final")
     monkeypatch.chdir(tmp_path)
     assert resolve_init("run") == str(final)

@@ -1,7 +1,8 @@
-"""Every config shipped in raymeta/configs/ (recipes included; the repository's ``configs`` links there) loads under
-today's schema, saves and reloads as the same run, and those that choose on validation tasks keep them disjoint
-from what they train and test on, so a committed recipe cannot rot. Nothing here reads data or starts Ray: a
-config names its tasks' files (``${data_dir}/...``) without opening them."""
+"""Every config shipped in raymeta/configs/ (recipes included; the repository's ``configs`` links
+there) loads under today's schema, saves and reloads as the same run, and those that choose on
+validation tasks keep them disjoint from what they train and test on, so a committed recipe cannot
+rot. Nothing here reads data or starts Ray: a config names its tasks' files (``${data_dir}/...``)
+without opening them."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from raymeta.benchmark import run_configs
 from raymeta.catalog import CONFIGS_DIR, config_file, config_names
 from raymeta.config import load_config, save_config
 from raymeta.errors import ConfigError
-from raymeta.train.validation import validation_specs
+from raymeta.train.validation_tasks import validation_specs
 from raymeta.tune.search import check_tune_config
 
 from ..conftest import REPO
@@ -23,7 +24,8 @@ IDS = [p.relative_to(CONFIGS_DIR).as_posix() for p in CONFIGS]
 
 
 def test_the_recipes_are_shipped():
-    assert {"recipes/huffpost.yaml", "recipes/huffpost_tune.yaml", "recipes/fewrel.yaml", "recipes/fewrel_tune.yaml",
+    assert {"recipes/huffpost.yaml", "recipes/huffpost_tune.yaml", "recipes/fewrel.yaml",
+            "recipes/fewrel_tune.yaml",
             "recipes/general.yaml", "starter.yaml", "tiny.yaml"} <= set(IDS)
 
 
@@ -50,7 +52,8 @@ def test_shipped_config_by_name_saves_and_reloads_as_the_same_run(path: Path, tm
     assert again.model_dump() == cfg.model_dump()
 
 
-@pytest.mark.parametrize("given", ["starter", "starter.yaml", "configs/starter.yaml", "recipes/huffpost"])
+@pytest.mark.parametrize("given", ["starter", "starter.yaml", "configs/starter.yaml",
+                                   "recipes/huffpost"])
 def test_config_names_resolve_to_the_package(given, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # outside the repository: no configs/ link here
     assert config_file(given).resolve().is_relative_to(CONFIGS_DIR.resolve())

@@ -21,7 +21,8 @@ from ..conftest import TINY_BERT
 
 def spec(name, type_, fmt, files, **kw) -> TaskConfig:
     return TaskConfig.model_validate(
-        {"name": name, "type": type_, "source": {"kind": "files", "format": fmt, "files": files, **kw.pop("source", {})}, **kw}
+        {"name": name, "type": type_, "source": {"kind": "files", "format": fmt, "files": files,
+                                                 **kw.pop("source", {})}, **kw}
     )
 
 
@@ -35,7 +36,8 @@ SMALL = EpisodeConfig(ways=2, shots=2, queries=2, support_size=2, query_size=2)
 
 def backprop(task, episode_cfg=SMALL):
     torch.manual_seed(0)
-    model = MetaModel.from_config(ModelConfig(from_config=TINY_BERT), [(task.name, task.config.type, task.num_labels)])
+    model = MetaModel.from_config(ModelConfig(from_config=TINY_BERT), [(task.name, task.config.type,
+                                                                        task.num_labels)])
     ep = task.episode(episode_cfg, seed=0, step=0)
     loss, _ = model(task.name, ep.support)
     loss.backward()
@@ -64,7 +66,8 @@ def test_sequence_classification_single_and_pair(tmp_path, tokenizer):
 def test_token_classification_conll_aligns_subwords(tmp_path, tokenizer):
     text = "Barack\tB-person\nObama\tI-person\nvisited\tO\nKubernetesville\tB-location\n\n" * 6
     (tmp_path / "ner.conll").write_text(text)
-    task = load_task(spec("ner", "token_classification", "conll", {"train": str(tmp_path / "ner.conll")}),
+    task = load_task(spec("ner", "token_classification", "conll",
+                          {"train": str(tmp_path / "ner.conll")}),
                      tokenizer, str(tmp_path))
     assert task.labels[0] == "O"
     f = task.features["train"][0]
@@ -81,13 +84,16 @@ def test_extractive_qa_windows_and_spans(tmp_path, tokenizer):
     context = f"{filler} The capital of France is Paris. {filler}"
     start = context.index("Paris")
     data = {"data": [{"title": "t", "paragraphs": [{"context": context, "qas": [
-        {"id": str(i), "question": "What is the capital of France?", "answers": [{"text": "Paris", "answer_start": start}]}
+        {"id": str(i), "question": "What is the capital of France?",
+         "answers": [{"text": "Paris", "answer_start": start}]}
         for i in range(4)]}]}]}
     (tmp_path / "qa.json").write_text(json.dumps(data))
-    t = spec("qa", "extractive_qa", "squad", {"train": str(tmp_path / "qa.json")}, max_length=64, stride=16)
+    t = spec("qa", "extractive_qa", "squad", {"train": str(tmp_path / "qa.json")}, max_length=64,
+             stride=16)
     task = load_task(t, tokenizer, str(tmp_path))
     c = task.counts["train"]
-    assert c["windows"] > 4 and c["dropped"] == c["windows"] - len(task.features["train"])  # long context -> windows
+    # long context -> windows
+    assert c["windows"] > 4 and c["dropped"] == c["windows"] - len(task.features["train"])
     for f in task.features["train"]:
         s, e = f["start_positions"], f["end_positions"]
         assert tokenizer.decode(f["input_ids"][s:e + 1]).strip() == "paris"
@@ -95,7 +101,8 @@ def test_extractive_qa_windows_and_spans(tmp_path, tokenizer):
 
 
 def test_multiple_choice_jsonl(tmp_path, tokenizer):
-    rows = [{"q": f"prompt {i}", "a": "yes", "b": "no", "c": "maybe", "gold": i % 3} for i in range(6)]
+    rows = [{"q": f"prompt {i}", "a": "yes", "b": "no", "c": "maybe",
+             "gold": i % 3} for i in range(6)]
     (tmp_path / "mc.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     t = spec("mc", "multiple_choice", "jsonl", {"train": str(tmp_path / "mc.jsonl")},
              columns={"question": "q", "choices": ["a", "b", "c"], "label": "gold"})
@@ -112,7 +119,8 @@ def test_missing_column_names_task_and_file(tmp_path, tokenizer):
     t = spec("sent", "sequence_classification", "csv", {"train": f}, columns={"label": "y"})
     with pytest.raises(DataError, match=r"task 'sent'.*missing column 'text'"):
         load_task(t, tokenizer, str(tmp_path))
-    t = spec("sent", "sequence_classification", "csv", {"train": f}, columns={"text": "sentnce", "label": "y"})
+    t = spec("sent", "sequence_classification", "csv", {"train": f}, columns={"text": "sentnce",
+                                                                              "label": "y"})
     with pytest.raises(DataError, match=r"task 'sent', file .*a.csv: missing column 'sentnce'"):
         load_task(t, tokenizer, str(tmp_path))
 
@@ -122,7 +130,8 @@ def test_label_outside_label_set_names_row(tmp_path, tokenizer):
     t = spec("sent", "sequence_classification", "csv", {"train": f}, labels=["pos", "neg"])
     with pytest.raises(DataError) as e:
         load_task(t, tokenizer, str(tmp_path))
-    assert str(e.value).startswith(f"task 'sent', file {f}, row 3: label 'meh' is not in the label set")
+    assert str(e.value).startswith(f"task 'sent', file {f}, row 3: label 'meh' is not in the label "
+                                   "set")
 
 
 def test_empty_split(tmp_path, tokenizer):
@@ -142,22 +151,27 @@ def test_answer_span_mismatch(tmp_path, tokenizer):
         {"id": "1", "question": "q?", "answers": [{"text": "Paris", "answer_start": 0}]},
         {"id": "2", "question": "q?", "answers": [{"text": "France", "answer_start": 3}]}]}]}]}
     (tmp_path / "qa.json").write_text(json.dumps(data))
-    want = r"task 'qa', file .*qa.json, row 2: answer 'France' does not match its context at character 3"
+    want = (r"task 'qa', file .*qa.json, row 2: answer 'France' does not match its context at "
+            r"character 3")
     with pytest.raises(DataError, match=want):
-        load_task(spec("qa", "extractive_qa", "squad", {"train": str(tmp_path / "qa.json")}), tokenizer, str(tmp_path))
+        load_task(spec("qa", "extractive_qa", "squad", {"train": str(tmp_path / "qa.json")}),
+                  tokenizer, str(tmp_path))
 
 
 def test_conll_token_tag_mismatch(tmp_path, tokenizer):
     (tmp_path / "bad.conll").write_text("Paris\tB-loc\nis\tO\nnice\n\n")
-    with pytest.raises(DataError, match=r"task 'ner', file .*bad.conll, row 3: .*token/tag length mismatch"):
-        load_task(spec("ner", "token_classification", "conll", {"train": str(tmp_path / "bad.conll")}), tokenizer, str(tmp_path))
+    with pytest.raises(DataError,
+                       match=r"task 'ner', file .*bad.conll, row 3: .*token/tag length mismatch"):
+        load_task(spec("ner", "token_classification", "conll",
+                       {"train": str(tmp_path / "bad.conll")}), tokenizer, str(tmp_path))
 
 
 def test_json_token_tag_mismatch(tmp_path, tokenizer):
     rows = [{"tokens": ["a", "b"], "tags": ["O", "O"]}, {"tokens": ["a", "b"], "tags": ["O"]}]
     (tmp_path / "n.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     with pytest.raises(DataError, match=r"row 2: token/tag length mismatch: 2 tokens, 1 tags"):
-        load_task(spec("ner", "token_classification", "jsonl", {"train": str(tmp_path / "n.jsonl")}), tokenizer, str(tmp_path))
+        load_task(spec("ner", "token_classification", "jsonl",
+                       {"train": str(tmp_path / "n.jsonl")}), tokenizer, str(tmp_path))
 
 
 def test_missing_file(tmp_path, tokenizer):
@@ -169,13 +183,16 @@ def test_missing_file(tmp_path, tokenizer):
 def test_rows_dropped_for_length_are_counted(tmp_path, tokenizer, caplog):
     filler = " ".join(f"w{i}" for i in range(200))
     data = {"data": [{"title": "t", "paragraphs": [{"context": f"{filler} Paris", "qas": [
-        {"id": "1", "question": "q?", "answers": [{"text": "Paris", "answer_start": len(filler) + 1}]}]}]}]}
+        {"id": "1", "question": "q?", "answers": [{"text": "Paris",
+                                                   "answer_start": len(filler) + 1}]}]}]}]}
     (tmp_path / "qa.json").write_text(json.dumps(data))
     with caplog.at_level("WARNING"):
-        task = load_task(spec("qa", "extractive_qa", "squad", {"train": str(tmp_path / "qa.json")}, max_length=48, stride=8),
+        task = load_task(spec("qa", "extractive_qa", "squad", {"train": str(tmp_path / "qa.json")},
+                              max_length=48, stride=8),
                          tokenizer, str(tmp_path))
     assert task.counts["train"]["dropped"] > 0
-    assert f"{task.counts['train']['dropped']} rows (QA: context windows) dropped for length" in caplog.text
+    assert (f"{task.counts['train']['dropped']} rows (QA: context windows) dropped for length"
+            in caplog.text)
 
 
 def test_features_are_cached(tmp_path, tokenizer):
@@ -190,16 +207,17 @@ def test_features_are_cached(tmp_path, tokenizer):
 
 
 def test_tokenising_never_hashes_the_tokenizer(tmp_path, tokenizer, monkeypatch):
-    """``datasets`` names a ``map`` result by dill-hashing its function unless it is given a name; for a
-    tokenising function that pickles the tokenizer it closes over (twice per split: 85% of loading a small
-    task). Every task type names its features from the features key instead."""
+    """``datasets`` names a ``map`` result by dill-hashing its function unless it is given a name;
+    for a tokenising function that pickles the tokenizer it closes over (twice per split: 85% of
+    loading a small task). Every task type names its features from the features key instead."""
     import datasets.arrow_dataset
     import datasets.fingerprint
 
     hashed: list[str] = []
     real = datasets.fingerprint.update_fingerprint
 
-    def spy(fingerprint, transform, transform_args):  # the function a map applies is one of transform_args
+    # the function a map applies is one of transform_args
+    def spy(fingerprint, transform, transform_args):
         hashed.extend(getattr(x, "__qualname__", "") for x in [transform, *transform_args.values()])
         return real(fingerprint, transform, transform_args)
 
@@ -208,10 +226,13 @@ def test_tokenising_never_hashes_the_tokenizer(tmp_path, tokenizer, monkeypatch)
     f = write_csv(tmp_path / "c.csv", ["text", "label"], [(f"t{i}", i % 2) for i in range(8)])
     (tmp_path / "ner.conll").write_text("Ann\tB-person\nran\tO\n\n" * 4)
     ctx = "The capital of France is Paris."
-    (tmp_path / "qa.json").write_text(json.dumps({"data": [{"title": "t", "paragraphs": [{"context": ctx, "qas": [
-        {"id": str(i), "question": "Capital?", "answers": [{"text": "Paris", "answer_start": ctx.index("Paris")}]}
+    (tmp_path / "qa.json").write_text(json.dumps({"data": [{"title": "t",
+                                                            "paragraphs": [{"context": ctx, "qas": [
+        {"id": str(i), "question": "Capital?", "answers": [{"text": "Paris",
+                                                            "answer_start": ctx.index("Paris")}]}
         for i in range(4)]}]}]}))
-    (tmp_path / "mc.jsonl").write_text("\n".join(json.dumps({"q": f"p{i}", "a": "y", "b": "n", "gold": i % 2})
+    (tmp_path / "mc.jsonl").write_text("\n".join(json.dumps({"q": f"p{i}", "a": "y", "b": "n",
+                                                             "gold": i % 2})
                                                   for i in range(4)))
     for t in (spec("c", "sequence_classification", "csv", {"train": f}),
               spec("ner", "token_classification", "conll", {"train": str(tmp_path / "ner.conll")}),
@@ -220,7 +241,8 @@ def test_tokenising_never_hashes_the_tokenizer(tmp_path, tokenizer, monkeypatch)
                    columns={"question": "q", "choices": ["a", "b"], "label": "gold"})):
         task = load_task(t, tokenizer, str(tmp_path), cache_dir=str(tmp_path / "cache"))
         assert len(task.features["train"]) > 0
-    assert hashed, "the spy saw no datasets transform at all: it no longer watches the right function"
+    assert hashed, ("the spy saw no datasets transform at all: it no longer watches the right "
+                    "function")
     assert not [h for h in hashed if "tokenize" in h], hashed
 
 
@@ -230,10 +252,12 @@ def test_tokenising_never_hashes_the_tokenizer(tmp_path, tokenizer, monkeypatch)
 def test_episode_is_deterministic_and_k_per_class(tmp_path, tokenizer):
     rows = [(f"text {i}", f"c{i % 6}") for i in range(60)]
     f = write_csv(tmp_path / "e.csv", ["text", "label"], rows)
-    task = load_task(spec("e", "sequence_classification", "csv", {"train": f}), tokenizer, str(tmp_path))
+    task = load_task(spec("e", "sequence_classification", "csv", {"train": f}), tokenizer,
+                     str(tmp_path))
     cfg = EpisodeConfig(ways=3, shots=2, queries=3)
     a, b, c = task.episode(cfg, 7, 5), task.episode(cfg, 7, 5), task.episode(cfg, 7, 6)
-    assert a.support_rows == b.support_rows and a.query_rows == b.query_rows and a.classes == b.classes
+    assert (a.support_rows == b.support_rows and a.query_rows == b.query_rows
+            and a.classes == b.classes)
     assert (a.support_rows, a.classes) != (c.support_rows, c.classes)
     assert torch.equal(a.support["labels"], torch.tensor([0, 0, 1, 1, 2, 2]))
     assert torch.bincount(a.query["labels"]).tolist() == [3, 3, 3]
@@ -243,8 +267,10 @@ def test_episode_is_deterministic_and_k_per_class(tmp_path, tokenizer):
 
 @settings(max_examples=120, deadline=None)
 @given(
-    n_classes=st.integers(2, 12), per_class=st.integers(1, 15), ways=st.one_of(st.none(), st.integers(2, 12)),
-    shots=st.integers(1, 5), queries=st.integers(1, 5), seed=st.integers(0, 2**31), step=st.integers(0, 10**6),
+    n_classes=st.integers(2, 12), per_class=st.integers(1, 15), ways=st.one_of(st.none(),
+                                                                               st.integers(2, 12)),
+    shots=st.integers(1, 5), queries=st.integers(1, 5), seed=st.integers(0, 2**31),
+       step=st.integers(0, 10**6),
 )
 def test_sampler_properties(n_classes, per_class, ways, shots, queries, seed, step):
     class_ids = np.repeat(np.arange(n_classes), per_class)
@@ -266,7 +292,8 @@ def test_sampler_properties(n_classes, per_class, ways, shots, queries, seed, st
 
 
 @settings(max_examples=60, deadline=None)
-@given(n=st.integers(1, 200), support=st.integers(1, 20), query=st.integers(1, 20), seed=st.integers(0, 2**31))
+@given(n=st.integers(1, 200), support=st.integers(1, 20), query=st.integers(1, 20),
+       seed=st.integers(0, 2**31))
 def test_sampler_without_classes(n, support, query, seed):
     cfg = EpisodeConfig(support_size=support, query_size=query)
     if n < support + query:
@@ -285,17 +312,20 @@ def test_hub_source_unreachable_is_one_line(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     t = TaskConfig.model_validate({"name": "h", "type": "sequence_classification",
                                    "source": {"kind": "hub", "dataset": "SetFit/sst2"}})
-    with pytest.raises(DataError, match=r"^task 'h': hub dataset 'SetFit/sst2' cannot be loaded: [^\n]+$"):
+    with pytest.raises(DataError,
+                       match=r"^task 'h': hub dataset 'SetFit/sst2' cannot be loaded: [^\n]+$"):
         load_raw(t, ".", None)
 
 
-# --------------------------------------------------------------------------- paths in task YAML files, unreadable CSVs
+# --------------------------------------------------------------------------- paths in task YAML
+# files, unreadable CSVs
 
 
 def _task_yaml(folder, train_path, name="mine"):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "t.yaml").write_text(f"name: {name}\ntype: sequence_classification\n"
-                                   f"source: {{kind: files, format: csv, files: {{train: '{train_path}'}}}}\n")
+                                   f"source: {{kind: files, format: csv, files: {{train: "
+                                   f"'{train_path}'}}}}\n")
     return str(folder / "t.yaml")
 
 
@@ -303,7 +333,8 @@ def test_relative_path_in_a_task_yaml_starts_at_its_folder(tmp_path, monkeypatch
     from raymeta.tasks import load_raw, task_config
 
     (tmp_path / "proj" / "data").mkdir(parents=True)
-    write_csv(tmp_path / "proj" / "data" / "train.csv", ["text", "label"], [["hi", "a"], ["yo", "b"]])
+    write_csv(tmp_path / "proj" / "data" / "train.csv", ["text", "label"], [["hi", "a"],
+                                                                            ["yo", "b"]])
     yaml_file = _task_yaml(tmp_path / "proj", "data/train.csv")
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")  # not the YAML's folder
@@ -312,22 +343,26 @@ def test_relative_path_in_a_task_yaml_starts_at_its_folder(tmp_path, monkeypatch
     assert raw["train"]["_file"][0] == str(tmp_path / "proj" / "data" / "train.csv")
 
 
-def test_relative_path_in_an_experiment_configs_inline_task_starts_at_its_folder(tmp_path, monkeypatch):
+def test_relative_path_in_an_experiment_configs_inline_task_starts_at_its_folder(tmp_path,
+                                                                                 monkeypatch):
     import yaml
 
     from raymeta.config import load_config
     from raymeta.tasks import load_raw
 
     (tmp_path / "exp" / "data").mkdir(parents=True)
-    write_csv(tmp_path / "exp" / "data" / "train.csv", ["text", "label"], [["hi", "a"], ["yo", "b"]])
+    write_csv(tmp_path / "exp" / "data" / "train.csv", ["text", "label"],
+              [["hi", "a"], ["yo", "b"]])
     entry = {"name": "mine", "type": "sequence_classification",
              "source": {"kind": "files", "format": "csv", "files": {"train": "data/train.csv"}}}
     (tmp_path / "exp" / "e.yaml").write_text(yaml.safe_dump({"tasks": [entry, "bbc_news"]}))
     monkeypatch.chdir(tmp_path)
     cfg = load_config(str(tmp_path / "exp" / "e.yaml"))
     assert load_raw(cfg.tasks[0], data_dir="unused")["train"]["text"] == ["hi", "yo"]
-    assert "base_dir" not in cfg.tasks[1].source.model_dump()  # a ready-made task (${data_dir}) is as before
-    again = type(cfg).model_validate(cfg.model_dump(mode="json"))  # a saved config.yaml reloads to the same files
+    # a ready-made task (${data_dir}) is as before
+    assert "base_dir" not in cfg.tasks[1].source.model_dump()
+    # a saved config.yaml reloads to the same files
+    again = type(cfg).model_validate(cfg.model_dump(mode="json"))
     assert again.tasks[0].source.base_dir == str(tmp_path / "exp")
 
 
@@ -340,9 +375,11 @@ def test_missing_file_names_the_path_as_written_and_as_resolved(tmp_path):
     assert f"file {tmp_path}/data/gone.csv: file not found" in msg and "'data/gone.csv'" in msg, msg
     assert "RAYMETA_DATA_DIR" not in msg  # data_dir plays no part in this path
     with pytest.raises(DataError) as e:
-        load_raw(task_config(_task_yaml(tmp_path, "${data_dir}/gone.csv")), data_dir=str(tmp_path / "dd"))
+        load_raw(task_config(_task_yaml(tmp_path, "${data_dir}/gone.csv")),
+                 data_dir=str(tmp_path / "dd"))
     msg = str(e.value)
-    assert f"file {tmp_path}/dd/gone.csv: file not found" in msg and "'${data_dir}/gone.csv'" in msg, msg
+    assert (f"file {tmp_path}/dd/gone.csv: file not found" in msg
+            and "'${data_dir}/gone.csv'" in msg), msg
     assert "set data_dir= or RAYMETA_DATA_DIR" in msg
 
 
@@ -358,7 +395,8 @@ def test_ragged_csv_names_the_row_and_field_counts(tmp_path):
     t = spec("mine", "sequence_classification", "csv", {"train": str(tmp_path / "r.csv")})
     with pytest.raises(DataError) as e:
         load_raw_(t, tmp_path)
-    assert str(e.value).startswith(f"task 'mine', file {tmp_path}/r.csv, row 3: 3 fields, the header has 2 (line 4"), e.value
+    assert str(e.value).startswith(f"task 'mine', file {tmp_path}/r.csv, row 3: 3 fields, the "
+                                   "header has 2 (line 4"), e.value
 
 
 def load_raw_(t, tmp_path):
@@ -372,7 +410,11 @@ def test_check_tasks_finds_a_bad_label_without_a_tokenizer(tmp_path):
 
     write_csv(tmp_path / "d.csv", ["text", "label"], [["fine", "a"], ["bad", "zzz"]])
     good = spec("good", "sequence_classification", "csv", {"train": str(tmp_path / "d.csv")})
-    check_tasks([good], str(tmp_path), str(tmp_path / "cache"))  # labels inferred: zzz is one of them
-    bad = spec("bad", "sequence_classification", "csv", {"train": str(tmp_path / "d.csv")}, labels=["a", "b"])
-    with pytest.raises(DataError, match=r"task 'bad', file .*d\.csv, row 2: label 'zzz' is not in the label set"):
+    # labels inferred: zzz is one of them
+    check_tasks([good], str(tmp_path), str(tmp_path / "cache"))
+    bad = spec("bad", "sequence_classification", "csv", {"train": str(tmp_path / "d.csv")},
+               labels=["a", "b"])
+    with pytest.raises(DataError,
+                       match=r"task 'bad', file .*d\.csv, row 2: label 'zzz' is not in the label "
+                       r"set"):
         check_tasks([good, bad], str(tmp_path), str(tmp_path / "cache"))

@@ -17,8 +17,10 @@ def record(step: int, skipped: list[str] | None = None, cosine: np.ndarray | Non
            used: list[str] | None = None) -> StepRecord:
     weighted = ["a"] if skipped else ["a", "b"]
     return StepRecord(step=step, steps=10, loss={"a": 1.0, "b": 2.0}, metrics={},
-                      weights={t: 1 / len(weighted) for t in weighted}, skipped=skipped or [], grad_norm=1.0, lr=1e-3,
-                      step_s=0.1, compute_max_s=0.1, compute_s={}, outer_s=0.0, used=used or weighted, cosine=cosine)
+                      weights={t: 1 / len(weighted) for t in weighted}, skipped=skipped or [],
+                      grad_norm=1.0, lr=1e-3,
+                      step_s=0.1, compute_max_s=0.1, compute_s={}, outer_s=0.0,
+                      used=used or weighted, cosine=cosine)
 
 
 def run(t: Tracker, steps: range, cos: float) -> None:
@@ -32,7 +34,8 @@ def test_rewind_logs_each_step_once(tmp_path):
     t.rewind(3)
     run(t, range(3, 6), cos=0.5)
     t.close()
-    assert [json.loads(ln)["step"] for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()] == list(range(6))
+    assert [json.loads(ln)["step"]
+            for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()] == list(range(6))
     shown = tensorboard_scalars(tmp_path / "tensorboard")
     assert [s for s, _ in shown["train/grad_norm"]] == list(range(6))
     assert [s for s, _ in shown["affinity/a/b"]] == list(range(6))
@@ -54,7 +57,8 @@ def test_skipped_tasks_are_a_scalar(tmp_path):
     t.step(record(0, used=["a", "b"]))
     t.step(record(1, skipped=["b"], used=["a"]))
     t.close()
-    assert tensorboard_scalars(tmp_path / "tensorboard")["train/skipped_tasks"] == [(0, 0.0), (1, 1.0)]
+    assert tensorboard_scalars(tmp_path / "tensorboard")["train/skipped_tasks"] == [(0, 0.0),
+                                                                                    (1, 1.0)]
 
 
 def test_a_nonfinite_loss_is_strict_json_null_with_a_flag(tmp_path):
@@ -72,7 +76,8 @@ def test_a_nonfinite_loss_is_strict_json_null_with_a_flag(tmp_path):
     def no_constants(name):
         raise AssertionError(f"non-standard JSON constant {name} in metrics.jsonl")
 
-    lines = [json.loads(ln, parse_constant=no_constants) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(ln, parse_constant=no_constants)
+             for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert lines[0]["loss"] == {"a": 1.0, "b": None} and lines[0]["metrics"] == {"b": {"acc": None}}
     assert lines[0]["nonfinite"] == ["loss.b", "metrics.b.acc"]
     assert lines[1]["affinity"] == {"a|b": None} and lines[1]["nonfinite"] == ["affinity.a|b"]

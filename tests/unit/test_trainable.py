@@ -1,5 +1,6 @@
-"""model.trainable (full | lora | top_layers): what trains, the exact start, the merged export, bad input.
-Merged exports are compared by relative error (‖Δ‖/‖h‖ ≤ 1e-5), as the distributed meta-gradient is."""
+"""model.trainable (full | lora | top_layers): what trains, the exact start, the merged export, bad
+input. Merged exports are compared by relative error (‖Δ‖/‖h‖ ≤ 1e-5), as the distributed
+meta-gradient is."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from raymeta.tasks import load_task
 
 from ..conftest import TINY_BERT
 
-TINY_GPT2 = {"model_type": "gpt2", "n_embd": 32, "n_layer": 3, "n_head": 2, "n_positions": 64, "vocab_size": 30522,
+TINY_GPT2 = {"model_type": "gpt2", "n_embd": 32, "n_layer": 3, "n_head": 2, "n_positions": 64,
+             "vocab_size": 30522,
              "bos_token_id": 0, "eos_token_id": 0}
 MODES = {
     "lora": {"trainable": "lora"},
@@ -32,7 +34,8 @@ def encoder(seed: int = 0, family: dict = TINY_BERT, **kw):
 
 
 def rel(a, b) -> float:
-    """‖a − b‖ / ‖b‖: merging W + s·B·A rounds differently from W·x + s·B·(A·x), by float32 ulps per layer."""
+    """‖a − b‖ / ‖b‖: merging W + s·B·A rounds differently from W·x + s·B·(A·x), by float32 ulps per
+    layer."""
     return float((a - b).norm() / b.norm())
 
 
@@ -48,7 +51,8 @@ def trainable_names(enc) -> list[str]:
 
 @pytest.mark.parametrize("family", [TINY_BERT, TINY_GPT2], ids=["bert", "gpt2"])
 def test_lora_step_zero_is_the_pretrained_model_bit_for_bit(family, tokenizer):
-    """B = 0 at the start, dropout 0: every output equals the base model's exactly (train mode too)."""
+    """B = 0 at the start, dropout 0: every output equals the base model's exactly (train mode
+    too)."""
     base, lora = encoder(family=family), encoder(family=family, trainable="lora")
     assert is_peft(lora) and not is_peft(base)
     x = batch(tokenizer, pair=family is TINY_BERT)
@@ -60,7 +64,8 @@ def test_lora_step_zero_is_the_pretrained_model_bit_for_bit(family, tokenizer):
         torch.manual_seed(1)
         hl = ml.encode(x)
         assert torch.equal(hb, hl), mode
-    # token_type_ids still reach BERT through the PeftModel wrapper (its forward only takes **kwargs)
+    # token_type_ids still reach BERT through the PeftModel wrapper (its forward only takes
+    # **kwargs)
     assert ("token_type_ids" in MetaModel(lora)._inputs) == (family is TINY_BERT)
 
 
@@ -87,7 +92,8 @@ def test_train_norms_adds_layernorms():
     names = trainable_names(encoder(**MODES["lora_norms"]))
     assert any("LayerNorm" in n for n in names) and any(".lora_A." in n for n in names)
     names = trainable_names(encoder(trainable="top_layers", top_layers=1, train_norms=True))
-    assert "embeddings.LayerNorm.weight" in names and "encoder.layer.0.output.LayerNorm.weight" in names
+    assert ("embeddings.LayerNorm.weight" in names
+            and "encoder.layer.0.output.LayerNorm.weight" in names)
     assert "encoder.layer.0.attention.self.query.weight" not in names
 
 
@@ -105,7 +111,8 @@ def test_top_layers_freezes_everything_below(family, k):
 
 
 def test_export_merges_lora_and_keeps_the_adapter(tokenizer, tmp_path):
-    """final/ loads with AutoModel (no peft) and equals the peft model (1e-5); final/adapter loads with peft."""
+    """final/ loads with AutoModel (no peft) and equals the peft model (1e-5); final/adapter loads
+    with peft."""
     from peft import PeftModel
 
     enc = encoder(trainable="lora")
@@ -122,7 +129,8 @@ def test_export_merges_lora_and_keeps_the_adapter(tokenizer, tmp_path):
     with torch.no_grad():
         got = MetaModel(merged).eval().encode(x)
         plain = MetaModel(encoder()).eval().encode(x)
-        reloaded = MetaModel(PeftModel.from_pretrained(encoder(), out / ADAPTER_DIR)).eval().encode(x)
+        reloaded = MetaModel(PeftModel.from_pretrained(encoder(),
+                                                       out / ADAPTER_DIR)).eval().encode(x)
     assert rel(got, want) <= 1e-5
     assert rel(plain, want) > 1e-3  # the adapters did change it
     assert torch.equal(reloaded, want)
@@ -130,21 +138,26 @@ def test_export_merges_lora_and_keeps_the_adapter(tokenizer, tmp_path):
 
 def test_every_algorithm_reaches_exactly_the_trainable_parameters(tokenizer, tmp_path):
     d = tmp_path
-    (d / "c.csv").write_text("text,label\n" + "".join(f"about {t} {i},{t}\n" for i in range(8) for t in "abcd"))
-    spec = TaskConfig.model_validate({"name": "cls", "type": "sequence_classification", "max_length": 16,
-                                      "source": {"kind": "files", "format": "csv", "files": {"train": str(d / "c.csv")}}})
+    (d / "c.csv").write_text("text,label\n" + "".join(f"about {t} {i},{t}\n" for i in range(8)
+                                                      for t in "abcd"))
+    spec = TaskConfig.model_validate({"name": "cls", "type": "sequence_classification",
+                                      "max_length": 16,
+                                      "source": {"kind": "files", "format": "csv",
+                                                 "files": {"train": str(d / "c.csv")}}})
     task = load_task(spec, tokenizer, str(d))
     ep = task.episode(EpisodeConfig(ways=3, shots=2, queries=2), seed=1, step=0)
     for mode, kw in MODES.items():
         for alg in ALGORITHMS:
             torch.manual_seed(0)
             cfg = ModelConfig(from_config=TINY_BERT, head_dropout=0.0, **kw)
-            model = MetaModel.from_config(cfg, [("cls", "sequence_classification", task.num_labels)],
+            model = MetaModel.from_config(cfg, [("cls", "sequence_classification",
+                                                 task.num_labels)],
                                           attn_implementation="eager").eval()
             shared = model.shared_named_parameters()
             assert shared and all(p.requires_grad for p in shared.values())
             params = {**shared, **model.head_named_parameters("cls")}
-            r = task_gradient(alg, model, "cls", "sequence_classification", ep, params, inner_steps=1, inner_lr=0.1)
+            r = task_gradient(alg, model, "cls", "sequence_classification", ep, params,
+                              inner_steps=1, inner_lr=0.1)
             enc = {k: g for k, g in r.grads.items() if k.startswith("encoder.")}
             assert set(enc) <= set(shared), (mode, alg)
             assert sum(float(g.norm()) for g in enc.values()) > 0, (mode, alg)
@@ -155,7 +168,8 @@ def test_bad_lora_targets_name_the_key_and_list_what_exists():
     with pytest.raises(ModelError) as e:
         encoder(trainable="lora", lora={"target_modules": ["c_attn"]})
     msg = str(e.value)
-    assert "model.lora.target_modules" in msg and "'c_attn'" in msg and "query" in msg and "\n" not in msg
+    assert ("model.lora.target_modules" in msg and "'c_attn'" in msg and "query" in msg
+            and "\n" not in msg)
 
 
 def test_top_layers_larger_than_the_model_is_one_line():
@@ -181,7 +195,8 @@ def test_summary_and_layout_signature_tell_modes_apart():
 
 
 def test_evaluate_init_takes_the_adapter_directory(tokenizer, tmp_path):
-    """`raymeta evaluate --init <run>/final/adapter`: the adapter is merged into its recorded base (MiniLM here)."""
+    """`raymeta evaluate --init <run>/final/adapter`: the adapter is merged into its recorded base
+    (MiniLM here)."""
     from raymeta.core.model import OFFLINE_MINILM
     from raymeta.eval.evaluate import resolve_init
 
@@ -190,7 +205,8 @@ def test_evaluate_init_takes_the_adapter_directory(tokenizer, tmp_path):
     with torch.no_grad():
         for n, p in enc.named_parameters():
             if ".lora_B." in n:
-                p.normal_(0, 0.01)  # about what meta-training leaves (the default scale alpha/r = 2 applies on top)
+                # about what meta-training leaves (the default scale alpha/r = 2 applies on top)
+                p.normal_(0, 0.01)
     out = export_model(tmp_path / "final", enc, tokenizer)
     x = batch(tokenizer)
     path = resolve_init(str(out / ADAPTER_DIR))
@@ -208,20 +224,27 @@ def test_adapter_of_a_from_config_model_has_no_base_to_merge_into(tokenizer, tmp
         load_encoder(ModelConfig(name_or_path=str(out / ADAPTER_DIR)))
 
 
-@pytest.mark.parametrize("mode, match", [({"trainable": "lora", "lora": {"target_modules": ["c_attn"]}}, "no module named"),
-                                         ({"trainable": "top_layers", "top_layers": 7}, "more than the model's 2 layers")])
-def test_a_model_that_cannot_be_built_as_configured_fails_before_ray_starts(mode, match, tmp_path, monkeypatch):
-    """MetaTrainer.run builds the driver's model before it connects: the mistake is reported in a second, not after
-    a local Ray instance has started (which takes seconds, and is what `raymeta train` would do first)."""
+@pytest.mark.parametrize("mode, match", [({"trainable": "lora",
+                                           "lora": {"target_modules": ["c_attn"]}},
+                                          "no module named"),
+                                         ({"trainable": "top_layers", "top_layers": 7},
+                                          "more than the model's 2 layers")])
+def test_a_model_that_cannot_be_built_as_configured_fails_before_ray_starts(mode, match, tmp_path,
+                                                                            monkeypatch):
+    """MetaTrainer.run builds the driver's model before it connects: the mistake is reported in a
+    second, not after a local Ray instance has started (which takes seconds, and is what `raymeta
+    train` would do first)."""
     from raymeta.train import trainer
 
     def connect(*args, **kwargs):
         raise AssertionError("connected to Ray before the model was built")
 
     monkeypatch.setattr(trainer, "connect", connect)
-    cfg = load_config(data={"output_dir": str(tmp_path / "run"), "model": {"from_config": TINY_BERT, **mode},
+    cfg = load_config(data={"output_dir": str(tmp_path / "run"), "model": {"from_config": TINY_BERT,
+                                                                           **mode},
                             "tasks": [{"name": "t", "type": "sequence_classification",
-                                       "source": {"kind": "files", "format": "csv", "files": {"train": "x.csv"}}}]})
+                                       "source": {"kind": "files", "format": "csv",
+                                                  "files": {"train": "x.csv"}}}]})
     with pytest.raises(ModelError, match=match):
         trainer.MetaTrainer(cfg).run()
     assert not (tmp_path / "run").exists()

@@ -1,5 +1,5 @@
-"""eval.validation's checks and arithmetic, without Ray: overlap with meta-training tasks, best without
-validation, the score summary, and where a resumed run's best stands."""
+"""eval.validation's checks and arithmetic, without Ray: overlap with meta-training tasks, best
+without validation, the score summary, and where a resumed run's best stands."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import json
 import pytest
 
 from raymeta.config import load_config
+from raymeta.config.resolve import wants_best
 from raymeta.errors import ConfigError
 from raymeta.train.trainer import MetaTrainer
-from raymeta.train.validation import BEST_JSON, Validator, summarise_scores, validation_specs, wants_best
+from raymeta.train.validation import BEST_JSON, Validator, summarise_scores
+from raymeta.train.validation_tasks import validation_specs
 
 
 def cfg_with(tmp_path, validation=None, **top):
@@ -18,7 +20,8 @@ def cfg_with(tmp_path, validation=None, **top):
     csv.write_text("text,label\n" + "".join(f"t{i},{'abc'[i % 3]}\n" for i in range(12)))
     data = {"output_dir": str(tmp_path / "run"),
             "tasks": [{"name": "mine", "type": "sequence_classification",
-                       "source": {"kind": "files", "format": "csv", "files": {"train": str(csv)}}}], **top}
+                       "source": {"kind": "files", "format": "csv", "files": {"train": str(csv)}}}],
+            **top}
     if validation is not None:
         data["eval"] = {"validation": validation}
     return load_config(data=data)
@@ -26,20 +29,24 @@ def cfg_with(tmp_path, validation=None, **top):
 
 def rows_csv(classes: int, per_class: int) -> str:
     """A classification CSV of ``classes`` classes (c0, c1, ...) with ``per_class`` rows each."""
-    return "text,label\n" + "".join(f"row {i} of c{c},c{c}\n" for i in range(per_class) for c in range(classes))
+    return "text,label\n" + "".join(f"row {i} of c{c},c{c}\n" for i in range(per_class)
+                                    for c in range(classes))
 
 
 def val_task(path, name="held", **kw):
-    return {"name": name, "type": "sequence_classification", "source": {"kind": "files", "format": "csv",
-                                                                           "files": {"train": str(path)}}, **kw}
+    return {"name": name, "type": "sequence_classification",
+            "source": {"kind": "files", "format": "csv", "files": {"train": str(path)}}, **kw}
 
 
 def test_validation_on_a_meta_training_task_is_one_line(tmp_path):
     cfg = cfg_with(tmp_path, {"tasks": [val_task(tmp_path / "a.csv", name="mine")]})
-    with pytest.raises(ConfigError, match="task 'mine' overlaps the meta-training task 'mine' .same name"):
+    with pytest.raises(ConfigError,
+                       match="task 'mine' overlaps the meta-training task 'mine' .same name"):
         MetaTrainer(cfg)
     cfg = cfg_with(tmp_path, {"tasks": [val_task(tmp_path / "a.csv")]})
-    with pytest.raises(ConfigError, match="task 'held' overlaps the meta-training task 'mine' .same files and classes"):
+    with pytest.raises(ConfigError,
+                       match="task 'held' overlaps the meta-training task 'mine' .same files and "
+                       "classes"):
         validation_specs(cfg)
 
 
@@ -53,12 +60,13 @@ def test_class_disjoint_splits_of_one_file_are_allowed(tmp_path):
 
 
 def test_held_back_rows_of_a_meta_training_task_are_allowed_only_with_split_test(tmp_path):
-    """In-domain selection (e.g. FewRel's 8 meta-training relations): validation on the test split that
-    meta-training never reads, which needs the same source carved the same way."""
+    """In-domain selection (e.g. FewRel's 8 meta-training relations): validation on the test split
+    that meta-training never reads, which needs the same source carved the same way."""
     held = {"tasks": [val_task(tmp_path / "a.csv", name="mine")], "split": "test"}
     cfg = cfg_with(tmp_path, held)
     cfg.tasks[0].source.test_fraction = 0.25
-    with pytest.raises(ConfigError, match="overlaps the meta-training task 'mine'"):  # the spec has no test split
+    # the spec has no test split
+    with pytest.raises(ConfigError, match="overlaps the meta-training task 'mine'"):
         validation_specs(cfg)
     held["tasks"][0]["source"]["test_fraction"] = 0.25
     cfg = cfg_with(tmp_path, held)
@@ -83,7 +91,9 @@ def test_validation_on_a_test_task_is_one_line(tmp_path):
     cfg.eval.episodic_tasks = [val_task(other, name="test_part", include_labels=["b"])]
     assert [s.name for s in validation_specs(cfg)] == ["held"]  # class-disjoint: allowed
     cfg.eval.episodic_tasks = [val_task(other, name="test_part")]
-    with pytest.raises(ConfigError, match="task 'held' overlaps the evaluation .test. task 'test_part' .same files"):
+    with pytest.raises(ConfigError,
+                       match="task 'held' overlaps the evaluation .test. task 'test_part' .same "
+                       "files"):
         validation_specs(cfg)
     cfg.eval.episodic_tasks, cfg.eval.tasks = [], [val_task(tmp_path / "c.csv")]
     with pytest.raises(ConfigError, match="overlaps the evaluation .test. task 'held' .same name"):
@@ -91,36 +101,45 @@ def test_validation_on_a_test_task_is_one_line(tmp_path):
 
 
 def test_best_needs_validation_tasks(tmp_path):
-    with pytest.raises(ConfigError, match="config key 'checkpoint.best': choosing the best step needs validation tasks"):
+    with pytest.raises(ConfigError,
+                       match="config key 'checkpoint.best': choosing the best step needs "
+                       "validation tasks"):
         MetaTrainer(cfg_with(tmp_path, checkpoint={"best": True}))
     assert not wants_best(cfg_with(tmp_path))
     other = tmp_path / "b.csv"
     other.write_text("text,label\nx,a\n")
     assert wants_best(cfg_with(tmp_path, {"tasks": [val_task(other)]}))
-    assert not wants_best(cfg_with(tmp_path, {"tasks": [val_task(other)]}, checkpoint={"best": False}))
+    assert not wants_best(cfg_with(tmp_path, {"tasks": [val_task(other)]},
+                                   checkpoint={"best": False}))
     with pytest.raises(ConfigError, match="eval.validation.tasks"):
         cfg_with(tmp_path, {"tasks": []})
 
 
 def test_score_is_the_mean_of_task_means():
     s = summarise_scores({"a": [1.0, 0.0], "b": [1.0, 1.0, 1.0, 1.0]})
-    assert s["score"] == 0.75 and s["tasks"] == {"a": 0.5, "b": 1.0} and s["n"] == 6 and s["ci95"] > 0
+    assert s["score"] == 0.75 and s["tasks"] == {"a": 0.5,
+                                                 "b": 1.0} and s["n"] == 6 and s["ci95"] > 0
 
 
-@pytest.mark.parametrize("best_step, resumed_at, since", [(0, 6, 2), (4, 6, 0), (4, 8, 1), (8, 8, None), (10, 8, None)])
+@pytest.mark.parametrize("best_step, resumed_at, since", [(0, 6, 2), (4, 6, 0), (4, 8, 1),
+                                                          (8, 8, None), (10, 8, None)])
 def test_resume_counts_validations_since_the_best(tmp_path, best_step, resumed_at, since):
-    """every_steps 2; the validation at the resumed step runs again, so it is not counted here, and a best from
-    that step or later (another timeline) is forgotten: the re-run validation finds it again."""
+    """every_steps 2; the validation at the resumed step runs again, so it is not counted here, and
+    a best from that step or later (another timeline) is forgotten: the re-run validation finds it
+    again."""
     other = tmp_path / "b.csv"
-    other.write_text(rows_csv(5, 15))  # a Validator checks before Ray starts that the task supplies its episodes
-    v = Validator(cfg_with(tmp_path, {"tasks": [val_task(other)], "every_steps": 2}), tmp_path / "run")
+    # a Validator checks before Ray starts that the task supplies its episodes
+    other.write_text(rows_csv(5, 15))
+    v = Validator(cfg_with(tmp_path, {"tasks": [val_task(other)], "every_steps": 2}),
+                  tmp_path / "run")
     v.best_dir.mkdir(parents=True)
     (v.best_dir / BEST_JSON).write_text(json.dumps({"step": best_step, "score": 0.5}))
     v.resume(resumed_at)
     if since is None:
         assert v.state.best_step is None
     else:
-        assert (v.state.best_step, v.state.since_best, v.state.best_score) == (best_step, since, 0.5)
+        assert (v.state.best_step, v.state.since_best, v.state.best_score) == (best_step, since,
+                                                                               0.5)
 
 
 class _Rows:
@@ -159,10 +178,13 @@ def test_tune_validates_on_a_meta_training_task_only_through_its_held_back_rows(
     mine = val_task(csv, name="mine")
     mine["source"]["test_fraction"] = 0.25
     data = {"tasks": [mine], "tune": {"validation_tasks": [mine], "space": {"weights": False}}}
-    with pytest.raises(ConfigError, match="task 'mine' is also a meta-training task .validate on its held-back rows"):
+    with pytest.raises(ConfigError,
+                       match="task 'mine' is also a meta-training task .validate on its held-back "
+                       "rows"):
         check_tune_config(load_config(data=data))
     data["tune"]["validation_split"] = "test"
     check_tune_config(load_config(data=data))
-    data["tune"]["validation_tasks"] = [{**mine, "source": {**mine["source"], "split_seed": 1}}]  # carved otherwise
+    # carved otherwise
+    data["tune"]["validation_tasks"] = [{**mine, "source": {**mine["source"], "split_seed": 1}}]
     with pytest.raises(ConfigError, match="also a meta-training task"):
         check_tune_config(load_config(data=data))

@@ -1,5 +1,6 @@
-"""Learned task weights (meta.weighting.rule: alignment) on hand-made gradients: the update is the formula, a task
-against the target loses weight at every update, the floor holds, the state round-trips."""
+"""Learned task weights (meta.weighting.rule: alignment) on hand-made gradients: the update is the
+formula, a task against the target loses weight at every update, the floor holds, the state
+round-trips."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from raymeta.core.weighting import AlignmentWeights, alignment_cosines
 
 def test_cosines_of_hand_made_gradients():
     target = torch.tensor([1.0, 0.0, 0.0, 0.0])
-    grads = {"along": torch.tensor([2.0, 0.0, 0.0, 0.0]), "against": torch.tensor([-1.0, 1.0, 0.0, 0.0]),
+    grads = {"along": torch.tensor([2.0, 0.0, 0.0, 0.0]), "against": torch.tensor([-1.0, 1.0, 0.0,
+                                                                                   0.0]),
              "orthogonal": torch.tensor([0.0, 0.0, 3.0, 0.0]), "zero": torch.zeros(4),
              "nan": torch.tensor([float("nan"), 0.0, 0.0, 0.0])}
     c = alignment_cosines(grads, target, chunk=3)  # chunks of 3: the sums cross a chunk boundary
@@ -25,7 +27,8 @@ def test_cosines_of_hand_made_gradients():
 def test_the_update_is_the_formula():
     base = {"a": 2.0, "b": 1.0, "c": 1.0}
     w = AlignmentWeights(base, lr=0.5, floor=0.1)
-    assert w.weights() == pytest.approx({"a": 0.9 * 0.5 + 0.1 / 3, "b": 0.9 * 0.25 + 0.1 / 3, "c": 0.9 * 0.25 + 0.1 / 3})
+    assert w.weights() == pytest.approx({"a": 0.9 * 0.5 + 0.1 / 3, "b": 0.9 * 0.25 + 0.1 / 3,
+                                         "c": 0.9 * 0.25 + 0.1 / 3})
     cos = [{"a": 0.2, "b": -0.4, "c": 0.9}, {"a": -0.1, "b": math.nan, "c": 0.3}]
     z = np.zeros(3)
     for c in cos:
@@ -73,30 +76,40 @@ def _cfg(tmp_path, **weighting):
     g.write_text(f.read_text())
     task = {"type": "sequence_classification", "source": {"kind": "files", "format": "csv"}}
     return load_config(data={
-        "name": "w", "output_dir": str(tmp_path / "run"), "model": {"from_config": {"hidden_size": 8}},
-        "tasks": [{**task, "name": n, "source": {**task["source"], "files": {"train": str(f if n == "a" else g)}}}
+        "name": "w", "output_dir": str(tmp_path / "run"),
+                             "model": {"from_config": {"hidden_size": 8}},
+        "tasks": [{**task, "name": n, "source": {**task["source"],
+                                                 "files": {"train": str(f if n == "a" else g)}}}
                   for n in ("a", "b")],
         "meta": {"weighting": {"rule": "alignment", **weighting}},
-        "eval": {"validation": {"tasks": [{**task, "name": "val", "source": {**task["source"],
-                                                                               "files": {"train": str(tmp_path / "x.csv")}}}]}},
+        "eval": {"validation": {"tasks": [{**task, "name": "val", "source": {
+            **task["source"], "files": {"train": str(tmp_path / "x.csv")}}}]}},
     })
 
 
 def test_bad_weighting_input_is_one_line_naming_the_key(tmp_path):
     from raymeta.errors import ConfigError
-    from raymeta.train.validation import target_specs
+    from raymeta.train.validation_tasks import target_specs
 
     (tmp_path / "x.csv").write_text("text,label\nx,a\n")
-    assert [s.name for s in target_specs(_cfg(tmp_path))] == ["val"]  # eval.validation.tasks by default
+    # eval.validation.tasks by default
+    assert [s.name for s in target_specs(_cfg(tmp_path))] == ["val"]
     overlapping = [{"name": "t", "type": "sequence_classification",
-                    "source": {"kind": "files", "format": "csv", "files": {"train": str(tmp_path / "t.csv")}}}]
-    with pytest.raises(ConfigError, match=r"config key 'meta.weighting.target': task 't' overlaps the meta-training "
+                    "source": {"kind": "files", "format": "csv",
+                               "files": {"train": str(tmp_path / "t.csv")}}}]
+    with pytest.raises(ConfigError,
+                       match=r"config key 'meta.weighting.target': task 't' overlaps the "
+                       r"meta-training "
                                           r"task 'a' \(same files and classes\)"):
         target_specs(_cfg(tmp_path, target=overlapping))
-    with pytest.raises(ConfigError, match=r"config key 'meta.weighting.floor': 0.6 is outside \[0, 1/N\] = \[0, 0.5\]"):
+    with pytest.raises(ConfigError,
+                       match=r"config key 'meta.weighting.floor': 0.6 is outside \[0, 1/N\] = \[0, "
+                       r"0.5\]"):
         target_specs(_cfg(tmp_path, floor=0.6))
     cfg = _cfg(tmp_path)
     cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"validation": None})})
-    with pytest.raises(ConfigError, match=r"config key 'meta.weighting.target': meta.weighting.rule alignment needs "
+    with pytest.raises(ConfigError,
+                       match=r"config key 'meta.weighting.target': meta.weighting.rule alignment "
+                       r"needs "
                                           r"target tasks"):
         target_specs(cfg)

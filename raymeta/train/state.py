@@ -1,0 +1,133 @@
+"""What one meta-step reads and writes, as two explicit objects the loop hands around.
+
+:class:`StepState` is the driver's side: its copy of the encoder, whose trainable parameters are
+views into one flat float32 buffer (publishing is one zero-copy ``ray.put``, and the meta-gradient
+unflattens into ``.grad`` views without copies), the meta-gradient's buffer, the outer optimiser
+and its schedule, the parameter layout, the task mixture and the step counter.
+
+:class:`Workers` is who computes the step: the task actors (an
+:class:`~raymeta.train.pool.ActorPool`), the replicas' pending head updates (:class:`ReplicaHeads`)
+and, under ``meta.weighting.rule: alignment``, the target actors.
+
+The reducers (:mod:`raymeta.train.reduce`), meta-validation (:mod:`raymeta.train.validation`) and
+the checkpoint state (:mod:`raymeta.train.checkpointing`) receive these two, never the trainer.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..cluster import get
+from ..config import ExperimentConfig
+from ..core.model import ParamLayout, load_encoder, load_tokenizer
+from ..core.optim import outer_optimizer
+from ..core.trainable import trainable_summary
+from ..storage import local_model_path
+from .actor import bind_flat
+from .mixture import Mixture
+from .pool import ActorPool
+from .targets import TargetActors
+
+__all__ = ["StepState", "Workers", "ReplicaHeads", "build_state"]
+
+log = logging.getLogger("raymeta.train")
+
+
+@dataclass
+class StepState:
+    """The driver's state of the meta-step: θ (``flat``, which every parameter in ``named`` views),
+    the meta-gradient's buffer, the outer optimiser and schedule, the layout, the mixture and the
+    step (the number of steps taken)."""
+
+    cfg: ExperimentConfig
+    encoder: torch.nn.Module
+    tokenizer: Any
+    named: dict[str, torch.nn.Parameter]  # the trainable parameters, each a view into ``flat``
+    layout: ParamLayout
+    flat: torch.Tensor
+    grad_buf: torch.Tensor  # the meta-gradient (reduce: driver); .grad of every parameter views it
+    opt: torch.optim.Optimizer
+    sched: Any
+    mixture: Mixture
+    step: int = 0
+
+    @property
+    def actor_weights(self) -> dict[str, float]:
+        """Actor key -> its share of the mixture (a task's weight over its replicas)."""
+        return self.mixture.actor_weights
+
+
+def build_state(cfg: ExperimentConfig, mixture: Mixture | None = None) -> StepState:
+    """Step 0's state: the encoder as configured (from the seed when built from a config), its
+    trainable parameters bound to one flat buffer, a fresh optimiser and schedule, and the
+    configured mixture (learned weights start at z = 0)."""
+    tokenizer = load_tokenizer(cfg.model, fetch=local_model_path)
+    torch.manual_seed(cfg.seed)  # a from_config encoder starts from the seed
+    encoder = load_encoder(cfg.model, len(tokenizer), fetch=local_model_path)
+    named = {f"encoder.{n}": p for n, p in encoder.named_parameters() if p.requires_grad}
+    total = sum(p.numel() for p in encoder.parameters())
+    trained = sum(p.numel() for p in named.values())
+    log.info("trainable (model.trainable): %s, %s of %s encoder parameters (%.2f%%)",
+             trainable_summary(cfg.model), f"{trained:,}", f"{total:,}", 100.0 * trained / total)
+    layout, flat = bind_flat(named)
+    opt, sched = outer_optimizer(named, cfg)
+    return StepState(cfg=cfg, encoder=encoder, tokenizer=tokenizer, named=named, layout=layout,
+                     flat=flat, grad_buf=torch.zeros_like(flat), opt=opt, sched=sched,
+                     mixture=mixture if mixture is not None else Mixture(cfg))
+
+
+class ReplicaHeads:
+    """Replicas of a task keep identical heads: each step their finite head gradients are averaged
+    here and the average goes to every replica with its next call (or :meth:`flush`), instead of
+    each replica stepping alone."""
+
+    def __init__(self, replicas_of: dict[str, list[str]]):
+        self.replicas_of = replicas_of
+        self.pending: dict[str, np.ndarray] = {}
+
+    def average(self, results: list[dict[str, Any]]) -> None:
+        self.pending = {}
+        by_key = {r["task"]: r for r in results}
+        for keys in self.replicas_of.values():
+            grads = [by_key[k]["head_grad"] for k in keys if by_key[k].get("head_grad") is not None]
+            if len(keys) > 1 and grads:
+                avg = np.mean(np.stack(grads), axis=0, dtype=np.float64).astype(np.float32)
+                self.pending.update({k: avg for k in keys})
+
+    def flush(self, actors: dict[str, Any]) -> None:
+        """Apply the pending head updates now, so a checkpoint holds the heads of this step."""
+        if self.pending:
+            get([actors[k].apply_head.remote(g) for k, g in self.pending.items()])
+            self.pending = {}
+
+
+@dataclass
+class Workers:
+    """The processes that compute a step: the task actors, the replicas' head updates, and the
+    target actors (``meta.weighting.rule: alignment``; None otherwise)."""
+
+    heads: ReplicaHeads
+    pool: ActorPool = field(default_factory=ActorPool)
+    targets: TargetActors | None = None
+
+    @property
+    def actors(self) -> dict[str, Any]:
+        """Actor key -> ``TaskActor`` handle, in task order."""
+        return self.pool.actors
+
+    def lost(self) -> list[str]:
+        """The task actors, and target actors, that died."""
+        return self.pool.lost() + (self.targets.lost() if self.targets is not None else [])
+
+    def release(self, *, keep_actors: bool = False) -> None:
+        """End the task actors this run started (unless ``keep_actors``) and the target actors."""
+        if not keep_actors:
+            self.pool.release()
+        if self.targets is not None:
+            self.targets.release()
+            self.targets = None
