@@ -11,11 +11,34 @@ Pipeline (arrows point one way)::
 The folders are layers (docs/layout.md; tests/unit/test_structure.py holds the rules).
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from .config import ExperimentConfig, TaskConfig, load_config, save_config  # noqa: E402
-from .errors import ConfigError, DataError, ModelError, RaymetaError  # noqa: E402
-from .tasks import Episode, Task, load_task, task_config  # noqa: E402
+if TYPE_CHECKING:  # what the names are, for type checkers and editors
+    from .config import ExperimentConfig, TaskConfig, load_config, save_config
+    from .errors import ConfigError, DataError, ModelError, RaymetaError
+    from .tasks import Episode, Task, load_task, task_config
+
+# name -> the module it lives in, imported on the name's first use (PEP 562): `import raymeta`, and
+# so the `raymeta` command's --help, usage and config errors, load no torch, datasets or Ray.
+_LAZY = {
+    "ConfigError": ".errors",
+    "DataError": ".errors",
+    "ModelError": ".errors",
+    "RaymetaError": ".errors",
+    "ExperimentConfig": ".config",
+    "TaskConfig": ".config",
+    "load_config": ".config",
+    "save_config": ".config",
+    "Episode": ".tasks",
+    "Task": ".tasks",
+    "load_task": ".tasks",
+    "task_config": ".tasks",
+}
 
 __all__ = [
     "__version__",
@@ -32,3 +55,16 @@ __all__ = [
     "save_config",
     "task_config",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:  # AttributeError: `from raymeta import storage` then imports the submodule
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # once: later uses are plain attribute lookups
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

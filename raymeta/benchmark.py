@@ -24,23 +24,17 @@ from .core.checkpoint import export_model
 from .core.jsonio import write_json_atomic
 from .core.model import load_encoder, load_tokenizer
 from .errors import ConfigError
+from .eval.compare import gains, significant
 from .eval.evaluate import check_methods, evaluate, evaluate_episodic
 from .eval.finetune import FinetuneSettings
-from .eval.metrics import paired_ci95
-from .eval.report import (
-    kshot_label,
-    kshot_results,
-    percent_cell,
-    plot_curves,
-    plot_scores,
-    results_table,
-)
+from .eval.report import percent_cell, plot_curves, plot_scores, results_table
 from .eval.setfit import SetfitSettings
 from .storage import local_model_path
 from .tasks.registry import task_from_entry
 from .train.validation import BEST_JSON
 from .train.validation_tasks import validation_specs
 
+# gains: raymeta.eval.compare's (raymeta evaluate pairs its inits with it too), named here as well
 __all__ = ["run_benchmark", "quick_config", "gains", "run_configs"]
 
 log = logging.getLogger("raymeta.benchmark")
@@ -105,7 +99,8 @@ def _pretrained_init(cfg: ExperimentConfig, out: Path) -> str:
         return cfg.model.name_or_path
     torch.manual_seed(cfg.seed)
     tok = load_tokenizer(cfg.model, fetch=local_model_path)  # model.tokenizer may be a URI
-    return str(export_model(out / "pretrained", load_encoder(cfg.model, len(tok)), tok))
+    return str(export_model(out / "pretrained", load_encoder(cfg.model, len(tok)), tok,
+                            pooling=cfg.model.pooling))
 
 
 _NOT_TRAINING = ("name", "output_dir", "eval", "benchmark")
@@ -131,39 +126,6 @@ def _finished(run_cfg: ExperimentConfig) -> bool:
     return all(old.get(k) == new.get(k) for k in new if k not in _NOT_TRAINING)
 
 
-def _paired(a: list[float], b: list[float]) -> dict[str, Any]:
-    # the same splits / episodes for every init: paired differences, t-based CI
-    return paired_ci95(a, b)
-
-
-def gains(results: dict[str, dict[str, Any]], baseline: str) -> dict[str, Any]:
-    """Per init, task and setting: paired difference to ``baseline`` (mean and 95% CI). K-shot
-    settings are ``K=8`` (fine-tuning) and ``K=8 setfit`` (another ``eval.methods`` entry): each
-    method against the same method on the baseline, split by split."""
-    out: dict[str, Any] = {}
-    base = results.get(baseline)
-    if base is None:
-        return out
-    for init, res in results.items():
-        if init == baseline:
-            continue
-        for task, entry in res["tasks"].items():
-            b = base["tasks"].get(task)
-            if b is None:
-                continue
-            # every eval method, paired with itself
-            base_kshot = {(m, k): r for m, k, r in kshot_results(b)}
-            for m, k, r in kshot_results(entry):
-                if (m, k) in base_kshot:
-                    out.setdefault(init, {}).setdefault(task, {})[kshot_label(m, k)] = _paired(
-                        r["values"], base_kshot[m, k]["values"])
-            for setting, kinds in entry.get("episodic", {}).items():
-                for kind, r in kinds.items():
-                    out.setdefault(init, {}).setdefault(task, {})[f"{setting} {kind}"] = _paired(
-                        r["values"], b["episodic"][setting][kind]["values"])
-    return out
-
-
 def _gains_table(g: dict[str, Any], baseline: str) -> str:
     lines = [f"**gain over {baseline}** (points, paired mean ± 95% CI; bold: CI excludes 0)\n"]
     cols = sorted({f"{t} {s}" for init in g.values() for t, ss in init.items() for s in ss})
@@ -177,9 +139,8 @@ def _gains_table(g: dict[str, Any], baseline: str) -> str:
             if r is None:
                 cells.append("—")
                 continue
-            ci, txt = r.get("ci95"), percent_cell(r["mean"], r.get("ci95"), signed=True)
-            # NaN: never bold
-            cells.append(f"**{txt}**" if ci is not None and abs(r["mean"]) > ci else txt)
+            txt = percent_cell(r["mean"], r.get("ci95"), signed=True)
+            cells.append(f"**{txt}**" if significant(r) else txt)  # NaN: never bold
         lines.append(f"| {init} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -1,7 +1,8 @@
 """The ``raymeta`` command. Subcommands parse arguments and call one library function.
 
 User errors (:class:`~raymeta.errors.RaymetaError`) print one line and exit 2 — no
-traceback; Ctrl-C exits 130. Nothing here is imported by the library.
+traceback; Ctrl-C exits 130 and SIGTERM 143, also in one line. Nothing here is imported by
+the library.
 """
 
 from __future__ import annotations
@@ -34,20 +35,9 @@ def _setup_logging(verbose: int) -> None:
 
 
 def _cmd_tasks_list(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
+    from .show import show_catalog
 
-    from .tasks.registry import catalog_names, task_config
-
-    table = Table(title="ready-made tasks", show_lines=False)
-    for col in ("name", "type", "source", "description"):
-        table.add_column(col, overflow="fold")
-    for name in catalog_names():
-        t = task_config(name)
-        src = t.source.name if t.source.kind == "builtin" else t.source.format or t.source.dataset
-        src = "+".join(map(str, t.source.corpus)) if t.source.kind == "smlmt" else src
-        table.add_row(name, t.type, f"{t.source.kind}:{src}", t.description)
-    Console(width=max(120, Console().width)).print(table)
+    show_catalog()
     return 0
 
 
@@ -104,14 +94,28 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from . import storage
     from .config.resolve import wants_best
+
+    # the config, and its one-line errors, before torch, datasets or Ray are imported
+    cfg = _run_config(args)
     from .tasks import check_tasks
-    from .train.trainer import prepare_output_dir, train
+    from .train.outputs import prepare_output_dir
+
+    prepare_output_dir(cfg.output_dir, resume=args.resume, overwrite=args.overwrite,
+                       dry_run=args.dry_run)
+    check_tasks(_run_tasks(cfg), cfg.data_dir, cfg.cache_dir)
+    if args.dry_run:
+        return _train_dry_run(cfg)
+    from .train.interrupted import interrupted_message
+    from .train.trainer import MetaTrainer
     from .train.validation import BEST_JSON
 
-    cfg = _run_config(args)
-    prepare_output_dir(cfg.output_dir, resume=args.resume, overwrite=args.overwrite)
-    check_tasks(_run_tasks(cfg), cfg.data_dir, cfg.cache_dir)
-    final = train(cfg, resume=args.resume)
+    trainer = MetaTrainer(cfg, resume=args.resume)
+    try:
+        final = trainer.run()
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (cluster.connect.Terminated): one line
+        command = ["raymeta", "train", "--config", args.config, *args.overrides,
+                   *(["--address", args.address] if args.address else [])]
+        raise type(e)(interrupted_message(trainer, command)) from None
     best = storage.join(cfg.output_dir, "best")  # a URI, or beside the local final/
     chosen_file = storage.join(best, BEST_JSON)
     if wants_best(cfg) and storage.exists(chosen_file):
@@ -125,12 +129,50 @@ def _cmd_train(args: argparse.Namespace) -> int:
           f"    from transformers import AutoModel, AutoTokenizer\n"
           f"    model = AutoModel.from_pretrained('{final}'); tokenizer = "
           f"AutoTokenizer.from_pretrained('{final}')")
+    print(_next_commands(cfg, str(final)))
+    return 0
+
+
+def _next_commands(cfg: ExperimentConfig, init: str) -> str:
+    """What to run next: the paired comparison with the model the run started from, on the
+    config's test tasks (or the user's own), and the dashboard."""
+    from . import storage
+
+    tasks = [str(e.get("use") or e.get("name")) for e in cfg.eval.tasks] or ["YOUR_TASK.yaml"]
+    out = storage.join(cfg.output_dir, "compare.json")
+    return ("next:\n"
+            f"    raymeta evaluate --init {cfg.model.name_or_path} --init {init} "
+            + " ".join(f"--task {t}" for t in tasks) + f" --output {out}\n"
+            f"    tensorboard --logdir {storage.join(cfg.output_dir, 'tensorboard')}")
+
+
+def _train_dry_run(cfg: ExperimentConfig) -> int:
+    """``raymeta train --dry-run``, after train's own checks (the config, output_dir, every task's
+    rows): the trainer is built, which makes every check it makes before Ray starts and starts
+    nothing; then the config the run would save as its config.yaml, on stdout."""
+    from .config import config_yaml
+    from .train.trainer import MetaTrainer
+
+    trainer = MetaTrainer(cfg)
+    trainer.outputs.close()  # a storage URI's staging directory: nothing was written into it
+    print(config_yaml(trainer.cfg), end="", flush=True)
+    print("raymeta train --dry-run: the config, output_dir and the tasks' data checked; Ray not "
+          "started, nothing trained", file=sys.stderr)
+    return 0
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    from .config import config_yaml, load_config
+
+    # without --config: the schema's defaults, and the overrides
+    print(config_yaml(load_config(args.config, args.overrides)), end="")
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .config import EMBEDDING_CLASSIFIERS, EVAL_METHODS, ExperimentConfig, LabelPriorConfig
-    from .eval.evaluate import evaluate, evaluate_episodic, resolve_eval_task
+    from .eval.compare import evaluation_table, write_evaluation_report
+    from .eval.evaluate import evaluate_episodic_inits, evaluate_inits, resolve_eval_task
     from .eval.finetune import FinetuneSettings
     from .eval.setfit import SetfitSettings
 
@@ -186,13 +228,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                                f"{e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
     # evaluate*() check the rest (check_label_prior)
     shots = shot_counts(args.shots, zero_ok=bool(args.label_prior))
+    if Path(args.output).exists() and not args.overwrite:  # before anything is loaded or scored
+        raise RaymetaError(f"--output {args.output}: the file exists (--overwrite replaces it)")
     tasks = [resolve_eval_task(t) for t in args.task]
+    # several --init: every one on the same splits (episodes), each later one paired with the first
     if args.episodic:
-        out = evaluate_episodic(args.init, tasks, ways=args.ways, shots=shots, queries=args.queries,
-                                episodes=args.episodes, head_steps=args.head_steps, seed=args.seed,
-                                data_dir=data_dir, cache_dir=base.cache_dir, output=args.output,
-                                methods=methods,
-                                ridge=ridge, svm=svm, **prior)
+        out = evaluate_episodic_inits(args.init, tasks, ways=args.ways, shots=shots,
+                                      queries=args.queries, episodes=args.episodes,
+                                      head_steps=args.head_steps, seed=args.seed, data_dir=data_dir,
+                                      cache_dir=base.cache_dir, output=args.output, methods=methods,
+                                      ridge=ridge, svm=svm, **prior)
     else:
         settings = FinetuneSettings(steps=args.steps, lr=args.lr, head_lr=args.head_lr,
                                     batch_size=args.batch_size,
@@ -203,18 +248,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         setfit = SetfitSettings(**{**base.eval.setfit.model_dump(), **{k: v for k,
                                                                        v in flags.items()
                                                                        if v is not None}})
-        out = evaluate(args.init, tasks, shots=shots, n_splits=args.splits, settings=settings,
-                       seed=args.seed, data_dir=data_dir, cache_dir=base.cache_dir,
-                       output=args.output,
-                       method=methods, setfit=setfit, address=args.address, ridge=ridge, svm=svm,
-                       **prior)
-    table = format_results(out)
+        out = evaluate_inits(args.init, tasks, shots=shots, n_splits=args.splits, settings=settings,
+                             seed=args.seed, data_dir=data_dir, cache_dir=base.cache_dir,
+                             output=args.output, method=methods, setfit=setfit,
+                             address=args.address, ridge=ridge, svm=svm, **prior)
     # the progress bar (stderr) is done: the table goes to stdout on lines of its own
     sys.stderr.flush()
-    print(table, flush=True)
-    md = Path(args.output).with_suffix(".md")
-    md.write_text(f"# raymeta evaluate: {args.init}\n\n{table}\n", encoding="utf-8")
-    print(f"\nwrote {args.output} and {md}")
+    print(evaluation_table(out), flush=True)
+    md, plot = write_evaluation_report(out, args.output)  # the table as .md, score against K .png
+    print(f"\nwrote {args.output}, {md}" + (f" and {plot}" if plot else ""))
     return 0
 
 
@@ -267,12 +309,6 @@ def _cmd_speed(args: argparse.Namespace) -> int:
     from .speed.bench import run_from_args
 
     return run_from_args(args)
-
-
-def format_results(out: dict) -> str:
-    from .eval.report import results_table
-
-    return results_table({out["init"]: out})
 
 
 class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
@@ -336,15 +372,32 @@ def build_parser() -> argparse.ArgumentParser:
                     "such a run is refused)")
     tr.add_argument("--address",
                     help="Ray cluster address (default: $RAY_ADDRESS, else a local instance)")
+    tr.add_argument("--dry-run", action="store_true",
+                    help="check the config, output_dir and the tasks' data, print the resolved "
+                    "config and exit: no Ray, no training")
     tr.add_argument("overrides", nargs="*", metavar="key=value",
                     help="config overrides, e.g. meta.steps=20")
     tr.set_defaults(func=_cmd_train)
 
+    cf = sub.add_parser("config", help="inspect experiment configs").add_subparsers(
+        dest="config_command", required=True)
+    cs = cf.add_parser("show",
+                       help="print the resolved config as YAML: every default filled in, secrets "
+                       "redacted (what a run saves as config.yaml)")
+    cs.add_argument("--config",
+                    help="experiment YAML, or a shipped config's name (default: the schema's "
+                    "defaults)")
+    cs.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="config overrides, e.g. meta.steps=20")
+    cs.set_defaults(func=_cmd_config_show)
+
     ev = sub.add_parser("evaluate",
                         help="few-shot evaluation (fine-tuning, prototypes, SetFit, or episodes) "
                         "of an init on held-out tasks")
-    ev.add_argument("--init", required=True,
-                    help="raymeta run/checkpoint dir, Hugging Face model dir, or hub name")
+    ev.add_argument("--init", action="append", required=True,
+                    help="raymeta run/checkpoint dir, Hugging Face model dir, storage URI, "
+                    "offline:all-MiniLM-L6-v2, or hub name; repeatable: every init on the same "
+                    "splits, each later one paired with the first (gain and its 95%% CI)")
     ev.add_argument("--task", action="append", required=True,
                     help="ready-made task, task YAML, or a directory with train.jsonl/test.jsonl "
                     "(text, label); repeatable")
@@ -353,7 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--splits", type=int, default=ev_defaults.splits,
                     help="seeded K-shot splits per K")
     ev.add_argument("--output", default="results.json",
-                    help="results file (results.md is written beside it)")
+                    help="results file (its table as .md and its plot as .png beside it); an "
+                    "existing one is refused without --overwrite")
+    ev.add_argument("--overwrite", action="store_true",
+                    help="replace an existing --output file")
     ev.add_argument("--method", default=None, metavar="METHOD[,METHOD...]",
                     help="finetune (default): encoder + head fine-tuned on each split; prototype: "
                     "nearest class mean, "
@@ -528,9 +584,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RaymetaError as e:
         print(f"raymeta: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt as e:
-        print(f"raymeta: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # its message says what was interrupted and how to go on
+        from .cluster.connect import interrupt_exit_code
+
+        print(f"raymeta: {str(e) or 'interrupted'}", file=sys.stderr)
+        return interrupt_exit_code(e)  # 130 for Ctrl-C; 143 for SIGTERM once Ray runs
 
 
 if __name__ == "__main__":  # pragma: no cover

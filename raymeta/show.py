@@ -14,7 +14,7 @@ from .errors import DataError
 from .storage import local_model_path
 from .tasks import Task, load_task
 
-__all__ = ["show_tasks", "length_stats"]
+__all__ = ["show_catalog", "show_tasks", "length_stats"]
 
 
 def length_stats(task: Task, split: str) -> dict[str, float]:
@@ -112,3 +112,18 @@ def show_tasks(
         for label, text in _decode_rows(task, ep.support_rows[:10], ep.support, ep.classes):
             console.print(f"  [cyan]{label}[/cyan]  {text[:200]}", highlight=False)
     return loaded
+
+
+def show_catalog() -> None:
+    """``raymeta tasks list``: the ready-made tasks as a table."""
+    from .tasks.registry import catalog_names, task_config
+
+    table = Table(title="ready-made tasks", show_lines=False)
+    for col in ("name", "type", "source", "description"):
+        table.add_column(col, overflow="fold")
+    for name in catalog_names():
+        t = task_config(name)
+        src = t.source.name if t.source.kind == "builtin" else t.source.format or t.source.dataset
+        src = "+".join(map(str, t.source.corpus)) if t.source.kind == "smlmt" else src
+        table.add_row(name, t.type, f"{t.source.kind}:{src}", t.description)
+    Console(width=max(120, Console().width)).print(table)

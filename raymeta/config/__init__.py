@@ -27,7 +27,14 @@ This package re-exports the names the rest of raymeta imports; the other ones li
 from .base import ALGORITHMS, EMBEDDING_CLASSIFIERS, EVAL_METHODS
 from .evaluation import EpisodicProtocol, EvalConfig, SetfitConfig, ValidationSetting
 from .experiment import ExperimentConfig
-from .loading import apply_overrides, check_task, load_config, parse_overrides, save_config
+from .loading import (
+    apply_overrides,
+    check_task,
+    config_yaml,
+    load_config,
+    parse_overrides,
+    save_config,
+)
 from .meta import LabelPriorConfig, MetaConfig, MetaOptConfig, ProtoConfig, RidgeConfig, SvmConfig
 from .redaction import is_secret_key, redact
 from .resources import ResourcesConfig
@@ -57,6 +64,7 @@ __all__ = [
     "parse_overrides",
     "apply_overrides",
     "check_task",
+    "config_yaml",
     "save_config",
     "redact",
     "is_secret_key",

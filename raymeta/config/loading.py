@@ -20,7 +20,8 @@ from .experiment import ExperimentConfig
 from .redaction import redact
 from .tasks import TaskConfig
 
-__all__ = ["parse_overrides", "apply_overrides", "load_config", "check_task", "save_config"]
+__all__ = ["parse_overrides", "apply_overrides", "load_config", "check_task", "config_yaml",
+           "save_config"]
 
 
 def _read_yaml(path: str | Path) -> dict[str, Any]:
@@ -162,13 +163,18 @@ def check_task(raw: dict[str, Any], *, origin: str) -> TaskConfig:
         raise ConfigError(f"{origin}: {msg}") from None
 
 
+def config_yaml(cfg: ExperimentConfig) -> str:
+    """The fully resolved config as YAML, every default filled in and secrets redacted: what
+    :func:`save_config` writes and ``raymeta config show`` prints."""
+    return yaml.safe_dump(redact(cfg.model_dump(mode="json")), sort_keys=False)
+
+
 def save_config(cfg: ExperimentConfig, directory: str | Path, name: str = "config.yaml") -> Path:
     """Write the fully resolved config (secrets redacted) into ``directory`` atomically."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     target = d / name
     tmp = d / f".{name}.tmp"
-    tmp.write_text(yaml.safe_dump(redact(cfg.model_dump(mode="json")), sort_keys=False),
-                   encoding="utf-8")
+    tmp.write_text(config_yaml(cfg), encoding="utf-8")
     os.replace(tmp, target)
     return target

@@ -2,7 +2,8 @@
 
 Layout of ``<output_dir>/checkpoints/step-00000050/``::
 
-    model/                      encoder via save_pretrained (safetensors) + tokenizer (LoRA: merged)
+    model/                      encoder via save_pretrained (safetensors) + tokenizer (LoRA:
+                                merged), and its sentence-transformers files (:mod:`.st_folder`)
     model/adapter/              model.trainable: lora only: the peft adapter + tokenizer
     trainer_state.safetensors   outer optimizer moments, heads, head optimizers (and, unless
                                 model.trainable is full, the trainable parameters: ``shared.*``)
@@ -43,11 +44,12 @@ from ..config import ExperimentConfig, save_config
 from ..errors import ModelError, RaymetaError
 from .jsonio import dumps as strict_dumps
 from .model_card import write_model_card
+from .st_folder import write_sentence_transformers
 from .trainable import is_peft, merged_copy
 
 __all__ = ["ADAPTER_DIR", "MANIFEST", "save_checkpoint", "latest_checkpoint", "load_checkpoint",
-           "load_encoder_weights",
-           "export_model", "atomic_dir", "checkpoint_problem", "is_step_dir"]
+           "load_encoder_weights", "export_model", "share_files", "atomic_dir",
+           "checkpoint_problem", "is_step_dir"]
 
 log = logging.getLogger("raymeta.train")
 
@@ -199,9 +201,13 @@ class atomic_dir:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _save_encoder(encoder: torch.nn.Module, path: Path, tokenizer: Any) -> None:
-    """A complete Hugging Face model directory at ``path``. Under ``model.trainable: lora`` the
-    adapters are merged into it (``AutoModel.from_pretrained`` needs no peft), and ``path/adapter``
+def _save_encoder(encoder: torch.nn.Module, path: Path, tokenizer: Any,
+                  cfg: ExperimentConfig | None = None, pooling: str | None = None) -> None:
+    """A complete Hugging Face model directory at ``path``, which is a sentence-transformers one
+    too: its files describe raymeta's pooling (``pooling``, else ``cfg.model.pooling``, else the
+    family's default; :func:`~raymeta.core.st_folder.write_sentence_transformers`). Under
+    ``model.trainable: lora`` the adapters are merged into it (``AutoModel.from_pretrained`` needs
+    no peft, and the sentence-transformers files describe the merged model), and ``path/adapter``
     holds the peft adapter itself (``PeftModel.from_pretrained(base, path/adapter)``), with the
     tokenizer in both."""
     from transformers.utils import logging as hf_logging
@@ -213,6 +219,7 @@ def _save_encoder(encoder: torch.nn.Module, path: Path, tokenizer: Any) -> None:
     sd = {k: v.detach().clone().contiguous() for k, v in full.state_dict().items()}
     full.save_pretrained(path, state_dict=sd, safe_serialization=True)
     tokenizer.save_pretrained(path)
+    write_sentence_transformers(path, full, tokenizer, cfg, pooling=pooling)
     if is_peft(encoder):
         # the embeddings are not adapted: nothing to save of them (and no probe of the base's
         # vocabulary)
@@ -221,21 +228,72 @@ def _save_encoder(encoder: torch.nn.Module, path: Path, tokenizer: Any) -> None:
         tokenizer.save_pretrained(path / ADAPTER_DIR)
 
 
+# share_files: smaller files (the model card, configs) stay a directory's own, so that editing one
+# in place never changes the other directory
+SHARE_MIN_BYTES = 1 << 20
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    with a.open("rb") as fa, b.open("rb") as fb:
+        while True:
+            x, y = fa.read(1 << 20), fb.read(1 << 20)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+def share_files(path: Path, other: Path, *, min_bytes: int = SHARE_MIN_BYTES) -> list[str]:
+    """Replace each file under ``path`` of at least ``min_bytes`` whose bytes equal those of the
+    file at the same relative path under ``other`` by a hard link to that file (``final/`` written
+    at the step ``best/`` holds: the weights once on disk). Byte-checked, so a stale ``other`` is
+    never linked to. Where no link can be made (another filesystem, a filesystem without hard
+    links), the copy stays. Each link replaces its file by a rename. Returns the relative paths now
+    shared."""
+    shared: list[str] = []
+    for p in sorted(path.rglob("*")):
+        if p.is_symlink() or not p.is_file() or p.stat().st_size < min_bytes:
+            continue
+        rel = p.relative_to(path)
+        q = other / rel
+        if q.is_symlink() or not q.is_file() or os.path.samefile(p, q) or not _same_bytes(p, q):
+            continue
+        link = p.with_name(f".{p.name}.link{os.getpid()}")
+        link.unlink(missing_ok=True)
+        try:
+            os.link(q, link)
+        except OSError as e:  # EXDEV (another filesystem), EPERM or ENOTSUP (no hard links)
+            log.debug("%s: not linked to %s (%s); kept as a copy", p, q, e)
+            continue
+        os.replace(link, p)
+        shared.append(rel.as_posix())
+    return shared
+
+
 def export_model(target: Path, encoder: torch.nn.Module, tokenizer: Any, *,
                  files: dict[str, str] | None = None,
                  cfg: ExperimentConfig | None = None, step: int | None = None,
-                 card: dict[str, Any] | None = None) -> Path:
-    """A Hugging Face directory loadable by ``AutoModel.from_pretrained`` (atomic); with LoRA, also
-    ``target/adapter`` (see :func:`_save_encoder`). ``files``: more text files to write into it
-    (name -> text), inside the same atomic rename (``best``'s score travels with its weights). With
-    ``cfg``, the directory gets a Hugging Face model card (``README.md``) of the run at ``step``;
-    ``card``: its extra fields."""
+                 card: dict[str, Any] | None = None, pooling: str | None = None,
+                 share_with: Path | None = None) -> Path:
+    """A directory loadable by ``AutoModel.from_pretrained``, ``SentenceTransformer`` and
+    ``SetFitModel.from_pretrained`` (atomic), embedding with ``pooling`` (default:
+    ``cfg.model.pooling``, else the family's); with LoRA, also ``target/adapter`` (see
+    :func:`_save_encoder`). ``files``: more text files to write into it (name -> text), inside the
+    same atomic rename (``best``'s score travels with its weights). With ``cfg``, the directory gets
+    a Hugging Face model card (``README.md``) of the run at ``step``; ``card``: its extra fields.
+    ``share_with``: a directory exported from the same parameters (``best/`` at ``final/``'s step):
+    the large files that are byte-identical in it become hard links to its (:func:`share_files`)
+    before the rename."""
     with atomic_dir(target) as tmp:
-        _save_encoder(encoder, tmp, tokenizer)
+        _save_encoder(encoder, tmp, tokenizer, cfg, pooling)
         if cfg is not None:
             write_model_card(tmp, cfg, step=int(step or 0), extra=card)
         for name, text in (files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
+        if share_with is not None and Path(share_with).is_dir():
+            share_files(tmp, Path(share_with))
     return target
 
 
@@ -256,7 +314,7 @@ def save_checkpoint(
         _remove_dir(later)
     try:
         with atomic_dir(target) as tmp:
-            _save_encoder(encoder, tmp / "model", tokenizer)
+            _save_encoder(encoder, tmp / "model", tokenizer, cfg)
             write_model_card(tmp / "model", cfg, step=step)
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
                       str(tmp / "trainer_state.safetensors"))

@@ -34,8 +34,9 @@ __all__ = [
     "ADAPTER_CONFIG", "CAUSAL_MODEL_TYPES", "OFFLINE_MINILM", "Head", "MetaModel",
            "MultipleChoiceHead",
     "ParamLayout", "QuestionAnsweringHead", "SequenceClassificationHead",
-    "TokenClassificationHead", "build_head", "default_pooling", "load_encoder",
-    "load_tokenizer", "pool_hidden", "proto_head", "resolve_model_path", "LOG_SCALE", "Fetch",
+    "TokenClassificationHead", "build_head", "default_pooling", "encoder_input_names",
+    "load_encoder", "load_tokenizer", "pool_hidden", "proto_head", "resolve_model_path",
+    "LOG_SCALE", "Fetch",
 ]
 
 # Turns a storage URI (``s3://.../final``) into a local copy of it:
@@ -194,6 +195,20 @@ def _load_merged_adapter(path: str, cfg: ModelConfig, extra: dict[str, Any],
     except (OSError, ValueError, KeyError, SafetensorError) as e:
         raise ModelError(f"model '{path}': not a LoRA adapter of {base_name} "
                          f"({_short(e)})") from None
+
+
+def encoder_input_names(encoder: nn.Module) -> list[str]:
+    """The batch entries the encoder is given: ``input_ids``, ``attention_mask``, and
+    ``token_type_ids`` for segment-aware encoders only (BERT: ``type_vocab_size`` 2; never a
+    decoder-only family, see :data:`CAUSAL_MODEL_TYPES`)."""
+    # a PeftModel's forward takes **kwargs
+    accepted = inspect.signature(base_model(encoder).forward).parameters
+    config = encoder.config
+    names = ["input_ids", "attention_mask"]
+    if (getattr(config, "type_vocab_size", 0) > 1 and config.model_type not in CAUSAL_MODEL_TYPES
+            and "token_type_ids" in accepted):
+        names.append("token_type_ids")
+    return names
 
 
 def default_pooling(config: PretrainedConfig) -> str:
@@ -399,16 +414,7 @@ class MetaModel(nn.Module):
         self.pooling = pooling or default_pooling(encoder.config)
         self.head_dropout = head_dropout
         self.hidden_size = int(encoder.config.hidden_size)
-        # a PeftModel's forward takes **kwargs
-        accepted = inspect.signature(base_model(encoder).forward).parameters
-        self._inputs = ["input_ids", "attention_mask"]
-        # Only segment-aware encoders (BERT: type_vocab_size 2) get token_type_ids.
-        if (
-            getattr(encoder.config, "type_vocab_size", 0) > 1
-            and encoder.config.model_type not in CAUSAL_MODEL_TYPES
-            and "token_type_ids" in accepted
-        ):
-            self._inputs.append("token_type_ids")
+        self._inputs = encoder_input_names(encoder)
 
     @classmethod
     def from_config(

@@ -4,9 +4,11 @@
 Hugging Face's format (Mitchell et al. 2019, "Model Cards for Model Reporting";
 ``huggingface_hub.ModelCard``): YAML metadata — ``base_model`` (the configured hub name; left out
 for a local path or a model built from config), ``library_name: transformers``, ``tags``
-(``raymeta``, ``meta-learning``, the algorithm), the meta-training task names, and, when given, a
-validation score as ``model-index`` — then a short body: what was meta-trained on what, the
-settings, the score, and how to load it. A pure function of the config: every value taken from it
+(``raymeta``, ``meta-learning``, the algorithm, ``sentence-transformers``), the meta-training task
+names, and, when given, a validation score as ``model-index`` — then a short body: what was
+meta-trained on what, the settings, the score, and how to load it (``AutoModel``,
+``SentenceTransformer``, ``SetFitModel``: the directory is a sentence-transformers one too,
+:mod:`raymeta.core.st_folder`). A pure function of the config: every value taken from it
 goes through :func:`raymeta.config.redact` first, so no token reaches a card.
 """
 
@@ -88,7 +90,7 @@ def model_card(cfg: ExperimentConfig, *, step: int,
     metric = extra.pop("validation_metric", "mean prototype accuracy of N-way K-shot episodes")
     val_tasks = [str(t) for t in extra.pop("validation_tasks", [])]
 
-    tags = ["raymeta", "meta-learning", algorithm, "few-shot-learning"]
+    tags = ["raymeta", "meta-learning", algorithm, "few-shot-learning", "sentence-transformers"]
     if model["trainable"] == "lora":
         tags.append("lora")
     eval_results = None
@@ -151,14 +153,23 @@ def model_card(cfg: ExperimentConfig, *, step: int,
     if extra:
         lines += ["", "## Details", "", "| key | value |", "|---|---|",
                   *[f"| {_cell(k)} | {_cell(v)} |" for k, v in extra.items()]]
+    pooling = {"mean": "the mean over tokens", "cls": "the first token",
+               "last": "the last token"}.get(str(model["pooling"]),
+                                             "the mean over tokens for encoders, the last token "
+                                             "for GPT-style models")
     lines += [
         "", "## How to use", "", "```python", "from transformers import AutoModel, AutoTokenizer",
               "",
         'model = AutoModel.from_pretrained("path/to/this/directory")',
         'tokenizer = AutoTokenizer.from_pretrained("path/to/this/directory")', "```", "",
-        "Pool the last hidden state (mean over tokens for encoders, the last token for GPT-style "
-        "models) and fine-tune a head, or classify by distance to class prototypes, on a few "
-        "labelled examples.",
+        f"Pool the last hidden state ({pooling}) and fine-tune a head, or classify by distance to "
+        "class prototypes, on a few labelled examples. The directory is a sentence-transformers "
+        "model too (`modules.json`, `1_Pooling/`), embedding with that pooling:",
+        "", "```python", "from sentence_transformers import SentenceTransformer", "",
+        'embeddings = SentenceTransformer("path/to/this/directory").encode(["a sentence"])',
+        "", "from setfit import SetFitModel", "",
+        'model = SetFitModel.from_pretrained("path/to/this/directory")  # then setfit.Trainer',
+        "```",
     ]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
 

@@ -13,7 +13,9 @@ or K examples (NER, QA, multiple choice) and is scored on the test split, by one
   :mod:`raymeta.eval.setfit`, the optional ``setfit`` extra), classification only.
 
 The K-shot splits are drawn from ``(seed, task, K, split)`` and saved in the results, so every
-init and every method sees exactly the same examples, and is scored on the same test rows.
+init and every method sees exactly the same examples, and is scored on the same test rows. Several
+inits at once (:func:`evaluate_inits`, ``--init A --init B``) go out in one round of runs, and each
+later init is paired with the first, split by split (:mod:`raymeta.eval.compare`).
 Runs go out as parallel Ray tasks: one per (task, K, split) for ``finetune`` and ``setfit``, one per
 task for the embedding classifiers (each embeds the test rows once for all of its splits).
 
@@ -45,18 +47,19 @@ from ..config import (
 
 # strict JSON: NaN/inf -> null, listed under "nonfinite"
 from ..core.jsonio import write_json_atomic
-from ..core.model import ADAPTER_CONFIG
-from ..errors import DataError, ModelError, RaymetaError
+from ..errors import DataError, RaymetaError
 from ..tasks import Task, load_task
 from ..tasks.registry import catalog_names, task_config
 from .finetune import FinetuneSettings, finetune_and_evaluate
 from .frozen import check_frozen_task, frozen_evaluate
+from .inits import resolve_init
 from .metrics import PRIMARY, mean_ci95
 from .setfit import SetfitSettings, check_setfit_task, require_setfit, setfit_and_evaluate
 
 __all__ = ["resolve_init", "resolve_eval_task", "kshot_splits", "summarise", "check_methods",
            "check_label_prior",
-           "evaluate", "evaluate_episodic", "NAMES_SUFFIX"]
+           "evaluate", "evaluate_episodic", "evaluate_inits", "evaluate_episodic_inits",
+           "NAMES_SUFFIX"]
 
 # A classifier scored with the label-name prior is reported under its own name ("prototype+names"):
 # the label-name track, kept apart from the no-name track so that comparisons with the literature
@@ -64,58 +67,6 @@ __all__ = ["resolve_init", "resolve_eval_task", "kshot_splits", "summarise", "ch
 NAMES_SUFFIX = "+names"
 
 log = logging.getLogger("raymeta.evaluate")
-
-
-def resolve_init(init: str) -> str:
-    """A raymeta run or checkpoint directory, a Hugging Face model directory, or a hub name -> a
-    model path.
-
-    A run directory gives its ``best/`` (the step meta-validation chose, the model ``raymeta train``
-    says to use) when it has one, else its ``final/``; a run's ``final/`` (or any model directory)
-    given as such is taken as it is. Which one was taken is logged in one line. A directory comes
-    back absolute: the runs that load it are Ray tasks, whose working directory on a joined cluster
-    is not this process's. A storage URI (``s3://.../run``) is chosen from the same way and comes
-    back as a URI: each process that loads it fetches its own copy
-    (:func:`raymeta.storage.local_model_path`, the ``fetch=`` of the model loaders)."""
-    if storage.is_uri(init):
-        return _resolve_init_uri(init)
-    p = Path(init).expanduser()
-    if p.is_dir():
-        from ..core.checkpoint import latest_checkpoint
-
-        for cand, why in ((p / "best", "best/: the step meta-validation chose"), (p / "final",
-                                                                                  "final/: the "
-                                                                                  "last step"),
-                          (p / "model", "model/: a checkpoint's model"), (p, "")):
-            if (cand / "config.json").is_file():
-                if why:
-                    log.info("--init %s: scoring %s (%s)", init, cand, why)
-                return str(cand.absolute())
-        # a LoRA adapter (raymeta's final/adapter): merged into its base on load
-        if (p / ADAPTER_CONFIG).is_file():
-            return str(p.absolute())
-        ckpt = latest_checkpoint(p)
-        if ckpt is not None:
-            return str((ckpt / "model").absolute())
-        raise ModelError(f"--init {init}: a directory, but neither a Hugging Face model (no "
-                         "config.json) nor a raymeta run or checkpoint")
-    if p.exists() or init.startswith(("./", "../", "/")):
-        raise ModelError(f"--init {init}: not a model directory")
-    return init  # a hub name (or the offline: alias)
-
-
-def _resolve_init_uri(init: str) -> str:
-    for cand, why in (("best", "best/: the step meta-validation chose"), ("final",
-                                                                          "final/: the last step"),
-                      ("model", "model/: a checkpoint's model"), ("", "")):
-        uri = storage.join(init, cand) if cand else init
-        if (storage.exists(storage.join(uri, "config.json"))
-                or storage.exists(storage.join(uri, ADAPTER_CONFIG))):
-            if why:
-                log.info("--init %s: scoring %s (%s)", init, uri, why)
-            return uri
-    raise ModelError(f"--init {init}: neither a Hugging Face model (no config.json) nor a raymeta "
-                     "run with best/ or final/ there")
 
 
 def resolve_eval_task(spec: str) -> TaskConfig:
@@ -239,6 +190,79 @@ def evaluate(
     classifier takes each class's name (``label_template``) as a support point of weight λ, reported
     as ``prototype+names`` (K = 0: the names alone). The runs are Ray tasks on the cluster at
     ``address`` (default: ``$RAY_ADDRESS``, else a local instance)."""
+    out = _score_inits(
+        [init], tasks, shots=shots, n_splits=n_splits, settings=settings, seed=seed,
+        data_dir=data_dir, cache_dir=cache_dir, pooling=pooling, num_cpus_per_run=num_cpus_per_run,
+        progress=progress, method=method, setfit=setfit, address=address, ridge=ridge, svm=svm,
+        label_prior=label_prior, label_template=label_template)[init]
+    if output is not None:
+        write_json_atomic(output, out)
+    return out
+
+
+def evaluate_inits(inits: Sequence[str], tasks: Sequence[TaskConfig], *,
+                   output: str | Path | None = None, **kwargs: Any) -> dict[str, Any]:
+    """:func:`evaluate` for several inits at once, on the same splits and test rows, in one round of
+    Ray tasks: :func:`raymeta.eval.compare.comparison`'s record (``inits``, ``baseline``: the first,
+    ``results``: each init's own results, ``gains``: each later init's paired gain over the first);
+    one init: :func:`evaluate`'s results. ``kwargs``: :func:`evaluate`'s. Every init is resolved
+    and loaded before any run starts; inits whose tokenizers give a task different K-shot splits are
+    refused (nothing to pair)."""
+    from .compare import comparison
+
+    if len(inits) == 1:
+        return evaluate(inits[0], tasks, output=output, **kwargs)
+    out = comparison(_score_inits(_distinct(inits), tasks, **kwargs))
+    if output is not None:
+        write_json_atomic(output, out)
+    return out
+
+
+def evaluate_episodic_inits(inits: Sequence[str], tasks: Sequence[TaskConfig], *,
+                            output: str | Path | None = None, **kwargs: Any) -> dict[str, Any]:
+    """:func:`evaluate_episodic` for several inits, on the same seeded episodes, as
+    :func:`evaluate_inits`'s record (each later init's paired gain over the first, episode by
+    episode); one init: :func:`evaluate_episodic`'s results. ``kwargs``:
+    :func:`evaluate_episodic`'s. Every init is resolved before any is scored."""
+    from .compare import comparison
+
+    if len(inits) == 1:
+        return evaluate_episodic(inits[0], tasks, output=output, **kwargs)
+    inits = _distinct(inits)
+    if kwargs.get("episodes", 1) < 1:
+        raise RaymetaError("--episodes must be at least 1")
+    check_label_prior(kwargs.get("methods", ("prototype",)), kwargs.get("shots", ()),
+                      kwargs.get("label_prior", 0.0))
+    quiet, log.disabled = log.disabled, True  # each says which model it scores once: when scored
+    try:
+        for init in inits:  # a typo in the last one: one line now, not after scoring the others
+            resolve_init(init)
+    finally:
+        log.disabled = quiet
+    out = comparison({init: evaluate_episodic(init, tasks, **kwargs) for init in inits})
+    if output is not None:
+        write_json_atomic(output, out)
+    return out
+
+
+def _distinct(inits: Sequence[str]) -> list[str]:
+    if not inits:
+        raise RaymetaError("--init: give at least one")
+    if twice := next((i for n, i in enumerate(inits) if i in inits[:n]), None):
+        raise RaymetaError(f"--init {twice}: given twice")
+    return list(inits)
+
+
+def _score_inits(
+    inits: Sequence[str], tasks: Sequence[TaskConfig], *, shots: Sequence[int], n_splits: int,
+    settings: FinetuneSettings, seed: int = 0, data_dir: str, cache_dir: str | None,
+    pooling: str | None = None, num_cpus_per_run: float = 1.0, progress: bool = True,
+    method: str | Sequence[str] = "finetune", setfit: SetfitSettings | None = None,
+    address: str | None = None, ridge: RidgeConfig | None = None, svm: SvmConfig | None = None,
+    label_prior: float = 0.0, label_template: str = "{name}",
+) -> dict[str, dict[str, Any]]:
+    """Init -> its :func:`evaluate` results; every init on the same splits, in one round of Ray
+    tasks."""
     import ray
 
     from ..cluster import connect
@@ -247,98 +271,108 @@ def evaluate(
     methods = check_methods(tasks, method)  # before any model or data is read
     check_label_prior(methods, shots, label_prior)
     setfit = setfit or SetfitSettings()
-    model_path = resolve_init(init)
-    # Fail fast, before any run is launched or any file written, if the init is not a loadable
-    # model.
-    tok = load_tokenizer(ModelConfig(name_or_path=model_path), fetch=storage.local_model_path)
-    load_encoder(ModelConfig(name_or_path=model_path), fetch=storage.local_model_path)
+    model_paths = {init: resolve_init(init) for init in inits}  # every --init, before any load
     plan: list[tuple[TaskConfig, int, int, list[int]]] = []
     splits: dict[str, dict[str, list[list[int]]]] = {}
-    for spec in tasks:
-        # checks the rows: bad rows/labels fail here, not in a worker
-        task = load_task(spec, tok, data_dir, cache_dir)
-        if "test" not in task.features:
-            raise DataError(spec.name, "has no test split (add one, or set source.test_fraction)")
-        if "setfit" in methods:
-            check_setfit_task(spec, task)
-        splits[spec.name] = {}
-        for k in shots:
-            rows = kshot_splits(task, k, n_splits, seed)
-            splits[spec.name][str(k)] = rows
-            plan += [(spec, k, i, r) for i, r in enumerate(rows)]
+    for n, (init, model_path) in enumerate(model_paths.items()):
+        # Fail fast, before any run is launched or any file written, if the init is not a loadable
+        # model.
+        tok = load_tokenizer(ModelConfig(name_or_path=model_path), fetch=storage.local_model_path)
+        load_encoder(ModelConfig(name_or_path=model_path), fetch=storage.local_model_path)
+        for spec in tasks:
+            # checks the rows: bad rows/labels fail here, not in a worker
+            task = load_task(spec, tok, data_dir, cache_dir)
+            if "test" not in task.features:
+                raise DataError(spec.name,
+                                "has no test split (add one, or set source.test_fraction)")
+            if "setfit" in methods:
+                check_setfit_task(spec, task)
+            mine = {str(k): kshot_splits(task, k, n_splits, seed) for k in shots}
+            if n == 0:
+                splits[spec.name] = mine
+                plan += [(spec, k, i, r) for k in shots for i, r in enumerate(mine[str(k)])]
+            elif mine != splits[spec.name]:
+                raise DataError(spec.name, f"--init {init} and --init {inits[0]} give it different "
+                                "K-shot splits (their tokenizers make different rows): not "
+                                "comparable; score them one at a time")
     started = connect(address)
     try:
         threads = max(1, int(num_cpus_per_run))
         common = {"data_dir": data_dir, "cache_dir": cache_dir, "pooling": pooling,
                   "threads": threads}
         refs: list[Any] = []
-        # per ref: its method and the plan entries it scores, in order
-        covers: list[tuple[str, list[int]]] = []
-        for m in methods:
-            if m == "finetune":
-                run = ray.remote(num_cpus=num_cpus_per_run)(finetune_and_evaluate)
-                refs += [run.remote(model_path, spec.model_dump_json(), rows, settings=settings,
-                                    seed=seed * 1000 + i,
-                                    **common) for spec, _, i, rows in plan]
-                covers += [(m, [j]) for j in range(len(plan))]
-            elif m == "setfit":
-                run = ray.remote(num_cpus=num_cpus_per_run)(setfit_and_evaluate)
-                refs += [run.remote(model_path, spec.model_dump_json(), rows, settings=setfit,
-                                    seed=seed * 1000 + i,
-                                    max_test=settings.max_test, eval_batch=settings.eval_batch,
-                                    **common)
-                         for spec, _, i, rows in plan]
-                covers += [(m, [j]) for j in range(len(plan))]
-            # an embedding classifier: one run per task, which embeds the test rows once for all of
-            # its splits
-            else:
-                run = ray.remote(num_cpus=num_cpus_per_run)(frozen_evaluate)
-                for spec in tasks:
-                    mine = [j for j, p in enumerate(plan) if p[0].name == spec.name]
-                    prior = {"label_prior": label_prior,
-                             "label_template": label_template} if m == "prototype" else {}
-                    refs.append(run.remote(model_path, spec.model_dump_json(),
-                                           [plan[j][3] for j in mine],
-                                           max_test=settings.max_test,
-                                           eval_batch=settings.eval_batch, method=m,
-                                           ridge=ridge, svm=svm, **prior, **common))
-                    covers.append((m, mine))
-        desc = f"{'+'.join(methods)} {Path(model_path).name}"
+        # per ref: its init, its method and the plan entries it scores, in order
+        covers: list[tuple[str, str, list[int]]] = []
+        for init, model_path in model_paths.items():
+            for m in methods:
+                if m == "finetune":
+                    run = ray.remote(num_cpus=num_cpus_per_run)(finetune_and_evaluate)
+                    refs += [run.remote(model_path, spec.model_dump_json(), rows,
+                                        settings=settings, seed=seed * 1000 + i, **common)
+                             for spec, _, i, rows in plan]
+                    covers += [(init, m, [j]) for j in range(len(plan))]
+                elif m == "setfit":
+                    run = ray.remote(num_cpus=num_cpus_per_run)(setfit_and_evaluate)
+                    refs += [run.remote(model_path, spec.model_dump_json(), rows, settings=setfit,
+                                        seed=seed * 1000 + i, max_test=settings.max_test,
+                                        eval_batch=settings.eval_batch, **common)
+                             for spec, _, i, rows in plan]
+                    covers += [(init, m, [j]) for j in range(len(plan))]
+                # an embedding classifier: one run per task, which embeds the test rows once for
+                # all of its splits
+                else:
+                    run = ray.remote(num_cpus=num_cpus_per_run)(frozen_evaluate)
+                    for spec in tasks:
+                        mine = [j for j, p in enumerate(plan) if p[0].name == spec.name]
+                        prior = {"label_prior": label_prior,
+                                 "label_template": label_template} if m == "prototype" else {}
+                        refs.append(run.remote(model_path, spec.model_dump_json(),
+                                               [plan[j][3] for j in mine],
+                                               max_test=settings.max_test,
+                                               eval_batch=settings.eval_batch, method=m,
+                                               ridge=ridge, svm=svm, **prior, **common))
+                        covers.append((init, m, mine))
+        desc = f"{'+'.join(methods)} {', '.join(Path(p).name for p in model_paths.values())}"
         results = _gather(refs, progress, desc=desc)
     finally:
         if started:
             ray.shutdown()
-    out: dict[str, Any] = {"init": init, "model_path": model_path, "seed": seed, "methods": methods,
-                           "settings": settings.__dict__, "tasks": {}, "splits": splits}
-    if "setfit" in methods:
-        out["setfit_settings"] = setfit.__dict__
-    if label_prior > 0:
-        out["label_prior"] = {"weight": label_prior, "template": label_template}
-    for spec in tasks:
-        entry = out["tasks"].setdefault(spec.name, {"type": spec.type,
-                                                    "metric": PRIMARY[spec.type]})
-        # finetune under "shots" (as ever), the others under "methods"; K in the order of ``shots``
-        for m in methods:
-            by_k = (entry.setdefault("shots", {}) if m == "finetune"
-                    else entry.setdefault("methods", {}).setdefault(m, {}))
-            for k in shots:
-                by_k[str(k)] = {"all": {}}
-    for (m, entries), metrics in zip(covers, results):
+    outs: dict[str, dict[str, Any]] = {}
+    for init, model_path in model_paths.items():
+        out: dict[str, Any] = {"init": init, "model_path": model_path, "seed": seed,
+                               "methods": methods, "settings": settings.__dict__, "tasks": {},
+                               "splits": splits}
+        if "setfit" in methods:
+            out["setfit_settings"] = setfit.__dict__
+        if label_prior > 0:
+            out["label_prior"] = {"weight": label_prior, "template": label_template}
+        for spec in tasks:
+            entry = out["tasks"].setdefault(spec.name, {"type": spec.type,
+                                                        "metric": PRIMARY[spec.type]})
+            # finetune under "shots" (as ever), the others under "methods"; K in the order of
+            # ``shots``
+            for m in methods:
+                by_k = (entry.setdefault("shots", {}) if m == "finetune"
+                        else entry.setdefault("methods", {}).setdefault(m, {}))
+                for k in shots:
+                    by_k[str(k)] = {"all": {}}
+        outs[init] = out
+    for (init, m, entries), metrics in zip(covers, results):
         for j, values in zip(entries, metrics if m in EMBEDDING_CLASSIFIERS else [metrics]):
             spec, k, _, _ = plan[j]
-            entry = out["tasks"][spec.name]
+            entry = outs[init]["tasks"][spec.name]
             res = entry["shots"][str(k)] if m == "finetune" else entry["methods"][m][str(k)]
             for name, v in values.items():
                 res["all"].setdefault(name, []).append(v)
-    for entry in out["tasks"].values():
-        for by_k in [entry.get("shots", {}), *entry.get("methods", {}).values()]:
-            for res in by_k.values():
-                res.update({"metric": entry["metric"], **summarise(res["all"][entry["metric"]])})
-        if "methods" in entry:
-            entry["methods"] = _names_track(entry["methods"], label_prior)
-    if output is not None:
-        write_json_atomic(output, out)
-    return out
+    for out in outs.values():
+        for entry in out["tasks"].values():
+            for by_k in [entry.get("shots", {}), *entry.get("methods", {}).values()]:
+                for res in by_k.values():
+                    res.update({"metric": entry["metric"],
+                                **summarise(res["all"][entry["metric"]])})
+            if "methods" in entry:
+                entry["methods"] = _names_track(entry["methods"], label_prior)
+    return outs
 
 
 def _gather(refs: list[Any], progress: bool, desc: str) -> list[Any]:

@@ -38,6 +38,7 @@ from ..core.model import (
     load_tokenizer,
     resolve_model_path,
 )
+from ..core.st_folder import ST_POOLING
 from ..errors import DataError, RaymetaError
 from ..storage import local_model_path
 from ..tasks import Task
@@ -47,10 +48,6 @@ from .metrics import classification_metrics
 __all__ = ["SetfitSettings", "check_setfit_task", "require_setfit", "setfit_and_evaluate"]
 
 MISSING = "--method setfit needs the setfit package: pip install 'raymeta[setfit]'"
-
-# raymeta's pooling -> sentence-transformers' name for it
-_POOLING = {"mean": "mean", "cls": "cls", "last": "lasttoken"}
-
 
 @dataclass(frozen=True)
 class SetfitSettings:
@@ -105,9 +102,8 @@ def _body(path: str, pooling: str | None, max_length: int) -> Any:
 
     config = AutoConfig.from_pretrained(path)
     word = Transformer(path, max_seq_length=max_length)
-    body = SentenceTransformer(modules=[word, Pooling(int(config.hidden_size),
-                                                      _POOLING[pooling
-                                                               or default_pooling(config)])])
+    mode = ST_POOLING[pooling or default_pooling(config)]
+    body = SentenceTransformer(modules=[word, Pooling(int(config.hidden_size), mode)])
     if body.tokenizer.pad_token is None and body.tokenizer.eos_token is not None:
         # GPT-2: padded positions are masked out
         body.tokenizer.pad_token = body.tokenizer.eos_token

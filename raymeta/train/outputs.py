@@ -168,12 +168,14 @@ def remove_outputs(output_dir: str, names: list[str]) -> None:
         storage.delete(storage.join(output_dir, name))
 
 
-def prepare_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool) -> None:
+def prepare_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool,
+                       dry_run: bool = False) -> None:
     """Before ``raymeta train`` writes into ``output_dir``, as Hugging Face's
     ``overwrite_output_dir`` has it: a directory that already holds a run is refused unless the run
     is continued (``--resume``) or started over (``--overwrite``, which first removes that run's
     outputs, so that no old metrics, checkpoints or TensorBoard events mix with the new ones).
-    Files of the user's own in the directory are left alone."""
+    Files of the user's own in the directory are left alone. ``dry_run`` (``raymeta train
+    --dry-run``): the same refusals, and nothing removed."""
     out = str(output_dir)
     if resume and overwrite:
         raise RaymetaError("--resume continues the run in output_dir, --overwrite starts it over: "
@@ -184,5 +186,7 @@ def prepare_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool)
     if not overwrite:
         raise RaymetaError(f"output_dir {out} already holds a run ({', '.join(held)}): add "
                            "--resume to continue it, or --overwrite to start it over")
+    if dry_run:
+        return
     remove_outputs(out, held)
     log.warning("--overwrite: removed the previous run's %s from %s", ", ".join(held), out)

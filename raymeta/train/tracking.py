@@ -14,8 +14,9 @@ import json
 import logging
 import math
 import os
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -40,9 +41,12 @@ def _logged_affinity(record: dict[str, Any]) -> tuple[list[str], np.ndarray]:
 
 
 class Tracker:
-    def __init__(self, output_dir: Path, tasks: list[str], *, start_step: int = 0):
+    def __init__(self, output_dir: Path, tasks: list[str], *, start_step: int = 0,
+                 clock: Callable[[], float] = time.monotonic):
+        """``clock``: seconds, for the time-left estimate of the step lines."""
         self.dir = Path(output_dir)
         self.tasks = tasks
+        self.clock = clock
         self._opened = 0
         self._open(start_step)
 
@@ -63,6 +67,7 @@ class Tracker:
         self.tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=start_step,
                                 filename_suffix=f".{os.getpid()}.{self._opened:03d}")
         self._opened += 1
+        self._since = (start_step, self.clock())  # where this process's timing started
         n = len(self.tasks)
         self.cos_sum, self.cos_n = np.zeros((n, n)), np.zeros((n, n))
         for rec in map(json.loads, kept):  # the affinity of the kept steps, as logged
@@ -114,10 +119,21 @@ class Tracker:
         # "step" as in metrics.jsonl and TensorBoard (the step's index, 0..N-1), then how many are
         # done (1..N)
         log.info("step %d (%d/%d done) | loss %s | |g| %.3f | lr %.2e | %.2fs (slowest actor "
-                 "%.2fs)%s",
-                 step, step + 1, record["steps"], losses, record["grad_norm"], record["lr"],
-                 record["step_s"],
-                 record["compute_max_s"], skipped)
+                 "%.2fs)%s%s", step, step + 1, record["steps"], losses, record["grad_norm"],
+                 record["lr"], record["step_s"], record["compute_max_s"], skipped,
+                 self.time_left(step, record["steps"]))
+
+    def time_left(self, step: int, steps: int) -> str:
+        """`` | about N min left`` after step ``step``: the wall time per step so far in this
+        process (validations and checkpoints included), times the steps to go; empty before two
+        steps are done here (the first carries the start-up) and after the last."""
+        first, t0 = self._since
+        done, left = step + 1 - first, steps - step - 1
+        if done < 2 or left <= 0:
+            return ""
+        seconds = (self.clock() - t0) / done * left
+        return f" | about {seconds:.0f} s left" if seconds < 90 else \
+            f" | about {seconds / 60:.0f} min left"
 
     def validation(self, record: dict[str, Any]) -> None:
         """A meta-validation record (``kind: validation``; its ``step`` counts the meta-steps done

@@ -126,8 +126,10 @@ class MetaTrainer:
             # No actor is asked anything from here on: the last step always checkpoints, which
             # under reduce: collective pulled rank 0's parameters into the driver.
             s = self.state
+            share = None if self.validator is None or self.outputs.uri else \
+                self.validator.exported_at(s.step)  # best/ of this step: final/ links its weights
             final = export_model(self.out / "final", s.encoder, s.tokenizer, cfg=self.cfg,
-                                 step=s.step)
+                                 step=s.step, share_with=share)
             self.tracker.affinity_png()
             self.tracker.weights_png()  # meta.weighting.rule alignment: the mixture over the steps
             if self.validator is not None:

@@ -247,6 +247,16 @@ class Validator:
         export_model(self.best_dir, s.encoder, s.tokenizer, cfg=s.cfg, step=s.step, card=card,
                      files=self.best_files(record))
 
+    def exported_at(self, step: int) -> Path | None:
+        """``best/`` when it holds the parameters of ``step`` (its ``raymeta_best.json`` names that
+        step), else None: ``final/`` at the same step shares its weights' files
+        (:func:`raymeta.core.checkpoint.share_files`, which checks the bytes too)."""
+        try:
+            rec = json.loads((self.best_dir / BEST_JSON).read_text())
+        except (OSError, ValueError):
+            return None
+        return self.best_dir if isinstance(rec, dict) and rec.get("step") == step else None
+
     def log_summary(self, step: int, stopped: bool, shown: Callable[[Path], str]) -> None:
         """The run's last lines on validation: the best step and its score, where ``best`` went
         (``shown``: a path as the user knows it), and per validated step each setting's paired
@@ -435,7 +445,7 @@ class Validator:
             by_splits.setdefault(int(self.settings[i].splits or 1), []).append(i)
         out: dict[int, dict[str, list[float]]] = {}
         try:
-            export_model(tmp, s.encoder, s.tokenizer)
+            export_model(tmp, s.encoder, s.tokenizer, pooling=self.cfg.model.pooling)
             settings = FinetuneSettings(steps=e.finetune_steps, lr=e.finetune_lr, head_lr=e.head_lr,
                                         batch_size=e.batch_size,
                                         max_test=e.max_test_examples)

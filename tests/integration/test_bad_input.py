@@ -142,7 +142,7 @@ CASES = [
     ("init-does-not-exist", lambda t, f: ["evaluate", "--init", str(t / "nope"), "--task",
                                           "chatterbot_topics",
                                           "--output", str(t / "out" / "r.json")],
-     "not a model directory"),
+     "nope: no such directory ("),
     ("truncated-safetensors", lambda t, f: ["evaluate", "--init", f["trunc"], "--task",
                                             "chatterbot_topics",
                                             "--output", str(t / "out" / "r.json")], "trunc"),

@@ -166,6 +166,39 @@ def test_cli_evaluate(ray_local, cli, tiny_init, tmp_path):
                parse_constant=lambda c: pytest.fail(f"{c} in results.json"))
     md = (tmp_path / "r.md").read_text()  # the table the command printed, beside results.json
     assert md.startswith(f"# raymeta evaluate: {tiny_init}\n") and "K=2" in md
+    assert (tmp_path / "r.png").is_file()  # the score against K, beside it too
+
+
+def test_cli_evaluate_pairs_two_inits_on_the_same_splits(ray_local, cli, tiny_init, tmp_path):
+    """`--init A --init B`: both scored on the same splits in one round of runs; B's gain over A is
+    the mean of the per-split differences, with the paired CI, in results.json, in the one table
+    the command prints (and its .md), and the plot of score against K per init is beside them."""
+    torch.manual_seed(1)
+    cfg = ModelConfig(from_config=TINY_BERT)
+    tok = load_tokenizer(cfg)
+    other = str(export_model(tmp_path / "other", load_encoder(cfg, len(tok)), tok))
+    d = jsonl_dir(tmp_path / "pair")
+    out = tmp_path / "cmp.json"
+    r = cli.run(["evaluate", "--init", tiny_init, "--init", other, "--task", str(d), "--method",
+                 "prototype", "--shots", "2", "--splits", "2", "--max-test", "20", "--address",
+                 ray_local.get_runtime_context().gcs_address, "--output", str(out)],
+                cwd=Path.cwd(), timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["inits"] == [tiny_init, other] and res["baseline"] == tiny_init
+    a, b = (res["results"][i] for i in (tiny_init, other))
+    assert a["splits"] == b["splits"] and len(a["splits"]["pair"]["2"]) == 2
+    va, vb = (x["tasks"]["pair"]["methods"]["prototype"]["2"]["values"] for x in (a, b))
+    gain = res["gains"][other]["pair"]["K=2 prototype"]
+    assert gain["values"] == pytest.approx([y - x for x, y in zip(va, vb)])
+    assert gain["mean"] == pytest.approx(sum(vb) / 2 - sum(va) / 2) and gain["n"] == 2
+    header = next(ln for ln in r.stdout.splitlines() if ln.startswith("| task"))
+    assert header == f"| task | setting | {tiny_init} | {other} | gain: {other} |"
+    row = next(ln for ln in r.stdout.splitlines() if ln.startswith("| pair (accuracy)"))
+    assert f"{100 * (gain['mean']):+.1f} ± " in row
+    md = out.with_suffix(".md").read_text()
+    assert md.startswith(f"# raymeta evaluate: {tiny_init}, {other}\n") and header in md
+    assert out.with_suffix(".png").stat().st_size > 0
 
 
 @pytest.mark.slow

@@ -2,7 +2,7 @@
 markers, in an empty folder that holds only the user's two CSV files, with the installed ``raymeta``
 command on PATH. Its Ray commands join this test's Ray instance through ``$RAY_ADDRESS`` (as inside
 ``ray job submit``), which the README's text does not name. Slow tier: MiniLM meta-trains for 20
-steps and is scored twice (minutes on 2 CPUs)."""
+steps, then it and the plain model are scored in one ``raymeta evaluate`` (minutes on 2 CPUs)."""
 
 from __future__ import annotations
 
@@ -86,12 +86,22 @@ def test_the_readme_own_data_example_runs_as_written(ray_local, tmp_path):
     assert (final / "model.safetensors").is_file() and (final / "config.json").is_file()
     assert (f"--init runs/my_run: scoring {Path('runs/my_run/final')} (final/: the last step)"
             in r.stderr)
-    scores = {}
-    for init in ("my_run", "plain"):
-        out = tmp_path / "runs" / init / "new_intents.json"
-        res = _strict(out)
-        cell = res["tasks"]["new_intents"]
-        assert "K=2" in (out.with_suffix(".md")).read_text()
-        # both scored, on the same splits (the evaluation's own tests check those)
-        scores[init] = json.dumps(cell)
-    assert scores["my_run"] != scores["plain"]  # a different init, scored for itself
+    # one evaluate: the plain model and the run, on the same splits, the run paired with the plain
+    plain, run = "offline:all-MiniLM-L6-v2", "runs/my_run"
+    out = tmp_path / "runs" / "my_run" / "new_intents.json"
+    res = _strict(out)
+    assert res["inits"] == [plain, run] and res["baseline"] == plain
+    scored = {i: res["results"][i]["tasks"]["new_intents"]["methods"]["prototype"]["2"]
+              for i in (plain, run)}
+    assert scored[run] != scored[plain]  # a different init, scored for itself
+    assert res["results"][plain]["splits"] == res["results"][run]["splits"]
+    gain = res["gains"][run]["new_intents"]["K=2 prototype"]
+    assert gain["n"] == 5 and gain["values"] == pytest.approx(
+        [b - a for a, b in zip(scored[plain]["values"], scored[run]["values"])])
+    # the one table the README shows, with the paired-gain column, printed and beside the results
+    header = f"| task | setting | {plain} | {run} | gain: {run} |"
+    assert header in r.stdout and "| new_intents (accuracy) | K=2 prototype |" in r.stdout
+    assert header in out.with_suffix(".md").read_text()
+    readme = (REPO / "README.md").read_text(encoding="utf-8").split(END, 1)[1]
+    assert header in readme  # the README's example is this output's format
+    assert out.with_suffix(".png").is_file()

@@ -5,6 +5,7 @@ TensorBoard."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,29 @@ def test_early_stopping_and_resume_keep_the_best(task_actors, mixed_data, val_fi
     assert [v["step"] for v in vals] == [0, 2, 4]
     assert vals[1]["score"] == stopped[1]["score"] and vals[0] == stopped[0]
     assert json.loads((out / "best" / BEST_JSON).read_text())["step"] == before["step"] == 0
+
+
+def test_final_at_the_best_step_links_its_weights(task_actors, mixed_data, val_file, tmp_path,
+                                                  monkeypatch):
+    """The last step is the best one (here step 1's episodes all score 1, step 0's 0): final/'s
+    weights are hard links to best/'s, one copy on disk; both are sentence-transformers folders."""
+    from raymeta.train.validation import Validator
+
+    judge = Validator.judge
+
+    def last_is_best(self, step, values, t0=None):
+        values = [{t: [float(step == 1)] * len(v) for t, v in setting.items()}
+                  for setting in values]
+        return judge(self, step, values, t0)
+
+    monkeypatch.setattr(Validator, "judge", last_is_best)
+    cfg = load_config(data=config(tmp_path, mixed_data, val_file, steps=1))
+    final = Path(MetaTrainer(cfg, actors=task_actors(cfg)).run())
+    best = Path(cfg.output_dir) / "best"
+    assert json.loads((best / BEST_JSON).read_text())["step"] == 1
+    weights = "model.safetensors"
+    assert os.stat(final / weights).st_ino == os.stat(best / weights).st_ino
+    assert (final / "modules.json").is_file() and (best / "1_Pooling" / "config.json").is_file()
 
 
 def test_finetune_validation_under_collective_reduce(task_actors, mixed_data, val_file, tmp_path):

@@ -190,3 +190,86 @@ def test_tasks_show_a_k_shot_task_too_small_for_meta_training_episodes(tmp_path,
     assert ("labels 3: a, b, c" in out
             and "episode none at ways=5 shots=5 queries=5: task 'few'" in out)
     assert "(enough for K-shot evaluation; not for meta-training with these episodes)" in out
+
+
+def _run_files(out: Path) -> list[str]:
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+
+
+def test_config_show_prints_the_resolved_config_as_a_run_saves_it(tmp_path, raymeta):
+    """Every default filled in, secrets redacted: the text of save_config's config.yaml."""
+    import yaml
+
+    from raymeta.config import ExperimentConfig, config_yaml, load_config, save_config
+
+    secret = "hf_" + "a" * 30
+    overrides = ["meta.steps=7", f"model.from_config.hf_token={secret}"]
+    r = raymeta("config", "show", "--config", "tiny", *overrides)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    cfg = load_config("tiny", overrides)
+    assert r.stdout == config_yaml(cfg) == save_config(cfg, tmp_path).read_text()
+    assert secret not in r.stdout and "hf_token: '***'" in r.stdout
+    assert "meta:\n  algorithm: fomaml\n" in r.stdout and "  steps: 7\n" in r.stdout
+    # every section, defaults included, and the text reloads as the same config
+    shown = yaml.safe_load(r.stdout)
+    assert (set(shown) == set(ExperimentConfig.model_fields)
+            and ExperimentConfig.model_validate(shown).meta == cfg.meta)
+    # without --config: the schema's defaults
+    r = raymeta("config", "show")
+    assert r.returncode == 0 and r.stdout == config_yaml(ExperimentConfig()), r.stderr
+
+
+def test_train_dry_run_checks_and_prints_the_config_and_starts_nothing(tmp_path, raymeta):
+    from raymeta.config import config_yaml, load_config
+    from raymeta.config.resolve import resolve
+
+    out = tmp_path / "run"
+    overrides = [f"output_dir={out}", "meta.steps=3"]
+    r = raymeta("train", "--config", "tiny", "--dry-run", *overrides)
+    assert r.returncode == 0, r.stderr
+    # the config the run would save as its config.yaml; on stderr one line, and no Ray
+    assert r.stdout == config_yaml(resolve(load_config("tiny", overrides)).cfg)
+    assert r.stderr.splitlines() == ["raymeta train --dry-run: the config, output_dir and the "
+                                     "tasks' data checked; Ray not started, nothing trained"]
+    assert not out.exists()  # nothing written
+
+
+def test_train_dry_run_refuses_what_train_refuses_and_removes_nothing(tmp_path, raymeta):
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "metrics.jsonl").write_text('{"step": 0}\n')
+    before = _run_files(out)
+    r = raymeta("train", "--config", "tiny", "--dry-run", f"output_dir={out}")
+    assert r.returncode == 2 and r.stderr.splitlines() == [
+        f"raymeta: error: output_dir {out} already holds a run (metrics.jsonl, checkpoints): add "
+        "--resume to continue it, or --overwrite to start it over"], r.stderr
+    r = raymeta("train", "--config", "tiny", "--dry-run", "--overwrite", f"output_dir={out}")
+    assert r.returncode == 0, r.stderr
+    assert _run_files(out) == before
+    # a bad row: the one-line error train gives before Ray starts
+    (tmp_path / "d.csv").write_text("text,label\nfine,a\nalso fine,b\nbad,zzz\n")
+    (tmp_path / "c.yaml").write_text(
+        f"output_dir: {tmp_path}/other\ntasks:\n  - name: mine\n    type: sequence_classification"
+        f"\n    labels: [a, b]\n    source: {{kind: files, format: csv, files: {{train: "
+        f"{tmp_path}/d.csv}}}}\n")
+    r = raymeta("train", "--config", str(tmp_path / "c.yaml"), "--dry-run")
+    lines = r.stderr.splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith(
+        f"raymeta: error: task 'mine', file {tmp_path}/d.csv, row 3: label 'zzz' is not in the "
+        "label set"), r.stderr
+    assert not (tmp_path / "other").exists()
+
+
+def test_train_ends_by_naming_the_next_commands():
+    """After `raymeta train`: the paired comparison of the model the run started from with the
+    one it made, on the config's test tasks, and the dashboard."""
+    from raymeta.cli import _next_commands
+    from raymeta.config import load_config
+
+    cfg = load_config("starter", ["output_dir=runs/x"])
+    text = _next_commands(cfg, "runs/x/best")
+    assert ("raymeta evaluate --init offline:all-MiniLM-L6-v2 --init runs/x/best "
+            "--task chatterbot_topics --output runs/x/compare.json") in text
+    assert "tensorboard --logdir runs/x/tensorboard" in text
+    assert "--task YOUR_TASK.yaml" in _next_commands(cfg.model_copy(
+        update={"eval": cfg.eval.model_copy(update={"tasks": []})}), "runs/x/final")

@@ -57,3 +57,15 @@ def test_overwrite_removes_the_runs_outputs_only(tmp_path, caplog):
 def test_resume_and_overwrite_together_is_one_line(tmp_path):
     with pytest.raises(RaymetaError, match="give one of them"):
         prepare_output_dir(tmp_path, resume=True, overwrite=True)
+
+
+def test_dry_run_refuses_the_same_and_removes_nothing(tmp_path):
+    """``raymeta train --dry-run``: what train would refuse, refused; what it would remove, kept."""
+    _a_run(tmp_path)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(RaymetaError, match="already holds a run"):
+        prepare_output_dir(tmp_path, resume=False, overwrite=False, dry_run=True)
+    with pytest.raises(RaymetaError, match="give one of them"):
+        prepare_output_dir(tmp_path, resume=True, overwrite=True, dry_run=True)
+    prepare_output_dir(tmp_path, resume=False, overwrite=True, dry_run=True)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

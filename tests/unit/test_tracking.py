@@ -85,3 +85,22 @@ def test_a_nonfinite_loss_is_strict_json_null_with_a_flag(tmp_path):
     resumed = Tracker(tmp_path, ["a", "b"], start_step=3)  # a resume reads the nulls back
     assert np.isnan(resumed.cos_sum[0, 1]) and resumed.cos_n[0, 1] == 2
     resumed.close()
+
+
+def test_step_lines_estimate_the_time_left_from_the_steps_done(tmp_path, caplog):
+    """After two steps of 30 s each (on a fake clock), 8 of 10 to go: about 4 min left; none after
+    one step (it carries the start-up) or after the last."""
+    now = [100.0]
+    t = Tracker(tmp_path, ["a", "b"], clock=lambda: now[0])
+    with caplog.at_level("INFO", logger="raymeta.train"):
+        for s in range(10):
+            now[0] += 30.0
+            t.step(record(s))
+    t.close()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert "left" not in lines[0] and "left" not in lines[-1]
+    assert lines[1].endswith("| about 4 min left")
+    assert lines[8].endswith("| about 30 s left")
+    resumed = Tracker(tmp_path, ["a", "b"], start_step=9)
+    assert resumed.time_left(9, 10) == ""
+    resumed.close()

@@ -142,6 +142,20 @@ def test_resume_counts_validations_since_the_best(tmp_path, best_step, resumed_a
                                                                                0.5)
 
 
+
+def test_exported_at_names_best_only_at_its_own_step(tmp_path):
+    """final/ shares best/'s weights only when best/ holds the same step (raymeta_best.json)."""
+    other = tmp_path / "b.csv"
+    other.write_text(rows_csv(5, 15))
+    v = Validator(cfg_with(tmp_path, {"tasks": [val_task(other)], "every_steps": 2}),
+                  tmp_path / "run")
+    assert v.exported_at(4) is None  # no best/ yet
+    v.best_dir.mkdir(parents=True)
+    (v.best_dir / BEST_JSON).write_text(json.dumps({"step": 4, "score": 0.5}))
+    assert v.exported_at(4) == v.best_dir and v.exported_at(6) is None
+    (v.best_dir / BEST_JSON).write_text("{trunc")
+    assert v.exported_at(4) is None
+
 class _Rows:
     """What choose_rows reads of a task: its name, its splits and their class ids."""
 
