@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="where ../shared/data-style files live (default: $RAYMETA_DATA_DIR or "
                       "../shared/data)")
     show.add_argument("--model", help="tokenizer to use (default: the offline MiniLM)")
-    show.add_argument("--seed", type=int, default=None)
+    show.add_argument("--seed", type=int, default=None, help="seed of the episode shown")
     show.set_defaults(func=_cmd_tasks_show)
 
     tr = sub.add_parser("train", help="meta-train the shared encoder: one Ray actor per task")
@@ -477,7 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     bm = sub.add_parser("benchmark",
                         help="few-shot accuracy: meta-train every algorithm at equal budget and "
                         "compare the inits")
-    bm.add_argument("--config", required=True)
+    bm.add_argument("--config", required=True,
+                    help="experiment YAML with a benchmark: section, or a shipped one's name "
+                    "(benchmark)")
     bm.add_argument("--quick", action="store_true",
                     help="the small budget of benchmark.quick (minutes on 2 CPUs)")
     bm.add_argument("--output",
@@ -485,7 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "<output_dir>/benchmark)")
     bm.add_argument("--address",
                     help="Ray cluster address (default: $RAY_ADDRESS, else a local instance)")
-    bm.add_argument("overrides", nargs="*", metavar="key=value")
+    bm.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="config overrides (dotted keys), applied after the YAML")
     bm.set_defaults(func=_cmd_benchmark)
 
     sp = sub.add_parser("speed",
@@ -541,7 +544,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="continue an interrupted search (Tuner.restore)")
     tu.add_argument("--address",
                     help="Ray cluster address (default: $RAY_ADDRESS, else a local instance)")
-    tu.add_argument("overrides", nargs="*", metavar="key=value")
+    tu.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="config overrides (dotted keys), applied after the YAML")
     tu.set_defaults(func=_cmd_tune)
     return p
 

@@ -38,7 +38,8 @@ log = logging.getLogger("raymeta.train")
 # What a run writes into its output_dir; a directory holding any of them holds a run.
 RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "tensorboard", "checkpoints", "final", "best",
                ".validation",
-               "task_affinity.png", "task_affinity.npy", "task_weights.png", HOLDOUT_JSON)
+               "task_affinity.png", "task_affinity.npy", "task_weights.png", "training_curves.png",
+               HOLDOUT_JSON)
 # checkpoints go one by one, manifest last; .validation is scratch
 _NOT_MIRRORED = ("checkpoints", ".validation")
 

@@ -230,6 +230,50 @@ class Tracker:
         plt.close(fig)
         return out
 
+    def curves_png(self) -> Path | None:
+        """``training_curves.png``: each task's loss over the steps and, with meta-validation, the
+        validation score at each validated step (step 0, the starting model, included), from
+        metrics.jsonl (a resumed run's earlier steps included)."""
+        path = self.dir / "metrics.jsonl"
+        recs = [json.loads(ln) for ln in path.read_text().splitlines()] if path.is_file() else []
+        steps = [r for r in recs if r.get("kind") != "validation"]
+        vals = [r for r in recs if r.get("kind") == "validation"]
+        if not steps:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 2 if vals else 1, figsize=(12 if vals else 7, 4.2),
+                                 squeeze=False)
+        ax = axes[0][0]
+        for task in self.tasks:
+            ax.plot([r["step"] for r in steps],
+                    [math.nan if r["loss"].get(task) is None else r["loss"][task] for r in steps],
+                    label=task)
+        ax.set_xlabel("meta-step")
+        ax.set_ylabel("outer loss")
+        ax.set_title("meta-training loss per task")
+        ax.legend(fontsize=8)
+        if vals:
+            ax = axes[0][1]
+            ax.errorbar([r["step"] for r in vals], [r["score"] for r in vals],
+                        yerr=[r.get("ci95") or 0.0 for r in vals], marker="o", capsize=3)
+            ax.set_xlabel("meta-steps done")
+            ax.set_ylabel("validation score (± 95% CI)")
+            ax.set_title("meta-validation")
+        fig.tight_layout()
+        out = self.dir / "training_curves.png"
+        fig.savefig(out, dpi=110)
+        plt.close(fig)
+        return out
+
+    def pictures(self) -> list[Path]:
+        """The run's pictures, at its end: the task affinity, the mixture over the steps (learned
+        weights), and the training curves."""
+        return [p for p in (self.affinity_png(), self.weights_png(), self.curves_png()) if p]
+
     def flush(self) -> None:
         """Everything logged so far on disk (before the run's files are mirrored to a storage
         URI)."""

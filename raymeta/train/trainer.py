@@ -130,8 +130,7 @@ class MetaTrainer:
                 self.validator.exported_at(s.step)  # best/ of this step: final/ links its weights
             final = export_model(self.out / "final", s.encoder, s.tokenizer, cfg=self.cfg,
                                  step=s.step, share_with=share)
-            self.tracker.affinity_png()
-            self.tracker.weights_png()  # meta.weighting.rule alignment: the mixture over the steps
+            self.tracker.pictures()  # task affinity, the mixture over the steps, the curves
             if self.validator is not None:
                 self.validator.log_summary(self.step, stop, self.outputs.shown)
             self.tracker.flush()

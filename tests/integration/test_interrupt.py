@@ -14,6 +14,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from raymeta.core.checkpoint import latest_checkpoint
 
 from .conftest import tiny_config, write_config
@@ -23,6 +25,9 @@ LINE = re.compile(r"raymeta: interrupted at step (\d+); the last checkpoint is s
                   r"\((.+)\): continue with (raymeta train .+ --resume)")
 
 
+# slow tier (CI runs it): a train, its SIGTERM and the resumed run; the line itself is
+# tests/unit/test_interrupted.py's, and Ctrl-C end to end test_reliability.py's (default suite)
+@pytest.mark.slow
 def test_sigterm_names_the_last_checkpoint_and_its_resume_command_continues(ray_local, mixed_data,
                                                                             cli, tmp_path):
     data = tiny_config(tmp_path, mixed_data, algorithm="reptile", steps=STEPS, inner_steps=1)

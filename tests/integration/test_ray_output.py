@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from ..cli_forks import CliForks
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,6 +48,9 @@ except KeyboardInterrupt as e:  # raymeta.cluster.connect.Terminated
 """
 
 
+# slow tier (CI runs it): a Ray instance of its own; the switches themselves are
+# tests/unit/test_connect.py's
+@pytest.mark.slow
 def test_worker_logs_on_pipes_have_no_colour_and_no_token_notice_and_sigterm_no_dump():
     env = {k: v for k, v in CliForks.environment().items() if k not in ("RAY_COLOR_PREFIX",
                                                                          "NO_COLOR")}

@@ -118,16 +118,15 @@ def test_missing_bucket_is_one_line_naming_the_uri_and_nothing_is_written_locall
     r = cli.run(["train", "--config", cfg], cwd=tmp_path, timeout=120)
     assert r.returncode == 2, r.stderr[-2000:]
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0] == (f"raymeta: error: output_dir {uri}: cannot write: the "
-                                            "bucket "
-                                               "'raymeta-no-such-bucket' does not exist (create it "
-                                            "first)"), r.stderr
+    assert len(lines) == 1 and lines[0] == (f"raymeta: error: output_dir {uri}: cannot write: "
+                                            "the bucket 'raymeta-no-such-bucket' does not exist "
+                                            "(create it first)"), r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.yaml"]
 
 
 def test_damaged_latest_checkpoint_resumes_from_the_one_before_bit_equal(straight, task_actors,
                                                                          mixed_data, val_file,
-                                                                        tmp_path, monkeypatch,
+                                                                         tmp_path, monkeypatch,
                                                                          caplog):
     out = tmp_path / "run"
     data = config(tmp_path, str(mixed_data), str(out), val_file)

@@ -165,6 +165,7 @@ def test_checkpoint_layout_and_hf_export(task_actors, mixed_data, tmp_path):
         assert (ck / f).is_file(), f
     out = Path(cfg.output_dir)
     assert (out / "config.yaml").is_file() and (out / "task_affinity.png").is_file()
+    assert (out / "training_curves.png").is_file()
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".tmp")]
 

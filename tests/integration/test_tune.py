@@ -71,6 +71,7 @@ def one_task(data: dict) -> dict:
     return data
 
 
+@pytest.mark.slow  # 50 s: a search end to end; the tier CI runs after make test
 def test_tiny_tune_finds_a_best_config_that_trains(ray_local, tune_data, tmp_path):
     t0 = time.time()
     cfg = load_config(data=tune_config(tmp_path, tune_data))

@@ -88,6 +88,8 @@ def test_early_stopping_and_resume_keep_the_best(task_actors, mixed_data, val_fi
     assert json.loads((out / "best" / BEST_JSON).read_text())["step"] == before["step"] == 0
 
 
+# slow tier (CI runs it): the linking itself is tests/unit/test_st_folder.py's
+@pytest.mark.slow
 def test_final_at_the_best_step_links_its_weights(task_actors, mixed_data, val_file, tmp_path,
                                                   monkeypatch):
     """The last step is the best one (here step 1's episodes all score 1, step 0's 0): final/'s

@@ -273,3 +273,21 @@ def test_train_ends_by_naming_the_next_commands():
     assert "tensorboard --logdir runs/x/tensorboard" in text
     assert "--task YOUR_TASK.yaml" in _next_commands(cfg.model_copy(
         update={"eval": cfg.eval.model_copy(update={"tasks": []})}), "runs/x/final")
+
+
+def test_every_argument_of_every_command_has_help():
+    import argparse
+
+    from raymeta.cli import build_parser
+
+    def walk(parser: argparse.ArgumentParser, name: str) -> list[str]:
+        out = []
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for sub, p in a.choices.items():
+                    out += walk(p, f"{name} {sub}".strip())
+            elif not isinstance(a, argparse._HelpAction) and not a.help:
+                out.append(f"{name}: {a.dest}")
+        return out
+
+    assert walk(build_parser(), "") == []

@@ -104,3 +104,18 @@ def test_step_lines_estimate_the_time_left_from_the_steps_done(tmp_path, caplog)
     resumed = Tracker(tmp_path, ["a", "b"], start_step=9)
     assert resumed.time_left(9, 10) == ""
     resumed.close()
+
+
+def test_training_curves_show_the_losses_and_the_validation_scores(tmp_path):
+    t = Tracker(tmp_path, ["a", "b"])
+    assert t.curves_png() is None  # nothing logged yet: no picture
+    for s in range(3):
+        t.step(record(s))
+    t.validation({"step": 3, "kind": "validation", "score": 0.5, "ci95": 0.1, "tasks": {"v": 0.5},
+                  "n": 10, "improved": True, "best_score": 0.5, "best_step": 3, "stop": False,
+                  "seconds": 1.0, "method": "prototype"})
+    t.flush()
+    pictures = t.pictures()
+    t.close()
+    assert tmp_path / "training_curves.png" in pictures
+    assert (tmp_path / "training_curves.png").stat().st_size > 1000
