@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # what the names are, for type checkers and editors
+    from .classify import Classifier, fit
     from .config import ExperimentConfig, TaskConfig, load_config, save_config
     from .errors import ConfigError, DataError, ModelError, RaymetaError
     from .tasks import Episode, Task, load_task, task_config
@@ -38,14 +39,18 @@ _LAZY = {
     "Task": ".tasks",
     "load_task": ".tasks",
     "task_config": ".tasks",
+    "Classifier": ".classify",
+    "fit": ".classify",
 }
 
 __all__ = [
     "__version__",
+    "Classifier",
     "ConfigError",
     "DataError",
     "Episode",
     "ExperimentConfig",
+    "fit",
     "ModelError",
     "RaymetaError",
     "Task",

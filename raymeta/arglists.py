@@ -1,5 +1,5 @@
-"""Comma-separated command-line values (``--shots 4,8,16``, ``--models minilm,tiny``), one-line
-errors.
+"""Command-line words: deprecated command names (renamed before parsing), and comma-separated
+values (``--shots 4,8,16``, ``--models minilm,tiny``) with one-line errors.
 
 Its own module, below both :mod:`raymeta.cli` and :mod:`raymeta.speed.bench`, so that neither
 imports the other.
@@ -7,9 +7,13 @@ imports the other.
 
 from __future__ import annotations
 
+import sys
+from typing import Sequence
+
 from .errors import RaymetaError
 
-__all__ = ["positive_ints", "shot_counts", "names"]
+__all__ = ["positive_ints", "shot_counts", "names", "rename_deprecated",
+           "DEPRECATED_COMMANDS"]
 
 
 def positive_ints(text: str) -> list[int]:
@@ -44,3 +48,22 @@ def shot_counts(text: str, zero_ok: bool = False) -> list[int]:
 def names(text: str) -> list[str]:
     """``"minilm, tiny"`` → ``["minilm", "tiny"]`` (blanks dropped)."""
     return [x.strip() for x in text.split(",") if x.strip()]
+
+
+DEPRECATED_COMMANDS = {"bench": "speed"}
+
+
+def rename_deprecated(argv: Sequence[str]) -> list[str]:
+    """``argv`` with a deprecated command name replaced by its new one, after a warning on stderr.
+
+    Done before parsing so that ``raymeta bench --help`` warns too (argparse exits inside parsing),
+    and so that the old name stays out of ``raymeta --help``. The command is the first word that is
+    not an option: the only option before it, ``-v``, takes no value."""
+    argv = list(argv)
+    i = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if i is not None and argv[i] in DEPRECATED_COMMANDS:
+        new = DEPRECATED_COMMANDS[argv[i]]
+        print(f"raymeta: warning: `raymeta {argv[i]}` is deprecated and will be removed in the "
+              f"next release; use `raymeta {new}`", file=sys.stderr)
+        argv[i] = new
+    return argv

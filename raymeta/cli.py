@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from .arglists import shot_counts
+from .arglists import rename_deprecated, shot_counts
 from .errors import RaymetaError
 
 if TYPE_CHECKING:  # the commands import what they need when they run: `raymeta --help` stays fast
@@ -213,8 +213,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     svm = base.eval.svm.model_copy(update={k: v for k, v in (("lam", args.svm_lambda),
                                                              ("iterations",
                                                               args.svm_iterations)) if v})
-    if args.label_template is not None and args.label_prior is None:
-        raise RaymetaError("--label-template goes with --label-prior WEIGHT")
+    # SetFit's label-name track: templated examples of each class's name among its training rows
+    setfit_template = args.label_template if "setfit" in methods else None
+    if args.label_template is not None and args.label_prior is None and not setfit_template:
+        raise RaymetaError("--label-template goes with --label-prior WEIGHT or --method setfit")
     prior = {"label_prior": args.label_prior or 0.0,
              "label_template": args.label_template or "{name}"}
     if args.label_template is not None:
@@ -251,7 +253,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         out = evaluate_inits(args.init, tasks, shots=shots, n_splits=args.splits, settings=settings,
                              seed=args.seed, data_dir=data_dir, cache_dir=base.cache_dir,
                              output=args.output, method=methods, setfit=setfit,
-                             address=args.address, ridge=ridge, svm=svm, **prior)
+                             address=args.address, ridge=ridge, svm=svm,
+                             setfit_template=setfit_template, **prior)
     # the progress bar (stderr) is done: the table goes to stdout on lines of its own
     sys.stderr.flush()
     print(evaluation_table(out), flush=True)
@@ -434,7 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "alone")
     ev.add_argument("--label-template", metavar="TEXT",
                     help="with --label-prior: the text embedded for a name, e.g. "
-                    "'This is about {name}.' (default: '{name}')")
+                    "'This is about {name}.' (default: '{name}'); with --method setfit: SetFit's "
+                    "label-name track, 8 such examples per class among its training rows "
+                    "(setfit+names)")
     ev.add_argument("--steps", type=int, default=ev_defaults.finetune_steps,
                     help="fine-tuning steps per split")
     ev.add_argument("--lr", type=float, default=ev_defaults.finetune_lr,
@@ -532,6 +537,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="config overrides for every case")
     sp.set_defaults(func=_cmd_speed)
 
+    from .cli_classify import add_fit, add_predict
+
+    add_fit(sub)
+    add_predict(sub)
     tu = sub.add_parser("tune",
                         help="Ray Tune over task mixtures and learning rates, scored on "
                         "meta-validation tasks")
@@ -552,27 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Old command names still accepted for one release, with a warning: `bench` (meta-step speed) was
 # one letter-group away from `benchmark` (few-shot accuracy), so it became `speed`.
-DEPRECATED_COMMANDS = {"bench": "speed"}
-
-
-def _rename_deprecated(argv: Sequence[str]) -> list[str]:
-    """``argv`` with a deprecated command name replaced by its new one, after a warning on stderr.
-
-    Done before parsing so that ``raymeta bench --help`` warns too (argparse exits inside parsing),
-    and so that the old name stays out of ``raymeta --help``. The command is the first word that is
-    not an option: the only option before it, ``-v``, takes no value."""
-    argv = list(argv)
-    i = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
-    if i is not None and argv[i] in DEPRECATED_COMMANDS:
-        new = DEPRECATED_COMMANDS[argv[i]]
-        print(f"raymeta: warning: `raymeta {argv[i]}` is deprecated and will be removed in the "
-              f"next release; use `raymeta {new}`", file=sys.stderr)
-        argv[i] = new
-    return argv
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(_rename_deprecated(sys.argv[1:] if argv is None else argv))
+    args = build_parser().parse_args(rename_deprecated(sys.argv[1:] if argv is None else argv))
     _setup_logging(args.verbose)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no fork warnings under Ray
     # a "Loading weights" bar per model load (trials, actors) is noise in a job log
@@ -588,6 +578,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RaymetaError as e:
         print(f"raymeta: error: {e}", file=sys.stderr)
         return e.exit_code
+    except Exception as e:
+        # Ray's memory monitor, anywhere (a Ray task of evaluate or fit, a Ray Data job): one line
+        from .cluster.oom import is_out_of_memory, out_of_memory_line
+
+        if not is_out_of_memory(e):
+            raise
+        print(f"raymeta: error: {out_of_memory_line(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as e:  # its message says what was interrupted and how to go on
         from .cluster.connect import interrupt_exit_code
 

@@ -7,7 +7,7 @@ non-zero, without a traceback; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["RaymetaError", "ConfigError", "DataError", "ModelError"]
+__all__ = ["RaymetaError", "ConfigError", "DataError", "InputError", "ModelError"]
 
 
 class RaymetaError(Exception):
@@ -23,14 +23,20 @@ class ConfigError(RaymetaError):
 class DataError(RaymetaError):
     """A task's data is bad: missing file or column, unknown label, empty split, bad span."""
 
+    _file_label = ", file "
+
     def __init__(self, task: str, message: str, *, file: str | None = None, row: int | None = None):
-        where = f"task '{task}'"
+        where = self._culprit(task)
         if file is not None:
-            where += f", file {file}"
+            where += f"{self._file_label}{file}"
         if row is not None:
             where += f", row {row}"
         super().__init__(f"{where}: {message}")
         self.task, self.file, self.row, self.message = task, file, row, message
+
+    @staticmethod
+    def _culprit(task: str) -> str:
+        return f"task '{task}'"
 
     def __reduce__(self):
         # Pickle-able, so the error crosses from a Ray actor to the driver as itself.
@@ -39,6 +45,17 @@ class DataError(RaymetaError):
 
     def __setstate__(self, state):
         self.file, self.row, self.args = state["file"], state["row"], state["args"]
+
+
+class InputError(DataError):
+    """A command's input file is bad (``raymeta fit --train``, ``raymeta predict --input``): the
+    culprit is the argument and its file, not a task: ``--train data.csv, row 4: ...``."""
+
+    _file_label = " "
+
+    @staticmethod
+    def _culprit(task: str) -> str:
+        return task
 
 
 class ModelError(RaymetaError):

@@ -164,13 +164,13 @@ def check_label_prior(methods: Sequence[str], shots: Sequence[int], label_prior:
                                "prototype runs on label names alone")
 
 
-def _names_track(by_method: dict[str, Any], label_prior: float) -> dict[str, Any]:
+def _names_track(by_method: dict[str, Any], label_prior: float,
+                 setfit_template: str | None = None) -> dict[str, Any]:
     """With the label prior, the prototype classifier's (and the episodic fine-tuned head's) results
-    under ``<name>+names``."""
-    if label_prior <= 0:
-        return by_method
-    return {(m + NAMES_SUFFIX if m in ("prototype", "finetuned_head") else m): v for m,
-            v in by_method.items()}
+    under ``<name>+names``; with a SetFit label template, SetFit's under ``setfit+names``."""
+    named = ({"prototype", "finetuned_head"} if label_prior > 0 else set()) | (
+        {"setfit"} if setfit_template else set())
+    return {(m + NAMES_SUFFIX if m in named else m): v for m, v in by_method.items()}
 
 
 def evaluate(
@@ -182,19 +182,23 @@ def evaluate(
     setfit: SetfitSettings | None = None, address: str | None = None,
              ridge: RidgeConfig | None = None,
     svm: SvmConfig | None = None, label_prior: float = 0.0, label_template: str = "{name}",
+    setfit_template: str | None = None,
 ) -> dict[str, Any]:
     """Score ``init`` with each of ``method`` (``finetune``, ``prototype``, ``ridge``, ``svm``,
     ``setfit``) on every (task, K, split), all on the same splits and test rows
     (``settings.max_test``); write ``output`` only when all succeed. ``ridge`` and ``svm``: those
     classifiers' settings (``eval.ridge``, ``eval.svm``). ``label_prior`` λ > 0: the prototype
     classifier takes each class's name (``label_template``) as a support point of weight λ, reported
-    as ``prototype+names`` (K = 0: the names alone). The runs are Ray tasks on the cluster at
+    as ``prototype+names`` (K = 0: the names alone). ``setfit_template``: SetFit with templated
+    label-name examples (``setfit.get_templated_dataset``), reported as ``setfit+names``. The runs
+    are Ray tasks on the cluster at
     ``address`` (default: ``$RAY_ADDRESS``, else a local instance)."""
     out = _score_inits(
         [init], tasks, shots=shots, n_splits=n_splits, settings=settings, seed=seed,
         data_dir=data_dir, cache_dir=cache_dir, pooling=pooling, num_cpus_per_run=num_cpus_per_run,
         progress=progress, method=method, setfit=setfit, address=address, ridge=ridge, svm=svm,
-        label_prior=label_prior, label_template=label_template)[init]
+        label_prior=label_prior, label_template=label_template,
+        setfit_template=setfit_template)[init]
     if output is not None:
         write_json_atomic(output, out)
     return out
@@ -259,13 +263,13 @@ def _score_inits(
     pooling: str | None = None, num_cpus_per_run: float = 1.0, progress: bool = True,
     method: str | Sequence[str] = "finetune", setfit: SetfitSettings | None = None,
     address: str | None = None, ridge: RidgeConfig | None = None, svm: SvmConfig | None = None,
-    label_prior: float = 0.0, label_template: str = "{name}",
+    label_prior: float = 0.0, label_template: str = "{name}", setfit_template: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Init -> its :func:`evaluate` results; every init on the same splits, in one round of Ray
     tasks."""
     import ray
 
-    from ..cluster import connect
+    from ..cluster import connect, gather
     from ..core.model import load_encoder, load_tokenizer
 
     methods = check_methods(tasks, method)  # before any model or data is read
@@ -315,7 +319,8 @@ def _score_inits(
                     run = ray.remote(num_cpus=num_cpus_per_run)(setfit_and_evaluate)
                     refs += [run.remote(model_path, spec.model_dump_json(), rows, settings=setfit,
                                         seed=seed * 1000 + i, max_test=settings.max_test,
-                                        eval_batch=settings.eval_batch, **common)
+                                        eval_batch=settings.eval_batch,
+                                        label_template=setfit_template, **common)
                              for spec, _, i, rows in plan]
                     covers += [(init, m, [j]) for j in range(len(plan))]
                 # an embedding classifier: one run per task, which embeds the test rows once for
@@ -333,7 +338,7 @@ def _score_inits(
                                                ridge=ridge, svm=svm, **prior, **common))
                         covers.append((init, m, mine))
         desc = f"{'+'.join(methods)} {', '.join(Path(p).name for p in model_paths.values())}"
-        results = _gather(refs, progress, desc=desc)
+        results = gather(refs, progress, desc=desc)
     finally:
         if started:
             ray.shutdown()
@@ -343,7 +348,7 @@ def _score_inits(
                                "methods": methods, "settings": settings.__dict__, "tasks": {},
                                "splits": splits}
         if "setfit" in methods:
-            out["setfit_settings"] = setfit.__dict__
+            out["setfit_settings"] = {**setfit.__dict__, "label_template": setfit_template}
         if label_prior > 0:
             out["label_prior"] = {"weight": label_prior, "template": label_template}
         for spec in tasks:
@@ -371,34 +376,8 @@ def _score_inits(
                     res.update({"metric": entry["metric"],
                                 **summarise(res["all"][entry["metric"]])})
             if "methods" in entry:
-                entry["methods"] = _names_track(entry["methods"], label_prior)
+                entry["methods"] = _names_track(entry["methods"], label_prior, setfit_template)
     return outs
-
-
-def _gather(refs: list[Any], progress: bool, desc: str) -> list[Any]:
-    import sys
-
-    import ray
-    from tqdm import tqdm
-
-    done: dict[Any, Any] = {}
-    pending = list(refs)
-    # stderr, and closed (its line erased) before the caller prints the results table to stdout
-    with tqdm(total=len(refs), desc=desc, disable=not progress, leave=False,
-              file=sys.stderr) as bar:
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            try:
-                done[ready[0]] = ray.get(ready[0])
-            except ray.exceptions.RayTaskError as e:
-                for r in pending:
-                    ray.cancel(r, force=True)
-                cause = e.as_instanceof_cause()
-                if isinstance(cause, RaymetaError):
-                    raise type(cause)(str(cause)) from None
-                raise
-            bar.update(1)
-    return [done[r] for r in refs]
 
 
 def evaluate_episodic(

@@ -30,7 +30,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from ..config import TaskConfig
+from ..config import ModelConfig, TaskConfig
 from ..core.model import (
     ADAPTER_CONFIG,
     default_pooling,
@@ -45,9 +45,12 @@ from ..tasks import Task
 from .finetune import run_setup, test_rows
 from .metrics import classification_metrics
 
-__all__ = ["SetfitSettings", "check_setfit_task", "require_setfit", "setfit_and_evaluate"]
+__all__ = ["SetfitSettings", "check_setfit_task", "plain_model_dir", "require_setfit",
+           "setfit_and_evaluate", "setfit_rows", "train_setfit"]
 
 MISSING = "--method setfit needs the setfit package: pip install 'raymeta[setfit]'"
+# examples made from each class's name with a label template: setfit's zero-shot default (8)
+TEMPLATED_PER_CLASS = 8
 
 @dataclass(frozen=True)
 class SetfitSettings:
@@ -110,15 +113,48 @@ def _body(path: str, pooling: str | None, max_length: int) -> Any:
     return body
 
 
-def setfit_and_evaluate(
-    init: str, task_json: str, train_rows: list[int], *, settings: SetfitSettings, seed: int,
-                        data_dir: str,
-    cache_dir: str | None, max_test: int | None, pooling: str | None = None,
-                        threads: int | None = None,
-    eval_batch: int = 64, task: Task | None = None,
-) -> dict[str, float]:
-    """SetFit ``init`` on ``train_rows`` (train-split row indices) and score the task's test
-    rows."""
+def plain_model_dir(init: str, mcfg: ModelConfig, tmp: str) -> str:
+    """``init``'s model as a plain Hugging Face directory SetFit can read: a storage URI's local
+    copy, or a LoRA adapter's merged model written under ``tmp``."""
+    path = resolve_model_path(init, local_model_path)  # a storage URI: a copy on this node
+    if os.path.isfile(os.path.join(path, ADAPTER_CONFIG)):
+        merged = os.path.join(tmp, "merged")
+        load_encoder(mcfg, fetch=local_model_path).save_pretrained(merged)
+        load_tokenizer(mcfg, fetch=local_model_path).save_pretrained(merged)
+        return merged
+    return path
+
+
+def setfit_rows(texts: Sequence[str], class_ids: Sequence[int],
+                label_names: Sequence[str] | None = None, label_template: str | None = None) -> Any:
+    """SetFit's training rows (a ``datasets.Dataset``: text, label): ``texts``, then, with
+    ``label_template``, ``TEMPLATED_PER_CLASS`` rows per class from its name in ``label_names``
+    (one per class id), made by ``setfit.get_templated_dataset``."""
+    import datasets
+    import setfit
+
+    train = datasets.Dataset.from_dict({"text": list(texts),
+                                        "label": [int(c) for c in class_ids]})
+    if label_template is None:
+        return train
+    assert label_names is not None, "a label template needs the label names"
+    named = setfit.get_templated_dataset(
+        candidate_labels=list(label_names), sample_size=TEMPLATED_PER_CLASS,
+        template=label_template.replace("{name}", "{}"))  # label = index in candidate_labels
+    return datasets.concatenate_datasets([train, named.cast(train.features)])
+
+
+def train_setfit(path: str, texts: Sequence[str], class_ids: Sequence[int], *,
+                 settings: SetfitSettings, seed: int, pooling: str | None, max_length: int,
+                 tmp: str, head: Any = None, label_names: Sequence[str] | None = None,
+                 label_template: str | None = None) -> Any:
+    """A ``setfit.SetFitModel`` on the model directory ``path`` (+ raymeta's pooling), its body
+    trained contrastively on ``texts`` and its head (default: a logistic regression) fitted on their
+    embeddings: the one SetFit run behind ``evaluate --method setfit`` and ``raymeta fit``.
+
+    ``label_template`` (with ``label_names``, one per class id): SetFit's label-name track, the
+    training rows plus ``TEMPLATED_PER_CLASS`` examples per class made from its name by
+    ``setfit.get_templated_dataset`` (``"This is about {name}."`` -> "This is about sports.")."""
     try:
         import setfit
     except ImportError:
@@ -129,43 +165,50 @@ def setfit_and_evaluate(
 
     setfit.logging.set_verbosity_warning()  # setfit turns its own INFO logging on at import
     datasets.disable_progress_bars()
+    train = setfit_rows(texts, class_ids, label_names, label_template)
+    model = setfit.SetFitModel(model_body=_body(path, pooling, max_length),
+                               model_head=head if head is not None else LogisticRegression())
+    args = setfit.TrainingArguments(
+        output_dir=os.path.join(tmp, "trainer"), batch_size=settings.batch_size,
+        num_epochs=settings.epochs, num_iterations=settings.iterations,
+        body_learning_rate=float(settings.body_lr), seed=seed, report_to="none",
+        save_strategy="no", logging_strategy="no", logging_first_step=False,
+        show_progress_bar=False,
+    )
+    trainer = setfit.Trainer(model=model, args=args, train_dataset=train)
+    trainer.remove_callback(ProgressCallback)  # a tqdm bar per run is noise in a Ray job log
+    with warnings.catch_warnings():
+        # the DataLoader default, on CPU
+        warnings.filterwarnings("ignore", message=".*pin_memory.*")
+        trainer.train()
+    return model
+
+
+def setfit_and_evaluate(
+    init: str, task_json: str, train_rows: list[int], *, settings: SetfitSettings, seed: int,
+    data_dir: str, cache_dir: str | None, max_test: int | None, pooling: str | None = None,
+    threads: int | None = None, eval_batch: int = 64, task: Task | None = None,
+    label_template: str | None = None,
+) -> dict[str, float]:
+    """SetFit ``init`` on ``train_rows`` (train-split row indices) and score the task's test
+    rows; ``label_template``: with templated label-name examples (:func:`train_setfit`)."""
+    require_setfit()
     spec = TaskConfig.model_validate_json(task_json)
     check_setfit_task(spec)
     mcfg, task = run_setup(init, task_json, pooling=pooling, threads=threads, data_dir=data_dir,
-                           cache_dir=cache_dir,
-                           task=task)
+                           cache_dir=cache_dir, task=task)
     check_setfit_task(spec, task)
     train_ids = task.class_ids("train")
     assert train_ids is not None
-    train = datasets.Dataset.from_dict({"text": _texts(task, "train", train_rows),
-                                        "label": [int(train_ids[r]) for r in train_rows]})
     rows = test_rows(task, max_test, seed=0)
     test_ids = task.class_ids("test")
     assert test_ids is not None
-    path = resolve_model_path(init, local_model_path)  # a storage URI: a copy on this node
     with tempfile.TemporaryDirectory(prefix="raymeta-setfit-") as tmp:
-        # a LoRA adapter: its merged model, as a plain directory
-        if os.path.isfile(os.path.join(path, ADAPTER_CONFIG)):
-            merged = os.path.join(tmp, "merged")
-            load_encoder(mcfg, fetch=local_model_path).save_pretrained(merged)
-            load_tokenizer(mcfg, fetch=local_model_path).save_pretrained(merged)
-            path = merged
-        model = setfit.SetFitModel(model_body=_body(path, mcfg.pooling, spec.max_length),
-                                   model_head=LogisticRegression())
-        args = setfit.TrainingArguments(
-            output_dir=os.path.join(tmp, "trainer"), batch_size=settings.batch_size,
-                                        num_epochs=settings.epochs,
-            num_iterations=settings.iterations, body_learning_rate=float(settings.body_lr),
-                                        seed=seed,
-            report_to="none", save_strategy="no", logging_strategy="no", logging_first_step=False,
-            show_progress_bar=False,
-        )
-        trainer = setfit.Trainer(model=model, args=args, train_dataset=train)
-        trainer.remove_callback(ProgressCallback)  # a tqdm bar per run is noise in a Ray job log
-        with warnings.catch_warnings():
-            # the DataLoader default, on CPU
-            warnings.filterwarnings("ignore", message=".*pin_memory.*")
-            trainer.train()
+        model = train_setfit(plain_model_dir(init, mcfg, tmp), _texts(task, "train", train_rows),
+                             [int(train_ids[r]) for r in train_rows], settings=settings, seed=seed,
+                             pooling=mcfg.pooling, max_length=spec.max_length, tmp=tmp,
+                             label_names=task.label_texts("{name}") if label_template else None,
+                             label_template=label_template)
         pred = model.predict(_texts(task, "test", rows), batch_size=eval_batch, as_numpy=True,
                              show_progress_bar=False)
     return classification_metrics([int(p) for p in pred], [int(test_ids[r]) for r in rows])

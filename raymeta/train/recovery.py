@@ -6,6 +6,11 @@ and the survivors' heads have moved past the checkpoint. Replays are bit-exact, 
 draw derives from (seed, task, step). A Ray error with every actor alive is re-raised as it is;
 an actor that dies while the actors restart costs one more restart (the same limit), not a
 traceback. Past ``checkpoint.max_actor_restarts`` the run ends in one line naming the task.
+
+An actor that Ray's memory monitor killed is a lost actor like any other (it is restarted, within
+the same limit); when no restart is left, or when the kill hit something other than a task actor,
+the one line says that memory was the cause and what to change
+(:func:`raymeta.cluster.oom.out_of_memory_line`), instead of Ray's page-long error.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import logging
 from typing import Callable, TypeVar
 
+from ..cluster.oom import is_out_of_memory, out_of_memory_line
 from ..errors import RaymetaError
 
 __all__ = ["Recovery"]
@@ -53,12 +59,22 @@ class Recovery:
         import ray
 
         lost = self.lost()
-        if not lost:
-            raise err
         step = self.step()
+        oom = is_out_of_memory(err)
+        if not lost:
+            if oom:
+                raise RaymetaError(f"step {step}: {out_of_memory_line(err)}") from None
+            raise err
         names = latest = _names(lost)  # latest: the ones that died last (maybe while restarting)
+        if oom:
+            log.warning("task %s: %s; back to the last checkpoint", names,
+                        out_of_memory_line(err, "its actor"))
         while True:
             if self.restarts >= self.limit:
+                if oom:
+                    raise RaymetaError(f"task {latest}: at step {step}, "
+                                       f"{out_of_memory_line(err, 'its actor')}; no restarts left "
+                                       f"(checkpoint.max_actor_restarts={self.limit})") from None
                 raise RaymetaError(f"task {latest}: actor died at step {step}, no restarts left "
                                    f"(checkpoint.max_actor_restarts={self.limit})") from None
             self.restarts += 1

@@ -48,3 +48,17 @@ def test_prototype_and_setfit_on_the_finetune_splits(ray_local, tiny_init, tmp_p
     again = evaluate(tiny_init, [spec], n_splits=1, output=None, method="setfit", **run)
     assert again["tasks"]["colors"]["methods"]["setfit"]["2"]["all"]["accuracy"][0] == \
         entry["methods"]["setfit"]["2"]["all"]["accuracy"][0]
+
+
+def test_setfit_with_label_name_templates_is_the_names_track(ray_local, tiny_init,  # noqa: F811
+                                                              tmp_path):
+    spec = resolve_eval_task(str(jsonl_dir(tmp_path / "colors")))
+    run = dict(shots=(2,), settings=QUICK, seed=0, data_dir=".", cache_dir=None, progress=False,
+               setfit=TINY_SETFIT, n_splits=1, output=None, method="setfit")
+    plain = evaluate(tiny_init, [spec], **run)
+    named = evaluate(tiny_init, [spec], setfit_template="This is about {name}.", **run)
+    assert set(named["tasks"]["colors"]["methods"]) == {"setfit+names"}
+    assert named["setfit_settings"]["label_template"] == "This is about {name}."
+    assert plain["setfit_settings"]["label_template"] is None
+    r = named["tasks"]["colors"]["methods"]["setfit+names"]["2"]
+    assert r["n"] == 1 and 0 <= r["mean"] <= 1

@@ -70,6 +70,7 @@ def _strict(path: Path) -> dict:
 def test_the_readme_own_data_example_runs_as_written(ray_local, tmp_path):
     write_csv(tmp_path / "my_intents.csv", KNOWN, per_class=12, seed=0)
     write_csv(tmp_path / "new_intents.csv", NEW, per_class=10, seed=1)
+    write_csv(tmp_path / "inbox.csv", NEW, per_class=20, seed=2)  # its labels: a column kept
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address,
            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -105,3 +106,19 @@ def test_the_readme_own_data_example_runs_as_written(ray_local, tmp_path):
     readme = (REPO / "README.md").read_text(encoding="utf-8").split(END, 1)[1]
     assert header in readme  # the README's example is this output's format
     assert out.with_suffix(".png").is_file()
+    # fit: a classifier directory chosen by CV (the plain encoder and the run, 3 heads each)
+    clf = tmp_path / "new_intents_classifier"
+    spec = json.loads((clf / "classifier.json").read_text())
+    assert spec["labels"] == sorted(NEW) and len(spec["selection"]) == 6
+    assert (clf / "README.md").is_file() and "chose" in r.stdout
+    # predict: every inbox row labelled, its columns kept
+    import csv
+
+    with open(tmp_path / "inbox_labelled.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 60 and {"text", "label", "predicted_label"} <= set(rows[0])
+    assert np_mean([row["label"] == row["predicted_label"] for row in rows]) > 0.5
+
+
+def np_mean(xs: list[bool]) -> float:
+    return sum(xs) / len(xs)

@@ -70,6 +70,10 @@ def test_the_wheel_holds_every_catalog_task_and_shipped_config(wheel):
     assert {"starter.yaml", "tiny.yaml",
             "recipes/huffpost.yaml"} <= set(CONFIGS) and len(CATALOG) >= 20
     assert not any("__pycache__" in n for n in names)
+    # the deliverable's commands (raymeta fit / predict) and the whole package's modules
+    modules = {str(p.relative_to(REPO)) for p in (REPO / "raymeta").rglob("*.py")
+               if "__pycache__" not in p.parts}
+    assert {"raymeta/classify/fitting.py", "raymeta/cli_classify.py"} <= modules <= names
 
 
 # `python -m raymeta.cli tasks list`, then `tasks show smlmt_starter`, in one process (one start-up
