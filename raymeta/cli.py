@@ -82,11 +82,9 @@ def _run_config(args: argparse.Namespace) -> ExperimentConfig:
 
 
 def _run_tasks(cfg: ExperimentConfig) -> list[TaskConfig]:
-    """A run's meta-training tasks and its meta-validation tasks: what ``raymeta.tasks.check_tasks``
-    reads and checks before Ray starts (in seconds; the actors' loads then hit datasets' cache)."""
-    from .train.validation_tasks import validation_specs
+    from .train.validation_tasks import run_specs
 
-    return list(cfg.tasks) + (validation_specs(cfg) if cfg.eval.validation is not None else [])
+    return run_specs(cfg)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -537,8 +535,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="config overrides for every case")
     sp.set_defaults(func=_cmd_speed)
 
+    from .cli_adapt import add_adapt
     from .cli_classify import add_fit, add_predict
 
+    add_adapt(sub)
     add_fit(sub)
     add_predict(sub)
     tu = sub.add_parser("tune",

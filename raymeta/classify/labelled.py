@@ -20,7 +20,7 @@ from typing import Any
 from .. import storage
 from ..errors import InputError
 
-__all__ = ["FORMATS", "LabelledData", "input_files", "read_labelled", "read_table"]
+__all__ = ["FORMATS", "LabelledData", "input_files", "read_labelled", "read_table", "read_texts"]
 
 FORMATS = ("csv", "tsv", "jsonl", "json", "parquet", "txt")
 MAX_SHOWN = 5  # row numbers shown in an error
@@ -131,6 +131,23 @@ def _sort_key(label: str) -> tuple[int, Any]:
         return (1, label)
 
 
+def read_texts(path: str, *, text_column: str = "text", what: str) -> tuple[list[str], list[str]]:
+    """Unlabelled texts (``raymeta adapt --unlabelled``) and the files they came from: every
+    non-empty text of ``text_column`` (blank lines and empty cells are skipped, not errors)."""
+    texts: list[str] = []
+    files = input_files(path, what)
+    for file in files:
+        table = read_table(file, what)
+        if table.num_rows == 0:
+            raise InputError(what, "the file has no rows", file=file)
+        texts += [str(t) for t in _rows(table, text_column, what, file)
+                  if t is not None and str(t).strip()]
+    if not texts:
+        raise InputError(what, f"no text in column '{text_column}' (every row is empty)",
+                         file=files[0] if len(files) == 1 else path)
+    return texts, files
+
+
 @dataclass(frozen=True)
 class LabelledData:
     """Labelled rows: texts, class ids, and the class names in id order."""
@@ -165,11 +182,11 @@ def parse_label_names(value: str | None) -> dict[str, str] | None:
 
 
 def read_labelled(path: str, *, text_column: str = "text", label_column: str = "label",
-                  label_names: dict[str, str] | None = None) -> LabelledData:
+                  label_names: dict[str, str] | None = None,
+                  what: str = "--train") -> LabelledData:
     """The labelled rows of ``path``, checked: a text and a label on every row, at least 2 classes,
     at least 2 rows per class (cross-validation holds one out), every ``label_names`` key a label
-    of the data."""
-    what = "--train"
+    of the data. ``what``: the argument named in errors."""
     texts: list[Any] = []
     raw: list[Any] = []
     files = input_files(path, what)

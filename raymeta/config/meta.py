@@ -145,8 +145,16 @@ class WeightingConfig(StrictModel):
     """How the task mixture moves during meta-training (:mod:`raymeta.core.weighting`). ``fixed``:
     the configured weights throughout. ``alignment``: each task's log-weight follows the cosine
     between its gradient and the target tasks' gradient, zᵢ ← zᵢ + lr·cos(gᵢ, g_target) every
-    ``every_steps``, and w = (1 − floor)·softmax(z + log w_config) + floor/N (Dery et al. 2022; Xie
-    et al. 2023's ε-uniform floor)."""
+    ``every_steps``, and w = (1 − floor)·softmax(z / λ + log w_config) + floor/N (Dery et al. 2022;
+    Xie et al. 2023's ε-uniform floor), with λ ≥ 1 the smallest temperature that keeps
+    KL(w ‖ w_config) ≤ ``max_kl`` (:mod:`raymeta.core.weighting`).
+
+    ``max_kl`` defaults to log 2: with equal configured weights that is the entropy floor
+    H(w) ≥ log(N/2), a mixture worth at least half its tasks (exp H ≥ N/2). The learned weights may
+    drop half the tasks, or lean on a few, but never collapse onto one; without the bound, the tuned
+    step size of configs/recipes/general_alignment.yaml put 0.99 on one task within 7 steps and
+    flipped to another at step 40 (benchmarks/results/learned-weights.md#stability). None: no bound
+    (the runs measured before the bound existed)."""
 
     rule: Literal["fixed", "alignment"] = "fixed"
     # the target tasks ({use: NAME} entries or task dicts; classification), class-disjoint from
@@ -158,6 +166,8 @@ class WeightingConfig(StrictModel):
     every_steps: int = Field(default=1, ge=1)
     lr: float = Field(default=1.0, ge=0.0)  # η
     floor: float = Field(default=0.0, ge=0.0)  # ε, at most 1/N (checked against the tasks)
+    # B: KL(w ‖ w_config) ≤ B nats; the entropy floor log N − B for equal configured weights
+    max_kl: float | None = Field(default=0.6931471805599453, ge=0.0, allow_inf_nan=False)
 
     @field_validator("shots")
     @classmethod

@@ -13,6 +13,20 @@ points away from the target's loses weight at every update; gating an auxiliary 
 keeps training on the target's descent directions (Du et al. 2018, "Adapting Auxiliary Losses Using
 Gradient Similarity"), which is the do-no-harm argument for it.
 
+The accumulated log-weights grow without bound while one task's cosine stays ahead, so the raw
+softmax collapses onto that task and flips to another when the order changes
+(benchmarks/results/learned-weights.md#stability: 0.99 on one task within 7 steps). So the mixture
+is the best one within a KL ball around the configured mixture:
+
+    w = argmax_w Σ wᵢ zᵢ  subject to  KL(w ‖ w_config) ≤ B   ⇒   w ∝ w_config · exp(z / λ)
+
+with λ ≥ 1 the smallest temperature that meets the bound (λ = 1, the formula above, while it
+holds). This is the KL-constrained form of the exponentiated-gradient step that DoReMi takes (Xie
+et al. 2023), and the solution of the Lagrangian is the tempered Gibbs distribution (as in relative
+entropy policy search, Peters et al. 2010). With the configured mixture uniform, KL(w ‖ u) = log N −
+H(w), so B is an entropy floor: H(w) ≥ log N − B. Near a change in the order of two tasks' z the
+tempered weights of both are close, so the mixture moves across smoothly instead of flipping.
+
 Pure numpy/torch, no ray: the trainer holds one :class:`AlignmentWeights` and feeds it each step's
 cosines.
 """
@@ -27,7 +41,7 @@ import torch
 
 from .combine import as_tensor
 
-__all__ = ["AlignmentWeights", "alignment_cosines", "mean_target"]
+__all__ = ["AlignmentWeights", "alignment_cosines", "mean_target", "entropy", "kl_divergence"]
 
 
 def alignment_cosines(grads: Mapping[str, np.ndarray | torch.Tensor], target: torch.Tensor,
@@ -59,12 +73,27 @@ def mean_target(results: Sequence[Mapping[str, Any]]) -> torch.Tensor:
     return g
 
 
+def entropy(w: Sequence[float] | np.ndarray) -> float:
+    """H(w) in nats (0 · log 0 = 0)."""
+    p = np.asarray(w, dtype=np.float64)
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum())
+
+
+def kl_divergence(w: Sequence[float] | np.ndarray, base: Sequence[float] | np.ndarray) -> float:
+    """KL(w ‖ base) in nats."""
+    p, q = np.asarray(w, dtype=np.float64), np.asarray(base, dtype=np.float64)
+    m = p > 0
+    return float((p[m] * (np.log(p[m]) - np.log(q[m]))).sum())
+
+
 class AlignmentWeights:
     """The mixture of one run under ``meta.weighting.rule: alignment``: the log-weights ``z`` (the
     state a checkpoint carries), the configured mixture ``base`` (normalised), the step size η
-    (``lr``) and the floor ε."""
+    (``lr``), the floor ε and the KL bound B (``max_kl``; None: no bound, the raw softmax)."""
 
-    def __init__(self, base: Mapping[str, float], lr: float, floor: float, every_steps: int = 1):
+    def __init__(self, base: Mapping[str, float], lr: float, floor: float, every_steps: int = 1,
+                 max_kl: float | None = None):
         n = len(base)
         if not 0.0 <= floor <= 1.0 / n:
             raise ValueError(f"floor {floor} outside [0, 1/N] = [0, {1.0 / n:.6g}]")
@@ -72,14 +101,39 @@ class AlignmentWeights:
         self.tasks = list(base)
         self.log_base = np.log(np.array([base[t] / total for t in self.tasks], dtype=np.float64))
         self.lr, self.floor, self.every_steps = float(lr), float(floor), int(every_steps)
+        if max_kl is not None and max_kl < 0:
+            raise ValueError(f"max_kl {max_kl} is negative")
+        self.max_kl = None if max_kl is None else float(max_kl)
         self.z = np.zeros(n, dtype=np.float64)
+        self.temperature = 1.0  # λ of the last weights(): 1 while the KL bound holds untempered
 
-    def weights(self) -> dict[str, float]:
-        """w = (1 − ε) · softmax(z + log w_config) + ε / N."""
-        logits = self.z + self.log_base
+    def _mix(self, inv_temperature: float) -> np.ndarray:
+        """(1 − ε) · softmax(z / λ + log w_config) + ε / N."""
+        logits = self.z * inv_temperature + self.log_base
         p = np.exp(logits - logits.max())
         p /= p.sum()
-        w = (1.0 - self.floor) * p + self.floor / len(self.tasks)
+        return (1.0 - self.floor) * p + self.floor / len(self.tasks)
+
+    def weights(self) -> dict[str, float]:
+        """w = (1 − ε) · softmax(z / λ + log w_config) + ε / N, λ = 1 unless KL(w ‖ w_config)
+        would exceed ``max_kl``; then the smallest λ that meets it (bisection on 1/λ: the KL of the
+        tempered family grows with 1/λ)."""
+        w, self.temperature = self._mix(1.0), 1.0
+        base = np.exp(self.log_base)
+        if self.max_kl is not None and kl_divergence(w, base) > self.max_kl:
+            lo, hi = 0.0, 1.0  # 1/λ: KL(lo) ≤ B < KL(hi)
+            if kl_divergence(self._mix(0.0), base) > self.max_kl:
+                hi = 0.0  # ε alone moves w beyond B (a skewed w_config): as close as it gets
+            for _ in range(60):
+                if hi == 0.0:
+                    break
+                mid = 0.5 * (lo + hi)
+                if kl_divergence(self._mix(mid), base) > self.max_kl:
+                    hi = mid
+                else:
+                    lo = mid
+            w = self._mix(lo)
+            self.temperature = math.inf if lo == 0.0 else 1.0 / lo
         return dict(zip(self.tasks, (float(x) for x in w)))
 
     def due(self, step: int) -> bool:

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..config import ExperimentConfig
 from ..core.combine import normalise_weights
-from ..core.weighting import AlignmentWeights
+from ..core.weighting import AlignmentWeights, entropy
 from .pool import actor_keys
 
 __all__ = ["Mixture"]
@@ -29,7 +29,7 @@ class Mixture:
         self.replicas_of = actor_keys(cfg)  # task -> its actors' keys, "<task>" or "<task>#<r>"
         self.weights = normalise_weights({t.name: t.weight for t in cfg.tasks})
         w = cfg.meta.weighting
-        self.learned = AlignmentWeights(self.weights, w.lr, w.floor, w.every_steps) \
+        self.learned = AlignmentWeights(self.weights, w.lr, w.floor, w.every_steps, w.max_kl) \
             if w.rule == "alignment" else None
         self._apply()
 
@@ -38,6 +38,21 @@ class Mixture:
             self.weights = self.learned.weights()
         self.actor_weights = {key: self.weights[name] / len(keys)
                               for name, keys in self.replicas_of.items() for key in keys}
+
+    def entropy(self) -> float:
+        """H(w) of the task mixture, in nats (log N for N equal weights)."""
+        return entropy(list(self.weights.values()))
+
+    def observe(self, step: int, record: Any) -> None:
+        """After step ``step`` (its :class:`~raymeta.train.record.StepRecord`): with learned
+        weights, the record gets the entropy and temperature of the mixture the step used, and the
+        step's cosines move it (:meth:`reweight`)."""
+        if self.learned is None:
+            return
+        record.mixture_entropy = self.entropy()
+        record.mixture_temperature = self.learned.temperature
+        if record.alignment is not None:
+            self.reweight(step, record.alignment)
 
     def reweight(self, step: int, alignment: Mapping[str, float]) -> None:
         """After step ``step``: each task's cosine with g_target (the mean over its replicas' finite

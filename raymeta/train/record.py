@@ -19,7 +19,7 @@ _LOGGED = ("step", "steps", "loss", "metrics", "weights", "skipped", "grad_norm"
            "publish_s", "wait_s",
            "reduce_s", "allreduce_s", "outer_s", "compute_max_s", "compute_s", "load_s",
            "publish_bytes", "grad_bytes",
-           "alignment", "target_loss")
+           "alignment", "target_loss", "mixture_entropy", "mixture_temperature")
 
 
 @dataclass
@@ -54,6 +54,10 @@ class StepRecord:
     # weights follow it), and each target task's adapted loss
     alignment: dict[str, float] | None = None
     target_loss: dict[str, float] | None = None
+    # and the entropy H(w) (nats) of the mixture over the tasks that this step used, and the
+    # temperature λ that kept it within meta.weighting.max_kl (1: the bound did not bind)
+    mixture_entropy: float | None = None
+    mixture_temperature: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The ``metrics.jsonl`` form: every logged field this reduce form measured, in a fixed

@@ -107,6 +107,8 @@ class Tracker:
             self.tb.add_scalar(f"weights/{task}", record["weights"].get(task, 0.0), step)
             if c is not None:
                 self.tb.add_scalar(f"alignment/{task}", c, step)
+        if "mixture_entropy" in record:  # learned weights: how much of a mixture the mixture is
+            self.tb.add_scalar("mixture/entropy", record["mixture_entropy"], step)
         for key in ("grad_norm", "lr", "step_s", "compute_max_s"):
             self.tb.add_scalar(f"train/{key}", record[key], step)
         # non-finite, left out (nan_policy)
@@ -216,7 +218,10 @@ class Tracker:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(8, 4.5))
+        entropies = [r for r in recs if "mixture_entropy" in r]
+        fig, axes = plt.subplots(1, 2 if entropies else 1, figsize=(13 if entropies else 8, 4.5),
+                                 squeeze=False)
+        ax = axes[0][0]
         for task in self.tasks:
             ax.plot([r["step"] for r in recs], [r["weights"].get(task, math.nan) for r in recs],
                     label=task)
@@ -224,6 +229,17 @@ class Tracker:
         ax.set_ylabel("mixture weight")
         ax.set_title("task weights (meta.weighting.rule: alignment)")
         ax.legend(fontsize=8)
+        if entropies:  # exp(H): how many tasks' worth the mixture is
+            ax = axes[0][1]
+            ax.plot([r["step"] for r in entropies],
+                    [math.exp(r["mixture_entropy"]) for r in entropies], label="exp(H(w))")
+            n = len({t.split("#")[0] for t in self.tasks})
+            ax.axhline(n, color="grey", linestyle=":", label=f"all {n} tasks equal")
+            ax.set_ylim(0, n + 0.5)
+            ax.set_xlabel("meta-step")
+            ax.set_ylabel("effective number of tasks")
+            ax.set_title("the mixture's entropy, as exp(H)")
+            ax.legend(fontsize=8)
         fig.tight_layout()
         out = self.dir / "task_weights.png"
         fig.savefig(out, dpi=110)

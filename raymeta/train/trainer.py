@@ -141,8 +141,7 @@ class MetaTrainer:
         """One outer step in the configured reduce form. Returns its record."""
         s = self.state
         record = self.reducer.step(s, self.workers)
-        if s.mixture.learned is not None and record.alignment is not None:
-            s.mixture.reweight(s.step, record.alignment)
+        s.mixture.observe(s.step, record)
         s.step += 1
         return record
 

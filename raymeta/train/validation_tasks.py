@@ -22,7 +22,7 @@ from ..eval.scoring import check_class_counts, setting_protocols
 from ..tasks.holdout import resolve_holdout
 from ..tasks.registry import task_from_entry
 
-__all__ = ["check_validation_rows", "held_back", "target_specs", "validation_specs"]
+__all__ = ["check_validation_rows", "held_back", "run_specs", "target_specs", "validation_specs"]
 
 
 def _files(spec: TaskConfig) -> set[str]:
@@ -82,6 +82,12 @@ def _held_out_specs(cfg: ExperimentConfig, entries: list[dict[str, Any]], key: s
                     raise ConfigError(f"config key '{key}': task '{spec.name}' overlaps the {role} "
                                       f"task '{other.name}' ({why}); {must}{hint}")
     return specs
+
+
+def run_specs(cfg: ExperimentConfig) -> list[TaskConfig]:
+    """A run's meta-training tasks and its meta-validation tasks: what ``raymeta.tasks.check_tasks``
+    reads and checks before Ray starts (in seconds; the actors' loads then hit datasets' cache)."""
+    return list(cfg.tasks) + (validation_specs(cfg) if cfg.eval.validation is not None else [])
 
 
 def validation_specs(cfg: ExperimentConfig) -> list[TaskConfig]:

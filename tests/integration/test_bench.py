@@ -36,6 +36,7 @@ def test_the_tiny_model_is_the_test_suites():
     assert TINY_BERT == TEST_TINY_BERT == load_config("tiny").model.from_config
 
 
+@pytest.mark.slow  # the run behind `make speed-quick`, which CI runs as well
 def test_rows_ratios_and_breakdown(result):
     row, lora = result["rows"]
     assert (row["trainable"], lora["trainable"]) == ("full", "lora")
@@ -54,6 +55,7 @@ def test_rows_ratios_and_breakdown(result):
     assert d["publish_ms"] + d["load_ms"] + d["reduce_ms"] + d["outer_ms"] < d["step_ms"]
 
 
+@pytest.mark.slow  # the run behind `make speed-quick`, which CI runs as well
 def test_bytes_are_counted_from_the_arrays_moved(result):
     row, lora = result["rows"]
     assert row["shared_bytes"] == tiny_param_bytes()
@@ -73,11 +75,13 @@ def test_bytes_are_counted_from_the_arrays_moved(result):
     assert "reference" not in lora and "ddp" not in lora  # baselines: the full rows only
 
 
+@pytest.mark.slow  # the run behind `make speed-quick`, which CI runs as well
 def test_reference_computes_the_actors_gradient(result):
     err = result["rows"][0]["reference"]["grad0_rel_err"]
     assert err is not None and err <= 1e-5, err
 
 
+@pytest.mark.slow  # the run behind `make speed-quick`, which CI runs as well
 def test_targets_and_table(result):
     targets = {(t["target"], t["where"]): t for t in check_targets(result)}
     t = targets[("bytes per actor / shared parameters, worst case", "all driver")]

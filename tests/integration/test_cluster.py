@@ -70,6 +70,7 @@ def one_node(ray_local, tmp_path_factory) -> dict[str, torch.Tensor]:
     return final(train(load_config(data=config(out, pinned=False))).parent)
 
 
+@pytest.mark.slow  # end to end; the slow tier CI runs (docs/testing.md)
 def test_ray_job_submit_to_a_real_head_node(two_nodes, one_node, tmp_path):
     e = env() | {"RAY_API_SERVER_ADDRESS": two_nodes["dashboard"]}
     job = write(tmp_path, config(tmp_path / "job-run", pinned=True))

@@ -121,6 +121,7 @@ def test_episodic_prototype_and_finetuned_head(ray_local, tiny_init, tmp_path):
         assert set(res) == {"prototype", "finetuned_head"} and res["prototype"]["n"] == 20
 
 
+@pytest.mark.slow  # end to end; the slow tier CI runs (docs/testing.md)
 def test_benchmark_quick_end_to_end(ray_local, tmp_path, caplog):
     from raymeta.benchmark import quick_config, run_benchmark
 

@@ -176,6 +176,7 @@ def kill_actors_at(monkeypatch, kills: list[tuple[str, str, int]]) -> list[int]:
     return killed
 
 
+@pytest.mark.slow  # end to end; the slow tier CI runs (docs/testing.md)
 def test_killed_task_actors_recover_to_the_parameters_of_an_uninterrupted_run(uninterrupted,
                                                                               ray_local, mixed_data,
                                                                               tmp_path, monkeypatch,

@@ -86,6 +86,7 @@ def test_a_task_of_shuffled_labels_loses_its_weight(rule, task_actors, topic_dat
         assert (out / "task_weights.png").is_file()
 
 
+@pytest.mark.slow  # end to end; the slow tier CI runs (docs/testing.md)
 def test_collective_learns_the_driver_weights_and_a_resume_continues_them(task_actors, topic_data,
                                                                           val_file, tmp_path,
                                                                           monkeypatch):

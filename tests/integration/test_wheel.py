@@ -103,6 +103,7 @@ def test_tasks_list_and_show_from_the_wheel(site):
             and "episode seed=0" in show), show
 
 
+@pytest.mark.slow  # end to end; the slow tier CI runs (docs/testing.md)
 def test_train_a_shipped_config_by_name_from_the_wheel(site, ray_local, tmp_path):
     address = ray_local.get_runtime_context().gcs_address
     out = tmp_path / "run"

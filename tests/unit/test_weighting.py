@@ -113,3 +113,59 @@ def test_bad_weighting_input_is_one_line_naming_the_key(tmp_path):
                        r"needs "
                                           r"target tasks"):
         target_specs(cfg)
+
+
+def _run(max_kl, steps=80, lr=21.3):
+    """Seven tasks; "clinc" leads the cosines for 40 updates, then "wnut" does (the collapse and
+    the flip that configs/recipes/general_alignment.yaml's tuned η showed without a bound)."""
+    tasks = ["clinc", "banking", "trec", "sst2", "wnut", "xquad", "smlmt"]
+    w = AlignmentWeights({t: 1.0 for t in tasks}, lr=lr, floor=0.0101 / 7, max_kl=max_kl)
+    rng = np.random.default_rng(0)
+    out = [w.weights()]
+    for step in range(steps):
+        lead = "clinc" if step < steps // 2 else "wnut"
+        cos = {t: 0.05 + 0.02 * rng.standard_normal() for t in tasks}
+        cos[lead] += 0.1
+        w.update(cos)
+        out.append(w.weights())
+    return tasks, out
+
+
+def test_without_a_bound_the_tuned_step_collapses_and_flips():
+    tasks, ws = _run(None)
+    assert max(w["clinc"] for w in ws) > 0.99 and ws[-1]["wnut"] > 0.99
+    # the flip: from nothing to nearly everything within 5 updates
+    assert max(b["wnut"] - a["wnut"] for a, b in zip(ws, ws[5:])) > 0.9
+
+
+def test_the_kl_bound_keeps_an_entropy_floor_and_moves_smoothly():
+    from raymeta.core.weighting import entropy, kl_divergence
+
+    tasks, ws = _run(math.log(2))
+    n = len(tasks)
+    for w in ws:
+        p = [w[t] for t in tasks]
+        assert kl_divergence(p, [1 / n] * n) <= math.log(2) + 1e-9
+        assert entropy(p) >= math.log(n / 2) - 1e-9  # exp(H) ≥ N/2: at least half the tasks
+        assert sum(p) == pytest.approx(1.0)
+    # still learns: the leader gains weight, the order follows the cosines
+    assert ws[40]["clinc"] == max(ws[40].values()) and ws[-1]["wnut"] == max(ws[-1].values())
+    assert ws[40]["clinc"] > 2 / n
+    # no flip: after the first updates (η moves z by ~3 at once), no weight moves by more than
+    # 0.2 within 5 updates, and the hand-over from clinc to wnut takes 20 updates or more
+    assert max(abs(b[t] - a[t]) for a, b in zip(ws[3:], ws[8:]) for t in tasks) < 0.2
+    assert ws[60]["clinc"] > ws[60]["wnut"]
+
+
+def test_the_bound_does_not_bind_near_the_configured_mixture_and_records_lambda():
+    w = AlignmentWeights({"a": 1.0, "b": 1.0, "c": 2.0}, lr=0.1, floor=0.0, max_kl=math.log(2))
+    free = AlignmentWeights({"a": 1.0, "b": 1.0, "c": 2.0}, lr=0.1, floor=0.0)
+    for t in (w, free):
+        t.update({"a": 0.3, "b": -0.2, "c": 0.1})
+    assert w.weights() == free.weights() and w.temperature == 1.0
+    for t in (w, free):
+        for _ in range(200):
+            t.update({"a": 1.0, "b": -1.0, "c": 0.0})
+    assert w.weights() != free.weights() and w.temperature > 1.0
+    with pytest.raises(ValueError, match="max_kl -1 is negative"):
+        AlignmentWeights({"a": 1.0}, lr=1.0, floor=0.0, max_kl=-1)
