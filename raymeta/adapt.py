@@ -101,7 +101,7 @@ def check_smlmt_capacity(texts: Sequence[str], domain: dict[str, Any], ways: int
     """The sentences SMLMT gets from ``texts``, after checking that they make ``ways``-way
     episodes: ``ways`` words, each in at least ``min_count`` sentences and with ``need`` (shots +
     queries) rows; one line saying what was found and what is needed otherwise."""
-    import numpy as np
+    from collections import Counter
 
     from .config import check_task
     from .errors import DataError
@@ -112,9 +112,7 @@ def check_smlmt_capacity(texts: Sequence[str], domain: dict[str, Any], ways: int
     n = _sentences(texts, *src.sentence_words)
     try:
         rows = build_rows(task, [(t, source, i + 1) for i, t in enumerate(texts)])
-        _, counts = np.unique(np.asarray(rows["label"], dtype=object).astype(str),
-                              return_counts=True)
-        words = int((counts >= need).sum())
+        words = sum(c >= need for c in Counter(map(str, rows["label"])).values())
     except DataError:
         words = 0
     if words < ways:
@@ -207,13 +205,13 @@ def adapt_config(output: str, unlabelled_file: str, *, labelled_file: str | None
 # --------------------------------------------------------------------------- the run
 
 
-def _validation_at(output: str, step: int) -> dict[str, Any] | None:
+def _validations(output: str) -> dict[int, dict[str, Any]]:
+    """The run's validation records by step (the last one of a step), from metrics.jsonl."""
     path = Path(output) / "metrics.jsonl"
     if not path.is_file():
-        return None
-    recs = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
-    found = [r for r in recs if r.get("kind") == "validation" and r.get("step") == step]
-    return found[-1] if found else None
+        return {}
+    recs = (json.loads(ln) for ln in path.read_text().splitlines() if ln.strip())
+    return {r["step"]: r for r in recs if r.get("kind") == "validation"}
 
 
 def _card_section(result: AdaptResult, unlabelled: str, labelled: str | None,
@@ -290,7 +288,8 @@ def adapt(unlabelled: str, *, output: str, labelled: str | None = None,
     if (best / BEST_JSON).is_file():
         chosen = json.loads((best / BEST_JSON).read_text())
         step, score, model = int(chosen["step"]), float(chosen["score"]), str(best)
-    rec0, rec = _validation_at(str(out), 0), _validation_at(str(out), step)
+    validated = _validations(str(out))
+    rec0, rec = validated.get(0), validated.get(step)
     gain = ci = None
     if rec is not None and step > 0:
         s = next(iter((rec.get("settings") or {}).values()), {})
