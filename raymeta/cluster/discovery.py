@@ -42,8 +42,11 @@ class ClusterView:
         ``want``."""
         if not self.autoscaler:
             return []
+        # a node type that does not say its memory (the cluster launcher fills it in for cloud
+        # instance types, a hand-written one may not) is not judged on memory
         return [t for t in self.node_types
-                if t.max_workers > 0 and all(t.resources.get(k, 0) >= v for k, v in want.items())]
+                if t.max_workers > 0 and all(t.resources.get(k, 0) >= v for k, v in want.items()
+                                             if k != "memory" or "memory" in t.resources)]
 
     def can_add(self, want: Mapping[str, float]) -> bool:
         return bool(self.addable(want))

@@ -11,6 +11,7 @@ from typing import Any, Mapping
 from ..config import ResourcesConfig
 from ..errors import RaymetaError
 from .discovery import ClusterView, cluster_view
+from .memory import GB
 
 __all__ = ["plan_actors", "request_of", "infeasible", "feasible", "actor_options",
            "placement_error", "bundle_options"]
@@ -52,15 +53,19 @@ def plan_actors(r: ResourcesConfig, n_actors: int,
 
 
 def request_of(opts: Mapping[str, Any]) -> dict[str, float]:
-    """What a ``ray.remote`` option set asks a node for: CPU, GPU and custom resources (the nonzero
-    ones)."""
+    """What a ``ray.remote`` option set asks a node for: CPU, GPU, memory (bytes) and custom
+    resources (the nonzero ones)."""
     want = {"CPU": opts.get("num_cpus", 0), "GPU": opts.get("num_gpus", 0),
-            **opts.get("resources", {})}
+            "memory": opts.get("memory", 0), **opts.get("resources", {})}
     return {k: float(v) for k, v in want.items() if v}
 
 
+def _amount(key: str, v: float) -> str:
+    return f"{key}={v / GB:.2f}GB" if key == "memory" else f"{key}={v:g}"
+
+
 def _fmt(want: Mapping[str, float]) -> str:
-    return ", ".join(f"{k}={v:g}" for k, v in want.items())
+    return ", ".join(_amount(k, v) for k, v in want.items())
 
 
 def _fits(resources: Mapping[str, float], want: Mapping[str, float]) -> bool:
@@ -81,8 +86,8 @@ def infeasible(opts: Mapping[str, Any], view: ClusterView,
         if any(node.get(key, 0) >= amount for node in view.nodes) or view.can_add({key: amount}):
             continue
         have = max((node.get(key, 0) for node in view.nodes), default=0)
-        asks = (f"resources: {what} asks for {key}={amount:g}, but no node has that much "
-                f"(largest: {have:g})")
+        asks = (f"resources: {what} asks for {_amount(key, amount)}, but no node has that much "
+                f"(largest: {_amount(key, have).split('=')[1]})")
         if view.autoscaler:
             types = ", ".join(t.name for t in view.node_types) or "none"
             return f"{asks} and no node type the autoscaler can add has it ({types}); {fix}"

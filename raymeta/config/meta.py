@@ -206,6 +206,12 @@ class MetaConfig(StrictModel):
     bucket_mb: float = Field(default=25.0, gt=0.0)
     # the mixture: fixed, or learned (alignment)
     weighting: WeightingConfig = Field(default_factory=WeightingConfig)
+    # The meta-batch: how many tasks compute a gradient at each step, drawn by (seed, step) in
+    # proportion to the mixture (stratified when the weights are equal), the meta-gradient their
+    # mean (raymeta.core.task_sampling). None, or at least the number of tasks: every task every
+    # step. Under reduce: collective the tasks not drawn join the all-reduce with a zero gradient,
+    # and meta.overlap is off (every rank must all-reduce the same buckets).
+    task_batch: int | None = Field(default=None, ge=1)
     nan_policy: Literal["skip_task", "abort"] = "skip_task"
     # reduce: driver: the dtype task gradients travel in (the driver reduces in float32 either way).
     # bfloat16 halves the bytes per actor; it rounds each gradient to 8 significant bits.

@@ -32,11 +32,23 @@ class ResourcesConfig(StrictModel):
     num_gpus_per_actor: float | None = Field(default=None, ge=0.0)
     custom_resources: dict[str, float] = Field(default_factory=dict)
     torch_threads: int | None = Field(default=None, ge=1)
+    # Memory each task actor declares to Ray, in GB, so that Ray places actors by memory instead of
+    # its memory monitor killing one mid-step, and a run that cannot fit says so before it starts.
+    # auto: estimated from the model's size and the widest episode
+    # (raymeta.cluster.memory.actor_memory_bytes, measured on MiniLM); None: declare none.
+    memory_per_actor: Literal["auto"] | float | None = "auto"
     # How long the task actors may wait to be placed (for an autoscaler to add nodes, or for busy
     # nodes to free up) while none of them is placed and no node joins; then the run stops with one
     # line naming what is missing. A request no node (nor node type of the autoscaler) can ever meet
     # fails at once instead.
     placement_timeout_s: float = Field(default=900.0, gt=0.0)
+
+    @field_validator("memory_per_actor")
+    @classmethod
+    def _memory(cls, v: Any) -> Any:
+        if v not in ("auto", None) and not (math.isfinite(v) and v > 0):
+            raise ValueError("expected auto, null (declare none) or a positive number of GB")
+        return v
 
     @field_validator("gpus", mode="before")
     @classmethod

@@ -192,7 +192,7 @@ class CollectiveMember:
 
     def collective_step(self, step: int, head_grad: np.ndarray | None = None,
                         targets: list[Any] | None = None,
-                        weights: list[float] | None = None) -> dict[str, Any]:
+                        weights: list[float] | None = None, active: bool = True) -> dict[str, Any]:
         """Gradient, weighted all-reduce, then the same outer step on every rank.
 
         With ``meta.overlap`` the all-reduce runs bucket by bucket during the backward pass
@@ -205,21 +205,35 @@ class CollectiveMember:
         ``meta.weighting.rule: alignment``: ``weights``, this step's mixture (one per rank), and
         ``targets``, the target actors' results (``ObjectRef``s, read here once this rank's
         gradient is done): the rank returns cos(gᵢ, g_target) of its own gradient, which no other
-        process holds."""
+        process holds.
+
+        ``active`` False (``meta.task_batch``: this rank's task was not drawn this step): no
+        gradient is computed; the rank all-reduces zeros with weight 0 and takes the same outer
+        step. Every rank then all-reduces the whole buffer at once (no overlap), so that the ranks'
+        collective calls match."""
         self.apply_head(head_grad)
         if weights is not None:
             self.group_weights = list(weights)
         fault = self.cfg.meta.fault_injection
         # a step with an injected fault poisons the flat gradient after the backward pass: no
-        # overlap there (every rank knows the fault's steps, so every rank takes the same path)
-        overlap = self.overlap and not (fault is not None and step in fault.steps)
+        # overlap there (every rank knows the fault's steps, so every rank takes the same path);
+        # nor with a meta-batch, where a rank left out has no backward pass to hook
+        batch = self.cfg.meta.task_batch
+        sampled = batch is not None and batch < len({t.split("#")[0] for t in self.group_tasks})
+        overlap = self.overlap and not (fault is not None and step in fault.steps) and not sampled
         if overlap:
             self.buckets.begin(self.group_weights[self.rank] / sum(self.group_weights))
-        out = self.gradient(step, on_grad=self.buckets.add if overlap else None)
+        if active:
+            out = self.gradient(step, on_grad=self.buckets.add if overlap else None)
+        else:
+            self.grad_buf.zero_()
+            out = {"task": self.key, "step": step, "loss": float("nan"), "metrics": {},
+                   "n_examples": 0, "finite": True, "t_start": time.perf_counter(),
+                   "compute_s": 0.0}
         t0 = time.perf_counter()
         if overlap:
             self.buckets.finish()
-        if targets is not None:  # the local gradient, before any all-reduce writes into grad_buf
+        if targets is not None and active:  # the local gradient, before the all-reduce's
             import ray
 
             g_target = mean_target(ray.get(targets))
@@ -227,8 +241,11 @@ class CollectiveMember:
         world = len(self.group_tasks)
         flags = agree_on_finite(out["finite"], self.rank, world, self.flat.device).tolist()
         # every rank decides alike; the driver logs the skipped tasks once (raymeta.train.reduce)
+        # the ranks in this step's sum: every rank, or (meta.task_batch) those with a weight
+        taking_part = sum(1 for w in self.group_weights if w > 0)
         bad = non_finite_policy({t: "loss or gradient" for t, f in zip(self.group_tasks, flags)
-                                 if f == 0}, world, step, self.cfg.meta.nan_policy, warn=False)
+                                 if f == 0}, taking_part, step, self.cfg.meta.nan_policy,
+                                warn=False)
         total = sum(w for w, f in zip(self.group_weights, flags) if f)
         weight = self.group_weights[self.rank] / total if out["finite"] else 0.0
         if overlap:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from ..cluster import (
     ClusterView,
@@ -30,6 +30,7 @@ from ..cluster import (
     request_of,
     unplaced,
 )
+from ..cluster.memory import memory_room_error
 from ..config import ExperimentConfig
 from ..config.resolve import actor_keys
 from ..core.model import ParamLayout
@@ -91,7 +92,8 @@ class ActorPool:
     # -- a run's actors ---------------------------------------------------------------------
 
     def start(self, cfg: ExperimentConfig, *, local: bool, others: int = 0,
-              after: int = 0) -> dict[str, Any]:
+              after: int = 0, memory: Mapping[str, int] | None = None,
+              memory_others: Sequence[int] = ()) -> dict[str, Any]:
         """One new actor per task replica of ``cfg`` (tasks with weight 0 get none). Inside a Ray
         Tune trial, actor i takes bundle i + 1 of the trial's placement group (bundle 0 is the
         trial's own); else ``resources.*`` size them, and per-task custom resources pin a task to a
@@ -104,7 +106,11 @@ class ActorPool:
         sized for counts them too. ``after``: inside a Ray Tune trial, the first ``after`` actor
         bundles are another pool's (the target actors come after the task actors). (``local``, the
         caller's word that Ray is its own instance, is not needed:
-        :func:`~raymeta.cluster.cluster_view` tells.)"""
+        :func:`~raymeta.cluster.cluster_view` tells.) ``memory``: actor key -> the bytes it
+        declares to Ray (:meth:`~raymeta.train.state.StepState.actor_memory`); on a fixed cluster a
+        run whose actors, with the ``memory_others`` of another pool's, cannot all fit stops here
+        in one line, before any actor starts
+        (:func:`~raymeta.cluster.memory.memory_room_error`)."""
         import ray
 
         group = ray.util.get_current_placement_group()
@@ -127,8 +133,16 @@ class ActorPool:
                     if cfg.task(name).resources:
                         task_opts["resources"] = {**opts.get("resources", {}),
                                                   **cfg.task(name).resources}
-                        feasible(task_opts, f"task '{name}'", view=view)  # before any actor starts
+                    if memory:
+                        task_opts["memory"] = memory[key]
+                    if cfg.task(name).resources or memory:  # before any actor starts
+                        feasible(task_opts, f"task '{name}'", view=view)
                 sized.append((key, name, r, task_opts, threads, device))
+        if memory and view is not None and view.autoscaler is False:
+            sizes = [o["memory"] for *_, o, _, _ in sized] + list(memory_others)
+            problem = memory_room_error(sizes, view.nodes)
+            if problem:
+                raise RaymetaError(problem)
         remote, cfg_json = ray.remote(TaskActor), cfg.model_dump_json()
         self.actors, self.owned, self._fits = {}, True, _fit(cfg)
         requests: dict[str, dict[str, float]] = {}

@@ -15,8 +15,8 @@ import numpy as np
 __all__ = ["StepRecord"]
 
 # metrics.jsonl's keys, in the order they are written (the tracker appends "affinity")
-_LOGGED = ("step", "steps", "loss", "metrics", "weights", "skipped", "grad_norm", "lr", "step_s",
-           "publish_s", "wait_s",
+_LOGGED = ("step", "steps", "tasks", "loss", "metrics", "weights", "skipped", "grad_norm", "lr",
+           "step_s", "publish_s", "wait_s",
            "reduce_s", "allreduce_s", "outer_s", "compute_max_s", "compute_s", "load_s",
            "publish_bytes", "grad_bytes",
            "alignment", "target_loss", "mixture_entropy", "mixture_temperature")
@@ -58,6 +58,8 @@ class StepRecord:
     # temperature λ that kept it within meta.weighting.max_kl (1: the bound did not bind)
     mixture_entropy: float | None = None
     mixture_temperature: float | None = None
+    # meta.task_batch: the tasks drawn for this step, in task order (None: every task)
+    tasks: list[str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The ``metrics.jsonl`` form: every logged field this reduce form measured, in a fixed

@@ -93,13 +93,14 @@ class DriverReduce(Reducer):
         t0 = time.perf_counter()
         ref = ray.put(s.flat.numpy())  # publish once: every actor reads the same object
         t_pub = time.perf_counter()
-        refs = [a.compute.remote(ref, s.step, w.heads.pending.get(k)) for k, a in w.actors.items()]
+        batch = s.step_batch()  # every actor, or this step's meta-batch (meta.task_batch)
+        actors = {k: a for k, a in w.actors.items() if k in batch}
+        refs = [a.compute.remote(ref, s.step, w.heads.pending.get(k)) for k, a in actors.items()]
         target_refs = w.targets.launch(ref, s.step) if w.targets is not None else None
         opts = dict(step=s.step, seed=cfg.seed, rule=cfg.meta.combine,
                     nan_policy=cfg.meta.nan_policy, out=s.grad_buf)
         if self.overlap:
-            running = RunningReduce([(k, s.actor_weights[k]) for k in w.actors], s.layout.numel,
-                                    **opts)
+            running = RunningReduce([(k, batch[k]) for k in actors], s.layout.numel, **opts)
             results, t_got = self._as_they_arrive(refs, running)
         else:
             results = get(refs)
@@ -107,8 +108,8 @@ class DriverReduce(Reducer):
         w.heads.average(results)
         del ref  # no per-step reference outlives the step
         reduced = running.result() if self.overlap else reduce_gradients(
-            [TaskGrad(r["task"], from_wire(r["grad"]), r["loss"],
-                      s.actor_weights[r["task"]]) for r in results],
+            [TaskGrad(r["task"], from_wire(r["grad"]), r["loss"], batch[r["task"]])
+             for r in results],
             s.layout.numel, **opts)
         t_red = time.perf_counter()
         alignment = target_loss = None
@@ -132,6 +133,7 @@ class DriverReduce(Reducer):
             load_s={r["task"]: r["load_s"] for r in results}, publish_bytes=s.layout.nbytes,
             grad_bytes={r["task"]: int(r["grad"].nbytes) for r in results},
             used=reduced.used, cosine=reduced.cosine, alignment=alignment, target_loss=target_loss,
+            tasks=s.drawn(batch),
         )
 
 
@@ -204,8 +206,13 @@ class CollectiveReduce(Reducer):
             # each rank reads g_target when it needs it
             shared = next(iter(w.actors.values())).get_shared.remote()
             targets, weights = w.targets.launch(shared, s.step), list(s.actor_weights.values())
-        results = get([a.collective_step.remote(s.step, w.heads.pending.get(k), targets, weights)
+        batch = s.step_batch()
+        if batch is not s.actor_weights:  # meta.task_batch: ranks not drawn add a zero gradient
+            weights = [batch.get(k, 0.0) for k in w.actors]
+        results = get([a.collective_step.remote(s.step, w.heads.pending.get(k), targets, weights,
+                                                k in batch)
                        for k, a in w.actors.items()])
+        results = [r for r in results if r["task"] in batch]
         target_loss = w.targets.gradient(targets)[1] if targets is not None else None
         w.heads.average(results)
         r0 = results[0]
@@ -224,7 +231,7 @@ class CollectiveReduce(Reducer):
                           compute_s={r["task"]: r["compute_s"] for r in results},
             used=[r["task"] for r in results if r["finite"]],
             alignment={r["task"]: r["alignment"] for r in results} if targets is not None else None,
-            target_loss=target_loss,
+            target_loss=target_loss, tasks=s.drawn(batch),
         )
 
     def pull(self, s: StepState, w: Workers) -> None:

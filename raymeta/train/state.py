@@ -23,9 +23,12 @@ import numpy as np
 import torch
 
 from ..cluster import get
+from ..cluster.memory import actor_memory_bytes
 from ..config import ExperimentConfig
+from ..config.resolve import actor_keys
 from ..core.model import ParamLayout, load_encoder, load_tokenizer
 from ..core.optim import outer_optimizer
+from ..core.task_sampling import sample_tasks
 from ..core.trainable import trainable_summary
 from ..storage import local_model_path
 from .actor import bind_flat
@@ -61,6 +64,39 @@ class StepState:
         """Actor key -> its share of the mixture (a task's weight over its replicas)."""
         return self.mixture.actor_weights
 
+    def step_batch(self) -> dict[str, float]:
+        """This step's actors and each one's weight in its meta-gradient: every actor with its share
+        of the mixture, or with ``meta.task_batch`` the actors of the tasks drawn for this step
+        (:func:`~raymeta.core.task_sampling.sample_tasks`, by seed and step), in task order."""
+        b = self.cfg.meta.task_batch
+        if b is None or b >= len(self.mixture.weights):
+            return self.actor_weights
+        drawn = sample_tasks(self.mixture.weights, b, seed=self.cfg.seed, step=self.step)
+        return {key: w / len(self.mixture.replicas_of[t]) for t, w in drawn.items()
+                for key in self.mixture.replicas_of[t]}
+
+    def drawn(self, batch: dict[str, float]) -> list[str] | None:
+        """The tasks of a meta-batch (:meth:`step_batch`) for the step's record; None when every
+        task took part."""
+        if batch is self.actor_weights:
+            return None
+        return [t for t, keys in self.mixture.replicas_of.items() if keys[0] in batch]
+
+    def actor_memory(self, cfg: ExperimentConfig | None = None) -> dict[str, int] | None:
+        """Actor key -> the bytes it declares to Ray (``resources.memory_per_actor``; None:
+        nothing), for the actors of ``cfg`` (the run's by default; the target actors' own), from
+        this encoder's size."""
+        cfg = cfg or self.cfg
+        c = getattr(self.encoder, "config", None)
+        params = sum(p.numel() for p in self.encoder.parameters())
+        per_task = actor_memory_bytes(cfg, params, self.layout.numel,
+                                      hidden=getattr(c, "hidden_size", 768),
+                                      layers=getattr(c, "num_hidden_layers", 12),
+                                      heads=getattr(c, "num_attention_heads", 12))
+        if per_task is None:
+            return None
+        return {key: per_task[t] for t, keys in actor_keys(cfg).items() for key in keys}
+
 
 def build_state(cfg: ExperimentConfig, mixture: Mixture | None = None) -> StepState:
     """Step 0's state: the encoder as configured (from the seed when built from a config), its
@@ -91,9 +127,12 @@ class ReplicaHeads:
         self.pending: dict[str, np.ndarray] = {}
 
     def average(self, results: list[dict[str, Any]]) -> None:
-        self.pending = {}
         by_key = {r["task"]: r for r in results}
+        # a task left out of this step's meta-batch keeps its update for its next call
+        self.pending = {k: g for k, g in self.pending.items() if k not in by_key}
         for keys in self.replicas_of.values():
+            if any(k not in by_key for k in keys):
+                continue
             grads = [by_key[k]["head_grad"] for k in keys if by_key[k].get("head_grad") is not None]
             if len(keys) > 1 and grads:
                 avg = np.mean(np.stack(grads), axis=0, dtype=np.float64).astype(np.float32)

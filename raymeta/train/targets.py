@@ -11,12 +11,13 @@ here together; the pool is handed in, so that the actor can take the mixin witho
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from ..cluster import get
+from ..cluster.memory import trim_heap
 from ..config import ExperimentConfig, TaskConfig
 from ..core.algorithms import algorithm_options, task_gradient
 from ..core.model import ParamLayout
@@ -45,10 +46,13 @@ class TargetActors:
     def actors(self) -> dict[str, Any]:
         return self.pool.actors
 
-    def start(self, *, local: bool, others: int, layout: ParamLayout, frozen: float) -> None:
-        """Start them (sized with ``others`` task actors beside them) and check they compute for
+    def start(self, *, local: bool, others: int, layout: ParamLayout, frozen: float,
+              memory: dict[str, int] | None = None, memory_others: Sequence[int] = ()) -> None:
+        """Start them (sized with ``others`` task actors beside them, of ``memory_others`` bytes;
+        ``memory``: actor key -> the bytes it declares) and check they compute for
         ``layout``."""
-        self.pool.start(self.cfg, local=local, others=others, after=others)
+        self.pool.start(self.cfg, local=local, others=others, after=others, memory=memory,
+                        memory_others=memory_others)
         self.pool.check(layout, frozen)
 
     def launch(self, shared: Any, step: int) -> list[Any]:
@@ -102,5 +106,6 @@ class TargetGradient:
             g = self.layout.flatten({n: result.grads.get(n) for n in self.layout.names})
             grad.add_(g, alpha=1.0 / len(shots))
             losses.append(float(result.loss))
+        trim_heap()
         return {"task": self.key, "grad": grad.cpu().numpy(), "loss": float(np.mean(losses)),
                 "compute_s": time.perf_counter() - t0}

@@ -231,9 +231,8 @@ class MetaTrainer:
             check_layout(resume_point, load_checkpoint(resume_point)[1], self.state)
 
     def start_actors(self) -> None:
-        """The task actors (the ones given to reuse, reset; else new ones), checked against the
-        driver's layout, joined the way the reducer needs them (a process group under
-        ``reduce: collective``)."""
+        """The task and target actors (reused ones reset, else started), checked against the
+        driver's layout, joined as the reducer needs them (a group under ``reduce: collective``)."""
         s, w = self.state, self.workers
         if self.local and not hasattr(self, "_torch_threads"):
             # On our own instance the actors take every CPU, so the driver's reduction and outer
@@ -242,16 +241,19 @@ class MetaTrainer:
             # (benchmarks/results/throughput.md#optimisations-before-and-after).
             self._torch_threads = torch.get_num_threads()
             torch.set_num_threads(1)
+        t = self.target_specs
+        w.targets = TargetActors(self.cfg, t, ActorPool()) if t else None
+        mem, tmem = s.actor_memory(), s.actor_memory(w.targets.cfg) if t else None  # to fit, both
         if self.reused is not None:
             w.pool.adopt(self.reused, self.cfg)
         else:
-            w.pool.start(self.cfg, local=self.local, others=len(self.target_specs))
+            w.pool.start(self.cfg, local=self.local, others=len(self.target_specs), memory=mem,
+                         memory_others=list((tmem or {}).values()))
         frozen = frozen_fingerprint(s.encoder)
         self.placement = w.pool.check(s.layout, frozen)
-        if self.target_specs:
-            w.targets = TargetActors(self.cfg, self.target_specs, ActorPool())
+        if w.targets is not None:
             w.targets.start(local=self.local, others=len(s.actor_weights), layout=s.layout,
-                            frozen=frozen)
+                            frozen=frozen, memory=tmem, memory_others=list((mem or {}).values()))
         if type(self.reducer) is Reducer:  # meta.reduce: auto, first start: once, for the run
             mode, why = choose_reduce(s, w, self.placement, self.last_checkpoint)
             log.info("meta.reduce: auto -> %s (%s)", mode, why)

@@ -136,6 +136,11 @@ CASES = [
     ("infeasible-resources", lambda t, f: ["train", "--config", cfg_with(t),
                                            "resources.num_gpus_per_actor=1"],
      "asks for GPU=1, but no node has that much"),
+    # memory declared to Ray (resources.memory_per_actor) that no node has: one line before any
+    # actor starts, not an actor pending forever or one killed by Ray's memory monitor
+    ("memory-no-node-has", lambda t, f: ["train", "--config", cfg_with(t),
+                                         "resources.memory_per_actor=100000"],
+     "asks for memory=100000.00GB, but no node has that much"),
     ("init-not-a-model", lambda t, f: ["evaluate", "--init", f["notamodel"], "--task",
                                        "chatterbot_topics",
                                        "--output", str(t / "out" / "r.json")], "notamodel"),

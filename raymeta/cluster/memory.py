@@ -1,0 +1,119 @@
+"""Memory as a resource: what a task actor needs, declared to Ray, and the heap handed back.
+
+Ray places actors by the resources they declare; one that declares no memory is placed by CPU alone,
+and when the node's memory runs out Ray's memory monitor kills a worker mid-step
+(:mod:`raymeta.cluster.oom`). Declaring ``memory=`` makes Ray place by memory instead, and lets a
+run that cannot fit its actors say so before it starts (:func:`memory_room_error`).
+
+The estimate (:func:`actor_memory_bytes`) adds up the parts measured for a MiniLM task actor
+(benchmarks/results/memory.md): the process with torch, transformers' model code and Ray loaded,
+the model's weights, the gradient buffer (and, under ``reduce: collective``, the actor's own copy
+of the trainable parameters and AdamW's two moments), and one episode's activations.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+from typing import Any, Mapping, Sequence
+
+from ..config import ExperimentConfig
+
+__all__ = ["BASE_BYTES", "actor_memory_bytes", "gb", "memory_room_error", "trim_heap"]
+
+GB = 2**30
+# A task actor's process before its model: Python, torch, transformers' model code (which pulls
+# accelerate, scipy and datasets' pandas in), Ray's core worker, the tokenizer and the task's
+# tokenised rows; 0.48 GB of PSS measured on MiniLM (benchmarks/results/memory.md), rounded up.
+BASE_BYTES = int(0.55 * GB)
+# Activation values a step holds at its peak, per token, hidden unit and layer, and copies of the
+# attention scores per head and layer (scores and softmax): Korthikanti et al. 2022 ("Reducing
+# Activation Recomputation in Large Transformer Models", eq. 1) count 34 bytes per token and hidden
+# unit in half precision plus 5 per head and token pair; in float32, with the gradient's own
+# temporaries at the peak of the backward pass, the largest starter actor (MiniLM, 40 rows of 128
+# tokens) peaked at 2.25 GB of private heap, which these constants bound with 13% to spare
+# (benchmarks/results/memory.md).
+ACTIVATION_VALUES = 34
+SCORE_COPIES = 2
+
+
+def gb(n_bytes: float) -> str:
+    return f"{n_bytes / GB:.2f} GB"
+
+
+def actor_memory_bytes(cfg: ExperimentConfig, params: int, trainable: int, *, hidden: int,
+                       layers: int, heads: int) -> dict[str, int] | None:
+    """What the actor of each task of ``cfg`` declares to Ray (``resources.memory_per_actor``),
+    task -> bytes: None declares nothing, a number is that many GB for every task, ``auto``
+    estimates each task's from the model (``params`` values in all, ``trainable`` of them
+    meta-trained; its width, depth and attention heads) and the task's widest episode."""
+    setting = cfg.resources.memory_per_actor
+    if setting is None:
+        return None
+    if setting != "auto":
+        return {t.name: int(float(setting) * GB) for t in cfg.tasks}
+    four = 4  # float32
+    weights, grad = four * params, four * trainable
+    # reduce: collective keeps the actor's own trainable copy and AdamW's moments (the driver's
+    # otherwise; under reduce: driver the actor's parameters are views of the published buffer)
+    own = 3 * four * trainable if cfg.meta.reduce == "collective" else 0
+    e = cfg.meta.episode
+    # the widest episode a task draws: support and query rows of max_length tokens (ways: None,
+    # every class, counted as 16)
+    rows = max((e.ways or 16) * (e.shots + e.queries), e.support_size + e.query_size)
+    # MAML's second order keeps the inner steps' graphs too
+    depth = 1 + (cfg.meta.inner_steps if cfg.meta.algorithm == "maml" else 0)
+    out = {}
+    for t in cfg.tasks:
+        tokens = rows * t.max_length
+        values = ACTIVATION_VALUES * tokens * hidden * layers \
+            + SCORE_COPIES * rows * heads * t.max_length ** 2 * layers
+        out[t.name] = BASE_BYTES + weights + grad + own + four * depth * values
+    return out
+
+
+def memory_room_error(sizes: Sequence[int], nodes: Sequence[Mapping[str, float]],
+                      what: str = "task actors") -> str | None:
+    """One line when actors of ``sizes`` bytes cannot all be placed on ``nodes`` (each node's
+    ``memory`` resource, which Ray sets from the memory it found free at start less the object
+    store), or None. Largest first, each onto the node with the most room left: the packing Ray's
+    scheduler can at best reach. Only a fixed cluster is judged: an autoscaler adds nodes."""
+    room = sorted((float(n.get("memory", 0)) for n in nodes), reverse=True)
+    placed = 0
+    for size in sorted(sizes, reverse=True):
+        i = max(range(len(room)), key=room.__getitem__, default=None)
+        if i is None or room[i] < size:
+            break
+        room[i] -= size
+        placed += 1
+    if placed == len(sizes):
+        return None
+    total = sum(float(n.get("memory", 0)) for n in nodes)
+    return (f"resources: the run's {len(sizes)} {what} need about {gb(max(sizes))} of memory each "
+            f"at most ({gb(sum(sizes))} in all), but the cluster's {len(nodes)} node(s) have room "
+            f"for {placed} ({gb(total)} for workers); use fewer tasks or resources.replicas, "
+            "model.trainable: lora or a smaller max_length, or set resources.memory_per_actor "
+            "(GB) if the estimate is too high")
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> Any:
+    name = ctypes.util.find_library("c")
+    try:
+        lib = ctypes.CDLL(name) if name else None
+        return lib if lib is not None and hasattr(lib, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def trim_heap() -> None:
+    """Hand the heap's free pages back to the system (glibc's ``malloc_trim``; elsewhere nothing).
+
+    A step's activations and temporaries are freed into glibc's arenas, which keep them: a MiniLM
+    actor's private heap stays 0.14 GB above what it holds, and grows with each new high-water
+    mark. Trimming after each call keeps it at what the actor holds (benchmarks/results/memory.md)
+    for about a millisecond."""
+    lib = _libc()
+    if lib is not None:
+        lib.malloc_trim(0)

@@ -1,0 +1,74 @@
+"""The meta-batch (raymeta.core.task_sampling): deterministic per (seed, step), stratified with
+equal weights, in proportion to the weights otherwise, an unbiased estimate of the mixture."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from raymeta.core.task_sampling import sample_tasks
+
+
+def equal(n: int) -> dict[str, float]:
+    return {f"t{i:03d}": 1.0 / n for i in range(n)}
+
+
+def test_no_sampling_without_a_batch_or_with_one_as_large_as_the_tasks():
+    w = {"a": 0.5, "b": 0.3, "c": 0.2}
+    assert sample_tasks(w, None, seed=0, step=5) == w
+    assert sample_tasks(w, 3, seed=0, step=5) == w
+    assert sample_tasks(w, 10, seed=0, step=5) == w
+    with pytest.raises(ValueError):
+        sample_tasks(w, 0, seed=0, step=0)
+
+
+def test_deterministic_per_seed_and_step_and_weights_sum_to_one_in_task_order():
+    w = equal(40)
+    runs = [[sample_tasks(w, 4, seed=7, step=s) for s in range(30)] for _ in range(2)]
+    assert runs[0] == runs[1]
+    assert [sample_tasks(w, 4, seed=8, step=s) for s in range(30)] != runs[0]
+    for batch in runs[0]:
+        assert abs(sum(batch.values()) - 1.0) < 1e-12
+        assert list(batch) == sorted(batch)  # task order
+    # a resumed step draws what it drew the first time: nothing but (seed, step) matters
+    assert sample_tasks(w, 4, seed=7, step=17) == runs[0][17]
+
+
+@pytest.mark.parametrize("n, b", [(40, 4), (8, 2), (512, 4)])
+def test_equal_weights_are_stratified_every_task_once_per_epoch(n, b):
+    w = equal(n)
+    per_epoch = n // b
+    for epoch in range(3):
+        seen = Counter()
+        for s in range(epoch * per_epoch, (epoch + 1) * per_epoch):
+            batch = sample_tasks(w, b, seed=1, step=s)
+            assert len(batch) == b and all(v == 1.0 / b for v in batch.values())
+            seen.update(batch.keys())
+        assert set(seen) == set(w) and set(seen.values()) == {1}, epoch
+
+
+def test_a_batch_across_two_epochs_counts_a_repeated_task_twice():
+    w = equal(5)  # B = 2 does not divide 5: step 2 takes position 4 of epoch 0 and 0 of epoch 1
+    for seed in range(50):
+        batch = sample_tasks(w, 2, seed=seed, step=2)
+        assert abs(sum(batch.values()) - 1.0) < 1e-12
+        if len(batch) == 1:
+            assert list(batch.values()) == [1.0]
+            return
+    pytest.fail("no seed drew the same task at both ends of two epochs")
+
+
+def test_unequal_weights_draw_in_proportion_and_estimate_the_mixture_without_bias():
+    w = {"a": 0.6, "b": 0.25, "c": 0.1, "d": 0.05}
+    total = Counter()
+    steps = 4000
+    for s in range(steps):
+        batch = sample_tasks(w, 2, seed=3, step=s)
+        assert set(batch) <= set(w) and abs(sum(batch.values()) - 1.0) < 1e-12
+        for t, v in batch.items():
+            total[t] += v
+    # E[weight of task i in a batch] = wᵢ: the batch's mean gradient estimates Σ wᵢ gᵢ
+    est = np.array([total[t] / steps for t in w])
+    assert np.allclose(est, list(w.values()), atol=0.02), est
