@@ -48,6 +48,14 @@ class ClusterView:
                 if t.max_workers > 0 and all(t.resources.get(k, 0) >= v for k, v in want.items()
                                              if k != "memory" or "memory" in t.resources)]
 
+    @property
+    def scales_by_memory(self) -> bool:
+        """Whether actors that declare memory can make this cluster grow: not when its autoscaler
+        has a node type that does not state its memory (Ray's autoscaler then adds no node for a
+        request with memory, and the actors wait forever); a fixed cluster holds what it holds."""
+        return not self.autoscaler or all("memory" in t.resources for t in self.node_types
+                                          if t.max_workers > 0)
+
     def can_add(self, want: Mapping[str, float]) -> bool:
         return bool(self.addable(want))
 

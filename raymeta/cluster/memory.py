@@ -20,7 +20,8 @@ from typing import Any, Mapping, Sequence
 
 from ..config import ExperimentConfig
 
-__all__ = ["BASE_BYTES", "actor_memory_bytes", "gb", "memory_room_error", "trim_heap"]
+__all__ = ["BASE_BYTES", "activation_values", "actor_memory_bytes", "gb", "memory_room_error",
+           "trim_heap", "worker_memory_bytes"]
 
 GB = 2**30
 # A task actor's process before its model: Python, torch, transformers' model code (which pulls
@@ -58,19 +59,38 @@ def actor_memory_bytes(cfg: ExperimentConfig, params: int, trainable: int, *, hi
     # reduce: collective keeps the actor's own trainable copy and AdamW's moments (the driver's
     # otherwise; under reduce: driver the actor's parameters are views of the published buffer)
     own = 3 * four * trainable if cfg.meta.reduce == "collective" else 0
+    # MAML's second order keeps the inner steps' graphs too
+    depth = 1 + (cfg.meta.inner_steps if cfg.meta.algorithm == "maml" else 0)
+    return {t: BASE_BYTES + weights + grad + own + four * depth * values
+            for t, values in activation_values(cfg, hidden=hidden, layers=layers,
+                                               heads=heads).items()}
+
+
+def activation_values(cfg: ExperimentConfig, *, hidden: int = 768, layers: int = 12,
+                      heads: int = 12) -> dict[str, int]:
+    """Task -> the activation values its widest episode holds at the peak of a step, for a model
+    of this width, depth and attention heads (BERT-base's by default): what a step spends on the
+    task, in memory and, near enough, in compute, so :class:`~raymeta.train.pool.ActorPool`
+    balances the workers' tasks by it (``resources.workers``)."""
     e = cfg.meta.episode
     # the widest episode a task draws: support and query rows of max_length tokens (ways: None,
     # every class, counted as 16)
     rows = max((e.ways or 16) * (e.shots + e.queries), e.support_size + e.query_size)
-    # MAML's second order keeps the inner steps' graphs too
-    depth = 1 + (cfg.meta.inner_steps if cfg.meta.algorithm == "maml" else 0)
-    out = {}
-    for t in cfg.tasks:
-        tokens = rows * t.max_length
-        values = ACTIVATION_VALUES * tokens * hidden * layers \
-            + SCORE_COPIES * rows * heads * t.max_length ** 2 * layers
-        out[t.name] = BASE_BYTES + weights + grad + own + four * depth * values
-    return out
+    return {t.name: ACTIVATION_VALUES * rows * t.max_length * hidden * layers
+            + SCORE_COPIES * rows * heads * t.max_length ** 2 * layers for t in cfg.tasks}
+
+
+# What one more task adds to a worker that already holds the model (resources.workers): its
+# tokenised rows, head and head optimizer, and its episode cache; the starter's largest task's rows
+# measured 0.026 GB (benchmarks/results/memory.md), rounded up with room for a larger task.
+TASK_BYTES = 64 * 2**20
+
+
+def worker_memory_bytes(tasks: Sequence[int]) -> int:
+    """What a worker owning tasks of ``tasks`` bytes each (:func:`actor_memory_bytes`) declares: its
+    tasks compute one after the other, so the largest one's process, model and activations, and
+    each other task's own part (:data:`TASK_BYTES`)."""
+    return max(tasks) + TASK_BYTES * (len(tasks) - 1)
 
 
 def memory_room_error(sizes: Sequence[int], nodes: Sequence[Mapping[str, float]],
@@ -92,9 +112,9 @@ def memory_room_error(sizes: Sequence[int], nodes: Sequence[Mapping[str, float]]
     total = sum(float(n.get("memory", 0)) for n in nodes)
     return (f"resources: the run's {len(sizes)} {what} need about {gb(max(sizes))} of memory each "
             f"at most ({gb(sum(sizes))} in all), but the cluster's {len(nodes)} node(s) have room "
-            f"for {placed} ({gb(total)} for workers); use fewer tasks or resources.replicas, "
-            "model.trainable: lora or a smaller max_length, or set resources.memory_per_actor "
-            "(GB) if the estimate is too high")
+            f"for {placed} ({gb(total)} free for actors); use resources.workers, fewer tasks or "
+            "replicas, model.trainable: lora or a smaller max_length, or set "
+            "resources.memory_per_actor (GB) if the estimate is too high")
 
 
 @functools.lru_cache(maxsize=1)

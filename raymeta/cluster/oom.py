@@ -15,7 +15,8 @@ from typing import Any
 __all__ = ["MEMORY_KNOBS", "is_out_of_memory", "out_of_memory_line"]
 
 # what uses less memory per actor or fewer actors, in the order a user would try them
-MEMORY_KNOBS = ("fewer tasks or resources.replicas, model.trainable: lora, a smaller max_length, "
+MEMORY_KNOBS = ("resources.workers (tasks share a process), fewer tasks or replicas, "
+                "model.trainable: lora, a smaller max_length, "
                 "or stop other jobs on the machine")
 
 _DETAIL = re.compile(r"name=(?P<name>[^,]+), pid=\d+, memory used=(?P<used>[\d.]+)GB\) was "

@@ -7,6 +7,8 @@ takes what it returns (calling it again on a resolved config changes nothing):
 - ``eval.validation.holdout_classes``: the tasks restricted to their kept classes and the held
   ones as validation tasks (:func:`raymeta.tasks.holdout.resolve_holdout`, which reads the tasks'
   labels; that is why this module, alone in the package, imports the data layer);
+- ``tasks[].label_groups``: a task split into tasks over disjoint groups of its classes
+  (:func:`raymeta.tasks.label_groups.resolve_label_groups`, after the held-out classes);
 - whether the run exports ``best`` (:func:`wants_best`);
 - the task actors a config asks for (:func:`actor_keys`).
 
@@ -66,6 +68,16 @@ def check_run(cfg: ExperimentConfig) -> None:
         raise ConfigError("config key 'meta.combine': pcgrad needs every task's gradient in one "
                           "place; use meta.reduce=driver")
     wants_best(cfg)
+    n = sum(len(ks) for ks in actor_keys(cfg).values())
+    w = cfg.resources.workers
+    if isinstance(w, int) and w < n:
+        if cfg.meta.reduce == "collective":
+            raise ConfigError(f"config key 'resources.workers': {w} workers for {n} task actors "
+                              "need meta.reduce=driver (a process group has one rank per task)")
+        most = max(cfg.tasks, key=lambda t: t.replicas)
+        if most.replicas > w:
+            raise ConfigError(f"config key 'resources.workers': task '{most.name}' has "
+                              f"{most.replicas} replicas, more than the {w} workers (one each)")
     fault = cfg.meta.fault_injection
     keys = [replica_key(t.name, r) for t in cfg.tasks for r in range(t.replicas)]
     if fault is not None and fault.task not in keys:
@@ -75,8 +87,14 @@ def check_run(cfg: ExperimentConfig) -> None:
 
 def resolve(cfg: ExperimentConfig) -> ResolvedRun:
     """``cfg`` checked, with everything derived resolved (see the module's docstring)."""
-    from ..tasks.holdout import resolve_holdout  # reads the tasks' labels: only when resolving
+    # both read the tasks' labels: only when resolving
+    from ..tasks.holdout import resolve_holdout
+    from ..tasks.label_groups import resolve_label_groups
 
     check_run(cfg)
     resolved, holdout = resolve_holdout(cfg)
+    grouped = resolve_label_groups(resolved)  # the classes holdout_classes kept, in groups
+    if grouped is not resolved:  # more task actors now: resources.workers is checked again
+        check_run(grouped)
+        resolved = grouped
     return ResolvedRun(cfg=resolved, holdout=holdout, export_best=wants_best(resolved))

@@ -37,6 +37,13 @@ class ResourcesConfig(StrictModel):
     # auto: estimated from the model's size and the widest episode
     # (raymeta.cluster.memory.actor_memory_bytes, measured on MiniLM); None: declare none.
     memory_per_actor: Literal["auto"] | float | None = "auto"
+    # How many processes compute the task gradients. None: one task actor per task (and replica).
+    # A number W below that: W workers, each owning several tasks' data and heads around one copy
+    # of the model (raymeta.train.worker), assigned by cost and recorded in workers.json; memory,
+    # GPUs and start-up then grow with W, not with the number of tasks. auto: one worker per GPU
+    # of the cluster, else per CPU, as many as its memory holds, and no more than the tasks.
+    # (resources.*_per_actor size each worker.)
+    workers: Literal["auto"] | int | None = None
     # How long the task actors may wait to be placed (for an autoscaler to add nodes, or for busy
     # nodes to free up) while none of them is placed and no node joins; then the run stops with one
     # line naming what is missing. A request no node (nor node type of the autoscaler) can ever meet
@@ -48,6 +55,13 @@ class ResourcesConfig(StrictModel):
     def _memory(cls, v: Any) -> Any:
         if v not in ("auto", None) and not (math.isfinite(v) and v > 0):
             raise ValueError("expected auto, null (declare none) or a positive number of GB")
+        return v
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, v: Any) -> Any:
+        if v not in ("auto", None) and (isinstance(v, bool) or v < 1):
+            raise ValueError("expected auto, null (one actor per task) or a number of workers >= 1")
         return v
 
     @field_validator("gpus", mode="before")

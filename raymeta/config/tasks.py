@@ -119,6 +119,9 @@ class TaskConfig(StrictModel):
     # data parallelism within the task: this many actors, each on its own episodes; their gradients
     # (and head gradients) are averaged before the mixture weighting
     replicas: int = Field(default=1, ge=1)
+    # many tasks from one: this many class-disjoint tasks <name>_g<i>, each over a seeded group of
+    # the task's classes and weight / label_groups (raymeta.tasks.label_groups); classification
+    label_groups: int | None = Field(default=None, ge=2)
 
     @model_validator(mode="after")
     def _smlmt_type(self) -> "TaskConfig":
@@ -127,6 +130,10 @@ class TaskConfig(StrictModel):
         if self.source.kind == "smlmt" and self.type != "sequence_classification":
             raise ValueError("source kind 'smlmt' makes a sequence_classification task, not "
                              f"{self.type}")
+        if self.label_groups is not None and (self.type != "sequence_classification"
+                                              or self.source.kind == "smlmt"):
+            raise ValueError("label_groups splits a sequence_classification task's labelled "
+                             "classes (not SMLMT's words)")
         return self
 
     @field_validator("weight")

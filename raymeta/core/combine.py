@@ -21,7 +21,8 @@ from ..errors import RaymetaError
 
 __all__ = ["TaskGrad", "Reduced", "NonFiniteGradient", "as_tensor", "normalise_weights",
            "non_finite_policy",
-           "reduce_gradients", "RunningReduce", "cosine_matrix", "pcgrad"]
+           "reduce_gradients", "RunningReduce", "cosine_matrix", "pcgrad", "add_weighted",
+           "mean_of_partials"]
 
 log = logging.getLogger(__name__)
 
@@ -347,3 +348,31 @@ class RunningReduce:
         return _finish(results, self.tensors, self.sums, self.gram, self.meta, self.fused,
                        step=self.step,
                        seed=self.seed, rule=self.rule, nan_policy=self.nan_policy)
+
+
+# -- reduced where computed: a worker's several tasks (resources.workers) ------------------------
+
+
+def add_weighted(acc: torch.Tensor | None, grad: torch.Tensor, weight: float) -> torch.Tensor:
+    """``acc + weight · grad`` in place (a new float32 buffer when ``acc`` is None): a worker's
+    partial sum Σ wᵢ gᵢ over its finite tasks, in its task order, so that one gradient per worker
+    travels instead of one per task."""
+    if acc is None:
+        return torch.mul(grad.float(), weight)
+    return acc.add_(grad, alpha=weight)
+
+
+def mean_of_partials(partials: Sequence[tuple[np.ndarray | torch.Tensor, float]],
+                     out: torch.Tensor) -> torch.Tensor:
+    """The meta-gradient Σ wᵢ gᵢ / Σ wᵢ from the workers' partial sums ``(Σ wᵢ gᵢ, Σ wᵢ)`` over
+    their finite tasks, in worker order: the weights renormalised over the tasks that survived, as
+    :func:`reduce_gradients` does. The sum is grouped by worker, so it equals the one-pass sum up
+    to float32 rounding (≤ 1e-5 relative: tests/integration/test_workers.py), not bit for bit."""
+    total = sum(w for _, w in partials)
+    if not total > 0:
+        raise NonFiniteGradient("every task's gradient is non-finite; nothing to apply")
+    out.zero_()
+    for grad, weight in partials:
+        if weight > 0:
+            out.add_(as_tensor(grad), alpha=1.0 / total)
+    return out

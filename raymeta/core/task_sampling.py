@@ -15,6 +15,9 @@ replayed step draws the same tasks, and it is pure: no Ray, no state.
 
 With ``B`` ≥ T there is no sampling: every task, each with its configured weight, as without a
 meta-batch.
+
+Which worker owns which task (``resources.workers``) is decided here too (:func:`assign_tasks`),
+from the tasks' costs alone, so the same config always gives the same assignment.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Mapping
 
 import numpy as np
 
-__all__ = ["sample_tasks"]
+__all__ = ["assign_tasks", "sample_tasks"]
 
 # separates this stream of random numbers from every other stream seeded by (seed, step)
 _STREAM = 0x7A5B
@@ -57,3 +60,35 @@ def sample_tasks(weights: Mapping[str, float], batch: int | None, *, seed: int,
     counts = Counter(drawn)
     # in task order: the reduction sums in a fixed order, whatever order the draws came in
     return {t: counts[t] / batch for t in tasks if t in counts}
+
+
+def assign_tasks(costs: Mapping[str, float], workers: int,
+                 group: Mapping[str, str] | None = None) -> list[list[str]]:
+    """Task actor keys -> ``workers`` lists of keys, balanced by cost: longest processing time first
+    (Graham 1969), each key onto the worker with the least cost so far, ties to the lower worker
+    and the earlier key, so the assignment depends on the costs and their order alone. Keys of one
+    ``group`` (the replicas of a task, which each hold the task's head) go to different workers;
+    :class:`ValueError` when a group has more keys than there are workers. Each worker's keys keep
+    the order of ``costs``, and the workers are in the order of their first keys; no worker is left
+    empty when there are at least as many keys."""
+    if workers < 1:
+        raise ValueError(f"workers: expected at least 1, got {workers}")
+    order = list(costs)
+    rank = {k: n for n, k in enumerate(order)}
+    group = dict(group or {})
+    load = [0.0] * workers
+    owned: list[list[str]] = [[] for _ in range(workers)]
+    held: list[set[str]] = [set() for _ in range(workers)]
+    for key in sorted(order, key=lambda k: (-float(costs[k]), rank[k])):
+        g = group.get(key, key)
+        free = [i for i in range(workers) if g not in held[i]]
+        if not free:
+            raise ValueError(f"task '{g}': {sum(1 for k in order if group.get(k, k) == g)} "
+                             f"replicas cannot go to {workers} workers (one each at most)")
+        # an empty worker first, so that no worker is left without a task
+        i = min(free, key=lambda j: (bool(owned[j]), load[j], j))
+        load[i] += float(costs[key])
+        owned[i].append(key)
+        held[i].add(g)
+    shares = [sorted(keys, key=rank.__getitem__) for keys in owned if keys]
+    return sorted(shares, key=lambda keys: rank[keys[0]])  # workers in the order of their tasks

@@ -71,22 +71,27 @@ def build_task_model(cfg: ExperimentConfig, task_name: str, task_type: str, num_
     torch.manual_seed(cfg.seed)
     model = MetaModel.from_config(cfg.model, [], vocab_size=vocab_size, attn_implementation=attn,
                                   fetch=local_model_path)
-    # head init depends on nothing but (seed, task)
+    add_task_head(model, cfg, task_name, task_type, num_labels)
+    return model.train()
+
+
+def add_task_head(model: MetaModel, cfg: ExperimentConfig, task_name: str, task_type: str,
+                  num_labels: int) -> None:
+    """The task's head on ``model``, initialised from (seed, task) alone: the same head whether the
+    task has a process of its own or shares one with other tasks (``resources.workers``)."""
     torch.manual_seed(head_seed(cfg.seed, task_name))
     m = cfg.meta
     learned = m.algorithm == "metaopt" and m.metaopt.learn_scale \
         and task_type == "sequence_classification"
     model.add_head(task_name, task_type, num_labels,
                    log_scale=math.log(m.metaopt.scale) if learned else None)
-    return model.train()
 
 
 class TaskActor(CollectiveMember, TargetGradient):
     """Owns one task. ``compute`` returns its gradient for the published shared parameters."""
 
     def __init__(self, cfg_json: str, task_name: str, num_threads: int | None = None,
-                 device: str = "cpu",
-                 replica: int = 0):
+                 device: str = "cpu", replica: int = 0, share: TaskActor | None = None):
         # A user error here (bad data, bad model) is kept and raised by the first call instead:
         # a failed actor constructor reaches the driver only as text, a failed call as the error
         # itself.
@@ -95,7 +100,10 @@ class TaskActor(CollectiveMember, TargetGradient):
         # Replica r of a task draws its own episodes and dropout: stream "<task>#r" (r > 0).
         self.key = replica_key(task_name, replica)
         try:
-            self._setup(cfg_json, task_name, num_threads, device)
+            if share is None:
+                self._setup(cfg_json, task_name, num_threads, device)
+            else:
+                self._share(share, task_name)
         except RaymetaError as e:
             self._init_error = e
 
@@ -124,11 +132,32 @@ class TaskActor(CollectiveMember, TargetGradient):
         # only)
         self._wire = torch.empty(self.layout.numel, dtype=torch.bfloat16) \
             if self.cfg.meta.transfer_dtype == "bfloat16" else None
+        self.autocast = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        self._task_state(spec)
+
+    def _share(self, other: TaskActor, task_name: str) -> None:
+        """Set up beside ``other`` in its process (:class:`~raymeta.train.worker.TaskWorker`): this
+        task's data, head and head optimizer of its own; the tokenizer, the validation tasks, the
+        encoder, its flat parameter buffer and the gradient buffer shared. A call returns before the
+        next begins (Ray copies a returned gradient out first), so one buffer of each serves every
+        task of the process."""
+        other.check_ready()
+        self.cfg, self.device, self.tokenizer = other.cfg, other.device, other.tokenizer
+        spec = self.cfg.task(task_name)
+        self.task = load_task(spec, self.tokenizer, self.cfg.data_dir, self.cfg.cache_dir)
+        self.scorer, self.model = other.scorer, other.model
+        add_task_head(self.model, self.cfg, spec.name, spec.type, self.task.num_labels)
+        self.model.to(self.device)
+        self.layout, self.flat, self.grad_buf = other.layout, other.flat, other.grad_buf
+        self._shared, self._bound, self._pinned = other._shared, other._bound, None
+        self._wire, self.autocast = other._wire, other.autocast
+        self._task_state(spec)
+
+    def _task_state(self, spec: TaskConfig) -> None:
         self.head = self.model.head_named_parameters(spec.name)
         o = self.cfg.optim
         self.head_opt = torch.optim.AdamW(list(self.head.values()), lr=o.head_lr,
                                           weight_decay=o.weight_decay, betas=o.betas)
-        self.autocast = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
         # Replicas keep identical heads: the driver averages their head gradients and hands the
         # average back with the next call, instead of each replica stepping on its own.
         self.replicated = spec.replicas > 1

@@ -35,11 +35,13 @@ __all__ = ["RunOutputs", "RUN_OUTPUTS", "check_writable", "held_outputs", "prepa
 
 log = logging.getLogger("raymeta.train")
 
+WORKERS_JSON = "workers.json"  # resources.workers: which worker owns which task
+
 # What a run writes into its output_dir; a directory holding any of them holds a run.
 RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "tensorboard", "checkpoints", "final", "best",
                ".validation",
                "task_affinity.png", "task_affinity.npy", "task_weights.png", "training_curves.png",
-               HOLDOUT_JSON)
+               HOLDOUT_JSON, WORKERS_JSON)
 # checkpoints go one by one, manifest last; .validation is scratch
 _NOT_MIRRORED = ("checkpoints", ".validation")
 

@@ -30,15 +30,17 @@ from ..cluster import (
     request_of,
     unplaced,
 )
-from ..cluster.memory import memory_room_error
+from ..cluster.memory import activation_values, memory_room_error, worker_memory_bytes
 from ..config import ExperimentConfig
 from ..config.resolve import actor_keys
 from ..core.model import ParamLayout
+from ..core.task_sampling import assign_tasks
 from ..errors import RaymetaError
 from ..tasks.holdout import holdout_reason
 from .actor import TaskActor
+from .worker import TaskHandle, TaskWorker, worker_of
 
-__all__ = ["ActorPool", "actor_keys", "target_count"]
+__all__ = ["ActorPool", "actor_keys", "target_count", "worker_count"]
 
 log = logging.getLogger("raymeta.train")
 
@@ -65,6 +67,36 @@ def target_count(cfg: ExperimentConfig) -> int:
     return len(w.target if w.target is not None else v.tasks if v else [])
 
 
+def worker_count(cfg: ExperimentConfig, actors: int, memory: Mapping[str, int] | None,
+                 view: ClusterView | None) -> int | None:
+    """How many workers compute the ``actors`` task actors of ``cfg`` (``resources.workers``); None
+    when each gets its own process (the setting is None, or not below their number). ``auto``: one
+    per GPU of the cluster (``resources.gpus`` not 0), else one per ``num_cpus_per_actor`` (1) of
+    its CPUs, and on a fixed cluster no more than its memory holds at the largest task's
+    ``memory`` each; inside a Ray Tune trial (no ``view``), one per task actor."""
+    w = cfg.resources.workers
+    if w == "auto":
+        if view is None:
+            return None
+        r = cfg.resources
+        gpus = view.total("GPU") if r.gpus != 0 and not r.num_gpus_per_actor == 0 else 0
+        w = int(gpus) if gpus >= 1 else int(view.total("CPU") // (r.num_cpus_per_actor or 1.0))
+        if memory and view.autoscaler is False:
+            room = sum(float(node.get("memory", 0)) for node in view.nodes)
+            w = min(w, int(room // max(memory.values())))
+        w = max(1, w)
+    return w if w is not None and w < actors else None
+
+
+def _what(share: list[tuple[str, str, int]], pooled: bool) -> str:
+    """How a one-line error names a process: its task, or a worker and its first tasks."""
+    if not pooled:
+        return f"task '{share[0][1]}'"
+    names = [k for k, _, _ in share]
+    more = f", and {len(names) - 3} more" if len(names) > 3 else ""
+    return f"the worker of tasks {', '.join(names[:3])}{more}"
+
+
 class ActorPool:
     """Task actors keyed like the trainer's. ``owned``: :meth:`release` ends them (not actors
     adopted from another pool: their owner ends them).
@@ -88,6 +120,8 @@ class ActorPool:
         # for, the cluster they were sized on, when, and how long they may wait
         # (resources.placement_timeout_s)
         self._placing: tuple[dict[str, dict[str, float]], ClusterView, float, float] | None = None
+        # the memory each process :meth:`start` started declared to Ray
+        self.declared: list[int] = []
 
     # -- a run's actors ---------------------------------------------------------------------
 
@@ -114,45 +148,87 @@ class ActorPool:
         import ray
 
         group = ray.util.get_current_placement_group()
-        keys = actor_keys(cfg)
-        n = sum(len(ks) for ks in keys.values())
-        view = None
+        view = None if group is not None else cluster_view()
+        if memory and view is not None and not view.scales_by_memory:
+            log.info("resources: the autoscaler's node types do not state their memory: the task "
+                     "actors declare none (resources.memory_per_actor)")
+            memory, memory_others = None, ()
+        shares = self._shares(cfg, memory, view)
+        n = len(shares)
         if group is not None:
             placed = bundle_options(group, n, after=after)
         else:
-            view = cluster_view()
             opts, threads, device = actor_options(cfg.resources, n + others, view=view)
-        # key, task, replica, options, threads, device
-        sized: list[tuple[str, str, int, dict[str, Any], int, str]] = []
-        for name, ks in keys.items():
-            for r, key in enumerate(ks):
-                if group is not None:
-                    task_opts, threads, device = placed[len(sized)]
-                else:
-                    task_opts = dict(opts)
-                    if cfg.task(name).resources:
-                        task_opts["resources"] = {**opts.get("resources", {}),
-                                                  **cfg.task(name).resources}
-                    if memory:
-                        task_opts["memory"] = memory[key]
-                    if cfg.task(name).resources or memory:  # before any actor starts
-                        feasible(task_opts, f"task '{name}'", view=view)
-                sized.append((key, name, r, task_opts, threads, device))
+        # slots (key, task, replica), options, threads, device: one per process
+        sized: list[tuple[list[tuple[str, str, int]], dict[str, Any], int, str]] = []
+        for i, share in enumerate(shares):
+            if group is not None:
+                task_opts, threads, device = placed[i]
+            else:
+                task_opts = dict(opts)
+                custom: dict[str, float] = {}  # a worker goes where each of its tasks may
+                for _, name, _ in share:
+                    for res, v in cfg.task(name).resources.items():
+                        custom[res] = max(custom.get(res, 0.0), v)
+                if custom:
+                    task_opts["resources"] = {**opts.get("resources", {}), **custom}
+                if memory:
+                    task_opts["memory"] = worker_memory_bytes([memory[k] for k, _, _ in share])
+                if custom or memory:  # before any actor starts
+                    feasible(task_opts, _what(share, len(shares) < self._count(cfg)), view=view)
+            sized.append((share, task_opts, threads, device))
         if memory and view is not None and view.autoscaler is False:
-            sizes = [o["memory"] for *_, o, _, _ in sized] + list(memory_others)
+            sizes = [o["memory"] for _, o, _, _ in sized] + list(memory_others)
             problem = memory_room_error(sizes, view.nodes)
             if problem:
                 raise RaymetaError(problem)
-        remote, cfg_json = ray.remote(TaskActor), cfg.model_dump_json()
+        cfg_json = cfg.model_dump_json()
         self.actors, self.owned, self._fits = {}, True, _fit(cfg)
+        pooled = len(shares) < self._count(cfg)
+        self.declared = [int(o.get("memory", 0)) for _, o, _, _ in sized]
         requests: dict[str, dict[str, float]] = {}
-        for key, name, r, task_opts, threads, device in sized:
-            requests[key] = request_of(task_opts)
-            self.actors[key] = remote.options(**task_opts).remote(cfg_json, name, threads, device,
-                                                                  r)
+        for share, task_opts, threads, device in sized:
+            if not pooled:  # one actor per task
+                (key, name, r), = share
+                handle = ray.remote(TaskActor).options(**task_opts).remote(cfg_json, name,
+                                                                           threads, device, r)
+                self.actors[key], requests[key] = handle, request_of(task_opts)
+                continue
+            worker = ray.remote(TaskWorker).options(**task_opts).remote(
+                cfg_json, [(name, r) for _, name, r in share], threads, device)
+            for key, _, _ in share:
+                self.actors[key], requests[key] = TaskHandle(worker, key), request_of(task_opts)
         if view is not None:
             self._placing = (requests, view, time.monotonic(), cfg.resources.placement_timeout_s)
         return self.actors
+
+    @staticmethod
+    def _count(cfg: ExperimentConfig) -> int:
+        return sum(len(ks) for ks in actor_keys(cfg).values())
+
+    def _shares(self, cfg: ExperimentConfig, memory: Mapping[str, int] | None,
+                view: ClusterView | None) -> list[list[tuple[str, str, int]]]:
+        """The task actors of ``cfg`` as (key, task, replica), grouped by the process that computes
+        them: one each, or with ``resources.workers`` below their number, W groups balanced by
+        cost (:func:`~raymeta.core.task_sampling.assign_tasks`; a task's cost is its widest
+        episode's activations, :func:`~raymeta.cluster.memory.activation_values`, which is what a
+        step spends on it)."""
+        slots = [(key, name, r) for name, ks in actor_keys(cfg).items()
+                 for r, key in enumerate(ks)]
+        n = worker_count(cfg, len(slots), memory, view)
+        if n is None:
+            return [[slot] for slot in slots]
+        if cfg.meta.reduce == "collective":
+            raise RaymetaError(f"resources.workers: {n} workers for {len(slots)} task actors need "
+                               "meta.reduce=driver (a process group has one rank per task)")
+        task_cost = activation_values(cfg)  # whatever memory the actors declare
+        costs = {key: task_cost[name] for key, name, _ in slots}
+        try:
+            keys = assign_tasks(costs, n, {key: name for key, name, _ in slots})
+        except ValueError as e:
+            raise RaymetaError(f"resources.workers: {e}") from None
+        by_key = {slot[0]: slot for slot in slots}
+        return [[by_key[k] for k in share] for share in keys]
 
     def adopt(self, given: Mapping[str, Any], cfg: ExperimentConfig) -> dict[str, Any]:
         """Actors started elsewhere (``MetaTrainer(actors=...)``), reset to ``cfg``; :meth:`release`
@@ -165,8 +241,15 @@ class ActorPool:
         self.actors, self.owned, self._fits = {k: given[k] for ks in keys.values()
                                                for k in ks}, False, _fit(cfg)
         cfg_json = cfg.model_dump_json()
-        get([self.actors[k].reset.remote(cfg_json, name, r) for name, ks in keys.items() for r,
-             k in enumerate(ks)])
+        workers: dict[Any, list[tuple[str, int]]] = {}  # a worker's tasks are reset together
+        singles = []
+        for name, ks in keys.items():
+            for r, k in enumerate(ks):
+                if isinstance(self.actors[k], TaskHandle):
+                    workers.setdefault(self.actors[k].worker, []).append((name, r))
+                else:
+                    singles.append(self.actors[k].reset.remote(cfg_json, name, r))
+        get(singles + [w.reset.remote(cfg_json, slots) for w, slots in workers.items()])
         return self.actors
 
     def check(self, layout: ParamLayout, frozen: float) -> dict[str, str]:
@@ -268,8 +351,23 @@ class ActorPool:
     def release(self) -> None:
         """End the actors this pool owns, and forget every one."""
         if self.owned:
-            kill(self.actors.values())
+            kill({id(worker_of(a)): worker_of(a) for a in self.actors.values()}.values())
         self.actors, self._fits, self._placing = {}, None, None
+
+    def shares(self) -> list[list[str]] | None:
+        """``resources.workers``: each worker's task actor keys, in task order (None: a process per
+        task)."""
+        groups: dict[int, list[str]] = {}
+        for key, a in self.actors.items():
+            if isinstance(a, TaskHandle):
+                groups.setdefault(id(a.worker), []).append(key)
+        return list(groups.values()) or None
+
+    @property
+    def processes(self) -> int:
+        """How many processes compute the task gradients."""
+        shares = self.shares()
+        return len(shares) if shares is not None else len(self.actors)
 
     # -- kept between runs ------------------------------------------------------------------
 

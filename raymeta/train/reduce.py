@@ -33,13 +33,20 @@ import yaml
 
 from ..cluster import get
 from ..config import ExperimentConfig
-from ..core.combine import RunningReduce, TaskGrad, non_finite_policy, reduce_gradients
+from ..core.combine import (
+    RunningReduce,
+    TaskGrad,
+    mean_of_partials,
+    non_finite_policy,
+    reduce_gradients,
+)
 from ..core.optim import optimizer_from_tensors, optimizer_tensors, outer_step
 from ..core.reduce_choice import A100, default_reduce
 from ..core.weighting import alignment_cosines
 from .actor import from_wire
 from .record import StepRecord
 from .state import StepState, Workers
+from .worker import worker_of
 
 __all__ = ["Reducer", "DriverReduce", "CollectiveReduce", "choose_reduce", "reducer_for"]
 
@@ -94,6 +101,8 @@ class DriverReduce(Reducer):
         ref = ray.put(s.flat.numpy())  # publish once: every actor reads the same object
         t_pub = time.perf_counter()
         batch = s.step_batch()  # every actor, or this step's meta-batch (meta.task_batch)
+        if w.pool.shares() is not None and cfg.meta.combine == "mean" and w.targets is None:
+            return self._reduced_on_workers(s, w, ref, batch, t0, t_pub)
         actors = {k: a for k, a in w.actors.items() if k in batch}
         refs = [a.compute.remote(ref, s.step, w.heads.pending.get(k)) for k, a in actors.items()]
         target_refs = w.targets.launch(ref, s.step) if w.targets is not None else None
@@ -136,6 +145,46 @@ class DriverReduce(Reducer):
             tasks=s.drawn(batch),
         )
 
+
+    def _reduced_on_workers(self, s: StepState, w: Workers, ref: Any, batch: dict[str, float],
+                            t0: float, t_pub: float) -> StepRecord:
+        """``resources.workers``: each worker sums its share of the step's tasks
+        (:meth:`~raymeta.train.worker.TaskWorker.compute_sum`), and the driver takes the mean of
+        the W partial sums (:func:`~raymeta.core.combine.mean_of_partials`); no task affinity."""
+        cfg = s.cfg
+        shares: dict[int, tuple[Any, list[tuple[str, float, Any]]]] = {}
+        for key, weight in batch.items():  # task order within each worker
+            worker = worker_of(w.actors[key])
+            shares.setdefault(id(worker), (worker, []))[1].append(
+                (key, weight, w.heads.pending.get(key)))
+        outs = get([worker.compute_sum.remote(ref, s.step, tasks)
+                    for worker, tasks in shares.values()])
+        t_got = time.perf_counter()
+        del ref
+        order = {k: i for i, k in enumerate(batch)}
+        results = sorted((r for o in outs for r in o["tasks"]), key=lambda r: order[r["task"]])
+        w.heads.average(results)
+        bad = {r["task"]: "loss" if not np.isfinite(r["loss"]) else "gradient" for r in results
+               if not r["finite"]}
+        skipped = non_finite_policy(bad, len(results), s.step, cfg.meta.nan_policy)
+        grad = mean_of_partials([(o["grad"], o["weight"]) for o in outs], s.grad_buf)
+        total = sum(o["weight"] for o in outs)
+        t_red = time.perf_counter()
+        norm, lr = outer_step(s.named, grad, s.opt, s.sched, cfg.optim.max_grad_norm)
+        t_end = time.perf_counter()
+        self.last_meta_grad = grad
+        used = [r["task"] for r in results if r["task"] not in bad]
+        return StepRecord(
+            step=s.step, steps=cfg.meta.steps, loss={r["task"]: r["loss"] for r in results},
+            metrics={r["task"]: r["metrics"] for r in results},
+            weights={k: batch[k] / total for k in used}, skipped=skipped, grad_norm=norm, lr=lr,
+            step_s=t_end - t0, publish_s=t_pub - t0, wait_s=t_got - t_pub, reduce_s=t_red - t_got,
+            outer_s=t_end - t_red, compute_max_s=max(r["compute_s"] for r in results),
+            compute_s={r["task"]: r["compute_s"] for r in results},
+            load_s={r["task"]: r["load_s"] for r in results}, publish_bytes=s.layout.nbytes,
+            grad_bytes={tasks[0][0]: int(o["grad"].nbytes) for (_, tasks), o in
+                        zip(shares.values(), outs)},
+            used=used, tasks=s.drawn(batch))
 
     @staticmethod
     def _as_they_arrive(refs: list[Any], running: RunningReduce) -> tuple[list[dict[str, Any]],
@@ -272,6 +321,8 @@ def choose_reduce(s: StepState, w: Workers, placement: dict[str, str],
     whose config.yaml chose a form already) keeps its form."""
     import ray
 
+    if w.pool.shares() is not None:
+        return "driver", "resources.workers: a worker computes several tasks"
     saved = resumed / "config.yaml" if resumed is not None else None
     if saved is not None and saved.is_file():
         mode = ((yaml.safe_load(saved.read_text()) or {}).get("meta") or {}).get("reduce")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from ..cluster import get
 from ..cluster.memory import actor_memory_bytes
 from ..config import ExperimentConfig
 from ..config.resolve import actor_keys
+from ..core.jsonio import write_json_atomic
 from ..core.model import ParamLayout, load_encoder, load_tokenizer
 from ..core.optim import outer_optimizer
 from ..core.task_sampling import sample_tasks
@@ -33,6 +35,7 @@ from ..core.trainable import trainable_summary
 from ..storage import local_model_path
 from .actor import bind_flat
 from .mixture import Mixture
+from .outputs import WORKERS_JSON
 from .pool import ActorPool
 from .targets import TargetActors
 
@@ -158,6 +161,16 @@ class Workers:
     def actors(self) -> dict[str, Any]:
         """Actor key -> ``TaskActor`` handle, in task order."""
         return self.pool.actors
+
+    def save_assignment(self, directory: Path) -> None:
+        """``workers.json`` beside ``config.yaml``: each worker's tasks and the memory it declared
+        to Ray (``resources.workers``; nothing when each task has its own process)."""
+        shares = self.pool.shares()
+        if shares is not None:
+            memory = self.pool.declared if len(self.pool.declared) == len(shares) else []
+            write_json_atomic(directory / WORKERS_JSON, {"workers": [
+                {"worker": i, "tasks": keys, **({"memory_bytes": memory[i]} if memory else {})}
+                for i, keys in enumerate(shares)]})
 
     def lost(self) -> list[str]:
         """The task actors, and target actors, that died."""

@@ -79,8 +79,7 @@ class MetaTrainer:
         self.target_specs = target_specs(self.cfg) \
             if self.cfg.meta.weighting.rule == "alignment" else []
         self.workers = Workers(heads=ReplicaHeads(self.mixture.replicas_of))
-        self.reused = dict(actors) if actors is not None else None
-        self.keep_actors = keep_actors
+        self.reused, self.keep_actors = dict(actors) if actors is not None else None, keep_actors
         self.state: StepState | None = None  # built by prepare(): before Ray starts
         # meta.reduce: auto is resolved once the model and where the actors run are known
         self.reducer = reducer_for(self.cfg, self.cfg.meta.reduce) \
@@ -208,6 +207,7 @@ class MetaTrainer:
             except ray.exceptions.RayError as e:
                 self.recovery.recover(e, self._recovered)
             save_config(self.cfg, self.out)
+            self.workers.save_assignment(self.out)  # resources.workers: workers.json
             if self.holdout is not None:  # the classes meta-training never saw: validation's
                 write_json_atomic(self.out / HOLDOUT_JSON, self.holdout)
             self.tracker = Tracker(self.out, list(self.mixture.actor_weights), start_step=self.step)
@@ -252,8 +252,8 @@ class MetaTrainer:
         frozen = frozen_fingerprint(s.encoder)
         self.placement = w.pool.check(s.layout, frozen)
         if w.targets is not None:
-            w.targets.start(local=self.local, others=len(s.actor_weights), layout=s.layout,
-                            frozen=frozen, memory=tmem, memory_others=list((mem or {}).values()))
+            w.targets.start(local=self.local, others=w.pool.processes, layout=s.layout,
+                            frozen=frozen, memory=tmem, memory_others=w.pool.declared)
         if type(self.reducer) is Reducer:  # meta.reduce: auto, first start: once, for the run
             mode, why = choose_reduce(s, w, self.placement, self.last_checkpoint)
             log.info("meta.reduce: auto -> %s (%s)", mode, why)

@@ -66,6 +66,7 @@ from ..eval.metrics import mean_ci95
 from ..eval.scoring import setting_protocols
 from .state import StepState, Workers
 from .validation_tasks import check_validation_rows, validation_specs
+from .worker import worker_of
 
 __all__ = ["BEST_JSON", "STEP0_JSON", "Validator", "ValidationState", "combine_settings",
            "paired_gain", "summarise_scores"]
@@ -413,7 +414,8 @@ class Validator:
         validation tasks at the settings ``which``."""
         import ray
 
-        actors = list(w.actors.values())
+        # one handle per process: the tasks of a worker (resources.workers) share its model
+        actors = list({id(worker_of(a)): a for a in w.actors.values()}.values())
         shared = None if collective else ray.put(s.flat.numpy())
         protocols = [self.protocols[i].model_dump_json() for i in which]  # type: ignore[union-attr]
         jobs: dict[int, list[str]] = {}

@@ -136,7 +136,8 @@ def _trial(params: dict[str, Any], *, base_json: str, pbt: bool) -> None:
 
 
 def _trial_resources(cfg: ExperimentConfig, local: bool) -> Any:
-    """One placement group per trial: the trial's own bundle, then one per task actor.
+    """One placement group per trial: the trial's own bundle, then one per task actor (or per
+    worker, with ``resources.workers`` a number below theirs; ``auto`` is one per task actor here).
 
     GPUs (``resources.gpus: auto``): one per actor when the cluster has any now, or its autoscaler
     has a node type with GPUs (the trial waits for it to add them,
@@ -161,10 +162,14 @@ def _trial_resources(cfg: ExperimentConfig, local: bool) -> Any:
                                                                                 else 0.5)
     bundle: dict[str, float] = {"CPU": actor_cpus, **({"GPU": actor_gpus} if actor_gpus else {}),
                                 **r.custom_resources}
-    bundles = [{"CPU": cfg.tune.driver_cpus}]
+    tasks = []
     for t in cfg.tasks:
         if t.weight > 0 or cfg.tune.space.weights:  # the search may give a zero-weight task a share
-            bundles += [{**bundle, **t.resources}] * t.replicas
+            tasks += [{**bundle, **t.resources}] * t.replicas
+    if isinstance(r.workers, int) and r.workers < len(tasks):  # resources.workers: W bundles
+        merged = {k: max(b.get(k, 0) for b in tasks) for b in tasks for k in b}
+        tasks = [merged] * r.workers
+    bundles = [{"CPU": cfg.tune.driver_cpus}, *tasks]
     # meta.weighting's target actors come after the task actors
     bundles += [bundle] * target_count(cfg)
     total = ray.cluster_resources()

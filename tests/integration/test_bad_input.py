@@ -95,6 +95,12 @@ CASES = [
     ("pcgrad-collective", lambda t, f: ["train", "--config", cfg_with(t), "meta.combine=pcgrad",
                                         "meta.reduce=collective"],
      "config key 'meta.combine'"),
+    # a worker computes several tasks (resources.workers); a process group has a rank per task
+    ("workers-collective", lambda t, f: ["train", "--config", cfg_with(t), "resources.workers=1",
+                                         "meta.reduce=collective"],
+     "config key 'resources.workers': 1 workers for 2 task actors need meta.reduce=driver"),
+    ("workers-zero", lambda t, f: ["train", "--config", cfg_with(t), "resources.workers=0"],
+     "config key 'resources.workers'"),
     ("missing-file", lambda t, f: ["train", "--config", cfg_with(t, tasks=[task(str(t / "gone.csv"))])], "gone.csv: file not found"),
     ("missing-column", lambda t, f: ["train", "--config", cfg_with(t, tasks=[task(f["nolabel.csv"])])], "missing column 'label'"),
     ("label-outside-set", lambda t, f: ["train", "--config", cfg_with(t, tasks=[task(f["badlabel.csv"], labels=["a", "b"])])],

@@ -8,7 +8,14 @@ import ctypes
 import pytest
 
 from raymeta.cluster import ClusterView, infeasible, plan_actors, request_of
-from raymeta.cluster.memory import GB, actor_memory_bytes, memory_room_error, trim_heap
+from raymeta.cluster.memory import (
+    GB,
+    TASK_BYTES,
+    actor_memory_bytes,
+    memory_room_error,
+    trim_heap,
+    worker_memory_bytes,
+)
 from raymeta.config import ResourcesConfig, load_config
 from raymeta.errors import RaymetaError
 
@@ -65,8 +72,12 @@ def test_an_autoscaler_node_type_that_does_not_say_its_memory_is_not_judged_on_i
     unsaid = ClusterView(({"CPU": 0.0, "memory": 1 * GB},), autoscaler=True,
                          node_types=(NodeType("worker.cpu", {"CPU": 4}, 2),))
     assert infeasible(want_opts(want), unsaid) is None
+    # and since Ray's autoscaler would add no such node for a request with memory, the actors of
+    # such a cluster declare none (ActorPool.start)
+    assert not unsaid.scales_by_memory
     small = ClusterView(({"CPU": 0.0, "memory": 1 * GB},), autoscaler=True,
                         node_types=(NodeType("worker.cpu", {"CPU": 4, "memory": 2 * GB}, 2),))
+    assert small.scales_by_memory and ClusterView(({"CPU": 2.0},)).scales_by_memory
     assert "memory=3.00GB" in infeasible(want_opts(want), small)
 
 
@@ -80,7 +91,7 @@ def test_a_run_that_cannot_fit_its_actors_says_so_in_one_line_naming_the_knobs()
     assert memory_room_error([3 * GB, 2 * GB, 2 * GB, 1 * GB], nodes) is None  # 3+2 | 2+1
     line = memory_room_error([1 * GB] * 9, nodes)
     assert line is not None and "\n" not in line
-    for part in ("9 task actors", "1.00 GB", "room for 8", "resources.replicas",
+    for part in ("9 task actors", "1.00 GB", "room for 8", "resources.workers",
                  "model.trainable: lora", "max_length", "resources.memory_per_actor"):
         assert part in line, part
     # each actor fits some node, but not all of them together
@@ -119,3 +130,31 @@ def test_trim_heap_hands_freed_pages_back():
         free(b)
     assert kept > before - 20  # 100 MB freed, but still held by the process
     assert after < kept - 80  # trimmed: handed back
+
+
+# -- a worker owning several tasks (resources.workers) -----------------------------------------
+
+
+def test_a_worker_declares_its_largest_task_and_each_other_tasks_own_part():
+    assert worker_memory_bytes([2 * GB]) == 2 * GB
+    assert worker_memory_bytes([1 * GB, 2 * GB, 1 * GB]) == 2 * GB + 2 * TASK_BYTES
+    assert TASK_BYTES < 0.1 * GB  # a task's rows and head, not another model
+
+
+def test_workers_auto_is_one_per_gpu_else_per_cpu_capped_by_memory_and_the_tasks():
+    from raymeta.train.pool import worker_count
+
+    def count(view, actors=64, memory=None, **res):
+        c = load_config("starter", overrides=[f"resources.{k}={v}" for k, v in
+                                               {"workers": "auto", **res}.items()])
+        return worker_count(c, actors, memory, view)
+
+    cpus = ClusterView(({"CPU": 8.0, "memory": 64 * GB},), autoscaler=False)
+    gpus = ClusterView(({"CPU": 8.0, "GPU": 2.0, "memory": 64 * GB},), autoscaler=False)
+    assert count(cpus) == 8 and count(gpus) == 2 and count(gpus, gpus=0) == 8
+    assert count(cpus, num_cpus_per_actor=2) == 4
+    assert count(cpus, memory={"a": 16 * GB}) == 4  # 64 GB hold four
+    assert count(cpus, actors=8) is None  # a process per task already
+    assert count(None) is None  # inside a Ray Tune trial: one per task actor
+    fixed = load_config("starter", overrides=["resources.workers=2"])
+    assert worker_count(fixed, 4, None, None) == 2 and worker_count(fixed, 2, None, None) is None

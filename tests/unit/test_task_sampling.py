@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from raymeta.core.task_sampling import sample_tasks
+from raymeta.core.task_sampling import assign_tasks, sample_tasks
 
 
 def equal(n: int) -> dict[str, float]:
@@ -72,3 +72,33 @@ def test_unequal_weights_draw_in_proportion_and_estimate_the_mixture_without_bia
     # E[weight of task i in a batch] = wᵢ: the batch's mean gradient estimates Σ wᵢ gᵢ
     est = np.array([total[t] / steps for t in w])
     assert np.allclose(est, list(w.values()), atol=0.02), est
+
+
+# -- which worker owns which task (resources.workers) ------------------------------------------
+
+
+def test_tasks_are_assigned_longest_first_to_the_least_loaded_worker_in_task_order():
+    costs = {"a": 3.0, "b": 2.0, "c": 2.0, "d": 1.0, "e": 1.0}
+    assert assign_tasks(costs, 2) == [["a", "d", "e"], ["b", "c"]]  # 5 and 4
+    assert assign_tasks(costs, 2) == assign_tasks(dict(costs), 2)  # the costs alone decide
+    assert assign_tasks(costs, 5) == [["a"], ["b"], ["c"], ["d"], ["e"]]
+    assert assign_tasks(costs, 9) == [["a"], ["b"], ["c"], ["d"], ["e"]]  # no empty worker
+    assert assign_tasks(costs, 1) == [list(costs)]
+
+
+@pytest.mark.parametrize("n, w", [(40, 2), (128, 3), (512, 7)])
+def test_equal_tasks_split_evenly_and_every_task_once(n, w):
+    shares = assign_tasks({f"t{i:03d}": 1.0 for i in range(n)}, w)
+    assert sorted(k for s in shares for k in s) == [f"t{i:03d}" for i in range(n)]
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
+def test_replicas_of_a_task_never_share_a_worker():
+    costs = {"a": 1.0, "a#1": 1.0, "a#2": 1.0, "b": 5.0}
+    group = {"a#1": "a", "a#2": "a"}
+    shares = assign_tasks(costs, 3, group)
+    assert all(sum(group.get(k, k) == "a" for k in s) <= 1 for s in shares)
+    with pytest.raises(ValueError, match="task 'a': 3 replicas cannot go to 2 workers"):
+        assign_tasks(costs, 2, group)
+    with pytest.raises(ValueError, match="at least 1"):
+        assign_tasks(costs, 0)
