@@ -194,16 +194,25 @@ class TaskActor(CollectiveMember, TargetGradient):
         The returned ``grad`` is a view of a buffer reused by the next call: Ray copies it into
         the object store on return; a caller outside Ray must copy it before calling again.
         ``head_grad``: replicas only, the replicas' averaged head gradient of the previous step."""
-        t0 = time.perf_counter()
-        self.apply_head(head_grad)
-        self.load_shared(shared, zero_copy=True)
-        out = self.gradient(step)
-        out["load_s"] = out.pop("t_start") - t0
+        out = self.gradient_at(shared, step, head_grad)
         if self._wire is None:
             out["grad"] = self.grad_buf.detach().cpu().numpy()
         else:  # numpy has no bfloat16: the bits travel as uint16 (see from_wire)
             out["grad"] = self._wire.copy_(self.grad_buf).cpu().view(torch.uint16).numpy()
         trim_heap()  # the step's activations back to the system, not kept in glibc's arenas
+        return out
+
+    def gradient_at(self, shared: np.ndarray, step: int,
+                    head_grad: np.ndarray | None = None) -> dict[str, Any]:
+        """The pending head update applied, the published parameters bound (zero-copy), and this
+        task's gradient into ``self.grad_buf``: the part of :meth:`compute` a worker owning several
+        tasks shares (:meth:`~raymeta.train.worker.TaskWorker.compute_sum`). The record's
+        ``load_s`` is the time before the episode began."""
+        t0 = time.perf_counter()
+        self.apply_head(head_grad)
+        self.load_shared(shared, zero_copy=True)
+        out = self.gradient(step)
+        out["load_s"] = out.pop("t_start") - t0
         return out
 
     def load_shared(self, shared: np.ndarray, zero_copy: bool = False) -> None:

@@ -154,7 +154,7 @@ class ActorPool:
                      "actors declare none (resources.memory_per_actor)")
             memory, memory_others = None, ()
         shares = self._shares(cfg, memory, view)
-        n = len(shares)
+        n, pooled = len(shares), len(shares) < sum(len(ks) for ks in actor_keys(cfg).values())
         if group is not None:
             placed = bundle_options(group, n, after=after)
         else:
@@ -175,7 +175,7 @@ class ActorPool:
                 if memory:
                     task_opts["memory"] = worker_memory_bytes([memory[k] for k, _, _ in share])
                 if custom or memory:  # before any actor starts
-                    feasible(task_opts, _what(share, len(shares) < self._count(cfg)), view=view)
+                    feasible(task_opts, _what(share, pooled), view=view)
             sized.append((share, task_opts, threads, device))
         if memory and view is not None and view.autoscaler is False:
             sizes = [o["memory"] for _, o, _, _ in sized] + list(memory_others)
@@ -184,7 +184,6 @@ class ActorPool:
                 raise RaymetaError(problem)
         cfg_json = cfg.model_dump_json()
         self.actors, self.owned, self._fits = {}, True, _fit(cfg)
-        pooled = len(shares) < self._count(cfg)
         self.declared = [int(o.get("memory", 0)) for _, o, _, _ in sized]
         requests: dict[str, dict[str, float]] = {}
         for share, task_opts, threads, device in sized:
@@ -201,10 +200,6 @@ class ActorPool:
         if view is not None:
             self._placing = (requests, view, time.monotonic(), cfg.resources.placement_timeout_s)
         return self.actors
-
-    @staticmethod
-    def _count(cfg: ExperimentConfig) -> int:
-        return sum(len(ks) for ks in actor_keys(cfg).values())
 
     def _shares(self, cfg: ExperimentConfig, memory: Mapping[str, int] | None,
                 view: ClusterView | None) -> list[list[tuple[str, str, int]]]:

@@ -21,7 +21,6 @@ torch threads its gradient is the same, bit for bit (tests/integration/test_work
 
 from __future__ import annotations
 
-import time
 from typing import Any, Sequence
 
 import numpy as np
@@ -61,12 +60,8 @@ class TaskWorker:
         acc: torch.Tensor | None = None
         weight, records = 0.0, []
         for key, w, head_grad in tasks:
-            t0 = time.perf_counter()
             actor = self.tasks[key]
-            actor.apply_head(head_grad)
-            actor.load_shared(shared, zero_copy=True)
-            out = actor.gradient(step)
-            out["load_s"] = out.pop("t_start") - t0
+            out = actor.gradient_at(shared, step, head_grad)
             if out["finite"]:  # a non-finite task stays out of the sum (meta.nan_policy)
                 acc = add_weighted(acc, actor.grad_buf, w)
                 weight += w
@@ -78,14 +73,6 @@ class TaskWorker:
     def reset(self, cfg_json: str, slots: Sequence[tuple[str, int]]) -> None:
         """Start over with another config (its threads and device stay), as if newly started."""
         self.__init__(cfg_json, slots, self._threads, self._device_name)
-
-    def keys(self) -> list[str]:
-        return list(self.tasks)
-
-    def pid(self) -> int:
-        import os
-
-        return os.getpid()
 
 
 class _Method:
