@@ -18,7 +18,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml requirements/cpu.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements/cpu.txt $(QUIET_PIP)
-	$(PY) -m pip install -q -c requirements/cpu.txt -e '.[offline,tune,test,setfit,tensorboard,onnx]' $(QUIET_PIP)
+	$(PY) -m pip install -q -c requirements/cpu.txt -e '.[offline,tune,test,setfit,fastfit,tensorboard,onnx]' $(QUIET_PIP)
 	$(PY) -m compileall -q raymeta
 	touch $@
 

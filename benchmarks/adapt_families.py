@@ -1,6 +1,7 @@
 """Held-out families for ``raymeta adapt``: each family's rows split, seeded, into an unlabelled
 pool (what ``adapt --unlabelled`` reads) and a labelled task (``train.jsonl``/``test.jsonl``, what
-``raymeta evaluate --task`` draws its K-shot splits and test rows from), with no text in both.
+``raymeta evaluate --task`` draws its K-shot splits and test rows from), with no text in both;
+``task_named.yaml`` is the same task with its classes' names (for ``--method fastfit``).
 
     python benchmarks/adapt_families.py --family ag_news --work /tmp/adapt_bench/ag_news
     raymeta adapt --unlabelled /tmp/adapt_bench/ag_news/pool.txt --output /tmp/adapt_bench/run
@@ -30,6 +31,9 @@ def ag_news(data: Path) -> list[tuple[str, str]]:
 
 
 FAMILIES = {"ag_news": ag_news}
+# the classes' names (AG News's classes.txt), for the methods that read them (FastFit's label
+# documents, the label-name track)
+NAMES = {"ag_news": {"1": "World", "2": "Sports", "3": "Business", "4": "Sci/Tech"}}
 
 
 def norm(text: str) -> str:
@@ -66,6 +70,14 @@ def write(family: str, work: Path, pool: int, seed: int, data: Path) -> dict:
         (work / "task" / f"{name}.jsonl").write_text(
             "".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in part),
             encoding="utf-8")
+    if family in NAMES:
+        # the same task with its label names; named "task" as the directory task is, so that its
+        # K-shot splits are the same rows
+        (work / "task_named.yaml").write_text(json.dumps({
+            "name": "task", "type": "sequence_classification",
+            "source": {"kind": "files", "format": "jsonl",
+                       "files": {"train": "task/train.jsonl", "test": "task/test.jsonl"}},
+            "label_names": NAMES[family]}, indent=1) + "\n")
     info = {"family": family, "seed": seed, "rows": len(rows), "pool": len(texts),
             "train": len(train), "test": len(test), "shared_texts": 0}
     (work / "pool.json").write_text(json.dumps(info, indent=1) + "\n")

@@ -26,6 +26,7 @@ from .core.model import load_encoder, load_tokenizer
 from .errors import ConfigError
 from .eval.compare import gains, significant
 from .eval.evaluate import check_methods, evaluate, evaluate_episodic
+from .eval.fastfit import FastfitSettings
 from .eval.finetune import FinetuneSettings
 from .eval.report import percent_cell, plot_curves, plot_scores, results_table
 from .eval.setfit import SetfitSettings
@@ -259,6 +260,7 @@ def run_benchmark(cfg: ExperimentConfig, out_dir: str | Path) -> dict[str, Any]:
         settings = FinetuneSettings(steps=ev.finetune_steps, lr=ev.finetune_lr, head_lr=ev.head_lr,
                                     batch_size=ev.batch_size, max_test=ev.max_test_examples)
         setfit = SetfitSettings(**ev.setfit.model_dump())
+        fastfit = FastfitSettings(**ev.fastfit.model_dump())
         results: dict[str, dict[str, Any]] = {}
         for name, init in inits.items():
             t0 = time.perf_counter()
@@ -266,7 +268,8 @@ def run_benchmark(cfg: ExperimentConfig, out_dir: str | Path) -> dict[str, Any]:
                          seed=cfg.seed,
                          data_dir=cfg.data_dir, cache_dir=cfg.cache_dir, progress=False,
                          method=ev.methods,
-                         setfit=setfit, ridge=ev.ridge, svm=ev.svm) if kshot_tasks else None
+                         setfit=setfit, fastfit=fastfit, ridge=ev.ridge,
+                         svm=ev.svm) if kshot_tasks else None
             e = evaluate_episodic(init, episodic_tasks, ways=ev.ways, shots=ev.episodic_shots,
                                   queries=ev.queries,
                                   episodes=ev.episodes, head_steps=ev.head_steps, seed=cfg.seed,

@@ -19,7 +19,7 @@ import yaml
 from .errors import ConfigError
 
 __all__ = ["CATALOG_DIR", "CONFIGS_DIR", "catalog_names", "config_names", "config_file",
-           "read_task", "merge_keys",
+           "read_task", "merge_keys", "expand_task_entries", "task_directory",
            "resolve_task_entry", "anchor_paths"]
 
 CATALOG_DIR = Path(__file__).parent / "tasks" / "catalog"
@@ -111,6 +111,37 @@ def merge_keys(raw: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     for k, v in over.items():
         out[k] = merge_keys(out[k], v) if isinstance(v, dict) and isinstance(out.get(k),
                                                                              dict) else v
+    return out
+
+
+def task_directory(entry: Any, base: Path) -> Path | None:
+    """The folder a task entry names (``DIR/`` or ``{use: DIR, ...}``), when it names one."""
+    use = entry.get("use") if isinstance(entry, dict) else entry
+    if not isinstance(use, str) or use in catalog_names():
+        return None
+    for cand in (Path(use).expanduser(), base / use):
+        if cand.is_dir():
+            return cand
+    return None
+
+
+def expand_task_entries(entries: list[Any], base: Path) -> list[Any]:
+    """``entries`` with each one that names a folder replaced by one entry per task YAML in it
+    (``*.yaml``, ``*.yml``; sorted by file name, so the order is the same on every machine), each
+    with the entry's other keys (``{use: tasks/, weight: 0.5}``: every task in ``tasks/`` at 0.5).
+    A folder without task YAML is one line."""
+    out: list[Any] = []
+    for entry in entries:
+        folder = task_directory(entry, base)
+        if folder is None:
+            out.append(entry)
+            continue
+        files = sorted(p for p in folder.iterdir() if p.suffix in _YAML and p.is_file())
+        if not files:
+            raise ConfigError(f"config key 'tasks': folder {folder} holds no task YAML "
+                              "(*.yaml, *.yml)")
+        over = {k: v for k, v in entry.items() if k != "use"} if isinstance(entry, dict) else {}
+        out += [{"use": str(f.resolve()), **over} for f in files]
     return out
 
 

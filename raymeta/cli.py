@@ -171,6 +171,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .config import EMBEDDING_CLASSIFIERS, EVAL_METHODS, ExperimentConfig, LabelPriorConfig
     from .eval.compare import evaluation_table, write_evaluation_report
     from .eval.evaluate import evaluate_episodic_inits, evaluate_inits, resolve_eval_task
+    from .eval.fastfit import FastfitSettings
     from .eval.finetune import FinetuneSettings
     from .eval.setfit import SetfitSettings
 
@@ -197,9 +198,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     for flag in given:
         if not setfit_flags[flag] > 0:
             raise RaymetaError(f"{flag} must be positive, got {setfit_flags[flag]}")
-    heads = {"--ridge-lambda": ("ridge", args.ridge_lambda), "--svm-lambda": ("svm",
-                                                                              args.svm_lambda),
-             "--svm-iterations": ("svm", args.svm_iterations)}
+    heads = {"--ridge-lambda": ("ridge", args.ridge_lambda),
+             "--svm-lambda": ("svm", args.svm_lambda),
+             "--svm-iterations": ("svm", args.svm_iterations),
+             "--fastfit-epochs": ("fastfit", args.fastfit_epochs)}
     for flag, (m, v) in heads.items():
         if v is not None and m not in methods:
             raise RaymetaError(f"{flag} applies to --method {m} only")
@@ -208,9 +210,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     # the config schema's eval.ridge / eval.svm, where a flag is not given
     ridge = base.eval.ridge.model_copy(update={"lam": args.ridge_lambda} if args.ridge_lambda
                                        else {})
-    svm = base.eval.svm.model_copy(update={k: v for k, v in (("lam", args.svm_lambda),
-                                                             ("iterations",
-                                                              args.svm_iterations)) if v})
+    svm_flags = {"lam": args.svm_lambda, "iterations": args.svm_iterations}
+    svm = base.eval.svm.model_copy(update={k: v for k, v in svm_flags.items() if v})
     # SetFit's label-name track: templated examples of each class's name among its training rows
     setfit_template = args.label_template if "setfit" in methods else None
     if args.label_template is not None and args.label_prior is None and not setfit_template:
@@ -245,12 +246,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         flags = {"iterations": args.setfit_iterations, "epochs": args.setfit_epochs,
                  "batch_size": args.setfit_batch_size, "body_lr": args.setfit_lr}
         # the config schema's eval.setfit defaults, where a flag is not given
-        setfit = SetfitSettings(**{**base.eval.setfit.model_dump(), **{k: v for k,
-                                                                       v in flags.items()
-                                                                       if v is not None}})
+        setfit = SetfitSettings(**{**base.eval.setfit.model_dump(),
+                                   **{k: v for k, v in flags.items() if v is not None}})
+        # the config schema's eval.fastfit (FastFit's README), and --fastfit-epochs
+        epochs = {"epochs": args.fastfit_epochs} if args.fastfit_epochs else {}
+        fastfit = FastfitSettings(**{**base.eval.fastfit.model_dump(), **epochs})
         out = evaluate_inits(args.init, tasks, shots=shots, n_splits=args.splits, settings=settings,
                              seed=args.seed, data_dir=data_dir, cache_dir=base.cache_dir,
-                             output=args.output, method=methods, setfit=setfit,
+                             output=args.output, method=methods, setfit=setfit, fastfit=fastfit,
                              address=args.address, ridge=ridge, svm=svm,
                              setfit_template=setfit_template, **prior)
     # the progress bar (stderr) is done: the table goes to stdout on lines of its own
@@ -413,13 +416,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="replace an existing --output file")
     ev.add_argument("--method", default=None, metavar="METHOD[,METHOD...]",
                     help="finetune (default): encoder + head fine-tuned on each split; prototype: "
-                    "nearest class mean, "
-                    "no training (Snell et al. 2017); ridge, svm: MetaOptNet's ridge-regression "
-                    "and multi-class SVM "
-                    "heads on the frozen embeddings (Lee et al. 2019); setfit: SetFit (Tunstall et "
-                    "al. 2022; pip install "
-                    "'raymeta[setfit]'). Several, comma-separated, score the same splits. "
-                    "--episodic: prototype (default), ridge, svm")
+                    "nearest class mean, no training (Snell et al. 2017); ridge, svm: MetaOptNet's "
+                    "ridge-regression and multi-class SVM heads on the frozen embeddings (Lee et "
+                    "al. 2019); setfit: SetFit (Tunstall et al. 2022; pip install "
+                    "'raymeta[setfit]'); fastfit: FastFit, trained against the label names "
+                    "(Yehudai and Bandel 2024; pip install 'raymeta[fastfit]'). Several, "
+                    "comma-separated, score the same splits. --episodic: prototype (default), "
+                    "ridge, svm")
     ev.add_argument("--ridge-lambda", type=float,
                     help=f"ridge: the regulariser λ (default {ev_defaults.ridge.lam:g})")
     ev.add_argument("--svm-lambda", type=float,
@@ -428,11 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"svm: dual solver steps (default {ev_defaults.svm.iterations})")
     ev.add_argument("--label-prior", type=float, metavar="WEIGHT",
                     help="prototype: each class's name (the task's label_names, else the label "
-                    "with underscores as "
-                    "spaces, lower case) is one more support point of this weight; reported as "
-                    "prototype+names, the "
-                    "label-name track. With it, --shots 0 is a zero-shot classifier from the names "
-                    "alone")
+                    "with underscores as spaces, lower case) is one more support point of this "
+                    "weight; reported as prototype+names, the label-name track. With it, --shots "
+                    "0 is a zero-shot classifier from the names alone")
     ev.add_argument("--label-template", metavar="TEXT",
                     help="with --label-prior: the text embedded for a name, e.g. "
                     "'This is about {name}.' (default: '{name}'); with --method setfit: SetFit's "
@@ -475,6 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"setfit: pairs per step (default {sf_defaults.batch_size})")
     ev.add_argument("--setfit-lr", type=float,
                     help=f"setfit: the body's learning rate (default {sf_defaults.body_lr:g})")
+    ev.add_argument("--fastfit-epochs", type=int,
+                    help=f"fastfit: epochs (default {ev_defaults.fastfit.epochs}, its README's)")
     ev.set_defaults(func=_cmd_evaluate)
 
     bm = sub.add_parser("benchmark",

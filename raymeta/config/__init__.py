@@ -25,7 +25,13 @@ This package re-exports the names the rest of raymeta imports; the other ones li
 """
 
 from .base import ALGORITHMS, EMBEDDING_CLASSIFIERS, EVAL_METHODS
-from .evaluation import EpisodicProtocol, EvalConfig, SetfitConfig, ValidationSetting
+from .evaluation import (
+    EpisodicProtocol,
+    EvalConfig,
+    FastfitConfig,
+    SetfitConfig,
+    ValidationSetting,
+)
 from .experiment import ExperimentConfig
 from .loading import (
     apply_overrides,
@@ -57,6 +63,7 @@ __all__ = [
     "ResourcesConfig",
     "EpisodicProtocol",
     "ValidationSetting",
+    "FastfitConfig",
     "SetfitConfig",
     "EvalConfig",
     "ExperimentConfig",

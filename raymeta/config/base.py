@@ -38,9 +38,9 @@ ALGORITHMS: tuple[str, ...] = Algorithm.__args__  # type: ignore[attr-defined]
 EmbeddingClassifier = Literal["prototype", "ridge", "svm"]
 EMBEDDING_CLASSIFIERS: tuple[str, ...] = EmbeddingClassifier.__args__  # type: ignore[attr-defined]
 # How an init is scored on a K-shot split: fine-tuning (raymeta.eval.finetune), an embedding
-# classifier without training (raymeta.eval.frozen) or SetFit (raymeta.eval.setfit, Tunstall et al.
-# 2022).
-EvalMethod = Literal["finetune", "prototype", "ridge", "svm", "setfit"]
+# classifier without training (raymeta.eval.frozen), SetFit (raymeta.eval.setfit, Tunstall et al.
+# 2022) or FastFit (raymeta.eval.fastfit, Yehudai and Bandel 2024).
+EvalMethod = Literal["finetune", "prototype", "ridge", "svm", "setfit", "fastfit"]
 EVAL_METHODS: tuple[str, ...] = EvalMethod.__args__  # type: ignore[attr-defined]
 
 DEFAULT_DATA_DIR = "../shared/data"

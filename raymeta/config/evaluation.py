@@ -19,6 +19,7 @@ __all__ = [
     "ValidationMethod",
     "ValidationSetting",
     "ValidationConfig",
+    "FastfitConfig",
     "SetfitConfig",
     "EvalConfig",
     "BenchmarkConfig",
@@ -252,6 +253,19 @@ class SetfitConfig(StrictModel):
     body_lr: float = Field(default=2e-5, gt=0.0)  # the sentence transformer's learning rate
 
 
+class FastfitConfig(StrictModel):
+    """``eval.methods: [fastfit]``: FastFit (Yehudai and Bandel 2024) on each K-shot split, the
+    training call in its README (raymeta.eval.fastfit)."""
+
+    epochs: int = Field(default=40, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    num_repeats: int = Field(default=4, ge=1)  # each text this many times per epoch, augmented
+    lr: float = Field(default=5e-5, gt=0.0)  # the Hugging Face trainer's default
+    clf_loss_factor: float = Field(default=0.1, ge=0.0)
+    optim: Literal["adafactor", "adamw_torch"] = "adafactor"
+    max_text_length: int = Field(default=128, ge=8)
+
+
 class EvalConfig(StrictModel):
     """Few-shot evaluation on held-out tasks (never used for meta-training)."""
 
@@ -261,6 +275,7 @@ class EvalConfig(StrictModel):
     # how every init is scored on the K-shot tasks, each method on the same splits and test rows
     methods: list[EvalMethod] = Field(default_factory=lambda: ["finetune"], min_length=1)
     setfit: SetfitConfig = Field(default_factory=SetfitConfig)
+    fastfit: FastfitConfig = Field(default_factory=FastfitConfig)
     # method ridge, here and in episodes and validation
     ridge: RidgeConfig = Field(default_factory=RidgeConfig)
     svm: SvmConfig = Field(default_factory=SvmConfig)  # method svm, the same

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from ..catalog import config_file, resolve_task_entry
+from ..catalog import config_file, expand_task_entries, resolve_task_entry
 from ..errors import ConfigError
 from .base import DEFAULT_DATA_DIR
 from .experiment import ExperimentConfig
@@ -107,7 +107,8 @@ def _format_error(err: ValidationError, data: dict[str, Any]) -> str:
             pass
     # pydantic appends the union member / validator name to loc; keep only real keys.
     loc = [str(x) for x in loc
-           if not (isinstance(x, str) and ("[" in x or x.startswith("function-")))]
+           if not (isinstance(x, str) and ("[" in x or x.startswith(("function-",
+                                                                      "constrained-"))))]
     key = ".".join(loc) or "<root>"
     msg = e["msg"].removeprefix("Value error, ")
     if e["type"] == "extra_forbidden":
@@ -131,7 +132,8 @@ def load_config(
     those.
 
     Task entries may be full task dicts, or ``{use: NAME_OR_FILE, ...}`` to start from a
-    ready-made task (or a task YAML) and override some of its keys (weight, include_labels...).
+    ready-made task (or a task YAML) and override some of its keys (weight, include_labels...);
+    ``DIR`` or ``{use: DIR, ...}`` is every task YAML in a folder, each with those overrides.
     """
     raw: dict[str, Any] = dict(data or {})
     base = Path(".")
@@ -145,7 +147,8 @@ def load_config(
     if "tasks" in raw:
         if not isinstance(raw["tasks"], list):
             raise ConfigError("config key 'tasks': must be a list of task entries")
-        raw["tasks"] = [resolve_task_entry(t, data_dir=data_dir, base=base) for t in raw["tasks"]]
+        raw["tasks"] = [resolve_task_entry(t, data_dir=data_dir, base=base)
+                        for t in expand_task_entries(raw["tasks"], base)]
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as e:

@@ -7,6 +7,8 @@ takes what it returns (calling it again on a resolved config changes nothing):
 - ``eval.validation.holdout_classes``: the tasks restricted to their kept classes and the held
   ones as validation tasks (:func:`raymeta.tasks.holdout.resolve_holdout`, which reads the tasks'
   labels; that is why this module, alone in the package, imports the data layer);
+- ``tasks[].split_by``: a task split into tasks over the rows of each value of a column
+  (:func:`raymeta.tasks.label_groups.resolve_column_splits`);
 - ``tasks[].label_groups``: a task split into tasks over disjoint groups of its classes
   (:func:`raymeta.tasks.label_groups.resolve_label_groups`, after the held-out classes);
 - whether the run exports ``best`` (:func:`wants_best`);
@@ -89,11 +91,12 @@ def resolve(cfg: ExperimentConfig) -> ResolvedRun:
     """``cfg`` checked, with everything derived resolved (see the module's docstring)."""
     # both read the tasks' labels: only when resolving
     from ..tasks.holdout import resolve_holdout
-    from ..tasks.label_groups import resolve_label_groups
+    from ..tasks.label_groups import resolve_column_splits, resolve_label_groups
 
     check_run(cfg)
     resolved, holdout = resolve_holdout(cfg)
-    grouped = resolve_label_groups(resolved)  # the classes holdout_classes kept, in groups
+    # the rows of each value of a column, then the classes holdout_classes kept, in groups
+    grouped = resolve_label_groups(resolve_column_splits(resolved))
     if grouped is not resolved:  # more task actors now: resources.workers is checked again
         check_run(grouped)
         resolved = grouped

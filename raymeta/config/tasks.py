@@ -5,7 +5,7 @@ episodes (:class:`EpisodeConfig`), the task itself (:class:`TaskConfig`), and th
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_serializer, model_validator
 
@@ -119,9 +119,16 @@ class TaskConfig(StrictModel):
     # data parallelism within the task: this many actors, each on its own episodes; their gradients
     # (and head gradients) are averaged before the mixture weighting
     replicas: int = Field(default=1, ge=1)
-    # many tasks from one: this many class-disjoint tasks <name>_g<i>, each over a seeded group of
-    # the task's classes and weight / label_groups (raymeta.tasks.label_groups); classification
-    label_groups: int | None = Field(default=None, ge=2)
+    # many tasks from one (raymeta.tasks.label_groups), classification: k class-disjoint tasks
+    # <name>_g<i> over seeded groups of the task's classes; or named groups, {group: [labels]} or a
+    # JSON file of one (CLINC150's domains.json), a task <name>_<group> each; weight shared equally
+    label_groups: Annotated[int, Field(ge=2)] | dict[str, Any] | str | None = None
+    # many tasks from one: a task <name>_<value> for each value of this source column in the train
+    # split (domain, source, product), over its rows (where); weight shared (any task type). An
+    # SMLMT task: ``corpus``, one SMLMT task per text source it reads
+    split_by: str | None = None
+    # only the rows whose source column holds this value ({domain: banking}; compared as text)
+    where: dict[str, str] | None = None
 
     @model_validator(mode="after")
     def _smlmt_type(self) -> "TaskConfig":
@@ -130,6 +137,9 @@ class TaskConfig(StrictModel):
         if self.source.kind == "smlmt" and self.type != "sequence_classification":
             raise ValueError("source kind 'smlmt' makes a sequence_classification task, not "
                              f"{self.type}")
+        if self.source.kind == "smlmt" and (self.where or self.split_by not in (None, "corpus")):
+            raise ValueError("an SMLMT task splits by its sources (split_by: corpus); where and "
+                             "other split_by columns pick labelled rows")
         if self.label_groups is not None and (self.type != "sequence_classification"
                                               or self.source.kind == "smlmt"):
             raise ValueError("label_groups splits a sequence_classification task's labelled "
@@ -141,6 +151,14 @@ class TaskConfig(StrictModel):
     def _finite(cls, v: float) -> float:
         if not math.isfinite(v):
             raise ValueError("must be a finite number")
+        return v
+
+    @field_validator("where", mode="before")
+    @classmethod
+    def _where_as_str(cls, v: Any) -> Any:
+        # YAML gives ints and bools for values such as 2021 or yes; rows are compared as text
+        if isinstance(v, dict):
+            return {str(k): str(x) for k, x in v.items()}
         return v
 
     @field_validator("labels", "include_labels", mode="before")

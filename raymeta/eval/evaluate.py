@@ -10,14 +10,17 @@ or K examples (NER, QA, multiple choice) and is scored on the test split, by one
   heads, Lee et al. 2019;
   :mod:`raymeta.eval.frozen`), classification only;
 - ``setfit``: SetFit, contrastive fine-tuning + a logistic-regression head (Tunstall et al. 2022;
-  :mod:`raymeta.eval.setfit`, the optional ``setfit`` extra), classification only.
+  :mod:`raymeta.eval.setfit`, the optional ``setfit`` extra), classification only;
+- ``fastfit``: FastFit, batch-contrastive training against the label names (Yehudai and Bandel
+  2024; :mod:`raymeta.eval.fastfit`, the optional ``fastfit`` extra), classification only.
 
 The K-shot splits are drawn from ``(seed, task, K, split)`` and saved in the results, so every
 init and every method sees exactly the same examples, and is scored on the same test rows. Several
 inits at once (:func:`evaluate_inits`, ``--init A --init B``) go out in one round of runs, and each
 later init is paired with the first, split by split (:mod:`raymeta.eval.compare`).
-Runs go out as parallel Ray tasks: one per (task, K, split) for ``finetune`` and ``setfit``, one per
-task for the embedding classifiers (each embeds the test rows once for all of its splits).
+Runs go out as parallel Ray tasks: one per (task, K, split) for ``finetune``, ``setfit`` and
+``fastfit``, one per task for the embedding classifiers (each embeds the test rows once for all of
+its splits).
 
 Results: ``tasks[name]["shots"][K]`` holds ``finetune``'s scores, as it always has; every other
 method's go to ``tasks[name]["methods"][method][K]``, with the same fields (``all``: every metric
@@ -50,6 +53,7 @@ from ..core.jsonio import write_json_atomic
 from ..errors import DataError, RaymetaError
 from ..tasks import Task, load_task
 from ..tasks.registry import catalog_names, task_config
+from .fastfit import FastfitSettings, check_fastfit_task, fastfit_and_evaluate, require_fastfit
 from .finetune import FinetuneSettings, finetune_and_evaluate
 from .frozen import check_frozen_task, frozen_evaluate
 from .inits import resolve_init
@@ -128,8 +132,8 @@ summarise = mean_ci95
 
 def check_methods(tasks: Sequence[TaskConfig], method: str | Sequence[str]) -> list[str]:
     """The evaluation methods as a list, after the checks that need no model or data: known names,
-    each once; the embedding classifiers and ``setfit`` only on classification tasks; ``setfit``
-    installed. One-line errors."""
+    each once; the embedding classifiers, ``setfit`` and ``fastfit`` only on classification tasks;
+    ``setfit`` and ``fastfit`` installed. One-line errors."""
     methods = [method] if isinstance(method, str) else list(method)
     if not methods or any(m not in EVAL_METHODS
                           for m in methods) or len(set(methods)) != len(methods):
@@ -137,12 +141,16 @@ def check_methods(tasks: Sequence[TaskConfig], method: str | Sequence[str]) -> l
                            f"{', '.join(EVAL_METHODS)}, each once")
     if "setfit" in methods:
         require_setfit()
+    if "fastfit" in methods:
+        require_fastfit()
     for spec in tasks:
         for m in methods:
             if m in EMBEDDING_CLASSIFIERS:
                 check_frozen_task(spec, m)
         if "setfit" in methods:
             check_setfit_task(spec)
+        if "fastfit" in methods:
+            check_fastfit_task(spec)
     return methods
 
 
@@ -180,7 +188,7 @@ def evaluate(
              pooling: str | None = None,
     num_cpus_per_run: float = 1.0, progress: bool = True, method: str | Sequence[str] = "finetune",
     setfit: SetfitSettings | None = None, address: str | None = None,
-             ridge: RidgeConfig | None = None,
+             ridge: RidgeConfig | None = None, fastfit: FastfitSettings | None = None,
     svm: SvmConfig | None = None, label_prior: float = 0.0, label_template: str = "{name}",
     setfit_template: str | None = None,
 ) -> dict[str, Any]:
@@ -196,7 +204,8 @@ def evaluate(
     out = _score_inits(
         [init], tasks, shots=shots, n_splits=n_splits, settings=settings, seed=seed,
         data_dir=data_dir, cache_dir=cache_dir, pooling=pooling, num_cpus_per_run=num_cpus_per_run,
-        progress=progress, method=method, setfit=setfit, address=address, ridge=ridge, svm=svm,
+        progress=progress, method=method, setfit=setfit, fastfit=fastfit, address=address,
+        ridge=ridge, svm=svm,
         label_prior=label_prior, label_template=label_template,
         setfit_template=setfit_template)[init]
     if output is not None:
@@ -264,6 +273,7 @@ def _score_inits(
     method: str | Sequence[str] = "finetune", setfit: SetfitSettings | None = None,
     address: str | None = None, ridge: RidgeConfig | None = None, svm: SvmConfig | None = None,
     label_prior: float = 0.0, label_template: str = "{name}", setfit_template: str | None = None,
+    fastfit: FastfitSettings | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Init -> its :func:`evaluate` results; every init on the same splits, in one round of Ray
     tasks."""
@@ -275,6 +285,7 @@ def _score_inits(
     methods = check_methods(tasks, method)  # before any model or data is read
     check_label_prior(methods, shots, label_prior)
     setfit = setfit or SetfitSettings()
+    fastfit = fastfit or FastfitSettings()
     model_paths = {init: resolve_init(init) for init in inits}  # every --init, before any load
     plan: list[tuple[TaskConfig, int, int, list[int]]] = []
     splits: dict[str, dict[str, list[list[int]]]] = {}
@@ -291,6 +302,8 @@ def _score_inits(
                                 "has no test split (add one, or set source.test_fraction)")
             if "setfit" in methods:
                 check_setfit_task(spec, task)
+            if "fastfit" in methods:
+                check_fastfit_task(spec, task)
             mine = {str(k): kshot_splits(task, k, n_splits, seed) for k in shots}
             if n == 0:
                 splits[spec.name] = mine
@@ -323,6 +336,13 @@ def _score_inits(
                                         label_template=setfit_template, **common)
                              for spec, _, i, rows in plan]
                     covers += [(init, m, [j]) for j in range(len(plan))]
+                elif m == "fastfit":
+                    run = ray.remote(num_cpus=num_cpus_per_run)(fastfit_and_evaluate)
+                    refs += [run.remote(model_path, spec.model_dump_json(), rows, settings=fastfit,
+                                        seed=seed * 1000 + i, max_test=settings.max_test,
+                                        eval_batch=settings.eval_batch, **common)
+                             for spec, _, i, rows in plan]
+                    covers += [(init, m, [j]) for j in range(len(plan))]
                 # an embedding classifier: one run per task, which embeds the test rows once for
                 # all of its splits
                 else:
@@ -349,6 +369,8 @@ def _score_inits(
                                "splits": splits}
         if "setfit" in methods:
             out["setfit_settings"] = {**setfit.__dict__, "label_template": setfit_template}
+        if "fastfit" in methods:
+            out["fastfit_settings"] = dict(fastfit.__dict__)
         if label_prior > 0:
             out["label_prior"] = {"weight": label_prior, "template": label_template}
         for spec in tasks:

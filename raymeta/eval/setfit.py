@@ -28,7 +28,7 @@ import os
 import tempfile
 import warnings
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 from ..config import ModelConfig, TaskConfig
 from ..core.model import (
@@ -45,8 +45,9 @@ from ..tasks import Task
 from .finetune import run_setup, test_rows
 from .metrics import classification_metrics
 
-__all__ = ["SetfitSettings", "check_setfit_task", "plain_model_dir", "require_setfit",
-           "setfit_and_evaluate", "setfit_rows", "train_setfit"]
+__all__ = ["SentenceSplit", "SetfitSettings", "check_sentence_task", "check_setfit_task",
+           "plain_model_dir", "require_setfit", "sentence_split", "setfit_and_evaluate",
+           "setfit_rows", "task_texts", "train_setfit"]
 
 MISSING = "--method setfit needs the setfit package: pip install 'raymeta[setfit]'"
 # examples made from each class's name with a label template: setfit's zero-shot default (8)
@@ -70,21 +71,25 @@ def require_setfit() -> None:
         raise RaymetaError(MISSING)
 
 
-def check_setfit_task(spec: TaskConfig, task: Task | None = None) -> None:
-    """SetFit classifies single sentences: any other task type, or a sentence-pair task, is a
-    one-line
-    :class:`DataError` naming the task."""
+def check_sentence_task(spec: TaskConfig, method: str, task: Task | None = None) -> None:
+    """``method`` (setfit, fastfit) classifies single sentences: any other task type, or a
+    sentence-pair task, is a one-line :class:`DataError` naming the task."""
     if spec.type != "sequence_classification":
         raise DataError(spec.name,
-                        "--method setfit needs a sequence_classification task; the task is "
+                        f"--method {method} needs a sequence_classification task; the task is "
                         f"{spec.type}")
     if task is not None and any("text_pair" in ds.column_names for ds in task.raw.values()):
         raise DataError(spec.name,
-                        "--method setfit takes single sentences; the task has sentence pairs "
+                        f"--method {method} takes single sentences; the task has sentence pairs "
                         "(text_pair)")
 
 
-def _texts(task: Task, split: str, rows: Sequence[int]) -> list[str]:
+def check_setfit_task(spec: TaskConfig, task: Task | None = None) -> None:
+    """:func:`check_sentence_task` for SetFit."""
+    check_sentence_task(spec, "setfit", task)
+
+
+def task_texts(task: Task, split: str, rows: Sequence[int]) -> list[str]:
     raw = task.raw[split]
     assert len(raw) == len(task.features[split]), "classification features are one per raw row"
     return [str(t) for t in raw.select(list(rows))["text"]]
@@ -184,6 +189,39 @@ def train_setfit(path: str, texts: Sequence[str], class_ids: Sequence[int], *,
     return model
 
 
+class SentenceSplit(NamedTuple):
+    """What a K-shot run of a sentence method (SetFit, FastFit) works on: the init's model config,
+    the task, its train rows' texts and class ids, and the test rows' texts and class ids."""
+
+    mcfg: ModelConfig
+    spec: TaskConfig
+    task: Task
+    train_texts: list[str]
+    train_ids: list[int]
+    test_texts: list[str]
+    test_ids: list[int]
+
+
+def sentence_split(init: str, task_json: str, train_rows: list[int], method: str, *,
+                   check: Callable[[TaskConfig, Task | None], None], data_dir: str,
+                   cache_dir: str | None, max_test: int | None, pooling: str | None,
+                   threads: int | None, task: Task | None) -> SentenceSplit:
+    """The task of ``task_json`` checked by ``check`` (before and after loading), loaded with the
+    init's tokenizer in this Ray worker (:func:`~raymeta.eval.finetune.run_setup`), and the texts
+    of ``train_rows`` and of the seeded test rows, with their class ids."""
+    spec = TaskConfig.model_validate_json(task_json)
+    check(spec, None)
+    mcfg, task = run_setup(init, task_json, pooling=pooling, threads=threads, data_dir=data_dir,
+                           cache_dir=cache_dir, task=task)
+    check(spec, task)
+    train_ids, test_ids = task.class_ids("train"), task.class_ids("test")
+    assert train_ids is not None and test_ids is not None, f"{method}: classification only"
+    rows = test_rows(task, max_test, seed=0)
+    return SentenceSplit(mcfg, spec, task, task_texts(task, "train", train_rows),
+                         [int(train_ids[r]) for r in train_rows], task_texts(task, "test", rows),
+                         [int(test_ids[r]) for r in rows])
+
+
 def setfit_and_evaluate(
     init: str, task_json: str, train_rows: list[int], *, settings: SetfitSettings, seed: int,
     data_dir: str, cache_dir: str | None, max_test: int | None, pooling: str | None = None,
@@ -193,22 +231,15 @@ def setfit_and_evaluate(
     """SetFit ``init`` on ``train_rows`` (train-split row indices) and score the task's test
     rows; ``label_template``: with templated label-name examples (:func:`train_setfit`)."""
     require_setfit()
-    spec = TaskConfig.model_validate_json(task_json)
-    check_setfit_task(spec)
-    mcfg, task = run_setup(init, task_json, pooling=pooling, threads=threads, data_dir=data_dir,
-                           cache_dir=cache_dir, task=task)
-    check_setfit_task(spec, task)
-    train_ids = task.class_ids("train")
-    assert train_ids is not None
-    rows = test_rows(task, max_test, seed=0)
-    test_ids = task.class_ids("test")
-    assert test_ids is not None
+    s = sentence_split(init, task_json, train_rows, "setfit", check=check_setfit_task,
+                       data_dir=data_dir, cache_dir=cache_dir, max_test=max_test, pooling=pooling,
+                       threads=threads, task=task)
     with tempfile.TemporaryDirectory(prefix="raymeta-setfit-") as tmp:
-        model = train_setfit(plain_model_dir(init, mcfg, tmp), _texts(task, "train", train_rows),
-                             [int(train_ids[r]) for r in train_rows], settings=settings, seed=seed,
-                             pooling=mcfg.pooling, max_length=spec.max_length, tmp=tmp,
-                             label_names=task.label_texts("{name}") if label_template else None,
+        model = train_setfit(plain_model_dir(init, s.mcfg, tmp), s.train_texts, s.train_ids,
+                             settings=settings, seed=seed, pooling=s.mcfg.pooling,
+                             max_length=s.spec.max_length, tmp=tmp,
+                             label_names=s.task.label_texts("{name}") if label_template else None,
                              label_template=label_template)
-        pred = model.predict(_texts(task, "test", rows), batch_size=eval_batch, as_numpy=True,
+        pred = model.predict(s.test_texts, batch_size=eval_batch, as_numpy=True,
                              show_progress_bar=False)
-    return classification_metrics([int(p) for p in pred], [int(test_ids[r]) for r in rows])
+    return classification_metrics([int(p) for p in pred], s.test_ids)

@@ -22,7 +22,8 @@ from .. import storage
 from ..config import SourceConfig, TaskConfig
 from ..errors import DataError
 
-__all__ = ["load_raw", "read_label_names", "resolve_path", "SPLITS"]
+__all__ = ["existing_file", "load_raw", "read_label_names", "require_source_column", "resolve_path",
+           "rows_where", "SPLITS"]
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
@@ -55,7 +56,7 @@ def resolve_path(path: str, data_dir: str, base_dir: str | None = None) -> Path 
     return out
 
 
-def _existing_file(written: str, src: SourceConfig, data_dir: str, task: str) -> Path:
+def existing_file(written: str, src: SourceConfig, data_dir: str, task: str) -> Path:
     """``written`` (a ``source.files`` path) resolved; a missing file is an error naming the path as
     written and as resolved, with the ``data_dir`` hint only when the path goes through
     ``${data_dir}``."""
@@ -86,7 +87,7 @@ def read_label_names(task: TaskConfig, data_dir: str) -> dict[str, str] | None:
     names = task.label_names
     if names is None or isinstance(names, dict):
         return names
-    path = _existing_file(names, task.source, data_dir, task.name)
+    path = existing_file(names, task.source, data_dir, task.name)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -289,7 +290,7 @@ def _load_files(src: SourceConfig, task: str, data_dir: str,
     assert src.format is not None
     out: dict[str, datasets.Dataset] = {}
     if src.format == "clinc":  # one file holds every split
-        path = _existing_file(_single(src.files, task), src, data_dir, task)
+        path = existing_file(_single(src.files, task), src, data_dir, task)
         for split, rows in _read_clinc(path, task, src.read_options).items():
             out[split] = datasets.Dataset.from_dict({**rows,
                                                      "_file": [str(path)] * len(rows["text"])})
@@ -299,7 +300,7 @@ def _load_files(src: SourceConfig, task: str, data_dir: str,
             raise DataError(task, f"source.files: unknown split '{split}' "
                             f"(use {', '.join(SPLITS)})")
         parts = [
-            _from_file(src.format, _existing_file(p, src, data_dir, task), task, src.read_options,
+            _from_file(src.format, existing_file(p, src, data_dir, task), task, src.read_options,
                        cache_dir, split)
             for p in ([paths] if isinstance(paths, str) else paths)
         ]
@@ -376,6 +377,10 @@ def load_raw(task: TaskConfig, data_dir: str,
     splits = {k: _rename(v, task) for k, v in splits.items()}
     if "train" not in splits:
         raise DataError(task.name, "the source has no 'train' split")
+    if task.where:
+        splits = {k: rows_where(v, task, task.where, k) for k, v in splits.items()}
+        if len(splits["train"]) == 0:
+            raise DataError(task.name, f"split 'train' has no row where {task.where}")
     if src.test_fraction is not None and "test" not in splits:
         label_col = ("label" if task.type == "sequence_classification"
                      and "label" in splits["train"].column_names else None)
@@ -390,6 +395,27 @@ def load_raw(task: TaskConfig, data_dir: str,
             for k, v in splits.items()
         }
     return splits
+
+
+def require_source_column(ds: datasets.Dataset, task: TaskConfig, column: str, key: str,
+                          split: str) -> None:
+    """A one-line :class:`DataError` naming the task, the file and ``key`` when ``ds`` (a split's
+    rows) has no ``column``."""
+    if column not in ds.column_names:
+        file = ds["_file"][0] if len(ds) and "_file" in ds.column_names else None
+        raise DataError(task.name, f"split '{split}' has no column '{column}' ({key}); it has: "
+                        + ", ".join(c for c in ds.column_names if not c.startswith("_")),
+                        file=file)
+
+
+def rows_where(ds: datasets.Dataset, task: TaskConfig, where: dict[str, str],
+               split: str) -> datasets.Dataset:
+    """The rows of ``ds`` whose every column of ``where`` holds its value (as text)."""
+    for column in where:
+        require_source_column(ds, task, column, "where", split)
+    names = list(where)
+    return ds.filter(lambda b: [all(str(b[c][i]) == where[c] for c in names)
+                                for i in range(len(b[names[0]]))], batched=True)
 
 
 def _rename(ds: datasets.Dataset, task: TaskConfig) -> datasets.Dataset:

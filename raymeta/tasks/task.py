@@ -243,8 +243,9 @@ def _checked_rows(
     for split, ds in raw.items():
         if len(ds) == 0:
             raise DataError(task.name,
-                            f"split '{split}' is empty" + (" after include_labels"
-                                                           if task.include_labels else ""))
+                            f"split '{split}' is empty"
+                            + (" after include_labels" if task.include_labels else "")
+                            + (f" after where {task.where}" if task.where else ""))
     labels = task.labels or task.include_labels or proc.infer_labels(raw["train"], task)
     for ds in raw.values():
         proc.check_rows(ds, task, labels)

@@ -100,8 +100,10 @@ class DriverReduce(Reducer):
         t0 = time.perf_counter()
         ref = ray.put(s.flat.numpy())  # publish once: every actor reads the same object
         t_pub = time.perf_counter()
-        batch = s.step_batch()  # every actor, or this step's meta-batch (meta.task_batch)
-        if w.pool.shares() is not None and cfg.meta.combine == "mean" and w.targets is None:
+        shares = w.pool.shares()
+        # every actor, or this step's meta-batch (meta.task_batch), spread evenly over the workers
+        batch = s.step_batch(shares)
+        if shares is not None and cfg.meta.combine == "mean" and w.targets is None:
             return self._reduced_on_workers(s, w, ref, batch, t0, t_pub)
         actors = {k: a for k, a in w.actors.items() if k in batch}
         refs = [a.compute.remote(ref, s.step, w.heads.pending.get(k)) for k, a in actors.items()]

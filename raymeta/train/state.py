@@ -67,14 +67,21 @@ class StepState:
         """Actor key -> its share of the mixture (a task's weight over its replicas)."""
         return self.mixture.actor_weights
 
-    def step_batch(self) -> dict[str, float]:
+    def step_batch(self, shares: list[list[str]] | None = None) -> dict[str, float]:
         """This step's actors and each one's weight in its meta-gradient: every actor with its share
         of the mixture, or with ``meta.task_batch`` the actors of the tasks drawn for this step
-        (:func:`~raymeta.core.task_sampling.sample_tasks`, by seed and step), in task order."""
+        (:func:`~raymeta.core.task_sampling.sample_tasks`, by seed and step), in task order.
+        ``shares``: each worker's actor keys (``resources.workers``); the draw is then stratified
+        by worker, a task counting on the worker of its first replica."""
         b = self.cfg.meta.task_batch
         if b is None or b >= len(self.mixture.weights):
             return self.actor_weights
-        drawn = sample_tasks(self.mixture.weights, b, seed=self.cfg.seed, step=self.step)
+        groups = None
+        if shares is not None:
+            first = {keys[0]: t for t, keys in self.mixture.replicas_of.items()}
+            groups = [[first[k] for k in keys if k in first] for keys in shares]
+        drawn = sample_tasks(self.mixture.weights, b, seed=self.cfg.seed, step=self.step,
+                             groups=groups)
         return {key: w / len(self.mixture.replicas_of[t]) for t, w in drawn.items()
                 for key in self.mixture.replicas_of[t]}
 

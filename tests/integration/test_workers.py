@@ -138,17 +138,20 @@ def forty_tasks(tmp_path: Path, data_dir: Path, **meta) -> dict:
 
 def test_forty_tasks_on_two_workers_give_the_reference_meta_gradient(ray_local, mixed_data,
                                                                       tmp_path):
-    """T = 40, W = 2, four tasks a step (stratified: equal weights): each step's meta-gradient is
-    the mean of the drawn tasks' gradients computed here without Ray, and the step names them."""
+    """T = 40, W = 2, four tasks a step (stratified by worker, two on each: equal weights): each
+    step's meta-gradient is the mean of the drawn tasks' gradients computed here without Ray, and
+    the step names them."""
     cfg = load_config(data=forty_tasks(tmp_path, mixed_data, task_batch=4, steps=2))
     trainer = MetaTrainer(cfg)
     trainer.setup()
     try:
         assert trainer.workers.pool.processes == 2
-        assert sorted(len(s) for s in trainer.workers.pool.shares()) == [20, 20]
+        shares = trainer.workers.pool.shares()
+        assert sorted(len(s) for s in shares) == [20, 20]
         for step in range(2):
             drawn = sample_tasks(normalise_weights({t.name: t.weight for t in cfg.tasks}), 4,
-                                 seed=cfg.seed, step=step)
+                                 seed=cfg.seed, step=step, groups=shares)
+            assert [len(set(drawn) & set(s)) for s in shares] == [2, 2]
             shared = {k: v.detach().clone() for k, v in trainer.state.named.items()}
             record = trainer.meta_step()
             assert record.tasks == list(drawn) and len(record.grad_bytes) <= 2  # W, not B

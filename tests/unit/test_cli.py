@@ -60,6 +60,11 @@ def test_tasks_show_prints_labels_lengths_and_episode(raymeta):
         (("evaluate", "--init", "x", "--task", "bbc_news", "--method", "ridge", "--svm-iterations",
           "5"),
          "--svm-iterations applies to --method svm only"),
+        (("evaluate", "--init", "x", "--task", "bbc_news", "--fastfit-epochs", "5"),
+         "--fastfit-epochs applies to --method fastfit only"),
+        (("evaluate", "--init", "x", "--task", "bbc_news", "--method", "fastfit",
+          "--fastfit-epochs", "0"),
+         "--fastfit-epochs must be positive, got 0"),
         (("evaluate", "--init", "x", "--task", "bbc_news", "--method", "prototype,lasso"),
          "--method prototype,lasso: expected one or more of finetune, prototype, ridge, svm, "
          "setfit"),

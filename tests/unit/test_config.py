@@ -45,6 +45,29 @@ def test_ready_made_task_by_use_with_overrides():
     assert cfg.tasks[0].weight == 3 and cfg.tasks[0].source.kind == "builtin"
 
 
+def test_a_folder_of_task_files_is_one_task_each_in_file_order(tmp_path):
+    """``tasks: [DIR]`` or ``{use: DIR, ...}``: every task YAML in the folder, sorted by file name,
+    each with the entry's overrides and its own relative paths; the saved config reloads as the
+    same run."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for name in ("b_task", "a_task", "c_task"):
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump(dict(
+            TASK, name=name, source={**TASK["source"], "files": {"train": f"{name}.csv"}})))
+    (folder / "notes.txt").write_text("not a task")
+    cfg = load_config(write(tmp_path, {"tasks": ["bbc_news", {"use": "many", "weight": 0.5}]}))
+    assert [t.name for t in cfg.tasks] == ["bbc_news", "a_task", "b_task", "c_task"]
+    assert [t.weight for t in cfg.tasks] == [1.0, 0.5, 0.5, 0.5]
+    assert cfg.tasks[1].source.base_dir == str(folder.resolve())  # a_task.csv beside its YAML
+    same = load_config(data={"tasks": [{"use": "bbc_news"}, str(folder)]})
+    assert [t.name for t in same.tasks] == [t.name for t in cfg.tasks]
+    assert load_config(save_config(cfg, tmp_path / "saved")) == cfg
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=r"^config key 'tasks': folder .*empty holds no task "
+                       r"YAML \(\*.yaml, \*.yml\)$"):
+        load_config(write(tmp_path, {"tasks": ["empty"]}))
+
+
 @pytest.mark.parametrize(
     "data, overrides, expect",
     [

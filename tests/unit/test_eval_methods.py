@@ -14,6 +14,7 @@ from raymeta.benchmark import gains
 from raymeta.config import TaskConfig, load_config
 from raymeta.errors import ConfigError, DataError, RaymetaError
 from raymeta.eval.evaluate import check_methods, summarise
+from raymeta.eval.fastfit import FastfitSettings, _fastfit_trainer_class, check_fastfit_task
 from raymeta.eval.report import kshot_label, kshot_results, plot_scores, results_table
 from raymeta.eval.setfit import SetfitSettings, check_setfit_task, setfit_and_evaluate
 
@@ -37,13 +38,15 @@ def test_eval_methods_and_setfit_settings_in_the_config():
 
 @pytest.mark.parametrize("override, expect", [
     ("eval.methods=[finetune,knn]",
-     "config key 'eval.methods.1': Input should be 'finetune', 'prototype', 'ridge', 'svm' or "
-     "'setfit'"),
+     "config key 'eval.methods.1': Input should be 'finetune', 'prototype', 'ridge', 'svm', "
+     "'setfit' or 'fastfit'"),
     ("eval.methods=[setfit,setfit]", "config key 'eval.methods': a method is listed twice"),
     ("eval.methods=[]", "config key 'eval.methods'"),
     ("eval.setfit.epochs=0", "config key 'eval.setfit.epochs'"),
     ("eval.setfit.body_lr=0", "config key 'eval.setfit.body_lr'"),
     ("eval.setfit.pairs=3", "config key 'eval.setfit.pairs': unknown key"),
+    ("eval.fastfit.epochs=0", "config key 'eval.fastfit.epochs'"),
+    ("eval.fastfit.optim=sgd", "config key 'eval.fastfit.optim'"),
     ("eval.ridge.lambda=0", "config key 'eval.ridge.lambda'"),
     ("eval.svm.iterations=0", "config key 'eval.svm.iterations'"),
     ("eval.episodic_methods=[prototype,knn]", "config key 'eval.episodic_methods.1'"),
@@ -142,3 +145,35 @@ def test_plot_scores_draws_every_method(tmp_path):
                              "methods": {"setfit": {"4": _kshot([0.9, 0.9])}}}}}},
                         tmp_path)
     assert [p.name for p in paths] == ["scores_topics.png"] and paths[0].stat().st_size > 0
+
+
+def test_fastfit_checks_and_settings(monkeypatch):
+    cfg = load_config(None, ["eval.methods=[setfit,fastfit]", "eval.fastfit.epochs=3"])
+    assert cfg.eval.methods == ["setfit", "fastfit"] and cfg.eval.fastfit.epochs == 3
+    # one set of defaults: FastFit's README
+    assert FastfitSettings(**load_config(None, []).eval.fastfit.model_dump()) == FastfitSettings()
+    assert check_methods([CLS], ["setfit", "fastfit"]) == ["setfit", "fastfit"]
+    with pytest.raises(DataError,
+                       match="task 'ents': --method fastfit needs a sequence_classification task"):
+        check_methods([NER], "fastfit")
+    same_name = SimpleNamespace(raw={}, label_texts=lambda template: ["spam", "ham", "spam"])
+    with pytest.raises(DataError, match="task 'topics': --method fastfit tells classes apart by "
+                       "name; two classes are named 'spam'"):
+        check_fastfit_task(CLS, same_name)  # type: ignore[arg-type]
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name,
+                        *a: None if name == "fastfit" else find_spec(name, *a))
+    with pytest.raises(RaymetaError, match=r"^--method fastfit needs the fast-fit package: pip "
+                       r"install 'raymeta\[fastfit\]'$"):
+        check_methods([CLS], ["prototype", "fastfit"])
+
+
+def test_fastfit_missing_inside_a_run_is_the_same_one_line_error(monkeypatch):
+    for name in [m for m in sys.modules if m == "fastfit" or m.startswith("fastfit.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "fastfit", None)  # `import fastfit...` raises ImportError
+    with pytest.raises(RaymetaError, match=r"pip install 'raymeta\[fastfit\]'"):
+        _fastfit_trainer_class()
+    import datasets
+
+    assert not hasattr(datasets, "load_metric")  # what was lent for the import is taken back

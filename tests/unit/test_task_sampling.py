@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from raymeta.core.task_sampling import assign_tasks, sample_tasks
+from raymeta.core.task_sampling import apportion, assign_tasks, sample_tasks
 
 
 def equal(n: int) -> dict[str, float]:
@@ -72,6 +72,75 @@ def test_unequal_weights_draw_in_proportion_and_estimate_the_mixture_without_bia
     # E[weight of task i in a batch] = wᵢ: the batch's mean gradient estimates Σ wᵢ gᵢ
     est = np.array([total[t] / steps for t in w])
     assert np.allclose(est, list(w.values()), atol=0.02), est
+
+
+# -- the draw stratified by worker (resources.workers) -----------------------------------------
+
+
+def halves(tasks: list[str], w: int = 2) -> list[list[str]]:
+    return [tasks[i::w] for i in range(w)]
+
+
+@pytest.mark.parametrize("n, b, w", [(8, 4, 2), (32, 4, 2), (512, 4, 2), (42, 6, 3)])
+def test_by_worker_each_worker_draws_its_share_and_every_task_once_per_epoch(n, b, w):
+    """Equal weights and equal shares: b / w tasks on every worker at every step (the step waits
+    for the busier one), each drawn with weight 1/b, every task once in every n / b steps."""
+    weights, per_epoch = equal(n), n // b
+    groups = halves(list(equal(n)), w)
+    for epoch in range(2):
+        seen = Counter()
+        for s in range(epoch * per_epoch, (epoch + 1) * per_epoch):
+            batch = sample_tasks(weights, b, seed=2, step=s, groups=groups)
+            assert [len(set(batch) & set(g)) for g in groups] == [b // w] * w
+            assert list(batch) == sorted(batch) and len(batch) == b
+            assert all(abs(v - 1.0 / b) < 1e-12 for v in batch.values())
+            seen.update(batch.keys())
+        assert set(seen) == set(weights) and set(seen.values()) == {1}, epoch
+    assert sample_tasks(weights, b, seed=2, step=3, groups=groups) == \
+        sample_tasks(weights, b, seed=2, step=3, groups=groups)  # (seed, step) alone
+
+
+def test_an_ungrouped_draw_of_four_on_two_workers_is_often_uneven():
+    """What the stratified draw fixes: drawn as one batch, 4 of 32 tasks fall 3 + 1 or 4 + 0 on
+    two workers in about half the steps."""
+    weights, groups = equal(32), halves(list(equal(32)))
+    uneven = sum(len(set(sample_tasks(weights, 4, seed=2, step=s)) & set(groups[0])) != 2
+                 for s in range(400))
+    assert uneven > 120
+
+
+def test_by_worker_with_unequal_weights_or_shares_stays_unbiased():
+    """Weights not equal, and workers of 3 and 1 tasks: each task's expected weight in a batch is
+    still wᵢ (W_g · c / b_g), so the batch mean estimates Σ wᵢ gᵢ."""
+    w = {"a": 0.4, "b": 0.1, "c": 0.2, "d": 0.3}
+    groups = [["a", "b", "c"], ["d"]]
+    total, steps = Counter(), 6000
+    for s in range(steps):
+        batch = sample_tasks(w, 4, seed=5, step=s, groups=groups)
+        assert abs(sum(batch.values()) - 1.0) < 1e-12
+        assert batch.get("d") == pytest.approx(0.3)  # its worker's one draw: W_g / b_g = 0.3 / 1
+        for t, v in batch.items():
+            total[t] += v
+    est = np.array([total[t] / steps for t in w])
+    assert np.allclose(est, list(w.values()), atol=0.01), est
+    # equal weights on unequal shares: 3 draws on the worker of three, 1 on the other
+    eq = sample_tasks(equal(4), 4 - 1, seed=0, step=0, groups=[["t000", "t001", "t002"],
+                                                                 ["t003"]])
+    assert "t003" in eq and abs(sum(eq.values()) - 1.0) < 1e-12
+
+
+def test_apportion_is_proportional_with_at_least_one_each():
+    assert apportion(4, [20, 20]) == [2, 2]
+    assert apportion(4, [3, 1]) == [3, 1]
+    assert apportion(3, [3, 1]) == [2, 1]
+    assert apportion(5, [10, 10]) == [3, 2]  # ties to the earlier group
+    assert apportion(3, [100, 1, 1]) == [1, 1, 1]
+    assert sum(apportion(7, [5, 9, 2])) == 7
+    with pytest.raises(ValueError):
+        apportion(1, [2, 2])
+    # fewer draws than workers: some worker must sit out, so the draw is the ungrouped one
+    assert sample_tasks(equal(8), 1, seed=0, step=0, groups=halves(list(equal(8)))) == \
+        sample_tasks(equal(8), 1, seed=0, step=0)
 
 
 # -- which worker owns which task (resources.workers) ------------------------------------------
