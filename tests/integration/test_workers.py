@@ -166,6 +166,8 @@ def test_forty_tasks_on_two_workers_give_the_reference_meta_gradient(ray_local, 
         trainer.shutdown()
 
 
+@pytest.mark.slow  # a fault test, as the other killed-actor recoveries (tests/integration/
+# test_reliability.py): it runs in CI's slow tier, not in make test's 8 minutes
 def test_a_killed_worker_recovers_with_its_tasks(ray_local, mixed_data, tmp_path, monkeypatch,
                                                  caplog):
     """The worker owning cls and ner SIGKILLed after step 1: both tasks are lost together, the
