@@ -4,9 +4,8 @@ splits"): raymeta's adapted init with its heads against FastFit and SetFit on th
 
     python benchmarks/adapt_fastfit_pairs.py
 
-``benchmarks/paired.py`` does this for one pair named FILE:INIT:COLUMN; an init here is
-``offline:all-MiniLM-L6-v2``, whose colon that form cannot hold. Splits that are not the same rows
-are refused.
+``benchmarks/paired.py`` does this for one pair at a time (FILE:INIT:COLUMN); this runs every pair
+of the table. Splits that are not the same rows are refused.
 """
 
 from __future__ import annotations

@@ -25,8 +25,11 @@ from raymeta.eval.report import kshot_label, kshot_results, percent_cell
 
 
 def column(spec: str, task: str) -> tuple[str, dict[str, Any], Any]:
-    """FILE:INIT:COLUMN -> (label, result, the K-shot split rows or None)."""
-    path, init, col = spec.split(":", 2)
+    """FILE:INIT:COLUMN -> (label, result, the K-shot split rows or None). INIT may hold colons
+    (``offline:all-MiniLM-L6-v2``): the file is what comes before the first colon, the column what
+    comes after the last."""
+    path, rest = spec.split(":", 1)
+    init, col = rest.rsplit(":", 1)
     with open(path) as f:
         data = json.load(f)
     res = data["results"][init] if init else data
