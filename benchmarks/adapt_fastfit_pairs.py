@@ -28,10 +28,21 @@ def values(path: Path, init: str, method: str, k: str) -> tuple[list[float], lis
     return data["tasks"]["task"]["methods"][method][k]["values"], data["splits"]["task"][k]
 
 
-def pair(name: str, a: tuple[list[float], list], b: tuple[list[float], list]) -> None:
-    assert a[1] == b[1], f"{name}: not the same splits"
-    d = paired_ci95(a[0], b[0])
-    print(f"{name}: {100 * d['mean']:+.1f} ± {100 * d['ci95']:.1f} (n = {len(a[0])})")
+# (name, the side gaining, the side it is paired against); a side: (file, init, method, K)
+PAIRS = [
+    ("K=1 adapt prototype - plain FastFit", (K1, ADAPT, "prototype", "1"),
+     (K1, PLAIN, "fastfit", "1")),
+    ("K=1 adapt FastFit - plain FastFit", (K1, ADAPT, "fastfit", "1"), (K1, PLAIN, "fastfit", "1")),
+    ("K=1 plain FastFit, names - without", (K1, PLAIN, "fastfit", "1"),
+     (K1_NO_NAMES, PLAIN, "fastfit", "1")),
+    ("K=8 adapt prototype - plain FastFit", (K8_SETFIT, ADAPT, "prototype", "8"),
+     (K8, PLAIN, "fastfit", "8")),
+    ("K=8 adapt SetFit - plain FastFit", (K8_SETFIT, ADAPT, "setfit", "8"),
+     (K8, PLAIN, "fastfit", "8")),
+    ("K=8 plain SetFit - plain FastFit", (K8_SETFIT, PLAIN, "setfit", "8"),
+     (K8, PLAIN, "fastfit", "8")),
+    ("K=8 adapt FastFit - plain FastFit", (K8, ADAPT, "fastfit", "8"), (K8, PLAIN, "fastfit", "8")),
+]
 
 
 def main() -> None:
@@ -40,20 +51,11 @@ def main() -> None:
                                 (K8, "fastfit", "8")):
             s = mean_ci95(values(path, init, method, k)[0])
             print(f"{init} K={k} {method}: {100 * s['mean']:.1f} ± {100 * s['ci95']:.1f}")
-    pair("K=1 adapt prototype - plain FastFit", values(K1, ADAPT, "prototype", "1"),
-         values(K1, PLAIN, "fastfit", "1"))
-    pair("K=1 adapt FastFit - plain FastFit", values(K1, ADAPT, "fastfit", "1"),
-         values(K1, PLAIN, "fastfit", "1"))
-    pair("K=1 plain FastFit, names - without", values(K1, PLAIN, "fastfit", "1"),
-         values(K1_NO_NAMES, PLAIN, "fastfit", "1"))
-    pair("K=8 adapt prototype - plain FastFit", values(K8_SETFIT, ADAPT, "prototype", "8"),
-         values(K8, PLAIN, "fastfit", "8"))
-    pair("K=8 adapt SetFit - plain FastFit", values(K8_SETFIT, ADAPT, "setfit", "8"),
-         values(K8, PLAIN, "fastfit", "8"))
-    pair("K=8 plain SetFit - plain FastFit", values(K8_SETFIT, PLAIN, "setfit", "8"),
-         values(K8, PLAIN, "fastfit", "8"))
-    pair("K=8 adapt FastFit - plain FastFit", values(K8, ADAPT, "fastfit", "8"),
-         values(K8, PLAIN, "fastfit", "8"))
+    for name, gaining, against in PAIRS:
+        (a, rows_a), (b, rows_b) = values(*gaining), values(*against)
+        assert rows_a == rows_b, f"{name}: not the same splits"
+        d = paired_ci95(a, b)
+        print(f"{name}: {100 * d['mean']:+.1f} ± {100 * d['ci95']:.1f} (n = {len(a)})")
 
 
 if __name__ == "__main__":

@@ -57,10 +57,13 @@ def _draw(tasks: Sequence[str], w: np.ndarray, batch: int, seed: int, step: int,
     permutations when the weights are equal, else with replacement in proportion to them."""
     if np.all(w == w[0]):
         n = len(tasks)
+        perms: dict[int, np.ndarray] = {}  # one permutation per epoch the batch spans
         drawn = []
         for pos in range(step * batch, (step + 1) * batch):
             epoch, i = divmod(pos, n)
-            drawn.append(tasks[_permutation(n, seed, epoch, stream)[i]])
+            if epoch not in perms:
+                perms[epoch] = _permutation(n, seed, epoch, stream)
+            drawn.append(tasks[perms[epoch][i]])
         return drawn
     rng = np.random.default_rng([_STREAM, seed, step, 1, *stream])
     return [tasks[i] for i in rng.choice(len(tasks), size=batch, replace=True, p=w / w.sum())]

@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import zlib
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -130,6 +130,18 @@ def kshot_splits(task: Task, k: int, n_splits: int, seed: int) -> list[list[int]
 summarise = mean_ci95
 
 
+class SentenceMethod(NamedTuple):
+    """A method that trains on a split's sentences: the check that its package is installed, and
+    the check of a task (before it is loaded: None, and after)."""
+
+    require: Callable[[], None]
+    check: Callable[[TaskConfig, Task | None], None]
+
+
+SENTENCE_METHODS = {"setfit": SentenceMethod(require_setfit, check_setfit_task),
+                    "fastfit": SentenceMethod(require_fastfit, check_fastfit_task)}
+
+
 def check_methods(tasks: Sequence[TaskConfig], method: str | Sequence[str]) -> list[str]:
     """The evaluation methods as a list, after the checks that need no model or data: known names,
     each once; the embedding classifiers, ``setfit`` and ``fastfit`` only on classification tasks;
@@ -139,18 +151,15 @@ def check_methods(tasks: Sequence[TaskConfig], method: str | Sequence[str]) -> l
                           for m in methods) or len(set(methods)) != len(methods):
         raise RaymetaError(f"--method {','.join(methods)}: expected one or more of "
                            f"{', '.join(EVAL_METHODS)}, each once")
-    if "setfit" in methods:
-        require_setfit()
-    if "fastfit" in methods:
-        require_fastfit()
+    for m in methods:
+        if m in SENTENCE_METHODS:
+            SENTENCE_METHODS[m].require()
     for spec in tasks:
         for m in methods:
             if m in EMBEDDING_CLASSIFIERS:
                 check_frozen_task(spec, m)
-        if "setfit" in methods:
-            check_setfit_task(spec)
-        if "fastfit" in methods:
-            check_fastfit_task(spec)
+            elif m in SENTENCE_METHODS:
+                SENTENCE_METHODS[m].check(spec, None)
     return methods
 
 
@@ -300,10 +309,9 @@ def _score_inits(
             if "test" not in task.features:
                 raise DataError(spec.name,
                                 "has no test split (add one, or set source.test_fraction)")
-            if "setfit" in methods:
-                check_setfit_task(spec, task)
-            if "fastfit" in methods:
-                check_fastfit_task(spec, task)
+            for m in methods:
+                if m in SENTENCE_METHODS:
+                    SENTENCE_METHODS[m].check(spec, task)
             mine = {str(k): kshot_splits(task, k, n_splits, seed) for k in shots}
             if n == 0:
                 splits[spec.name] = mine
@@ -328,19 +336,14 @@ def _score_inits(
                                         settings=settings, seed=seed * 1000 + i, **common)
                              for spec, _, i, rows in plan]
                     covers += [(init, m, [j]) for j in range(len(plan))]
-                elif m == "setfit":
-                    run = ray.remote(num_cpus=num_cpus_per_run)(setfit_and_evaluate)
-                    refs += [run.remote(model_path, spec.model_dump_json(), rows, settings=setfit,
+                elif m in SENTENCE_METHODS:  # setfit, fastfit: one run per split too
+                    fn, own = ((setfit_and_evaluate, {"settings": setfit,
+                                                      "label_template": setfit_template})
+                               if m == "setfit" else (fastfit_and_evaluate, {"settings": fastfit}))
+                    run = ray.remote(num_cpus=num_cpus_per_run)(fn)
+                    refs += [run.remote(model_path, spec.model_dump_json(), rows,
                                         seed=seed * 1000 + i, max_test=settings.max_test,
-                                        eval_batch=settings.eval_batch,
-                                        label_template=setfit_template, **common)
-                             for spec, _, i, rows in plan]
-                    covers += [(init, m, [j]) for j in range(len(plan))]
-                elif m == "fastfit":
-                    run = ray.remote(num_cpus=num_cpus_per_run)(fastfit_and_evaluate)
-                    refs += [run.remote(model_path, spec.model_dump_json(), rows, settings=fastfit,
-                                        seed=seed * 1000 + i, max_test=settings.max_test,
-                                        eval_batch=settings.eval_batch, **common)
+                                        eval_batch=settings.eval_batch, **own, **common)
                              for spec, _, i, rows in plan]
                     covers += [(init, m, [j]) for j in range(len(plan))]
                 # an embedding classifier: one run per task, which embeds the test rows once for

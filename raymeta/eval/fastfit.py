@@ -173,7 +173,7 @@ def train_fastfit(path: str, texts: Sequence[str], class_ids: Sequence[int],
     trainer_class = _fastfit_trainer_class()
     datasets.disable_progress_bars()
     names = [str(label_names[int(c)]) for c in class_ids]
-    class_of_label = {str(label_names[int(c)]): int(c) for c in class_ids}
+    class_of_label = dict(zip(names, map(int, class_ids)))
     train = datasets.Dataset.from_dict({"text": [str(t) for t in texts], "label": names})
     # FastFit logs the encoder's whole config as a warning, and transformers a pad-token notice,
     # once per run: noise in a Ray job's log, where one evaluation makes dozens of runs
@@ -189,7 +189,6 @@ def train_fastfit(path: str, texts: Sequence[str], class_ids: Sequence[int],
             seed=seed, output_dir=os.path.join(tmp, "fastfit"), save_strategy="no",
             report_to="none", disable_tqdm=True, log_level="error",
             train_dataset=train, test_dataset=train)  # FastFit needs a test split: see above
-        hf_logging.set_verbosity(hf_logging.ERROR)  # FastFit's set_logger set it to log_level
         # the trainer prints its metrics (PrinterCallback, log_metrics): noise in a Ray job's log
         trainer.trainer.remove_callback(PrinterCallback)
         with contextlib.redirect_stdout(io.StringIO()):

@@ -94,16 +94,25 @@ def named_groups(spec: TaskConfig, labels: list[str], data_dir: str, ways: int,
     return out
 
 
-def _expand(cfg: ExperimentConfig, wants: Callable[[TaskConfig], Any],
-            parts: Callable[[TaskConfig, set[str]], list[dict[str, Any]]]) -> ExperimentConfig:
-    """``cfg`` with each task that ``wants`` replaced by its ``parts`` (task dicts; given the names
-    configured, which no part may take), the others as they are; ``cfg`` itself when none wants."""
-    if not any(wants(t) for t in cfg.tasks):
+def _expand(cfg: ExperimentConfig, field: str,
+            parts: Callable[[TaskConfig], list[dict[str, Any]]]) -> ExperimentConfig:
+    """``cfg`` with each task that sets ``field`` replaced by its ``parts`` (task dicts), the others
+    as they are; ``cfg`` itself when none sets it. A part whose name is configured already, or made
+    twice, is one line naming the key."""
+    if not any(getattr(t, field) for t in cfg.tasks):
         return cfg
     names = {t.name for t in cfg.tasks}
     tasks: list[dict[str, Any]] = []
     for spec in cfg.tasks:
-        tasks += parts(spec, names) if wants(spec) else [spec.model_dump(mode="json")]
+        if not getattr(spec, field):
+            tasks.append(spec.model_dump(mode="json"))
+            continue
+        for part in parts(spec):
+            if part["name"] in names:
+                raise ConfigError(f"config key 'tasks.{spec.name}.{field}': it makes task "
+                                  f"'{part['name']}', a name another task or part has already")
+            names.add(part["name"])
+            tasks.append(part)
     data = cfg.model_dump(mode="json")
     data["tasks"] = tasks
     try:
@@ -117,7 +126,7 @@ def resolve_label_groups(cfg: ExperimentConfig) -> ExperimentConfig:
     they are); one line naming the task when a group would have fewer classes than its episodes'
     ways, or a group's name is taken."""
 
-    def groups_of(spec: TaskConfig, names: set[str]) -> list[dict[str, Any]]:
+    def groups_of(spec: TaskConfig) -> list[dict[str, Any]]:
         key = f"tasks.{spec.name}.label_groups"
         labels = task_labels(spec, cfg.data_dir, cfg.cache_dir)
         ways = (spec.episode or cfg.meta.episode).ways or 2
@@ -135,14 +144,10 @@ def resolve_label_groups(cfg: ExperimentConfig) -> ExperimentConfig:
             k = len(groups)
         out = []
         for i, (group_name, group) in enumerate(groups.items()):
-            name = f"{spec.name}_{group_name}"
-            if name in names:
-                raise ConfigError(f"config key '{key}': group {group_name} of task '{spec.name}' "
-                                  f"is task '{name}', but a task of that name is configured "
-                                  "already")
             data = spec.model_dump(mode="json")
             keep = set(group)
-            data.update(name=name, include_labels=group, weight=spec.weight / k, label_groups=None,
+            data.update(name=f"{spec.name}_{group_name}", include_labels=group,
+                        weight=spec.weight / k, label_groups=None,
                         labels=None if spec.labels is None else [c for c in spec.labels
                                                                  if c in keep],
                         description=f"classes {i + 1} of {k} of {spec.name} ({len(group)})"
@@ -151,7 +156,7 @@ def resolve_label_groups(cfg: ExperimentConfig) -> ExperimentConfig:
             out.append(data)
         return out
 
-    return _expand(cfg, lambda t: t.label_groups, groups_of)
+    return _expand(cfg, "label_groups", groups_of)
 
 
 def _slug(value: str) -> str:
@@ -166,23 +171,19 @@ def _corpus_name(entry: Any, i: int) -> str:
     return f"s{i}"
 
 
-def _smlmt_per_source(spec: TaskConfig, names: set[str], key: str) -> list[dict[str, Any]]:
+def _smlmt_per_source(spec: TaskConfig, key: str) -> list[dict[str, Any]]:
     """An SMLMT task with ``split_by: corpus`` as one SMLMT task per source it reads (Bansal et
     al. 2020 build their tasks per source of text too), ``<name>_<source>``, weight shared."""
     corpus = spec.source.corpus
     if len(corpus) < 2:
         raise ConfigError(f"config key '{key}': task '{spec.name}' reads one source; split_by: "
                           "corpus needs two or more")
-    out, made = [], set()
+    out = []
     for i, entry in enumerate(corpus):
-        name = f"{spec.name}_{_corpus_name(entry, i)}"
-        if name in names or name in made:
-            raise ConfigError(f"config key '{key}': source {i} of task '{spec.name}' makes task "
-                              f"'{name}', which another task or source has already")
-        made.add(name)
         data = spec.model_dump(mode="json")
         data["source"]["corpus"] = [entry]
-        data.update(name=name, split_by=None, weight=spec.weight / len(corpus),
+        data.update(name=f"{spec.name}_{_corpus_name(entry, i)}", split_by=None,
+                    weight=spec.weight / len(corpus),
                     description=f"SMLMT over source {i + 1} of {len(corpus)} of {spec.name}")
         out.append(data)
     return out
@@ -195,20 +196,19 @@ def resolve_column_splits(cfg: ExperimentConfig) -> ExperimentConfig:
     its episodes' ways is left out (one log line says which); one line when none is left, the
     column is missing, or two values make one task name."""
 
-    def parts_of(spec: TaskConfig, names: set[str]) -> list[dict[str, Any]]:
+    def parts_of(spec: TaskConfig) -> list[dict[str, Any]]:
         column, key = str(spec.split_by), f"tasks.{spec.name}.split_by"
         if spec.source.kind == "smlmt":
-            return _smlmt_per_source(spec, names, key)
+            return _smlmt_per_source(spec, key)
         train = load_raw(spec, cfg.data_dir, cfg.cache_dir)["train"]
         require_source_column(train, spec, column, "split_by", "train")
-        got = columns(train, *([column, "label"] if spec.type == "sequence_classification"
-                               and "label" in train.column_names else [column]))
-        classes: dict[str, set[str]] = {}
+        labelled = spec.type == "sequence_classification" and "label" in train.column_names
+        got = columns(train, *([column, "label"] if labelled else [column]))
+        classes: dict[str, set[str]] = {}  # value -> the classes of its rows
         for i, v in enumerate(got[column]):
-            classes.setdefault(str(v), set()).update([str(got["label"][i])] if "label" in got
-                                                     else [])
+            classes.setdefault(str(v), set()).update([str(got["label"][i])] if labelled else [])
         ways = (spec.episode or cfg.meta.episode).ways or 2
-        keep = [v for v in natural_sort(classes) if "label" not in got
+        keep = [v for v in natural_sort(classes) if not labelled
                 or len(classes[v] & set(spec.include_labels or classes[v])) >= ways]
         if dropped := [v for v in classes if v not in keep]:
             log.info("task '%s': split_by %s leaves out %d value(s) with fewer than %d classes "
@@ -216,21 +216,14 @@ def resolve_column_splits(cfg: ExperimentConfig) -> ExperimentConfig:
         if not keep:
             raise ConfigError(f"config key '{key}': no value of column '{column}' of task "
                               f"'{spec.name}' has {ways} classes, its episodes' ways")
-        made: dict[str, str] = {}
         out = []
         for value in keep:
-            name = f"{spec.name}_{_slug(value)}"
-            if name in names or name in made:
-                raise ConfigError(f"config key '{key}': value {value!r} of task '{spec.name}' "
-                                  f"makes task '{name}', "
-                                  + (f"as value {made[name]!r} does" if name in made
-                                     else "but a task of that name is configured already"))
-            made[name] = value
             data = spec.model_dump(mode="json")
-            data.update(name=name, split_by=None, where={**(spec.where or {}), column: value},
+            data.update(name=f"{spec.name}_{_slug(value)}", split_by=None,
+                        where={**(spec.where or {}), column: value},
                         weight=spec.weight / len(keep),
                         description=f"{spec.name} rows with {column} = {value}")
             out.append(data)
         return out
 
-    return _expand(cfg, lambda t: t.split_by, parts_of)
+    return _expand(cfg, "split_by", parts_of)

@@ -200,3 +200,21 @@ def test_smlmt_split_by_corpus_is_one_smlmt_task_per_source(tmp_path):
         resolve(load_config(data={"tasks": [{"use": "smlmt_starter", "split_by": "corpus"}]}))
     with pytest.raises(ConfigError, match="an SMLMT task splits by its sources"):
         load_config(data={"tasks": [{"use": "smlmt_starter", "split_by": "domain"}]})
+
+
+def test_a_part_whose_name_is_taken_is_one_line(tmp_path):
+    """Two values with one slug ('a b' and 'a_b'), or a group named as a configured task: one line
+    naming the key and the task, not two tasks of one name."""
+    p = tmp_path / "rows.csv"
+    p.write_text("text,label,domain\n" + "".join(f"row {i} {c},{c},{d}\n" for i in range(4)
+                                                for c in ("x", "y", "z") for d in ("a b", "a_b")))
+    with pytest.raises(ConfigError, match=r"^config key 'tasks.intents.split_by': it makes task "
+                       r"'intents_a_b', a name another task or part has already$"):
+        resolve(split_config(tmp_path, source={"kind": "files", "format": "csv",
+                                               "files": {"train": str(p)}, "test_fraction": 0.25}))
+    cfg = config(tmp_path, groups={"g": ["c00", "c01", "c02"]})
+    taken = cfg.model_copy(update={"tasks": [cfg.tasks[0], cfg.tasks[1].model_copy(
+        update={"name": "intents_g"})]})
+    with pytest.raises(ConfigError, match="'tasks.intents.label_groups': it makes task "
+                                          "'intents_g'"):
+        resolve(taken)
