@@ -125,6 +125,34 @@ def trained_oof(init: str, method: str, texts: Sequence[str], class_ids: Sequenc
     return clf.logits([texts[i] for i in held], settings.batch_size).numpy()
 
 
+EMBED = "embedding heads"  # the one run per init that embeds for every embedding head
+
+
+def run_options(candidates: Sequence[Candidate], settings: FitSettings, pooling: str | None,
+                num_cpus: float) -> dict[tuple[str, str], dict[str, Any]]:
+    """(init, method or :data:`EMBED`) -> the ``ray.remote`` options of its cross-validation
+    runs: their CPUs and the memory each declares
+    (:func:`raymeta.cluster.memory.encoder_run_memory_bytes`, from the init's encoder, loaded here
+    once), checked against the cluster before any starts (:func:`raymeta.cluster.task_options`)."""
+    from ..cluster import cluster_view, task_options
+    from ..cluster.memory import encoder_run_memory_bytes
+
+    memory: dict[tuple[str, str], int] = {}
+    for init in dict.fromkeys(c.init for c in candidates):
+        encoder = load_init(init, pooling)[0]
+        for method in dict.fromkeys(c.method for c in candidates if c.init == init):
+            rows, trains = {"finetune": (settings.finetune.batch_size, True),
+                            "setfit": (2 * settings.setfit.batch_size, True)}.get(
+                                method, (settings.batch_size, False))  # SetFit: pairs
+            key = (init, EMBED if method in EMBEDDING_HEADS else method)
+            memory[key] = encoder_run_memory_bytes(encoder, rows=rows,
+                                                   max_length=settings.max_length, trains=trains)
+        del encoder
+    return task_options(memory, num_cpus, cluster_view(),
+                        lambda k: f"each {k[1]} cross-validation run of --init {k[0]}",
+                        fix="give a node more memory, or a smaller --max-length")
+
+
 def score_candidates(candidates: Sequence[Candidate], texts: Sequence[str],
                      class_ids: Sequence[int], labels: Sequence[str], *, folds: Sequence[tuple[
                          list[int], list[int]]], settings: FitSettings, seed: int,
@@ -139,7 +167,7 @@ def score_candidates(candidates: Sequence[Candidate], texts: Sequence[str],
 
     n = len(labels)
     ids = np.asarray(class_ids)
-    remote_kw = {"num_cpus": num_cpus}
+    options = run_options(candidates, settings, pooling, num_cpus)
     settings = FitSettings(**{**settings.__dict__, "threads": max(1, int(num_cpus))})
     texts_ref, ids_ref = ray.put(list(texts)), ray.put([int(c) for c in class_ids])
     jobs: list[tuple[Any, list[Candidate], int | None]] = []  # (ref, its candidates, fold)
@@ -147,14 +175,14 @@ def score_candidates(candidates: Sequence[Candidate], texts: Sequence[str],
     for c in candidates:
         if c.method in EMBEDDING_HEADS:
             by_init.setdefault(c.init, []).append(c)
-    emb_run = ray.remote(**remote_kw)(embedding_oof)
     for init, cands in by_init.items():
-        ref = emb_run.remote(init, [c.method for c in cands], texts_ref, ids_ref, n, list(folds),
-                             settings, pooling)
+        run = ray.remote(**options[init, EMBED])(embedding_oof)
+        ref = run.remote(init, [c.method for c in cands], texts_ref, ids_ref, n, list(folds),
+                         settings, pooling)
         jobs.append((ref, cands, None))
-    fold_run = ray.remote(**remote_kw)(trained_oof)
     for c in candidates:
         if c.method not in EMBEDDING_HEADS:
+            fold_run = ray.remote(**options[c.init, c.method])(trained_oof)
             for f, (train, held) in enumerate(folds):
                 ref = fold_run.remote(c.init, c.method, texts_ref, ids_ref, list(labels), train,
                                       held, settings, seed, pooling)

@@ -19,10 +19,11 @@ from .placement import (
     placement_error,
     plan_actors,
     request_of,
+    task_options,
 )
 from .tasks import gather
 
 __all__ = ["connect", "actor_options", "bundle_options", "get", "kill", "LOCAL_NODE_IP", "NodeType",
            "ClusterView", "cluster_view", "own_instance", "autoscaler_node_types", "node_types_of",
            "plan_actors", "request_of", "infeasible", "feasible", "actor_states", "unplaced",
-           "placement_error", "gather"]
+           "placement_error", "gather", "task_options"]

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 from ..config import ExperimentConfig
 
 __all__ = ["BASE_BYTES", "activation_values", "actor_memory_bytes", "gb", "memory_room_error",
-           "trim_heap", "worker_memory_bytes"]
+           "encoder_run_memory_bytes", "run_memory_bytes", "trim_heap", "worker_memory_bytes"]
 
 GB = 2**30
 # A task actor's process before its model: Python, torch, transformers' model code (which pulls
@@ -76,8 +76,45 @@ def activation_values(cfg: ExperimentConfig, *, hidden: int = 768, layers: int =
     # the widest episode a task draws: support and query rows of max_length tokens (ways: None,
     # every class, counted as 16)
     rows = max((e.ways or 16) * (e.shots + e.queries), e.support_size + e.query_size)
-    return {t.name: ACTIVATION_VALUES * rows * t.max_length * hidden * layers
-            + SCORE_COPIES * rows * heads * t.max_length ** 2 * layers for t in cfg.tasks}
+    return {t.name: layers * layer_activation_values(rows, t.max_length, hidden=hidden,
+                                                     heads=heads) for t in cfg.tasks}
+
+
+def layer_activation_values(rows: int, max_length: int, *, hidden: int, heads: int) -> int:
+    """The activation values one transformer layer holds for ``rows`` rows of ``max_length``
+    tokens (:data:`ACTIVATION_VALUES` per token and hidden unit, :data:`SCORE_COPIES` of the
+    attention scores)."""
+    return (ACTIVATION_VALUES * rows * max_length * hidden
+            + SCORE_COPIES * rows * heads * max_length ** 2)
+
+
+def run_memory_bytes(params: int, *, hidden: int, layers: int, heads: int, rows: int,
+                     max_length: int, trains: bool) -> int:
+    """What one evaluation run (a Ray task of ``raymeta evaluate``) declares to Ray, from the same
+    parts as a task actor's estimate.
+
+    A run that ``trains`` the encoder (a K-shot fine-tune, SetFit, FastFit) holds the process
+    (:data:`BASE_BYTES`), the weights, their gradients and the optimizer's two moments (AdamW's;
+    FastFit's Adafactor keeps less), and every layer's activations for a batch of ``rows`` rows of
+    ``max_length`` tokens. One that only embeds (prototype, ridge, SVM heads) runs under no_grad,
+    which frees each layer's activations as the next is computed: the weights and one layer's
+    activations for a batch of ``rows``."""
+    four = 4  # float32
+    layer = four * layer_activation_values(rows, max_length, hidden=hidden, heads=heads)
+    if trains:
+        return BASE_BYTES + 4 * four * params + layers * layer
+    return BASE_BYTES + four * params + layer
+
+
+def encoder_run_memory_bytes(encoder: Any, *, rows: int, max_length: int, trains: bool) -> int:
+    """:func:`run_memory_bytes` for a loaded encoder (a ``transformers`` model): its parameter
+    count, width, depth and heads (BERT-base's where its config does not say)."""
+    c = encoder.config
+    return run_memory_bytes(sum(p.numel() for p in encoder.parameters()),
+                            hidden=getattr(c, "hidden_size", 768),
+                            layers=getattr(c, "num_hidden_layers", 12),
+                            heads=getattr(c, "num_attention_heads", 12), rows=rows,
+                            max_length=max_length, trains=trains)
 
 
 # What one more task adds to a worker that already holds the model (resources.workers): its

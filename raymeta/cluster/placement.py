@@ -1,12 +1,13 @@
 """Sizing and placing task actors: the Ray options each asks for (from the cluster view, or from a
 placement group's bundles), and the one-line errors for a request no node can meet or one still
-unmet after a wait. The one place that decides resources."""
+unmet after a wait; the options of Ray tasks that declare memory. The one place that decides
+resources."""
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 from ..config import ResourcesConfig
 from ..errors import RaymetaError
@@ -14,9 +15,10 @@ from .discovery import ClusterView, cluster_view
 from .memory import GB
 
 __all__ = ["plan_actors", "request_of", "infeasible", "feasible", "actor_options",
-           "placement_error", "bundle_options"]
+           "placement_error", "bundle_options", "task_options"]
 
 log = logging.getLogger(__name__)
+K = TypeVar("K")
 
 
 def plan_actors(r: ResourcesConfig, n_actors: int,
@@ -72,16 +74,15 @@ def _fits(resources: Mapping[str, float], want: Mapping[str, float]) -> bool:
     return all(resources.get(k, 0) >= v for k, v in want.items())
 
 
-def infeasible(opts: Mapping[str, Any], view: ClusterView,
-               what: str = "each task actor") -> str | None:
+def infeasible(opts: Mapping[str, Any], view: ClusterView, what: str = "each task actor",
+               fix: str = "change resources.* or the task's resources") -> str | None:
     """Why ``opts`` can never be met on the cluster ``view`` shows, or None. A fixed cluster: no
     alive node has all of it. An autoscaling one: neither any alive node nor any node type it can
     add. (A cluster that cannot be told apart, ``autoscaler`` None, is never judged here: the
-    bounded wait is.)"""
+    bounded wait is.) ``fix``: what the line tells the user to change."""
     want = request_of(opts)
     if view.autoscaler is None or any(_fits(n, want) for n in view.nodes) or view.can_add(want):
         return None
-    fix = "change resources.* or the task's resources"
     for key, amount in want.items():
         if any(node.get(key, 0) >= amount for node in view.nodes) or view.can_add({key: amount}):
             continue
@@ -99,13 +100,34 @@ def infeasible(opts: Mapping[str, Any], view: ClusterView,
 
 
 def feasible(opts: dict[str, Any], what: str = "each task actor",
-             view: ClusterView | None = None) -> None:
+             view: ClusterView | None = None, fix: str | None = None) -> None:
     """A request no node can ever meet is an error now, not a PENDING actor forever: on a fixed
     cluster (our local instance) no alive node has enough; on an autoscaling one, no node type it
     can add has either."""
-    problem = infeasible(opts, view if view is not None else cluster_view(), what)
+    problem = infeasible(opts, view if view is not None else cluster_view(), what,
+                         **({"fix": fix} if fix else {}))
     if problem:
         raise RaymetaError(problem)
+
+
+def task_options(memory: Mapping[K, int], num_cpus: float, view: ClusterView,
+                 what: Callable[[K], str], fix: str) -> dict[K, dict[str, Any]]:
+    """``ray.remote`` options for Ray tasks (evaluation and cross-validation runs), key -> its CPUs
+    and the ``memory`` bytes it declares, so that a node runs at once only as many as its memory
+    holds instead of Ray's memory monitor killing one. A run no node can ever hold is one line
+    now (:func:`feasible`, ``what(key)`` naming it, ``fix`` what to change), largest first,
+    before any starts. On an autoscaling cluster whose node types do not state their memory none
+    is declared: Ray's autoscaler would add no node for it (as for task actors,
+    :meth:`raymeta.train.pool.ActorPool.start`)."""
+    declare = view.scales_by_memory
+    if not declare:
+        log.info("resources: the autoscaler's node types do not state their memory: the runs "
+                 "declare none")
+    options = {key: {"num_cpus": num_cpus, **({"memory": int(mem)} if declare else {})}
+               for key, mem in memory.items()}
+    for key, opts in sorted(options.items(), key=lambda kv: -kv[1].get("memory", 0)):
+        feasible(opts, what(key), view=view, fix=fix)
+    return options
 
 
 def actor_options(r: ResourcesConfig, n_actors: int, local: bool = False,

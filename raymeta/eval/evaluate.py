@@ -275,6 +275,27 @@ def _distinct(inits: Sequence[str]) -> list[str]:
     return list(inits)
 
 
+def run_memory(encoder: Any, method: str, spec: TaskConfig, task: Task, *,
+               settings: FinetuneSettings, setfit: SetfitSettings,
+               fastfit: FastfitSettings) -> int:
+    """The bytes one ``method`` run of ``spec`` on this encoder declares to Ray
+    (:func:`raymeta.cluster.memory.run_memory_bytes`): a batch of the method's own size, of the
+    task's ``max_length`` tokens (FastFit's ``max_text_length``); FastFit's batch also encodes
+    every class's name document (Yehudai and Bandel 2024)."""
+    from ..cluster.memory import encoder_run_memory_bytes
+
+    rows, length, trains = settings.eval_batch, spec.max_length, True
+    if method == "finetune":
+        rows = settings.batch_size
+    elif method == "setfit":
+        rows = 2 * setfit.batch_size  # a batch of pairs
+    elif method == "fastfit":
+        rows, length = fastfit.batch_size + task.num_labels, fastfit.max_text_length
+    else:  # an embedding head: the encoder only embeds
+        trains = False
+    return encoder_run_memory_bytes(encoder, rows=rows, max_length=length, trains=trains)
+
+
 def _score_inits(
     inits: Sequence[str], tasks: Sequence[TaskConfig], *, shots: Sequence[int], n_splits: int,
     settings: FinetuneSettings, seed: int = 0, data_dir: str, cache_dir: str | None,
@@ -288,7 +309,7 @@ def _score_inits(
     tasks."""
     import ray
 
-    from ..cluster import connect, gather
+    from ..cluster import cluster_view, connect, gather, task_options
     from ..core.model import load_encoder, load_tokenizer
 
     methods = check_methods(tasks, method)  # before any model or data is read
@@ -298,14 +319,19 @@ def _score_inits(
     model_paths = {init: resolve_init(init) for init in inits}  # every --init, before any load
     plan: list[tuple[TaskConfig, int, int, list[int]]] = []
     splits: dict[str, dict[str, list[list[int]]]] = {}
+    memory: dict[tuple[str, str, str], int] = {}  # (init, method, task) -> bytes a run declares
     for n, (init, model_path) in enumerate(model_paths.items()):
         # Fail fast, before any run is launched or any file written, if the init is not a loadable
         # model.
         tok = load_tokenizer(ModelConfig(name_or_path=model_path), fetch=storage.local_model_path)
-        load_encoder(ModelConfig(name_or_path=model_path), fetch=storage.local_model_path)
+        encoder = load_encoder(ModelConfig(name_or_path=model_path),
+                               fetch=storage.local_model_path)
         for spec in tasks:
             # checks the rows: bad rows/labels fail here, not in a worker
             task = load_task(spec, tok, data_dir, cache_dir)
+            for m in methods:
+                memory[init, m, spec.name] = run_memory(encoder, m, spec, task, settings=settings,
+                                                        setfit=setfit, fastfit=fastfit)
             if "test" not in task.features:
                 raise DataError(spec.name,
                                 "has no test split (add one, or set source.test_fraction)")
@@ -325,35 +351,41 @@ def _score_inits(
         threads = max(1, int(num_cpus_per_run))
         common = {"data_dir": data_dir, "cache_dir": cache_dir, "pooling": pooling,
                   "threads": threads}
+        options = task_options(
+            memory, num_cpus_per_run, cluster_view(),
+            lambda key: f"each {key[1]} run of task '{key[2]}' (--init {key[0]})",
+            fix="give a node more memory, or the task a smaller max_length")
+
+        def remote(fn: Callable[..., Any], init: str, m: str, task: str) -> Any:
+            return ray.remote(**options[init, m, task])(fn)
+
         refs: list[Any] = []
         # per ref: its init, its method and the plan entries it scores, in order
         covers: list[tuple[str, str, list[int]]] = []
         for init, model_path in model_paths.items():
             for m in methods:
                 if m == "finetune":
-                    run = ray.remote(num_cpus=num_cpus_per_run)(finetune_and_evaluate)
-                    refs += [run.remote(model_path, spec.model_dump_json(), rows,
-                                        settings=settings, seed=seed * 1000 + i, **common)
-                             for spec, _, i, rows in plan]
+                    refs += [remote(finetune_and_evaluate, init, m, spec.name).remote(
+                        model_path, spec.model_dump_json(), rows, settings=settings,
+                        seed=seed * 1000 + i, **common) for spec, _, i, rows in plan]
                     covers += [(init, m, [j]) for j in range(len(plan))]
                 elif m in SENTENCE_METHODS:  # setfit, fastfit: one run per split too
                     fn, own = ((setfit_and_evaluate, {"settings": setfit,
                                                       "label_template": setfit_template})
                                if m == "setfit" else (fastfit_and_evaluate, {"settings": fastfit}))
-                    run = ray.remote(num_cpus=num_cpus_per_run)(fn)
-                    refs += [run.remote(model_path, spec.model_dump_json(), rows,
-                                        seed=seed * 1000 + i, max_test=settings.max_test,
-                                        eval_batch=settings.eval_batch, **own, **common)
-                             for spec, _, i, rows in plan]
+                    refs += [remote(fn, init, m, spec.name).remote(
+                        model_path, spec.model_dump_json(), rows, seed=seed * 1000 + i,
+                        max_test=settings.max_test, eval_batch=settings.eval_batch, **own,
+                        **common) for spec, _, i, rows in plan]
                     covers += [(init, m, [j]) for j in range(len(plan))]
                 # an embedding classifier: one run per task, which embeds the test rows once for
                 # all of its splits
                 else:
-                    run = ray.remote(num_cpus=num_cpus_per_run)(frozen_evaluate)
                     for spec in tasks:
                         mine = [j for j, p in enumerate(plan) if p[0].name == spec.name]
                         prior = {"label_prior": label_prior,
                                  "label_template": label_template} if m == "prototype" else {}
+                        run = remote(frozen_evaluate, init, m, spec.name)
                         refs.append(run.remote(model_path, spec.model_dump_json(),
                                                [plan[j][3] for j in mine],
                                                max_test=settings.max_test,

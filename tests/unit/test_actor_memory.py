@@ -158,3 +158,47 @@ def test_workers_auto_is_one_per_gpu_else_per_cpu_capped_by_memory_and_the_tasks
     assert count(None) is None  # inside a Ray Tune trial: one per task actor
     fixed = load_config("starter", overrides=["resources.workers=2"])
     assert worker_count(fixed, 4, None, None) == 2 and worker_count(fixed, 2, None, None) is None
+
+
+def test_an_evaluation_run_declares_what_it_trains_or_only_embeds():
+    """raymeta evaluate's and fit's runs declare memory from the same parts as a task actor: a
+    run that trains the encoder holds its gradients, AdamW's moments and every layer's
+    activations; one that only embeds, the weights and one layer's activations."""
+    from raymeta.cluster.memory import BASE_BYTES, run_memory_bytes
+
+    dims = {k: MINILM[k] for k in ("params", "hidden", "layers", "heads")}
+    p = dims.pop("params")
+    embed = run_memory_bytes(p, **dims, rows=64, max_length=64, trains=False)
+    tune = run_memory_bytes(p, **dims, rows=64, max_length=64, trains=True)
+    assert BASE_BYTES + 4 * p < embed < 1.0 * GB < tune < 3.0 * GB
+    # training adds the gradient and two moments per value and five more layers of activations
+    assert tune - embed == 12 * p + 5 * (embed - BASE_BYTES - 4 * p)
+    assert run_memory_bytes(p, **dims, rows=32, max_length=128, trains=True) > run_memory_bytes(
+        p, **dims, rows=32, max_length=64, trains=True)
+
+
+def test_an_evaluation_run_no_node_can_hold_is_one_line_before_any_starts():
+    from raymeta.cluster import task_options
+
+    memory = {("plain", "setfit", "clinc"): int(2.5 * GB),
+              ("plain", "prototype", "clinc"): int(0.8 * GB)}
+
+    def run_options(memory, cpus, view):  # as raymeta evaluate calls it
+        return task_options(memory, cpus, view,
+                            lambda k: f"each {k[1]} run of task '{k[2]}' (--init {k[0]})",
+                            fix="give a node more memory, or the task a smaller max_length")
+    roomy = ClusterView(({"CPU": 2.0, "memory": 8 * GB},), autoscaler=False)
+    opts = run_options(memory, 1.0, roomy)
+    assert opts[("plain", "setfit", "clinc")] == {"num_cpus": 1.0, "memory": int(2.5 * GB)}
+    tight = ClusterView(({"CPU": 2.0, "memory": 2 * GB},), autoscaler=False)
+    with pytest.raises(RaymetaError) as err:
+        run_options(memory, 1.0, tight)
+    line = str(err.value)
+    assert "\n" not in line and "setfit run of task 'clinc' (--init plain)" in line
+    assert "memory=2.50GB" in line and "max_length" in line
+    # an autoscaler that cannot grow for memory: nothing declared, nothing refused
+    from raymeta.cluster import NodeType
+
+    unsaid = ClusterView(({"CPU": 2.0, "memory": 1 * GB},), autoscaler=True,
+                         node_types=(NodeType("worker.cpu", {"CPU": 4}, 2),))
+    assert run_options(memory, 1.0, unsaid)[("plain", "setfit", "clinc")] == {"num_cpus": 1.0}

@@ -133,3 +133,36 @@ def test_the_benchmark_pool_never_holds_a_text_of_the_task():
     assert len(pool) + len(train) + len(test) == len(rows)
     again = mod.split_family(rows, pool=100, seed=3)
     assert again == (pool, train, test)  # seeded
+
+
+def test_a_family_with_its_own_test_rows_keeps_them_whole_and_out_of_the_pool():
+    """Banking77's shape: the test rows are the family's own (kept whole, as published figures
+    are); the pool is drawn from the train rows, never a text that is also a test row."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "adapt_families.py"
+    spec = importlib.util.spec_from_file_location("adapt_families", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = [(f"query {i}", str(i % 7)) for i in range(300)]
+    test = [(f"Query  {i}", str(i % 7)) for i in range(0, 300, 3)]  # a third of train's texts
+    pool, train, got_test = mod.split_family(rows, pool=150, seed=1, test=test)
+    assert got_test == test and len(pool) == 150 and len(pool) + len(train) == len(rows)
+    assert not {mod.norm(t) for t in pool} & {mod.norm(t) for t, _ in test + train}
+
+
+def test_the_tsdae_baseline_deletes_six_words_in_ten_seeded_and_keeps_one():
+    """benchmarks/tsdae.py's noise (TSDAE's deletion, ratio 0.6): seeded, about 60% of the words
+    gone, never a text emptied."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "tsdae.py"
+    spec = importlib.util.spec_from_file_location("tsdae", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    texts = [" ".join(f"w{i}_{j}" for j in range(20)) for i in range(200)] + ["one", "a b"]
+    noisy = mod.delete_words(texts, 0.6, seed=5)
+    assert noisy == mod.delete_words(texts, 0.6, seed=5) != mod.delete_words(texts, 0.6, seed=6)
+    kept = sum(len(t.split()) for t in noisy[:200]) / (200 * 20)
+    assert 0.35 < kept < 0.45 and all(n.split() for n in noisy)
+    assert all(set(n.split()) <= set(t.split()) for n, t in zip(noisy, texts))
