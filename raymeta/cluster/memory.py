@@ -90,8 +90,8 @@ def layer_activation_values(rows: int, max_length: int, *, hidden: int, heads: i
 
 def run_memory_bytes(params: int, *, hidden: int, layers: int, heads: int, rows: int,
                      max_length: int, trains: bool) -> int:
-    """What one evaluation run (a Ray task of ``raymeta evaluate``) declares to Ray, from the same
-    parts as a task actor's estimate.
+    """What one evaluation run (a Ray task of ``raymeta evaluate``, or of ``raymeta fit``'s
+    cross-validation) declares to Ray, from the same parts as a task actor's estimate.
 
     A run that ``trains`` the encoder (a K-shot fine-tune, SetFit, FastFit) holds the process
     (:data:`BASE_BYTES`), the weights, their gradients and the optimizer's two moments (AdamW's;
