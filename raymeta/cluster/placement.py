@@ -19,6 +19,8 @@ __all__ = ["plan_actors", "request_of", "infeasible", "feasible", "actor_options
 
 log = logging.getLogger(__name__)
 K = TypeVar("K")
+# what a refused task actor's line tells the user to change
+ACTOR_FIX = "change resources.* or the task's resources"
 
 
 def plan_actors(r: ResourcesConfig, n_actors: int,
@@ -75,7 +77,7 @@ def _fits(resources: Mapping[str, float], want: Mapping[str, float]) -> bool:
 
 
 def infeasible(opts: Mapping[str, Any], view: ClusterView, what: str = "each task actor",
-               fix: str = "change resources.* or the task's resources") -> str | None:
+               fix: str = ACTOR_FIX) -> str | None:
     """Why ``opts`` can never be met on the cluster ``view`` shows, or None. A fixed cluster: no
     alive node has all of it. An autoscaling one: neither any alive node nor any node type it can
     add. (A cluster that cannot be told apart, ``autoscaler`` None, is never judged here: the
@@ -100,12 +102,11 @@ def infeasible(opts: Mapping[str, Any], view: ClusterView, what: str = "each tas
 
 
 def feasible(opts: dict[str, Any], what: str = "each task actor",
-             view: ClusterView | None = None, fix: str | None = None) -> None:
+             view: ClusterView | None = None, fix: str = ACTOR_FIX) -> None:
     """A request no node can ever meet is an error now, not a PENDING actor forever: on a fixed
     cluster (our local instance) no alive node has enough; on an autoscaling one, no node type it
     can add has either."""
-    problem = infeasible(opts, view if view is not None else cluster_view(), what,
-                         **({"fix": fix} if fix else {}))
+    problem = infeasible(opts, view if view is not None else cluster_view(), what, fix)
     if problem:
         raise RaymetaError(problem)
 
